@@ -1,0 +1,7 @@
+//! iotstamp's pure domain. Nothing in here does I/O or knows about Kubernetes, so every rule that
+//! the router, the stamp and the operator must agree on lives here once and is tested on vectors.
+
+pub mod ids;
+pub mod registry;
+pub mod sas;
+pub mod stamp_config;

@@ -1,0 +1,170 @@
+//! The stamp's runtime configuration: the contract between the operator, which writes it into the
+//! stamp's ConfigMap (key [`CONFIG_KEY`]), local mode, which builds it in memory, and the stamp
+//! binary, which reads it (`iotstamp stamp --config FILE`).
+//!
+//! Every field but the name and quota has a default, so a hand-written file stays short, and fields
+//! a newer operator adds are ignored by an older stamp during a rolling upgrade (no
+//! `deny_unknown_fields` on purpose).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The ConfigMap key (and file name under the mount) that holds the JSON config.
+pub const CONFIG_KEY: &str = "stamp.json";
+/// Where pods mount the ConfigMap, the TLS Secret and the internal token.
+pub const CONFIG_DIR: &str = "/etc/iotstamp/config";
+pub const TLS_DIR: &str = "/etc/iotstamp/tls";
+pub const TOKEN_DIR: &str = "/etc/iotstamp/token";
+pub const DATA_DIR: &str = "/var/lib/iotstamp";
+
+/// Well-known ports, shared by the pod specs, the Services and the stamp's listeners.
+pub mod ports {
+    pub const MQTT_TLS: u16 = 8883;
+    pub const MQTT_PLAIN: u16 = 1883;
+    pub const API: u16 = 8443;
+    pub const METRICS: u16 = 9090;
+    pub const INGEST: u16 = 8081;
+    pub const STORAGE: u16 = 8082;
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StampConfig {
+    /// The stamp's name (the IoTStamp object's name).
+    pub stamp: String,
+    pub device_quota: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub hub: HubConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HubConfig {
+    /// MQTT over TLS, the device port.
+    pub mqtt_listen: SocketAddr,
+    /// Plaintext MQTT for in-cluster and development use; off unless set.
+    pub plain_listen: Option<SocketAddr>,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// Host names devices may put in their SAS `sr` and MQTT username (the Service DNS names and
+    /// any the spec adds). Empty means any host is accepted and only the device part is checked.
+    pub host_names: Vec<String>,
+    pub max_connections: u32,
+    pub max_packet_bytes: u32,
+    pub handshake_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Where the hub sends telemetry when ingest runs as its own process; `None` = in process.
+    pub ingest_url: Option<String>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], ports::MQTT_TLS)),
+            plain_listen: None,
+            tls_cert_file: PathBuf::from(TLS_DIR).join("tls.crt"),
+            tls_key_file: PathBuf::from(TLS_DIR).join("tls.key"),
+            host_names: Vec::new(),
+            max_connections: 20_000,
+            // IoT Hub's device-to-cloud message limit is 256 KiB; leave room for the topic.
+            max_packet_bytes: 262_144 + 4_096,
+            handshake_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            ingest_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    /// A batch is written when it holds this many messages…
+    pub batch_max_messages: u32,
+    /// …or when its oldest message has waited this long.
+    pub batch_linger_ms: u64,
+    /// Where ingest writes when storage runs as its own process; `None` = in process.
+    pub storage_url: Option<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], ports::INGEST)),
+            batch_max_messages: 4_096,
+            batch_linger_ms: 2,
+            storage_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StorageConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Telemetry older than this is deleted.
+    pub retention_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], ports::STORAGE)),
+            data_dir: PathBuf::from(DATA_DIR),
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiConfig {
+    /// The stamp API (HTTPS, same certificate as the hub).
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    /// File holding the bearer token the router and operator present to the stamp API.
+    pub token_file: PathBuf,
+    /// Where the API reads telemetry when storage runs as its own process; `None` = in process.
+    pub storage_url: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], ports::API)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], ports::METRICS)),
+            token_file: PathBuf::from(TOKEN_DIR).join("token"),
+            storage_url: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_file_gets_every_default() {
+        let cfg: StampConfig = serde_json::from_str(r#"{"stamp":"s1","deviceQuota":10}"#).unwrap();
+        assert_eq!(cfg.hub.mqtt_listen.port(), 8883);
+        assert_eq!(cfg.hub.plain_listen, None);
+        assert_eq!(cfg.storage.data_dir, PathBuf::from("/var/lib/iotstamp"));
+        assert_eq!(cfg.api.listen.port(), ports::API);
+    }
+
+    #[test]
+    fn fields_from_a_newer_operator_are_ignored() {
+        let cfg: StampConfig =
+            serde_json::from_str(r#"{"stamp":"s1","deviceQuota":10,"hub":{"futureKnob":1}}"#).unwrap();
+        assert_eq!(cfg.hub, HubConfig::default());
+    }
+}
