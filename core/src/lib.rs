@@ -2,6 +2,7 @@
 //! the router, the stamp and the operator must agree on lives here once and is tested on vectors.
 
 pub mod ids;
+pub mod pki;
 pub mod registry;
 pub mod sas;
 pub mod stamp_config;

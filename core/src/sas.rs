@@ -192,14 +192,23 @@ mod tests {
 
     #[test]
     fn hub_token_matches_documented_vector() {
-        let token = sign("MyExampleHub.azure-devices.net/devices/my-symkey-device", KEY, 1663119026, None).unwrap();
+        let token = sign(
+            "MyExampleHub.azure-devices.net/devices/my-symkey-device",
+            KEY,
+            1663119026,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             token,
             "SharedAccessSignature sr=MyExampleHub.azure-devices.net%2Fdevices%2Fmy-symkey-device\
              &sig=f%2BwW8XOKeJOtiPc9Iwjc4OpExvPM7NlhM9qxN2a1aAM%3D&se=1663119026"
         );
         let parsed = SasToken::parse(&token).unwrap();
-        assert_eq!(parsed.resource(), "MyExampleHub.azure-devices.net/devices/my-symkey-device");
+        assert_eq!(
+            parsed.resource(),
+            "MyExampleHub.azure-devices.net/devices/my-symkey-device"
+        );
         parsed.verify(KEY, 1663119025).unwrap();
     }
 
@@ -227,7 +236,8 @@ mod tests {
 
     #[test]
     fn group_derived_key_matches_documented_vector() {
-        let group = "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
+        let group =
+            "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
         assert_eq!(
             derive_device_key(group, "sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6").unwrap(),
             "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc="
@@ -238,23 +248,38 @@ mod tests {
     fn expired_token_is_refused_even_with_a_good_signature() {
         let token = sign("h/devices/d", KEY, 1000, None).unwrap();
         let err = SasToken::parse(&token).unwrap().verify(KEY, 1000).unwrap_err();
-        assert_eq!(err, SasError::Expired { expiry: 1000, now: 1000 });
+        assert_eq!(
+            err,
+            SasError::Expired {
+                expiry: 1000,
+                now: 1000
+            }
+        );
     }
 
     #[test]
     fn forged_and_tampered_tokens_are_refused() {
         let other_key = B64.encode([7u8; 32]);
         let forged = sign("h/devices/d", &other_key, 2000, None).unwrap();
-        assert_eq!(SasToken::parse(&forged).unwrap().verify(KEY, 1).unwrap_err(), SasError::BadSignature);
+        assert_eq!(
+            SasToken::parse(&forged).unwrap().verify(KEY, 1).unwrap_err(),
+            SasError::BadSignature
+        );
 
         // Same signature, longer expiry: the expiry is signed, so this must fail.
         let good = sign("h/devices/d", KEY, 2000, None).unwrap();
         let stretched = good.replace("se=2000", "se=999999");
-        assert_eq!(SasToken::parse(&stretched).unwrap().verify(KEY, 1).unwrap_err(), SasError::BadSignature);
+        assert_eq!(
+            SasToken::parse(&stretched).unwrap().verify(KEY, 1).unwrap_err(),
+            SasError::BadSignature
+        );
 
         // Same signature, other device.
         let moved = good.replace("%2Fd&", "%2Fe&");
-        assert_eq!(SasToken::parse(&moved).unwrap().verify(KEY, 1).unwrap_err(), SasError::BadSignature);
+        assert_eq!(
+            SasToken::parse(&moved).unwrap().verify(KEY, 1).unwrap_err(),
+            SasError::BadSignature
+        );
     }
 
     #[test]
@@ -276,6 +301,12 @@ mod tests {
             SasToken::parse("SharedAccessSignature sr=a&sig=!!&se=1").unwrap_err(),
             SasError::Malformed { field: "sig", .. }
         ));
-        assert_eq!(SasToken::parse("SharedAccessSignature sr=a&sig=AA%3D%3D&se=1").unwrap().verify("%%%", 0).unwrap_err(), SasError::BadKey);
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sr=a&sig=AA%3D%3D&se=1")
+                .unwrap()
+                .verify("%%%", 0)
+                .unwrap_err(),
+            SasError::BadKey
+        );
     }
 }

@@ -211,7 +211,8 @@ cmd_tools() {
     fi
     setup_go
     [[ -f $K8S_MODULE_DIR/go.mod ]] || die "missing $K8S_MODULE_DIR/go.mod; run: e2e/cluster k8s-module"
-    grep -q "^require k8s.io/kubernetes $K8S_VERSION\$" "$K8S_MODULE_DIR/go.mod" ||
+    # tidy may have moved the requirement into a require ( ... ) block.
+    grep -Eq "^[[:space:]]*(require[[:space:]]+)?k8s\.io/kubernetes $K8S_VERSION( // indirect)?\$" "$K8S_MODULE_DIR/go.mod" ||
         die "$K8S_MODULE_DIR/go.mod is not for kubernetes $K8S_VERSION; run: e2e/cluster k8s-module"
     log "tools: building into $CACHE_DIR with $(go version | cut -d' ' -f3) (GOCACHE=$GOCACHE);" \
         "a cold build takes 20+ minutes on 2 cores"
