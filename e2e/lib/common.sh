@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables here are used by the other files
 # Shared settings and helpers for e2e/cluster. Sourced, never executed.
 #
 # Everything version-related lives here so that a bump is one edit (plus

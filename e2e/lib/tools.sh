@@ -122,15 +122,31 @@ build_one() {
         return 0
     fi
     mkdir -p "$dest"
-    local tmp=$dest/.$name.tmp.$$ start=$SECONDS
+    local tmp=$dest/.$name.tmp.$$ start=$SECONDS heartbeat rc=0
     log "building $name ($_TOOL_N/$_TOOL_TOTAL)…"
-    if ! "$@" "$tmp"; then
+    # go build is silent for minutes at a time (the first binary compiles
+    # some 2000 packages); a line a minute shows that it is still alive.
+    # (sleep in the background + wait, so that the kill below ends the loop
+    # at once instead of after the current sleep.)
+    (
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        while :; do
+            sleep 60 &
+            nap=$!
+            wait "$nap"
+            log "  … still building $name ($(fmt_secs $((SECONDS - start))))"
+        done
+    ) &
+    heartbeat=$!
+    "$@" "$tmp" || rc=$?
+    kill "$heartbeat" 2>/dev/null || true
+    wait "$heartbeat" 2>/dev/null || true
+    if ((rc != 0)); then
         rm -f "$tmp"
         die "building $name failed (see the go output above)"
     fi
     mv -f "$tmp" "$dest/$name"
     log "built $name in $(fmt_secs $((SECONDS - start))) -> $dest/$name"
-    BUILT_ANY=1
 }
 
 # go build from the wrapper module (control plane and kubectl). Upstream
@@ -203,7 +219,6 @@ ensure_etcd() {
 
 cmd_tools() {
     local start=$SECONDS
-    BUILT_ANY=0
     ensure_etcd
     if tools_present; then
         log "tools: all present ($K8S_VERSION, kwok $KWOK_VERSION, helm $HELM_VERSION) in $CACHE_DIR"

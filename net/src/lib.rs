@@ -1,0 +1,7 @@
+//! Network edge pieces shared by the router and the stamp.
+//!
+//! Both terminate TLS themselves rather than through a library's accept loop, because a handshake
+//! must never hold up other connections (rumqttd's loop awaits each handshake in line; see
+//! shared/reference/rumqttd.md). Each accepted socket gets its own task and its own deadline.
+
+pub mod tls;
