@@ -1,0 +1,296 @@
+//! `IoTStamp`: one self-contained hub / ingest / storage unit with a device quota.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{PodOverrides, Resources};
+
+/// Desired state of a stamp. `kubectl explain iotstamp.spec` shows these descriptions.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "iotstamp.dev",
+    version = "v1alpha1",
+    kind = "IoTStamp",
+    doc = "One self-contained hub / ingest / storage unit that holds up to spec.deviceQuota devices.",
+    plural = "iotstamps",
+    namespaced,
+    status = "IoTStampStatus",
+    shortname = "stamp",
+    category = "iotstamp",
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "Quota", type_ = "integer", json_path = ".spec.deviceQuota"),
+    printcolumn(name = "Assigned", type_ = "integer", json_path = ".status.devices.assigned"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IoTStampSpec {
+    /// How many devices the router may assign to this stamp. Raising it takes effect at once;
+    /// lowering it below the assigned count stops new assignments but moves no device.
+    #[x_kube(validation = Rule::new("self > 0").message("deviceQuota must be at least 1: it is the number of devices this stamp may hold"))]
+    pub device_quota: i64,
+    /// Free-form region label, matched by region-affinity allocation (e.g. `eu-west`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub region: Option<String>,
+    /// Relative share of new devices among stamps with free capacity (0 takes none).
+    #[serde(default = "default_weight")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("weight must be between 0 and 1000"))]
+    pub weight: i32,
+    /// Stop all changes to this stamp's workloads. Deletion still works.
+    #[serde(default)]
+    pub paused: bool,
+    /// Take no new devices; devices already here stay.
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub hub: HubSpec,
+    #[serde(default)]
+    pub ingest: IngestSpec,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Container image for every role; defaults to the operator's own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+fn default_weight() -> i32 {
+    100
+}
+
+/// The device edge: MQTT over TLS and the stamp API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubSpec {
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 1").message("hub.replicas must be at least 1"))]
+    pub replicas: i32,
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Bring your own certificate; without it the operator issues one from its cluster CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Extra DNS names or IPs devices use to reach the hub (added to the certificate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub host_names: Vec<String>,
+    #[serde(default = "default_max_connections")]
+    #[x_kube(validation = Rule::new("self >= 1").message("hub.maxConnections must be at least 1"))]
+    pub max_connections: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Resources,
+    #[serde(default)]
+    pub pod: PodOverrides,
+}
+
+impl Default for HubSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            service: ServiceSpec::default(),
+            tls: None,
+            host_names: Vec::new(),
+            max_connections: default_max_connections(),
+            resources: None,
+            pod: PodOverrides::default(),
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn default_max_connections() -> i32 {
+    20_000
+}
+
+/// How the hub is exposed to devices.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || self.type == 'NodePort' || self.type == 'LoadBalancer'").message("service.nodePort is only allowed when service.type is NodePort or LoadBalancer"))]
+pub struct ServiceSpec {
+    #[serde(default, rename = "type")]
+    #[x_kube(validation = Rule::new("self in ['ClusterIP', 'NodePort', 'LoadBalancer']").message("service.type must be one of ClusterIP, NodePort, LoadBalancer"))]
+    pub type_: ServiceType,
+    /// The node port for MQTT/TLS when type is NodePort or LoadBalancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 30000 && self <= 32767").message("service.nodePort must be in the node port range 30000-32767"))]
+    pub node_port: Option<i32>,
+    /// Annotations for the Service (cloud load balancer settings, for example).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret in the stamp's namespace with `tls.crt` and `tls.key`.
+    #[x_kube(validation = Rule::new("self != ''").message("hub.tls.secretName must name a Secret"))]
+    pub secret_name: String,
+}
+
+/// Ingest: decode, batch and write telemetry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestSpec {
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 1").message("ingest.replicas must be at least 1"))]
+    pub replicas: i32,
+    /// Most messages written in one group commit.
+    #[serde(default = "default_batch")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65536").message("ingest.batchMaxMessages must be between 1 and 65536"))]
+    pub batch_max_messages: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Resources,
+    #[serde(default)]
+    pub pod: PodOverrides,
+}
+
+impl Default for IngestSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            batch_max_messages: default_batch(),
+            resources: None,
+            pod: PodOverrides::default(),
+        }
+    }
+}
+
+fn default_batch() -> i32 {
+    4_096
+}
+
+/// Storage: the embedded time-ordered store on a persistent volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || (has(self.storageClassName) && self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed once set; create a new stamp to move to another storage class"))]
+pub struct StorageSpec {
+    /// Volume size, a Kubernetes quantity such as `20Gi`.
+    #[serde(default = "default_size")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"))]
+    pub size: String,
+    /// StorageClass of the volume; the cluster default when unset. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// How long telemetry is kept: a number with a unit, d, h, m or s (e.g. `7d`, `36h`).
+    #[serde(default = "default_retention")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[dhms])+$')").message("storage.retention must be a duration like 7d, 36h or 90m"))]
+    pub retention: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Resources,
+    #[serde(default)]
+    pub pod: PodOverrides,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_size(),
+            storage_class_name: None,
+            retention: default_retention(),
+            resources: None,
+            pod: PodOverrides::default(),
+        }
+    }
+}
+
+fn default_size() -> String {
+    "10Gi".into()
+}
+
+fn default_retention() -> String {
+    "7d".into()
+}
+
+/// Observed state. The operator owns everything here except `devices.assigned`, which the router
+/// writes under its own field manager ([`crate::ROUTER_FIELD_MANAGER`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IoTStampStatus {
+    /// The spec generation the rest of this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StampPhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<StampEndpoints>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DeviceCounts>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StampPhase {
+    /// Children are being created or rolled out.
+    Provisioning,
+    Ready,
+    /// Was ready, and a role is not any more.
+    Degraded,
+    Paused,
+    /// The stamp cannot be realised as specified (e.g. its TLS Secret is missing).
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StampEndpoints {
+    /// `host:port` devices connect to with MQTT over TLS.
+    pub mqtt: String,
+    /// Base URL of the stamp API (HTTPS).
+    pub api: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCounts {
+    /// Devices the router has assigned here. Written by the router only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<i64>,
+    /// Devices connected now, read by the operator from the stamp API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<i64>,
+}
+
+impl IoTStamp {
+    /// True when the stamp reports `Ready=True` for its current generation.
+    pub fn is_ready(&self) -> bool {
+        let Some(status) = &self.status else { return false };
+        status.observed_generation == self.metadata.generation
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == crate::conditions::READY && c.status == "True")
+    }
+}

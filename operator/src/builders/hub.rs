@@ -1,0 +1,100 @@
+//! Hub: the device edge (MQTT over TLS) and the stamp API, as a StatefulSet so each replica has a
+//! stable name, behind the device-facing Service whose type the spec chooses.
+
+use iotstamp_api::IoTStamp;
+use iotstamp_api::stamp::ServiceType;
+use iotstamp_core::stamp_config::ports;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::pod::{PodInputs, RoleSpec, template};
+use super::storage::port;
+use super::{Names, role_labels, selector_labels};
+
+pub const ROLE: &str = "hub";
+
+/// The Service devices and the router use.
+pub fn service(stamp: &IoTStamp, n: &Names) -> Service {
+    let svc = &stamp.spec.hub.service;
+    let mut mqtt = port("mqtts", ports::MQTT_TLS);
+    if matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer) {
+        mqtt.node_port = svc.node_port;
+    }
+    Service {
+        metadata: ObjectMeta {
+            name: Some(n.hub()),
+            namespace: Some(n.namespace.clone()),
+            labels: Some(role_labels(n, ROLE)),
+            annotations: (!svc.annotations.is_empty()).then(|| svc.annotations.clone()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(svc.type_.as_str().into()),
+            selector: Some(selector_labels(n, ROLE)),
+            ports: Some(vec![mqtt, port("api", ports::API), port("metrics", ports::METRICS)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The headless Service that gives hub pods stable DNS names.
+pub fn pods_service(n: &Names) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(n.hub_pods()),
+            namespace: Some(n.namespace.clone()),
+            labels: Some(role_labels(n, ROLE)),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(n, ROLE)),
+            ports: Some(vec![port("mqtts", ports::MQTT_TLS)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn stateful_set(stamp: &IoTStamp, p: &PodInputs) -> StatefulSet {
+    let n = p.names;
+    let spec = &stamp.spec.hub;
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(n.hub()),
+            namespace: Some(n.namespace.clone()),
+            labels: Some(role_labels(n, ROLE)),
+            ..Default::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(n.hub_pods()),
+            // Hub replicas are interchangeable; start and replace them in parallel.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(n, ROLE)),
+                ..Default::default()
+            },
+            template: template(
+                p,
+                RoleSpec {
+                    role: ROLE,
+                    ports: vec![
+                        ("mqtts", ports::MQTT_TLS),
+                        ("api", ports::API),
+                        ("metrics", ports::METRICS),
+                    ],
+                    probe: (ports::API, "HTTPS"),
+                    mounts_tls: true,
+                    data_claim: None,
+                    resources: spec.resources.clone(),
+                    overrides: &spec.pod,
+                },
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,80 @@
+//! Names of a stamp's children and the addresses they are reached at. One place, so the
+//! ConfigMap's URLs, the Services and the certificate's SANs can never disagree.
+
+use iotstamp_api::IoTStamp;
+use iotstamp_core::stamp_config::ports;
+
+use super::BuildError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Names {
+    pub stamp: String,
+    pub namespace: String,
+    pub cluster_domain: String,
+}
+
+impl Names {
+    pub fn of(stamp: &IoTStamp, cluster_domain: &str) -> Result<Self, BuildError> {
+        Ok(Self {
+            stamp: stamp.metadata.name.clone().ok_or(BuildError::MissingMeta("name"))?,
+            namespace: stamp.metadata.namespace.clone().ok_or(BuildError::MissingMeta("namespace"))?,
+            cluster_domain: cluster_domain.to_string(),
+        })
+    }
+
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.stamp)
+    }
+    pub fn token_secret(&self) -> String {
+        format!("{}-api-token", self.stamp)
+    }
+    pub fn tls_secret(&self) -> String {
+        format!("{}-hub-tls", self.stamp)
+    }
+    pub fn service_account(&self) -> String {
+        self.stamp.clone()
+    }
+    pub fn hub(&self) -> String {
+        format!("{}-hub", self.stamp)
+    }
+    /// Headless Service behind the hub StatefulSet (stable pod DNS names).
+    pub fn hub_pods(&self) -> String {
+        format!("{}-hub-pods", self.stamp)
+    }
+    pub fn ingest(&self) -> String {
+        format!("{}-ingest", self.stamp)
+    }
+    pub fn storage(&self) -> String {
+        format!("{}-storage", self.stamp)
+    }
+
+    /// `<service>.<namespace>.svc` — resolvable from any namespace of the cluster.
+    pub fn svc_host(&self, service: &str) -> String {
+        format!("{service}.{}.svc", self.namespace)
+    }
+
+    /// DNS names devices and the router may use for the hub: the certificate's SANs.
+    pub fn hub_dns_names(&self) -> Vec<String> {
+        let hub = self.hub();
+        vec![
+            hub.clone(),
+            format!("{hub}.{}", self.namespace),
+            self.svc_host(&hub),
+            format!("{}.{}", self.svc_host(&hub), self.cluster_domain),
+        ]
+    }
+
+    pub fn mqtt_endpoint(&self) -> String {
+        format!("{}:{}", self.svc_host(&self.hub()), ports::MQTT_TLS)
+    }
+    pub fn api_endpoint(&self) -> String {
+        format!("https://{}:{}", self.svc_host(&self.hub()), ports::API)
+    }
+    pub fn ingest_url(&self) -> String {
+        format!("http://{}:{}", self.svc_host(&self.ingest()), ports::INGEST)
+    }
+    /// Storage is a single-writer StatefulSet: address its one pod by its stable name.
+    pub fn storage_url(&self) -> String {
+        format!("http://{}-0.{}:{}", self.storage(), self.svc_host(&self.storage()), ports::STORAGE)
+    }
+}

@@ -1,0 +1,235 @@
+//! Builders on fixtures: what a person would check by reading `kubectl get -o yaml`.
+
+use std::time::Duration;
+
+use iotstamp_api::{IoTStamp, IoTStampSpec};
+use iotstamp_core::pki;
+use iotstamp_core::stamp_config::StampConfig;
+use k8s_openapi::api::apps::v1::StatefulSet;
+
+use super::tls::HubTls;
+use super::*;
+
+const NOW: i64 = 1_800_000_000;
+
+pub(crate) fn fixture_stamp(name: &str, spec: serde_json::Value) -> IoTStamp {
+    let spec: IoTStampSpec = serde_json::from_value(spec).unwrap();
+    let mut stamp = IoTStamp::new(name, spec);
+    stamp.metadata.namespace = Some("fleet".into());
+    stamp.metadata.uid = Some(format!("uid-{name}"));
+    stamp.metadata.generation = Some(1);
+    stamp
+}
+
+pub(crate) fn fixture_inputs() -> Inputs {
+    // One CA and certificate for all fixtures: generating keys per test would make outputs differ.
+    static TLS: std::sync::OnceLock<HubTls> = std::sync::OnceLock::new();
+    let tls = TLS
+        .get_or_init(|| {
+            let ca = pki::new_ca("test CA", NOW, Duration::from_secs(86_400 * 365)).unwrap();
+            let cert = pki::issue_server_cert(&ca, &["s1-hub".into()], NOW, Duration::from_secs(86_400)).unwrap();
+            HubTls::Managed {
+                cert,
+                ca_cert_pem: ca.cert_pem,
+            }
+        })
+        .clone();
+    Inputs {
+        default_image: "iotstamp:test".into(),
+        tls,
+        api_token: "t0ken".into(),
+        cluster_domain: "cluster.local".into(),
+    }
+}
+
+fn find<'a>(children: &'a [Child], kind: &str, name: &str) -> &'a Child {
+    children
+        .iter()
+        .find(|c| c.kind() == kind && c.name() == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn sts<'a>(children: &'a [Child], name: &str) -> &'a StatefulSet {
+    match find(children, "StatefulSet", name) {
+        Child::StatefulSet(s) => s,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn children_come_in_apply_order_and_all_are_owned() {
+    let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 100}));
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let order: Vec<String> = children.iter().map(|c| format!("{}/{}", c.kind(), c.name())).collect();
+    assert_eq!(
+        order,
+        [
+            "ConfigMap/s1-config",
+            "Secret/s1-api-token",
+            "ServiceAccount/s1",
+            "NetworkPolicy/s1",
+            "Secret/s1-hub-tls",
+            "Service/s1-storage",
+            "StatefulSet/s1-storage",
+            "Service/s1-ingest",
+            "Deployment/s1-ingest",
+            "Service/s1-hub-pods",
+            "Service/s1-hub",
+            "StatefulSet/s1-hub",
+            "PodDisruptionBudget/s1-hub",
+        ]
+    );
+    for c in &children {
+        let owners = c.meta().owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "IoTStamp");
+        assert_eq!(owners[0].uid, "uid-s1");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(c.meta().namespace.as_deref(), Some("fleet"));
+        assert!(c.applied_hash().is_some());
+    }
+}
+
+#[test]
+fn config_map_carries_the_stamp_contract() {
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({"deviceQuota": 250, "region": "eu", "hub": {"hostNames": ["mqtt.example.com"]},
+                           "storage": {"retention": "36h"}}),
+    );
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let Child::ConfigMap(cm) = find(&children, "ConfigMap", "s1-config") else { unreachable!() };
+    let cfg: StampConfig = serde_json::from_str(&cm.data.as_ref().unwrap()["stamp.json"]).unwrap();
+    assert_eq!(cfg.stamp, "s1");
+    assert_eq!(cfg.device_quota, 250);
+    assert_eq!(cfg.region.as_deref(), Some("eu"));
+    assert_eq!(cfg.storage.retention_secs, 36 * 3600);
+    assert!(cfg.hub.host_names.contains(&"s1-hub.fleet.svc".to_string()));
+    assert!(cfg.hub.host_names.contains(&"mqtt.example.com".to_string()));
+    assert_eq!(cfg.hub.ingest_url.as_deref(), Some("http://s1-ingest.fleet.svc:8081"));
+    assert_eq!(cfg.ingest.storage_url.as_deref(), Some("http://s1-storage-0.s1-storage.fleet.svc:8082"));
+}
+
+#[test]
+fn every_pod_is_hardened() {
+    let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1}));
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let templates: Vec<_> = children
+        .iter()
+        .filter_map(|c| match c {
+            Child::StatefulSet(s) => Some(s.spec.as_ref().unwrap().template.clone()),
+            Child::Deployment(d) => Some(d.spec.as_ref().unwrap().template.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(templates.len(), 3);
+    for t in templates {
+        let pod = t.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        for c in pod.containers {
+            let sc = c.security_context.unwrap();
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+            assert_eq!(c.image.as_deref(), Some("iotstamp:test"));
+        }
+    }
+}
+
+#[test]
+fn spec_resources_overrides_and_storage_reach_the_pods() {
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({
+            "deviceQuota": 1, "image": "registry.local/iotstamp:1.2",
+            "hub": {"replicas": 3, "resources": {"limits": {"memory": "1Gi"}},
+                    "pod": {"nodeSelector": {"pool": "edge"}, "tolerations": [{"key": "edge", "operator": "Exists"}]}},
+            "storage": {"size": "50Gi", "storageClassName": "fast"}
+        }),
+    );
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let hub = sts(&children, "s1-hub").spec.clone().unwrap();
+    assert_eq!(hub.replicas, Some(3));
+    let pod = hub.template.spec.unwrap();
+    assert_eq!(pod.node_selector.unwrap()["pool"], "edge");
+    assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("edge"));
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.local/iotstamp:1.2"));
+    assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "1Gi");
+    assert_eq!(c.args.as_ref().unwrap().last().map(String::as_str), Some("hub"));
+
+    let storage = sts(&children, "s1-storage").spec.clone().unwrap();
+    let claim = storage.volume_claim_templates.unwrap()[0].spec.clone().unwrap();
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"].0, "50Gi");
+}
+
+#[test]
+fn user_tls_secret_replaces_the_managed_one() {
+    let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1, "hub": {"tls": {"secretName": "mine"}}}));
+    let inputs = Inputs {
+        tls: HubTls::User {
+            secret_name: "mine".into(),
+            fingerprint: "abc".into(),
+        },
+        ..fixture_inputs()
+    };
+    let children = desired(&stamp, &inputs).unwrap();
+    assert!(!children.iter().any(|c| c.name() == "s1-hub-tls"), "no managed Secret with a user Secret");
+    let pod = sts(&children, "s1-hub").spec.clone().unwrap().template.spec.unwrap();
+    let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
+    assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("mine"));
+}
+
+fn pod_hash(children: &[Child], name: &str) -> String {
+    sts(children, name).spec.clone().unwrap().template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH].clone()
+}
+
+#[test]
+fn config_changes_roll_pods_and_quota_changes_do_not() {
+    let inputs = fixture_inputs();
+    let base = desired(&fixture_stamp("s1", serde_json::json!({"deviceQuota": 10})), &inputs).unwrap();
+    let more_quota = desired(&fixture_stamp("s1", serde_json::json!({"deviceQuota": 20})), &inputs).unwrap();
+    let new_retention = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 10, "storage": {"retention": "1d"}})),
+        &inputs,
+    )
+    .unwrap();
+    assert_eq!(pod_hash(&base, "s1-hub"), pod_hash(&more_quota, "s1-hub"));
+    assert_ne!(pod_hash(&base, "s1-hub"), pod_hash(&new_retention, "s1-hub"));
+    // The quota still reaches the ConfigMap, which the stamp re-reads.
+    assert_ne!(
+        find(&base, "ConfigMap", "s1-config").applied_hash(),
+        find(&more_quota, "ConfigMap", "s1-config").applied_hash()
+    );
+    // Only the ConfigMap changes for a quota change: nothing else churns.
+    let changed: Vec<_> = base
+        .iter()
+        .zip(&more_quota)
+        .filter(|(a, b)| a.applied_hash() != b.applied_hash())
+        .map(|(a, _)| a.name().to_string())
+        .collect();
+    assert_eq!(changed, ["s1-config"]);
+}
+
+#[test]
+fn building_twice_gives_identical_objects() {
+    let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 10}));
+    assert_eq!(desired(&stamp, &fixture_inputs()).unwrap(), desired(&stamp, &fixture_inputs()).unwrap());
+}
+
+#[test]
+fn node_port_only_on_node_port_services() {
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({"deviceQuota": 1, "hub": {"service": {"type": "NodePort", "nodePort": 30883}}}),
+    );
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let Child::Service(svc) = find(&children, "Service", "s1-hub") else { unreachable!() };
+    let spec = svc.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30883));
+}
