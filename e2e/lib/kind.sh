@@ -6,7 +6,11 @@
 
 KIND_CLUSTER_NAME=iotstamp
 KIND_CONFIG=$REPO_DIR/kind-config.yaml
-KIND_AUDIT_DIR=$STATE_DIR/audit
+# A state dir of its own, beside the local cluster's: `down` deletes its state
+# dir, and one kind of cluster must not take the other's files with it.
+KIND_STATE_DIR=${STATE_DIR%/}-kind
+KIND_AUDIT_DIR=$KIND_STATE_DIR/audit
+KIND_KUBECONFIG=$KIND_STATE_DIR/kubeconfig
 
 kind_require() {
     command -v docker >/dev/null 2>&1 ||
@@ -24,8 +28,8 @@ kind_up() {
     kind_require
     if kind_exists; then
         log "kind cluster '$KIND_CLUSTER_NAME' already exists"
-        mkdir -p "$STATE_DIR"
-        kind get kubeconfig --name "$KIND_CLUSTER_NAME" >"$STATE_DIR/kubeconfig"
+        mkdir -p "$KIND_STATE_DIR"
+        kind get kubeconfig --name "$KIND_CLUSTER_NAME" >"$KIND_KUBECONFIG"
         return 0
     fi
     local start=$SECONDS
@@ -35,9 +39,9 @@ kind_up() {
     # directory it runs in: run it from the state dir.
     # KIND_NODE_IMAGE picks a node image (say kindest/node:v1.34.x) other than
     # the default of the installed kind.
-    (cd "$STATE_DIR" &&
+    (cd "$KIND_STATE_DIR" &&
         kind create cluster --config "$KIND_CONFIG" --name "$KIND_CLUSTER_NAME" \
-            --kubeconfig "$STATE_DIR/kubeconfig" --wait 120s \
+            --kubeconfig "$KIND_KUBECONFIG" --wait 120s \
             ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}) ||
         die "kind create cluster failed (see kind's output above; 'E2E_CLUSTER=kind e2e/cluster down' cleans up)"
     # The node's kube-apiserver writes the log as root inside the container;
@@ -46,7 +50,7 @@ kind_up() {
     log "kind cluster '$KIND_CLUSTER_NAME' up in $(fmt_secs $((SECONDS - start)))"
     cat >&2 <<EOF
 
-  kubeconfig   $STATE_DIR/kubeconfig
+  kubeconfig   $KIND_KUBECONFIG
   audit log    $KIND_AUDIT_DIR/audit.log
 
   Use it:      eval "\$(E2E_CLUSTER=kind e2e/cluster env)" && kubectl get nodes
@@ -62,12 +66,12 @@ kind_down() {
     else
         log "no kind cluster '$KIND_CLUSTER_NAME'"
     fi
-    rm -rf "$STATE_DIR"
+    rm -rf "$KIND_STATE_DIR"
 }
 
 kind_env() {
-    [[ -f $STATE_DIR/kubeconfig ]] || warn "no kubeconfig in $STATE_DIR yet; run: E2E_CLUSTER=kind e2e/cluster up"
-    printf 'export KUBECONFIG=%q\n' "$STATE_DIR/kubeconfig"
+    [[ -f $KIND_KUBECONFIG ]] || warn "no kubeconfig in $KIND_STATE_DIR yet; run: E2E_CLUSTER=kind e2e/cluster up"
+    printf 'export KUBECONFIG=%q\n' "$KIND_KUBECONFIG"
     # kubectl and helm still come from our cache (the cluster does not need them).
     # shellcheck disable=SC2016 # $PATH is for the eval-ing shell to expand
     printf 'export PATH=%q:"$PATH"\n' "$TOOLS_PATH"
@@ -77,8 +81,8 @@ kind_env() {
 kind_status() {
     kind_require
     if kind_exists; then
-        echo "kind cluster '$KIND_CLUSTER_NAME': exists (kubeconfig $STATE_DIR/kubeconfig)"
-        kubectl --kubeconfig "$STATE_DIR/kubeconfig" get nodes 2>&1 | sed 's/^/  /' || true
+        echo "kind cluster '$KIND_CLUSTER_NAME': exists (kubeconfig $KIND_KUBECONFIG)"
+        kubectl --kubeconfig "$KIND_KUBECONFIG" get nodes 2>&1 | sed 's/^/  /' || true
     else
         echo "kind cluster '$KIND_CLUSTER_NAME': not running"
         return 1

@@ -13,7 +13,7 @@
 # Kubernetes defaults (6443, 10257, 10259), so it can sit beside either.
 PORT_BASE_DEFAULT=23790
 
-# Components, in start order (stop order is the reverse).
+# Components, in start order.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 # Fake nodes that kwok manages.
@@ -76,7 +76,8 @@ start_component() {
         printf '%q ' "$@"
         printf '\n'
     } >>"$log"
-    setsid "$@" </dev/null >>"$log" 2>&1 &
+    # 9>&-: do not hand our lock (see take_lock) to a process that outlives us.
+    setsid "$@" </dev/null >>"$log" 2>&1 9>&- &
     echo $! >"$RUN_DIR/$name.pid"
 }
 
@@ -88,29 +89,49 @@ await() {
     local deadline=$((SECONDS + timeout))
     until "$@" >/dev/null 2>&1; do
         pid_of "$name" >/dev/null ||
-            die_with_log "$name" "$LOG_DIR/$name.log" "exited while waiting for $what"
+            die_with_log "$name" "$LOG_DIR/$name.log" "exited while waiting for $what (the other processes are left running; 'e2e/cluster down' cleans up)"
         ((SECONDS < deadline)) ||
-            die_with_log "$name" "$LOG_DIR/$name.log" "not $what after ${timeout}s (processes left running; 'e2e/cluster down' cleans up)"
+            die_with_log "$name" "$LOG_DIR/$name.log" "not $what after ${timeout}s (processes are left running; 'e2e/cluster down' cleans up)"
         sleep 0.2
     done
 }
 
-stop_component() {
-    local name=$1 pid i
-    if pid=$(pid_of "$name"); then
-        kill -TERM "$pid" 2>/dev/null || true
-        # apiserver and etcd shut down gracefully within a few seconds.
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            warn "$name (pid $pid) ignored SIGTERM for 10s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
+# stop_components NAME...: SIGTERM them all at once, wait up to 3 s, then
+# SIGKILL what is left. A graceful exit buys nothing here (the state dir is
+# deleted next) and kube-apiserver alone takes ~7 s to drain. Only pids from
+# our pid files that still run the expected binary are signalled.
+stop_components() {
+    local name pid i
+    local -A pids=()
+    for name in "$@"; do
+        if pid=$(pid_of "$name"); then
+            pids[$name]=$pid
+            kill -TERM "$pid" 2>/dev/null || true
         fi
-        log "stopped $name (pid $pid)"
-    fi
-    rm -f "$RUN_DIR/$name.pid"
+    done
+    for ((i = 0; i < 30; i++)); do
+        for name in "${!pids[@]}"; do
+            kill -0 "${pids[$name]}" 2>/dev/null || {
+                log "stopped $name (pid ${pids[$name]})"
+                unset "pids[$name]"
+            }
+        done
+        ((${#pids[@]} == 0)) && break
+        sleep 0.1
+    done
+    for name in "${!pids[@]}"; do
+        kill -KILL "${pids[$name]}" 2>/dev/null || true
+        log "killed $name (pid ${pids[$name]}) after 3s"
+    done
+    # Give the kernel a moment to reap them, so their ports are free for an
+    # `up` that follows at once.
+    for name in "${!pids[@]}"; do
+        for ((i = 0; i < 20; i++)); do
+            kill -0 "${pids[$name]}" 2>/dev/null || break
+            sleep 0.05
+        done
+    done
+    for name in "$@"; do rm -f "$RUN_DIR/$name.pid"; done
 }
 
 port_free() {
@@ -150,17 +171,18 @@ sign() {
     openssl req -new -key "$PKI/$name.key" -subj "$subj" |
         openssl x509 -req -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
             -set_serial "0x$(openssl rand -hex 15)" -days 3650 \
-            -extfile <(printf '%s\n' "$ext") -out "$PKI/$name.crt" 2>/dev/null
+            -extfile <(printf '%s\n' "$ext") -out "$PKI/$name.crt" 2>/dev/null ||
+        die "openssl could not issue the $name certificate ($subj)"
 }
 
 generate_pki() {
     need_cmd openssl "apt-get install openssl"
     mkdir -p "$PKI"
     chmod 700 "$PKI"
-    # One CA signs everything: the API server's serving certificate (clients
-    # verify it), client certificates (the API server's --client-ca-file),
-    # and, via kube-controller-manager, CSRs and the kube-root-ca.crt that
-    # pods would trust.
+    # One cluster CA signs the API server's serving certificate (clients
+    # verify it) and the client certificates (the API server's
+    # --client-ca-file); kube-controller-manager signs CSRs with it and
+    # publishes it as the kube-root-ca.crt that pods would trust.
     _openssl_key "$PKI/ca.key"
     openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=iotstamp-e2e-ca" -days 3650 \
         -addext "basicConstraints=critical,CA:TRUE" \
@@ -183,6 +205,21 @@ extendedKeyUsage=clientAuth"
     sign kube-controller-manager "/CN=system:kube-controller-manager" "$client_ext"
     sign kube-scheduler "/CN=system:kube-scheduler" "$client_ext"
     sign kwok "/O=system:masters/CN=kwok-controller" "$client_ext"
+    # The front proxy (aggregation layer) has its own CA, as under kubeadm:
+    # the API server presents front-proxy-client when it proxies to an
+    # aggregated API, and kube-controller-manager and kube-scheduler expect
+    # the CA in kube-system/extension-apiserver-authentication (without it
+    # they log an error every few seconds).
+    _openssl_key "$PKI/front-proxy-ca.key"
+    openssl req -x509 -new -key "$PKI/front-proxy-ca.key" -subj "/CN=iotstamp-e2e-front-proxy-ca" -days 3650 \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+        -out "$PKI/front-proxy-ca.crt" 2>/dev/null
+    _openssl_key "$PKI/front-proxy-client.key"
+    openssl req -new -key "$PKI/front-proxy-client.key" -subj "/CN=front-proxy-client" |
+        openssl x509 -req -CA "$PKI/front-proxy-ca.crt" -CAkey "$PKI/front-proxy-ca.key" \
+            -set_serial "0x$(openssl rand -hex 15)" -days 3650 \
+            -extfile <(printf '%s\n' "$client_ext") -out "$PKI/front-proxy-client.crt" 2>/dev/null
     # Service-account tokens are signed with this key (API server and the
     # controller manager's token controller) and verified with its public half.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
@@ -244,7 +281,8 @@ EOF
 
 start_etcd() {
     # Debian's etcd 3.4 is older than what kube-apiserver 1.34 recommends;
-    # the API server notices and turns off the watch-progress features.
+    # the API server notices and turns off the watch-progress features (see
+    # WatchList=false in start_apiserver for the one place that matters).
     # --unsafe-no-fsync: test data, speed matters more than durability.
     start_component etcd etcd \
         --name=iotstamp-e2e \
@@ -263,6 +301,12 @@ start_apiserver() {
     # on loopback. The API server refuses to write a loopback address into
     # the `kubernetes` Endpoints, so that reconciler is switched off (nothing
     # in this cluster reaches the API server through its Service anyway).
+    # WatchList=false: with it on (the 1.34 default) the API server turns
+    # every watch from resourceVersion ""/"0" into a streaming watch-list,
+    # which it then refuses on Debian's etcd 3.4 (no RequestWatchProgress):
+    # such clients (kwok, for one) see their watch fail at once and re-list
+    # with a back-off growing to 30-60 s, so pods would become Ready or go
+    # away only every half minute. Off, those watches behave as before 1.32.
     # Audit log: blocking mode, so a line is written per request as it
     # completes; no rotation, so tests can count lines in one file.
     start_component kube-apiserver "$K8S_BIN/kube-apiserver" \
@@ -274,6 +318,13 @@ start_apiserver() {
         --tls-cert-file="$PKI/apiserver.crt" \
         --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" \
+        --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+        --requestheader-allowed-names=front-proxy-client \
+        --requestheader-username-headers=X-Remote-User \
+        --requestheader-group-headers=X-Remote-Group \
+        --requestheader-extra-headers-prefix=X-Remote-Extra- \
+        --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+        --proxy-client-key-file="$PKI/front-proxy-client.key" \
         --authorization-mode=RBAC \
         --allow-privileged=true \
         --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -286,6 +337,7 @@ start_apiserver() {
         --audit-log-mode=blocking \
         --audit-log-maxsize=0 \
         --audit-log-maxbackup=0 \
+        --feature-gates=WatchList=false \
         --profiling=false
 }
 
@@ -343,7 +395,7 @@ start_kwok() {
         --node-ip=127.0.0.1 \
         --node-port="$KWOK_PORT" \
         --server-address="127.0.0.1:$KWOK_PORT" \
-        --cidr="$POD_CIDR"
+        --cidr="${POD_CIDR%.*/*}.1/${POD_CIDR#*/}"
 }
 
 # Fake nodes: no taint, so ordinary pods schedule on them; generous capacity
@@ -397,7 +449,6 @@ local_up() {
         if pid_of "$c" >/dev/null; then
             warn "cluster in $STATE_DIR is only partly running; restarting it from scratch"
             local_down_locked
-            set_ports
             break
         fi
     done
@@ -410,11 +461,12 @@ local_up() {
     # A leftover state dir (a crashed run, a reboot) holds stale data and
     # certificates; starting clean is what makes `up` predictable.
     rm -rf "$STATE_DIR"
-    mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR"
+    set_ports # from E2E_PORT_BASE now, not from a stale ports file
     for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
         port_free "$port" ||
             die "port 127.0.0.1:$port is in use; stop what listens there or set E2E_PORT_BASE (ports BASE..BASE+5)"
     done
+    mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR"
     echo "$ETCD_PORT" >"$STATE_DIR/ports"
 
     generate_pki
@@ -457,10 +509,9 @@ EOF
 
 local_down_locked() {
     set_ports
-    local i
-    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-        stop_component "${COMPONENTS[i]}"
-    done
+    # All at once: an orderly shutdown (clients, then API server, then etcd)
+    # would only spare logs that are about to be deleted, and costs seconds.
+    stop_components "${COMPONENTS[@]}"
     rm -rf "$STATE_DIR"
 }
 

@@ -206,12 +206,19 @@ ensure_etcd() {
     fi
     "${sudo[@]}" apt-get install -y -q --no-install-recommends etcd-server >&2 ||
         die "apt-get install etcd-server failed"
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled etcd >/dev/null 2>&1; then
-        log "disabling the etcd service the package enabled (we run our own on other ports)"
-        "${sudo[@]}" systemctl disable --now etcd >&2 || warn "could not disable etcd.service"
-    fi
-    if command -v service >/dev/null 2>&1 && service etcd status >/dev/null 2>&1; then
+    # Under systemd the package enables and starts etcd.service; in a
+    # container without an init, invoke-rc.d usually starts nothing. Stop and
+    # disable whatever did start, so nothing is left on 127.0.0.1:2379.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+        log "stopping and disabling the etcd service the package started (we run our own)"
+        "${sudo[@]}" systemctl disable --now etcd >&2 || warn "could not stop etcd.service"
+    elif command -v service >/dev/null 2>&1 && service etcd status >/dev/null 2>&1; then
+        log "stopping the etcd service the package started (we run our own)"
         "${sudo[@]}" service etcd stop >&2 || warn "could not stop the etcd service"
+        command -v update-rc.d >/dev/null 2>&1 && { "${sudo[@]}" update-rc.d etcd disable >/dev/null 2>&1 || true; }
+    fi
+    if (exec 3<>/dev/tcp/127.0.0.1/2379) 2>/dev/null; then
+        warn "something still listens on 127.0.0.1:2379 (an etcd service?); e2e/cluster does not use that port"
     fi
     command -v etcd >/dev/null 2>&1 || die "etcd-server installed but no etcd on PATH"
     log "installed $(etcd --version 2>/dev/null | head -n1) in $(fmt_secs $((SECONDS - start)))"
@@ -230,7 +237,7 @@ cmd_tools() {
     grep -Eq "^[[:space:]]*(require[[:space:]]+)?k8s\.io/kubernetes $K8S_VERSION( // indirect)?\$" "$K8S_MODULE_DIR/go.mod" ||
         die "$K8S_MODULE_DIR/go.mod is not for kubernetes $K8S_VERSION; run: e2e/cluster k8s-module"
     log "tools: building into $CACHE_DIR with $(go version | cut -d' ' -f3) (GOCACHE=$GOCACHE);" \
-        "a cold build takes 20+ minutes on 2 cores"
+        "a cold build takes 10-20 minutes on 2 cores"
 
     local t
     for t in "${K8S_TOOLS[@]}"; do

@@ -1,6 +1,21 @@
 //! The IoTStamp operator: reconciles `IoTStamp` objects into a stamp's workloads.
 //!
 //! Reconcile = read (caches) → validate → build desired children (pure, [`builders`]) → server-side
-//! apply what changed, in order → compute conditions ([`conditions`]) → apply status if it changed.
+//! apply what changed, in order ([`apply`]) → compute conditions ([`conditions`]) → apply status if
+//! it changed. See [`reconcile`] for the flow and [`controller`] for the wiring.
 
+pub mod apply;
 pub mod builders;
+pub mod ca;
+pub mod caches;
+pub mod cli;
+pub mod conditions;
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod metrics;
+pub mod reconcile;
+pub mod server;
+pub mod stats;
+
+pub use error::Error;

@@ -32,7 +32,11 @@ pub fn service(stamp: &IoTStamp, n: &Names) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(svc.type_.as_str().into()),
             selector: Some(selector_labels(n, ROLE)),
-            ports: Some(vec![mqtt, port("api", ports::API), port("metrics", ports::METRICS)]),
+            ports: Some(vec![
+                mqtt,
+                port("api", ports::API),
+                port("metrics", ports::METRICS),
+            ]),
             ..Default::default()
         }),
         ..Default::default()

@@ -2,7 +2,7 @@
 //! objects the stamp should have. No I/O, no clock, no randomness: everything variable arrives in
 //! [`Inputs`], so fixtures pin the output and a no-op reconcile is provably a no-op.
 
-mod config;
+pub mod config;
 mod hub;
 mod ingest;
 mod names;
@@ -98,7 +98,11 @@ impl Child {
 
     /// The hash this child carries in [`APPLIED_HASH`].
     pub fn applied_hash(&self) -> Option<&str> {
-        self.meta().annotations.as_ref()?.get(APPLIED_HASH).map(String::as_str)
+        self.meta()
+            .annotations
+            .as_ref()?
+            .get(APPLIED_HASH)
+            .map(String::as_str)
     }
 }
 
@@ -106,14 +110,20 @@ impl Child {
 /// read what earlier ones create (the hub mounts the TLS Secret, ingest writes to storage).
 pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildError> {
     let n = Names::of(stamp, &inputs.cluster_domain)?;
-    let owner = stamp.controller_owner_ref(&()).ok_or(BuildError::MissingMeta("uid"))?;
+    let owner = stamp
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingMeta("uid"))?;
     let cfg = config::stamp_config(stamp, &n)?;
     let config_map = config::config_map(&n, &cfg);
     let tls_secret = tls::managed_secret(&n, &inputs.tls);
     let config_hash = config::pod_config_hash(&cfg, &inputs.tls, &inputs.api_token);
     let pods = pod::PodInputs {
         names: &n,
-        image: stamp.spec.image.clone().unwrap_or_else(|| inputs.default_image.clone()),
+        image: stamp
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| inputs.default_image.clone()),
         config_hash,
         tls_secret_name: inputs.tls.secret_name(&n),
     };
@@ -146,13 +156,18 @@ fn finish(child: &mut Child, owner: &OwnerReference) {
     let hash = {
         let meta = meta_mut(child);
         meta.owner_references = Some(vec![owner.clone()]);
-        meta.labels.get_or_insert_with(BTreeMap::new).insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        meta.labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
         if let Some(a) = meta.annotations.as_mut() {
             a.remove(APPLIED_HASH);
         }
         hash_json(&serialize(child))
     };
-    meta_mut(child).annotations.get_or_insert_with(BTreeMap::new).insert(APPLIED_HASH.into(), hash);
+    meta_mut(child)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.into(), hash);
 }
 
 fn meta_mut(child: &mut Child) -> &mut ObjectMeta {
@@ -208,4 +223,4 @@ pub fn selector_labels(n: &Names, role: &str) -> BTreeMap<String, String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

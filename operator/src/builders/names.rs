@@ -16,8 +16,16 @@ pub struct Names {
 impl Names {
     pub fn of(stamp: &IoTStamp, cluster_domain: &str) -> Result<Self, BuildError> {
         Ok(Self {
-            stamp: stamp.metadata.name.clone().ok_or(BuildError::MissingMeta("name"))?,
-            namespace: stamp.metadata.namespace.clone().ok_or(BuildError::MissingMeta("namespace"))?,
+            stamp: stamp
+                .metadata
+                .name
+                .clone()
+                .ok_or(BuildError::MissingMeta("name"))?,
+            namespace: stamp
+                .metadata
+                .namespace
+                .clone()
+                .ok_or(BuildError::MissingMeta("namespace"))?,
             cluster_domain: cluster_domain.to_string(),
         })
     }
@@ -75,6 +83,11 @@ impl Names {
     }
     /// Storage is a single-writer StatefulSet: address its one pod by its stable name.
     pub fn storage_url(&self) -> String {
-        format!("http://{}-0.{}:{}", self.storage(), self.svc_host(&self.storage()), ports::STORAGE)
+        format!(
+            "http://{}-0.{}:{}",
+            self.storage(),
+            self.svc_host(&self.storage()),
+            ports::STORAGE
+        )
     }
 }

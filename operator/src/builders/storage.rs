@@ -7,7 +7,8 @@ use iotstamp_api::IoTStamp;
 use iotstamp_core::stamp_config::ports;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -77,7 +78,10 @@ pub fn stateful_set(stamp: &IoTStamp, p: &PodInputs) -> StatefulSet {
                     access_modes: Some(vec!["ReadWriteOnce".into()]),
                     storage_class_name: spec.storage_class_name.clone(),
                     resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([("storage".to_string(), Quantity(spec.size.clone()))])),
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(spec.size.clone()),
+                        )])),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -94,7 +98,9 @@ pub fn port(name: &str, port: u16) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
         port: i32::from(port),
-        target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name.into())),
+        target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+            name.into(),
+        )),
         protocol: Some("TCP".into()),
         ..Default::default()
     }

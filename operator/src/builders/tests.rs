@@ -27,7 +27,8 @@ pub(crate) fn fixture_inputs() -> Inputs {
     let tls = TLS
         .get_or_init(|| {
             let ca = pki::new_ca("test CA", NOW, Duration::from_secs(86_400 * 365)).unwrap();
-            let cert = pki::issue_server_cert(&ca, &["s1-hub".into()], NOW, Duration::from_secs(86_400)).unwrap();
+            let cert =
+                pki::issue_server_cert(&ca, &["s1-hub".into()], NOW, Duration::from_secs(86_400)).unwrap();
             HubTls::Managed {
                 cert,
                 ca_cert_pem: ca.cert_pem,
@@ -60,7 +61,10 @@ fn sts<'a>(children: &'a [Child], name: &str) -> &'a StatefulSet {
 fn children_come_in_apply_order_and_all_are_owned() {
     let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 100}));
     let children = desired(&stamp, &fixture_inputs()).unwrap();
-    let order: Vec<String> = children.iter().map(|c| format!("{}/{}", c.kind(), c.name())).collect();
+    let order: Vec<String> = children
+        .iter()
+        .map(|c| format!("{}/{}", c.kind(), c.name()))
+        .collect();
     assert_eq!(
         order,
         [
@@ -98,7 +102,9 @@ fn config_map_carries_the_stamp_contract() {
                            "storage": {"retention": "36h"}}),
     );
     let children = desired(&stamp, &fixture_inputs()).unwrap();
-    let Child::ConfigMap(cm) = find(&children, "ConfigMap", "s1-config") else { unreachable!() };
+    let Child::ConfigMap(cm) = find(&children, "ConfigMap", "s1-config") else {
+        unreachable!()
+    };
     let cfg: StampConfig = serde_json::from_str(&cm.data.as_ref().unwrap()["stamp.json"]).unwrap();
     assert_eq!(cfg.stamp, "s1");
     assert_eq!(cfg.device_quota, 250);
@@ -106,8 +112,14 @@ fn config_map_carries_the_stamp_contract() {
     assert_eq!(cfg.storage.retention_secs, 36 * 3600);
     assert!(cfg.hub.host_names.contains(&"s1-hub.fleet.svc".to_string()));
     assert!(cfg.hub.host_names.contains(&"mqtt.example.com".to_string()));
-    assert_eq!(cfg.hub.ingest_url.as_deref(), Some("http://s1-ingest.fleet.svc:8081"));
-    assert_eq!(cfg.ingest.storage_url.as_deref(), Some("http://s1-storage-0.s1-storage.fleet.svc:8082"));
+    assert_eq!(
+        cfg.hub.ingest_url.as_deref(),
+        Some("http://s1-ingest.fleet.svc:8081")
+    );
+    assert_eq!(
+        cfg.ingest.storage_url.as_deref(),
+        Some("http://s1-storage-0.s1-storage.fleet.svc:8082")
+    );
 }
 
 #[test]
@@ -158,7 +170,10 @@ fn spec_resources_overrides_and_storage_reach_the_pods() {
     assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("edge"));
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("registry.local/iotstamp:1.2"));
-    assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "1Gi");
+    assert_eq!(
+        c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+        "1Gi"
+    );
     assert_eq!(c.args.as_ref().unwrap().last().map(String::as_str), Some("hub"));
 
     let storage = sts(&children, "s1-storage").spec.clone().unwrap();
@@ -169,7 +184,10 @@ fn spec_resources_overrides_and_storage_reach_the_pods() {
 
 #[test]
 fn user_tls_secret_replaces_the_managed_one() {
-    let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1, "hub": {"tls": {"secretName": "mine"}}}));
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({"deviceQuota": 1, "hub": {"tls": {"secretName": "mine"}}}),
+    );
     let inputs = Inputs {
         tls: HubTls::User {
             secret_name: "mine".into(),
@@ -178,23 +196,57 @@ fn user_tls_secret_replaces_the_managed_one() {
         ..fixture_inputs()
     };
     let children = desired(&stamp, &inputs).unwrap();
-    assert!(!children.iter().any(|c| c.name() == "s1-hub-tls"), "no managed Secret with a user Secret");
-    let pod = sts(&children, "s1-hub").spec.clone().unwrap().template.spec.unwrap();
-    let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
+    assert!(
+        !children.iter().any(|c| c.name() == "s1-hub-tls"),
+        "no managed Secret with a user Secret"
+    );
+    let pod = sts(&children, "s1-hub")
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let tls = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "tls")
+        .unwrap();
     assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("mine"));
 }
 
 fn pod_hash(children: &[Child], name: &str) -> String {
-    sts(children, name).spec.clone().unwrap().template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH].clone()
+    sts(children, name)
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap()[CONFIG_HASH]
+        .clone()
 }
 
 #[test]
 fn config_changes_roll_pods_and_quota_changes_do_not() {
     let inputs = fixture_inputs();
-    let base = desired(&fixture_stamp("s1", serde_json::json!({"deviceQuota": 10})), &inputs).unwrap();
-    let more_quota = desired(&fixture_stamp("s1", serde_json::json!({"deviceQuota": 20})), &inputs).unwrap();
+    let base = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 10})),
+        &inputs,
+    )
+    .unwrap();
+    let more_quota = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 20})),
+        &inputs,
+    )
+    .unwrap();
     let new_retention = desired(
-        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 10, "storage": {"retention": "1d"}})),
+        &fixture_stamp(
+            "s1",
+            serde_json::json!({"deviceQuota": 10, "storage": {"retention": "1d"}}),
+        ),
         &inputs,
     )
     .unwrap();
@@ -218,7 +270,10 @@ fn config_changes_roll_pods_and_quota_changes_do_not() {
 #[test]
 fn building_twice_gives_identical_objects() {
     let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 10}));
-    assert_eq!(desired(&stamp, &fixture_inputs()).unwrap(), desired(&stamp, &fixture_inputs()).unwrap());
+    assert_eq!(
+        desired(&stamp, &fixture_inputs()).unwrap(),
+        desired(&stamp, &fixture_inputs()).unwrap()
+    );
 }
 
 #[test]
@@ -228,7 +283,9 @@ fn node_port_only_on_node_port_services() {
         serde_json::json!({"deviceQuota": 1, "hub": {"service": {"type": "NodePort", "nodePort": 30883}}}),
     );
     let children = desired(&stamp, &fixture_inputs()).unwrap();
-    let Child::Service(svc) = find(&children, "Service", "s1-hub") else { unreachable!() };
+    let Child::Service(svc) = find(&children, "Service", "s1-hub") else {
+        unreachable!()
+    };
     let spec = svc.spec.as_ref().unwrap();
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
     assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30883));

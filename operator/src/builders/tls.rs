@@ -20,7 +20,10 @@ pub enum HubTls {
     Managed { cert: CertKeyPem, ca_cert_pem: String },
     /// The user's Secret, already checked to exist; `fingerprint` identifies its content so a
     /// rotated certificate rolls the hub.
-    User { secret_name: String, fingerprint: String },
+    User {
+        secret_name: String,
+        fingerprint: String,
+    },
 }
 
 impl HubTls {
@@ -53,7 +56,10 @@ pub fn managed_secret(n: &Names, tls: &HubTls) -> Option<Secret> {
         },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
-            (CERT_KEY.to_string(), ByteString(cert.cert_pem.clone().into_bytes())),
+            (
+                CERT_KEY.to_string(),
+                ByteString(cert.cert_pem.clone().into_bytes()),
+            ),
             (KEY_KEY.to_string(), ByteString(cert.key_pem.clone().into_bytes())),
             (CA_KEY.to_string(), ByteString(ca_cert_pem.clone().into_bytes())),
         ])),

@@ -1,0 +1,91 @@
+//! Watch-fed caches of the children the operator manages. The reconciler reads them instead of the
+//! API, so a reconcile that finds nothing to change sends nothing at all. Entries are trimmed to what
+//! the reconciler reads (metadata, and status for workloads) to keep memory flat at thousands of stamps.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::builders::{APPLIED_HASH, Child};
+
+#[derive(Clone)]
+pub struct Caches {
+    pub config_maps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub services: Store<Service>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub deployments: Store<Deployment>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+fn key<K: kube::Resource<DynamicType = ()>>(ns: &str, name: &str) -> ObjectRef<K> {
+    ObjectRef::new(name).within(ns)
+}
+
+impl Caches {
+    /// The applied-hash annotation the cached copy of `child` carries, if it is cached.
+    pub fn applied_hash(&self, child: &Child) -> Option<String> {
+        let meta = child.meta();
+        let (ns, name) = (meta.namespace.as_deref()?, meta.name.as_deref()?);
+        let annotations = match child {
+            Child::ConfigMap(_) => self.config_maps.get(&key(ns, name))?.metadata.annotations.clone(),
+            Child::Secret(_) => self.secrets.get(&key(ns, name))?.metadata.annotations.clone(),
+            Child::ServiceAccount(_) => self
+                .service_accounts
+                .get(&key(ns, name))?
+                .metadata
+                .annotations
+                .clone(),
+            Child::Service(_) => self.services.get(&key(ns, name))?.metadata.annotations.clone(),
+            Child::StatefulSet(_) => self
+                .stateful_sets
+                .get(&key(ns, name))?
+                .metadata
+                .annotations
+                .clone(),
+            Child::Deployment(_) => self.deployments.get(&key(ns, name))?.metadata.annotations.clone(),
+            Child::PodDisruptionBudget(_) => self.pdbs.get(&key(ns, name))?.metadata.annotations.clone(),
+            Child::NetworkPolicy(_) => self
+                .network_policies
+                .get(&key(ns, name))?
+                .metadata
+                .annotations
+                .clone(),
+        };
+        annotations?.get(APPLIED_HASH).cloned()
+    }
+
+    pub fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get(&key(ns, name))
+    }
+
+    pub fn stateful_set(&self, ns: &str, name: &str) -> Option<Arc<StatefulSet>> {
+        self.stateful_sets.get(&key(ns, name))
+    }
+
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&key(ns, name))
+    }
+}
+
+/// What the cache keeps of a workload: metadata, replicas and status; the pod template is dropped.
+pub fn trim_stateful_set(sts: &mut StatefulSet) {
+    sts.metadata.managed_fields = None;
+    if let Some(spec) = sts.spec.as_mut() {
+        spec.template = Default::default();
+        spec.volume_claim_templates = None;
+    }
+}
+
+pub fn trim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}

@@ -1,0 +1,371 @@
+//! Status from observations: role readiness, conditions and phase. Pure: the clock is an argument
+//! and the previous conditions decide `lastTransitionTime`, which moves only when a condition's
+//! status moves (a new reason or message alone does not).
+
+use iotstamp_api::conditions::{self as c, reasons};
+use iotstamp_api::stamp::{DeviceCounts, StampEndpoints, StampPhase};
+use iotstamp_api::{IoTStamp, IoTStampStatus};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// How far one role's workload has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleState {
+    /// The workload object does not exist (yet).
+    Missing,
+    /// Exists; `ready` of `want` replicas are ready at the current revision.
+    Progressing {
+        ready: i32,
+        want: i32,
+    },
+    Ready,
+}
+
+impl RoleState {
+    pub fn of_stateful_set(sts: Option<&StatefulSet>) -> Self {
+        let Some(sts) = sts else { return Self::Missing };
+        let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let Some(st) = &sts.status else {
+            return Self::Progressing { ready: 0, want };
+        };
+        let current = st.observed_generation >= sts.metadata.generation
+            && st.update_revision.is_some()
+            && st.current_revision == st.update_revision;
+        let ready = st.ready_replicas.unwrap_or(0);
+        Self::judge(current && st.updated_replicas.unwrap_or(0) >= want, ready, want)
+    }
+
+    pub fn of_deployment(d: Option<&Deployment>) -> Self {
+        let Some(d) = d else { return Self::Missing };
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let Some(st) = &d.status else {
+            return Self::Progressing { ready: 0, want };
+        };
+        let current =
+            st.observed_generation >= d.metadata.generation && st.updated_replicas.unwrap_or(0) >= want;
+        // Old replicas still terminating count in `replicas`: wait for them to go.
+        let settled = st.replicas.unwrap_or(0) <= want;
+        Self::judge(current && settled, st.ready_replicas.unwrap_or(0), want)
+    }
+
+    fn judge(current: bool, ready: i32, want: i32) -> Self {
+        if current && ready >= want {
+            Self::Ready
+        } else {
+            Self::Progressing { ready, want }
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        *self == Self::Ready
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub hub: RoleState,
+    pub ingest: RoleState,
+    pub storage: RoleState,
+}
+
+/// Why the operator could not realise the stamp this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub struct StatusInputs<'a> {
+    pub stamp: &'a IoTStamp,
+    pub observed: &'a Observed,
+    pub blocker: Option<&'a Blocker>,
+    pub endpoints: StampEndpoints,
+    pub connected: Option<i64>,
+    pub now: Time,
+}
+
+/// The status the operator owns. `devices.assigned` is left out: the router writes it.
+pub fn status(i: StatusInputs) -> IoTStampStatus {
+    let previous = i
+        .stamp
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    let generation = i.stamp.metadata.generation;
+    let spec = &i.stamp.spec;
+    let o = i.observed;
+    let all_ready = o.hub.is_ready() && o.ingest.is_ready() && o.storage.is_ready();
+
+    let (ready, ready_reason, ready_msg) = match (i.blocker, all_ready) {
+        (Some(b), _) => (false, b.reason, b.message.clone()),
+        (None, true) => (
+            true,
+            reasons::ALL_READY,
+            "hub, ingest and storage are ready".to_string(),
+        ),
+        (None, false) => (false, reasons::WAITING_FOR_PODS, waiting_message(o)),
+    };
+
+    let want = [
+        (c::READY, ready, ready_reason, ready_msg),
+        role_condition(c::HUB_READY, "hub", &o.hub),
+        role_condition(c::INGEST_READY, "ingest", &o.ingest),
+        role_condition(c::STORAGE_READY, "storage", &o.storage),
+        if spec.paused {
+            (
+                c::PAUSED,
+                true,
+                reasons::PAUSED,
+                "spec.paused is set: the operator changes nothing under this stamp".into(),
+            )
+        } else {
+            (
+                c::PAUSED,
+                false,
+                reasons::NOT_PAUSED,
+                "the operator manages this stamp".into(),
+            )
+        },
+        if spec.draining {
+            (
+                c::DRAINING,
+                true,
+                reasons::DRAINING,
+                "spec.draining is set: no new devices are assigned here".into(),
+            )
+        } else {
+            (
+                c::DRAINING,
+                false,
+                reasons::NOT_DRAINING,
+                "the stamp takes new devices".into(),
+            )
+        },
+    ];
+    let conditions = want
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            condition(previous, type_, ok, reason, message, generation, &i.now)
+        })
+        .collect();
+
+    let was_ready = i.stamp.status.as_ref().and_then(|s| s.phase) == Some(StampPhase::Ready)
+        || i.stamp.status.as_ref().and_then(|s| s.phase) == Some(StampPhase::Degraded);
+    let phase = if i.blocker.is_some() {
+        StampPhase::Failed
+    } else if spec.paused {
+        StampPhase::Paused
+    } else if ready {
+        StampPhase::Ready
+    } else if was_ready {
+        StampPhase::Degraded
+    } else {
+        StampPhase::Provisioning
+    };
+
+    IoTStampStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions,
+        endpoints: Some(i.endpoints),
+        devices: i.connected.map(|n| DeviceCounts {
+            assigned: None,
+            connected: Some(n),
+        }),
+    }
+}
+
+/// The current status with the router's field removed, for comparing against [`status`].
+pub fn operator_owned(status: Option<&IoTStampStatus>) -> Option<IoTStampStatus> {
+    let mut s = status?.clone();
+    if let Some(d) = s.devices.as_mut() {
+        d.assigned = None;
+        if d.connected.is_none() {
+            s.devices = None;
+        }
+    }
+    Some(s)
+}
+
+fn role_condition(
+    type_: &'static str,
+    role: &str,
+    state: &RoleState,
+) -> (&'static str, bool, &'static str, String) {
+    match state {
+        RoleState::Ready => (
+            type_,
+            true,
+            reasons::PODS_READY,
+            format!("all {role} replicas are ready"),
+        ),
+        RoleState::Missing => (
+            type_,
+            false,
+            reasons::ROLLING_OUT,
+            format!("the {role} workload does not exist yet"),
+        ),
+        RoleState::Progressing { ready, want } => (
+            type_,
+            false,
+            reasons::WAITING_FOR_PODS,
+            format!("{ready} of {want} {role} replicas ready at the current revision"),
+        ),
+    }
+}
+
+fn waiting_message(o: &Observed) -> String {
+    let waiting: Vec<&str> = [("hub", &o.hub), ("ingest", &o.ingest), ("storage", &o.storage)]
+        .into_iter()
+        .filter(|(_, s)| !s.is_ready())
+        .map(|(n, _)| n)
+        .collect();
+    format!("waiting for {}", waiting.join(", "))
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|p| p.type_ == type_ && p.status == status)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::tests::fixture_stamp;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn all(state: RoleState) -> Observed {
+        Observed {
+            hub: state.clone(),
+            ingest: state.clone(),
+            storage: state,
+        }
+    }
+
+    fn run(stamp: &IoTStamp, observed: &Observed, blocker: Option<&Blocker>, now: i64) -> IoTStampStatus {
+        status(StatusInputs {
+            stamp,
+            observed,
+            blocker,
+            endpoints: StampEndpoints::default(),
+            connected: None,
+            now: at(now),
+        })
+    }
+
+    fn cond<'a>(s: &'a IoTStampStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn ready_only_when_every_role_is() {
+        let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1}));
+        let mut observed = all(RoleState::Ready);
+        observed.ingest = RoleState::Progressing { ready: 0, want: 2 };
+        let s = run(&stamp, &observed, None, 100);
+        assert_eq!(cond(&s, c::READY).status, "False");
+        assert_eq!(cond(&s, c::READY).message, "waiting for ingest");
+        assert_eq!(
+            cond(&s, c::INGEST_READY).message,
+            "0 of 2 ingest replicas ready at the current revision"
+        );
+        assert_eq!(s.phase, Some(StampPhase::Provisioning));
+
+        let s = run(&stamp, &all(RoleState::Ready), None, 100);
+        assert_eq!(cond(&s, c::READY).status, "True");
+        assert_eq!(s.phase, Some(StampPhase::Ready));
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.conditions.len(), c::ALL.len());
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_status() {
+        let mut stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1}));
+        let progressing = all(RoleState::Progressing { ready: 0, want: 1 });
+        stamp.status = Some(run(&stamp, &progressing, None, 100));
+        // Same status, new message: time stays.
+        let s = run(
+            &stamp,
+            &all(RoleState::Progressing { ready: 1, want: 2 }),
+            None,
+            200,
+        );
+        assert_eq!(cond(&s, c::READY).last_transition_time, at(100));
+        // Status flips: time moves.
+        stamp.status = Some(s);
+        let s = run(&stamp, &all(RoleState::Ready), None, 300);
+        assert_eq!(cond(&s, c::READY).last_transition_time, at(300));
+        assert_eq!(cond(&s, c::PAUSED).last_transition_time, at(100));
+        // Losing a role after being ready is Degraded, not Provisioning.
+        stamp.status = Some(s);
+        let s = run(&stamp, &all(RoleState::Missing), None, 400);
+        assert_eq!(s.phase, Some(StampPhase::Degraded));
+    }
+
+    #[test]
+    fn a_blocker_fails_the_stamp_with_its_reason() {
+        let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1}));
+        let b = Blocker {
+            reason: reasons::TLS_SECRET_MISSING,
+            message: "Secret fleet/mine not found".into(),
+        };
+        let s = run(&stamp, &all(RoleState::Ready), Some(&b), 100);
+        assert_eq!(cond(&s, c::READY).status, "False");
+        assert_eq!(cond(&s, c::READY).reason, reasons::TLS_SECRET_MISSING);
+        assert_eq!(s.phase, Some(StampPhase::Failed));
+    }
+
+    #[test]
+    fn paused_and_draining_show_as_conditions() {
+        let stamp = fixture_stamp(
+            "s1",
+            serde_json::json!({"deviceQuota": 1, "paused": true, "draining": true}),
+        );
+        let s = run(&stamp, &all(RoleState::Ready), None, 100);
+        assert_eq!(cond(&s, c::PAUSED).status, "True");
+        assert_eq!(cond(&s, c::DRAINING).status, "True");
+        assert_eq!(s.phase, Some(StampPhase::Paused));
+    }
+
+    #[test]
+    fn router_field_is_ignored_when_comparing() {
+        let mut s = IoTStampStatus {
+            devices: Some(DeviceCounts {
+                assigned: Some(7),
+                connected: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(operator_owned(Some(&s)).unwrap().devices, None);
+        s.devices.as_mut().unwrap().connected = Some(3);
+        assert_eq!(
+            operator_owned(Some(&s)).unwrap().devices.unwrap().connected,
+            Some(3)
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Wiring: watches and caches, the controller loop, the stats poller, and readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use iotstamp_api::IoTStamp;
+use iotstamp_core::pki::CertKeyPem;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::sync::mpsc;
+
+use crate::builders::MANAGED_BY;
+use crate::caches::{self, Caches};
+use crate::context::Context;
+use crate::metrics::Metrics;
+use crate::reconcile::{error_policy, reconcile};
+use crate::stats::{ConnectedCounts, Poller};
+
+/// The IoTStamp resource, for the untyped watch (see [`run`]).
+pub fn stamp_resource() -> ApiResource {
+    ApiResource::erase::<IoTStamp>(&())
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watch one namespace, or all of them.
+    pub namespace: Option<String>,
+    pub default_image: String,
+    pub cluster_domain: String,
+    pub concurrency: u16,
+    /// How often to read `connected` from ready stamps; `None` turns it off.
+    pub stats_interval: Option<Duration>,
+    pub ca: CertKeyPem,
+    /// Shown as the reporting instance of events (the pod name).
+    pub instance: String,
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C. `ready` turns true once every cache has its first full list.
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let ns = &settings.namespace;
+
+    // One label-selected watch per child kind feeds both a cache and the controller's triggers.
+    macro_rules! cached {
+        ($kind:ty, $trim:expr) => {{
+            let (reader, writer) = reflector::store::<$kind>();
+            let stream = watcher(api::<$kind>(&client, ns), children.clone())
+                .default_backoff()
+                .modify($trim)
+                .reflect(writer)
+                .applied_objects();
+            (reader, stream)
+        }};
+    }
+    let (config_maps, cm_s) = cached!(ConfigMap, move |o: &mut ConfigMap| {
+        o.metadata.managed_fields = None;
+        o.data = None; // only the applied hash is read back
+    });
+    let (secrets, secret_s) = cached!(Secret, move |o: &mut Secret| o.metadata.managed_fields = None);
+    let (service_accounts, sa_s) = cached!(ServiceAccount, move |o: &mut ServiceAccount| o
+        .metadata
+        .managed_fields =
+        None);
+    let (services, svc_s) = cached!(Service, move |o: &mut Service| {
+        o.metadata.managed_fields = None;
+        o.spec = None;
+    });
+    let (stateful_sets, sts_s) = cached!(StatefulSet, caches::trim_stateful_set);
+    let (deployments, deploy_s) = cached!(Deployment, caches::trim_deployment);
+    let (pdbs, pdb_s) = cached!(PodDisruptionBudget, move |o: &mut PodDisruptionBudget| o
+        .metadata
+        .managed_fields =
+        None);
+    let (network_policies, np_s) = cached!(NetworkPolicy, move |o: &mut NetworkPolicy| {
+        o.metadata.managed_fields = None;
+        o.spec = None;
+    });
+    let caches = Caches {
+        config_maps,
+        secrets,
+        service_accounts,
+        services,
+        stateful_sets,
+        deployments,
+        pdbs,
+        network_policies,
+    };
+
+    let stamps: Api<DynamicObject> = match ns {
+        Some(n) => Api::namespaced_with(client.clone(), n, &stamp_resource()),
+        None => Api::all_with(client.clone(), &stamp_resource()),
+    };
+    // The main watch is untyped on purpose: a typed watch fails the whole list when one object
+    // does not deserialize, which would stop every stamp. Each object is parsed in reconcile.
+    let controller = Controller::new_with(stamps, watcher::Config::default(), stamp_resource())
+        .owns_stream(cm_s)
+        .owns_stream(secret_s)
+        .owns_stream(sa_s)
+        .owns_stream(svc_s)
+        .owns_stream(sts_s)
+        .owns_stream(deploy_s)
+        .owns_stream(pdb_s)
+        .owns_stream(np_s)
+        .with_config(controller::Config::default().concurrency(settings.concurrency))
+        .shutdown_on_signal();
+
+    let connected = ConnectedCounts::default();
+    let (changed_tx, changed_rx) = mpsc::channel::<ObjectRef<DynamicObject>>(256);
+    let controller = controller.reconcile_on(futures::stream::unfold(changed_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    }));
+    if let Some(interval) = settings.stats_interval {
+        match Poller::client(&settings.ca.cert_pem) {
+            Ok(http) => {
+                let secrets = caches.secrets.clone();
+                let poller = Poller {
+                    http,
+                    stamps: controller.store(),
+                    counts: connected.clone(),
+                    interval,
+                    token_for: Arc::new(move |ns: &str, name: &str| {
+                        let secret = secrets.get(&ObjectRef::new(&format!("{name}-api-token")).within(ns))?;
+                        String::from_utf8(
+                            secret
+                                .data
+                                .as_ref()?
+                                .get(crate::builders::config::TOKEN_KEY)?
+                                .0
+                                .clone(),
+                        )
+                        .ok()
+                    }),
+                };
+                tokio::spawn(poller.run(changed_tx));
+            }
+            Err(e) => tracing::warn!(error = %e, "stamp stats are off: cannot build an HTTPS client"),
+        }
+    }
+
+    {
+        let c = caches.clone();
+        let main = controller.store();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let all = futures::future::join_all([
+                Box::pin(c.config_maps.wait_until_ready())
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
+                Box::pin(c.secrets.wait_until_ready()),
+                Box::pin(c.service_accounts.wait_until_ready()),
+                Box::pin(c.services.wait_until_ready()),
+                Box::pin(c.stateful_sets.wait_until_ready()),
+                Box::pin(c.deployments.wait_until_ready()),
+                Box::pin(c.pdbs.wait_until_ready()),
+                Box::pin(c.network_policies.wait_until_ready()),
+                Box::pin(main.wait_until_ready()),
+            ])
+            .await;
+            if all.iter().all(Result::is_ok) {
+                ready.store(true, Ordering::Release);
+                tracing::info!("caches synced; operator ready");
+            }
+        });
+    }
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "iotstamp-operator".into(),
+                instance: Some(settings.instance.clone()),
+            },
+        ),
+        client,
+        caches,
+        metrics,
+        ca: settings.ca,
+        default_image: settings.default_image,
+        cluster_domain: settings.cluster_domain,
+        connected,
+    });
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+}

@@ -1,0 +1,330 @@
+//! One reconcile of one IoTStamp: read → validate → build → apply what changed → status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use iotstamp_api::conditions::{self as cond, reasons};
+use iotstamp_api::stamp::StampEndpoints;
+use iotstamp_api::{IoTStamp, IoTStampStatus};
+use iotstamp_core::pki;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::apply;
+use crate::builders::config::TOKEN_KEY;
+use crate::builders::tls::{HubTls, read_secret};
+use crate::builders::{self, Inputs, Names, hash_json};
+use crate::conditions::{self, Blocker, Observed, RoleState, StatusInputs};
+use crate::context::Context;
+use crate::error::Error;
+
+/// Holds deletion while the stamp still has devices (see [`finalize`]).
+pub const FINALIZER: &str = "iotstamp.dev/device-protection";
+/// Set to "true" to delete a stamp that still holds devices.
+pub const ALLOW_DELETE_WITH_DEVICES: &str = "iotstamp.dev/allow-delete-with-devices";
+const CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+/// Periodic re-check: certificate renewal and anything a watch could have missed.
+const RESYNC: Duration = Duration::from_secs(600);
+/// A blocked stamp (e.g. its TLS Secret is missing) looks again this often, so it recovers by
+/// itself once the cause is fixed, without watching every Secret in the cluster.
+const BLOCKED_RETRY: Duration = Duration::from_secs(10);
+
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_object(&obj, &ctx).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::reason));
+    result
+}
+
+pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Action {
+    let name = obj.metadata.name.as_deref().unwrap_or("?");
+    match err.retry_after() {
+        Some(after) => {
+            tracing::warn!(stamp = name, reason = err.reason(), error = %err, "reconcile failed; retrying");
+            Action::requeue(after)
+        }
+        None => {
+            tracing::error!(stamp = name, reason = err.reason(), error = %err, "reconcile failed; waiting for a change to the object");
+            Action::await_change()
+        }
+    }
+}
+
+async fn reconcile_object(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
+    let stamp: IoTStamp = match obj.clone().try_parse() {
+        Ok(stamp) => stamp,
+        Err(e) => {
+            // One bad object must not stop the others: say so on the object and move on.
+            let message = format!("the operator cannot read this object: {e}");
+            publish(
+                ctx,
+                &obj.object_ref(&crate::controller::stamp_resource()),
+                EventType::Warning,
+                "InvalidObject",
+                &message,
+            )
+            .await;
+            return Err(Error::Unparseable(e.to_string()));
+        }
+    };
+    let key = format!(
+        "{}/{}",
+        stamp.metadata.namespace.as_deref().unwrap_or_default(),
+        stamp.metadata.name.as_deref().unwrap_or_default()
+    );
+    if stamp.metadata.deletion_timestamp.is_some() {
+        let action = finalize(&stamp, ctx).await?;
+        ctx.metrics.stamp_phase(&key, None);
+        return Ok(action);
+    }
+    let finalizers = stamp.metadata.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        let mut with = finalizers;
+        with.push(FINALIZER.into());
+        apply::finalizers(&ctx.client, &stamp, with)
+            .await
+            .map_err(Error::from_kube)?;
+        ctx.metrics.wrote("IoTStamp/finalizers");
+    }
+
+    let names = Names::of(&stamp, &ctx.cluster_domain)?;
+    let blocker = if stamp.spec.paused {
+        None
+    } else {
+        converge(&stamp, &names, ctx).await?
+    };
+
+    let status = conditions::status(StatusInputs {
+        stamp: &stamp,
+        observed: &observe(&names, ctx),
+        blocker: blocker.as_ref(),
+        endpoints: StampEndpoints {
+            mqtt: names.mqtt_endpoint(),
+            api: names.api_endpoint(),
+        },
+        connected: ctx.connected.get(&key),
+        now: now(),
+    });
+    if Some(&status) != conditions::operator_owned(stamp.status.as_ref()).as_ref() {
+        apply::status(&ctx.client, &stamp, &status)
+            .await
+            .map_err(Error::from_kube)?;
+        ctx.metrics.wrote("IoTStamp/status");
+        announce_transitions(ctx, &stamp, &status).await;
+    }
+    ctx.metrics.stamp_phase(&key, status.phase);
+    Ok(Action::requeue(if blocker.is_some() {
+        BLOCKED_RETRY
+    } else {
+        RESYNC
+    }))
+}
+
+/// Brings the children in line with the spec. Returns what blocked it, if something a person must
+/// fix did; API failures that time may fix are errors.
+async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Option<Blocker>, Error> {
+    let tls = match hub_tls(stamp, names, ctx).await? {
+        Ok(tls) => tls,
+        Err(blocker) => return Ok(Some(blocker)),
+    };
+    let inputs = Inputs {
+        default_image: ctx.default_image.clone(),
+        tls,
+        api_token: api_token(names, ctx),
+        cluster_domain: ctx.cluster_domain.clone(),
+    };
+    for child in builders::desired(stamp, &inputs)? {
+        if ctx.caches.applied_hash(&child).as_deref() == child.applied_hash() {
+            continue;
+        }
+        match apply::child(&ctx.client, &child).await.map_err(Error::from_kube) {
+            Ok(()) => ctx.metrics.wrote(child.kind()),
+            Err(Error::Forbidden(message)) => {
+                return Ok(Some(Blocker {
+                    reason: reasons::FORBIDDEN,
+                    message: format!("cannot apply {} {}: {message}", child.kind(), child.name()),
+                }));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The hub certificate: the user's Secret if the spec names one, else ours, renewed when due.
+async fn hub_tls(stamp: &IoTStamp, n: &Names, ctx: &Context) -> Result<Result<HubTls, Blocker>, Error> {
+    if let Some(user) = &stamp.spec.hub.tls {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &n.namespace);
+        let found = api.get_opt(&user.secret_name).await.map_err(Error::from_kube)?;
+        let Some(secret) = found else {
+            return Ok(Err(Blocker {
+                reason: reasons::TLS_SECRET_MISSING,
+                message: format!(
+                    "Secret {}/{} named by spec.hub.tls.secretName does not exist; create it with tls.crt and \
+                     tls.key and the stamp continues by itself",
+                    n.namespace, user.secret_name
+                ),
+            }));
+        };
+        return Ok(match read_secret(&secret) {
+            Some(cert) => Ok(HubTls::User {
+                secret_name: user.secret_name.clone(),
+                fingerprint: hash_json(&serde_json::Value::String(cert.cert_pem)),
+            }),
+            None => Err(Blocker {
+                reason: reasons::TLS_SECRET_INVALID,
+                message: format!(
+                    "Secret {}/{} lacks tls.crt or tls.key",
+                    n.namespace, user.secret_name
+                ),
+            }),
+        });
+    }
+
+    let mut sans = n.hub_dns_names();
+    sans.extend(stamp.spec.hub.host_names.iter().cloned());
+    let now_unix = Timestamp::now().as_second();
+    let existing = ctx
+        .caches
+        .secret(&n.namespace, &n.tls_secret())
+        .and_then(|s| read_secret(&s));
+    let ca_cert_pem = ctx.ca.cert_pem.clone();
+    if let Some(cert) = existing.filter(|c| !pki::needs_renewal(&c.cert_pem, &sans, now_unix, RENEW_BEFORE)) {
+        return Ok(Ok(HubTls::Managed { cert, ca_cert_pem }));
+    }
+    let cert = pki::issue_server_cert(&ctx.ca, &sans, now_unix, CERT_VALIDITY)?;
+    publish(
+        ctx,
+        &stamp.object_ref(&()),
+        EventType::Normal,
+        "CertificateIssued",
+        &format!("issued the hub certificate for {}", sans.join(", ")),
+    )
+    .await;
+    Ok(Ok(HubTls::Managed { cert, ca_cert_pem }))
+}
+
+/// The stamp API token: the one already in the stamp's Secret, or a new random one.
+fn api_token(n: &Names, ctx: &Context) -> String {
+    ctx.caches
+        .secret(&n.namespace, &n.token_secret())
+        .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
+            let bytes: [u8; 32] = rand::random();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        })
+}
+
+fn observe(n: &Names, ctx: &Context) -> Observed {
+    let c = &ctx.caches;
+    Observed {
+        hub: RoleState::of_stateful_set(c.stateful_set(&n.namespace, &n.hub()).as_deref()),
+        ingest: RoleState::of_deployment(c.deployment(&n.namespace, &n.ingest()).as_deref()),
+        storage: RoleState::of_stateful_set(c.stateful_set(&n.namespace, &n.storage()).as_deref()),
+    }
+}
+
+/// Deletion: the finalizer holds a stamp that still has devices assigned, because deleting it
+/// deletes their data and strands them until they re-provision. Drain it first (the router moves
+/// nothing by itself), or confirm with the [`ALLOW_DELETE_WITH_DEVICES`] annotation.
+async fn finalize(stamp: &IoTStamp, ctx: &Context) -> Result<Action, Error> {
+    let finalizers = stamp.metadata.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let assigned = stamp
+        .status
+        .as_ref()
+        .and_then(|s| s.devices.as_ref()?.assigned)
+        .unwrap_or(0);
+    let allowed = stamp
+        .annotations()
+        .get(ALLOW_DELETE_WITH_DEVICES)
+        .map(String::as_str)
+        == Some("true");
+    if assigned > 0 && !allowed {
+        publish(
+            ctx,
+            &stamp.object_ref(&()),
+            EventType::Warning,
+            "DeletionBlocked",
+            &format!(
+                "the stamp still holds {assigned} devices; move them to other stamps, or annotate \
+                 {ALLOW_DELETE_WITH_DEVICES}=true to delete it with their data"
+            ),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let without: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
+    apply::finalizers(&ctx.client, stamp, without)
+        .await
+        .map_err(Error::from_kube)?;
+    ctx.metrics.wrote("IoTStamp/finalizers");
+    Ok(Action::await_change())
+}
+
+/// Events for changes a person watching `kubectl describe` must see: Ready flipping, and a new
+/// reason for not being ready.
+async fn announce_transitions(ctx: &Context, stamp: &IoTStamp, new: &IoTStampStatus) {
+    let ready = |s: Option<&IoTStampStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == cond::READY))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let (before, after) = (ready(stamp.status.as_ref()), ready(Some(new)));
+    if before == after {
+        return;
+    }
+    let Some((status, reason)) = after else { return };
+    let message = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == cond::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    let (kind, event_reason) = match (status.as_str(), reason.as_str()) {
+        ("True", _) => (EventType::Normal, "Ready"),
+        (_, reasons::WAITING_FOR_PODS) | (_, reasons::ROLLING_OUT) => (EventType::Normal, "Progressing"),
+        (_, r) => (EventType::Warning, r),
+    };
+    publish(ctx, &stamp.object_ref(&()), kind, event_reason, &message).await;
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event that cannot be written (RBAC, API hiccup) must not fail the reconcile it describes.
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "could not publish event");
+    } else {
+        ctx.metrics.wrote("Event");
+    }
+}
+
+/// Now, to the second: the API server stores condition times in whole seconds, and comparing a
+/// stored time with a finer one would see a change that is not there.
+fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}

@@ -1,0 +1,119 @@
+//! `devices.connected` comes from each stamp's API (`GET /v1/stats`). Fetching it inside reconcile
+//! would make every reconcile wait on a network call, so a poller refreshes a shared map in the
+//! background and asks for a reconcile of the stamps whose count changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use iotstamp_api::IoTStamp;
+use kube::api::DynamicObject;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::mpsc;
+
+use crate::controller::stamp_resource;
+
+/// Latest connected-device counts by `namespace/name`.
+#[derive(Clone, Default)]
+pub struct ConnectedCounts(Arc<RwLock<HashMap<String, i64>>>);
+
+impl ConnectedCounts {
+    pub fn get(&self, key: &str) -> Option<i64> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(key).copied()
+    }
+
+    /// Stores `n`; true when it differs from what was there.
+    fn set(&self, key: &str, n: Option<i64>) -> bool {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let old = match n {
+            Some(n) => map.insert(key.to_string(), n),
+            None => map.remove(key),
+        };
+        old != n
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Stats {
+    connected: i64,
+}
+
+pub struct Poller {
+    pub http: reqwest::Client,
+    pub stamps: Store<DynamicObject>,
+    pub counts: ConnectedCounts,
+    pub interval: Duration,
+    /// Token Secret contents by stamp are read through this function (from the caches).
+    pub token_for: Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>,
+}
+
+impl Poller {
+    /// A client that trusts only the operator's CA: stamp certificates are issued by it.
+    pub fn client(ca_pem: &str) -> Result<reqwest::Client, reqwest::Error> {
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(3))
+            .build()
+    }
+
+    /// Runs forever, sending the stamps whose count changed.
+    pub async fn run(self, changed: mpsc::Sender<ObjectRef<DynamicObject>>) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ready: Vec<_> = self
+                .stamps
+                .state()
+                .into_iter()
+                .filter_map(|obj| {
+                    let stamp = obj.as_ref().clone().try_parse::<IoTStamp>().ok()?;
+                    stamp.is_ready().then_some((obj, stamp))
+                })
+                .collect();
+            // A handful at a time: thousands of stamps must not open thousands of sockets at once.
+            let results: Vec<_> = futures::stream::iter(ready)
+                .map(|(obj, stamp)| {
+                    let this = &self;
+                    async move {
+                        let n = this.fetch(&stamp).await;
+                        (obj, stamp, n)
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            for (obj, stamp, n) in results {
+                let key = format!(
+                    "{}/{}",
+                    stamp.metadata.namespace.as_deref().unwrap_or_default(),
+                    stamp.metadata.name.as_deref().unwrap_or_default()
+                );
+                if self.counts.set(&key, n) {
+                    let _ = changed
+                        .send(ObjectRef::from_obj_with(obj.as_ref(), stamp_resource()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, stamp: &IoTStamp) -> Option<i64> {
+        let ns = stamp.metadata.namespace.as_deref()?;
+        let name = stamp.metadata.name.as_deref()?;
+        let api = stamp.status.as_ref()?.endpoints.as_ref()?.api.clone();
+        let token = (self.token_for)(ns, name)?;
+        let resp = self
+            .http
+            .get(format!("{api}/v1/stats"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        let stats: Stats = resp.error_for_status().ok()?.json().await.ok()?;
+        Some(stats.connected)
+    }
+}
