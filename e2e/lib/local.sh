@@ -342,6 +342,10 @@ start_apiserver() {
 }
 
 start_controller_manager() {
+    # --node-monitor-grace-period=1h: kwok's fake nodes heartbeat from a process that competes for
+    # two cores with cargo and the tests; a heartbeat late by the default 50 s made the node
+    # lifecycle controller mark nodes NotReady and flip every pod's Ready to False, which kwok never
+    # turns back. The controller must still run: it lifts the not-ready taint from new nodes.
     # --controllers='*': the default set, which includes what tests need:
     # garbagecollector, namespace, serviceaccount (the `default` SA),
     # serviceaccount-token, root-ca-cert-publisher (kube-root-ca.crt),
@@ -356,6 +360,7 @@ start_controller_manager() {
         --bind-address=127.0.0.1 \
         --secure-port="$KCM_PORT" \
         --controllers='*' \
+        --node-monitor-grace-period=1h \
         --use-service-account-credentials=true \
         --root-ca-file="$PKI/ca.crt" \
         --service-account-private-key-file="$PKI/sa.key" \

@@ -20,4 +20,6 @@ pub struct Context {
     pub default_image: String,
     pub cluster_domain: String,
     pub connected: ConnectedCounts,
+    /// Turns true once every cache has its first full list; reconciles wait for it.
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
 use iotstamp_api::IoTStamp;
 use iotstamp_core::pki::CertKeyPem;
@@ -17,7 +18,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::builders::MANAGED_BY;
 use crate::caches::{self, Caches};
@@ -157,30 +158,30 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         }
     }
 
-    {
-        let c = caches.clone();
-        let main = controller.store();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let all = futures::future::join_all([
-                Box::pin(c.config_maps.wait_until_ready())
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
-                Box::pin(c.secrets.wait_until_ready()),
-                Box::pin(c.service_accounts.wait_until_ready()),
-                Box::pin(c.services.wait_until_ready()),
-                Box::pin(c.stateful_sets.wait_until_ready()),
-                Box::pin(c.deployments.wait_until_ready()),
-                Box::pin(c.pdbs.wait_until_ready()),
-                Box::pin(c.network_policies.wait_until_ready()),
-                Box::pin(main.wait_until_ready()),
-            ])
-            .await;
-            if all.iter().all(Result::is_ok) {
-                ready.store(true, Ordering::Release);
-                tracing::info!("caches synced; operator ready");
-            }
-        });
-    }
+    // Reconciling before the caches hold their first full list would read "no token Secret" and
+    // "no certificate" for stamps that have both, and replace them: every stamp's pods would roll
+    // and the router's tokens would go stale after each operator restart. The controller itself
+    // polls the cache streams, so reconciles wait on `Context::synced` rather than the run loop.
+    let main = controller.store();
+    let c = caches.clone();
+    let (synced_tx, synced_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let synced = futures::future::try_join_all([
+            c.config_maps.wait_until_ready().boxed(),
+            c.secrets.wait_until_ready().boxed(),
+            c.service_accounts.wait_until_ready().boxed(),
+            c.services.wait_until_ready().boxed(),
+            c.stateful_sets.wait_until_ready().boxed(),
+            c.deployments.wait_until_ready().boxed(),
+            c.pdbs.wait_until_ready().boxed(),
+            c.network_policies.wait_until_ready().boxed(),
+        ]);
+        if synced.await.is_ok() && main.wait_until_ready().await.is_ok() {
+            ready.store(true, Ordering::Release);
+            let _ = synced_tx.send(true);
+            tracing::info!("caches synced; operator ready");
+        }
+    });
 
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -197,6 +198,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         default_image: settings.default_image,
         cluster_domain: settings.cluster_domain,
         connected,
+        synced: synced_rx,
     });
     controller
         .run(reconcile, error_policy, ctx)

@@ -37,6 +37,11 @@ const RESYNC: Duration = Duration::from_secs(600);
 const BLOCKED_RETRY: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Before the caches are complete, "not cached" would read as "does not exist" (see controller.rs).
+    let mut synced = ctx.synced.clone();
+    if synced.wait_for(|done| *done).await.is_err() {
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let result = reconcile_object(&obj, &ctx).await;
     ctx.metrics

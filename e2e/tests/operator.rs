@@ -1,0 +1,542 @@
+//! The operator against a real control plane (`e2e/cluster up`): admission, server-side apply,
+//! garbage collection, RBAC and the status subresource behave here as they do in production.
+//! Run with `cargo test -p iotstamp-e2e`; every test fails (never skips) without a cluster.
+
+use std::time::Duration;
+
+use iotstamp_api::IoTStamp;
+use iotstamp_e2e::audit::AuditLog;
+use iotstamp_e2e::cluster::{Cluster, OPERATOR_SA, SYSTEM_NAMESPACE};
+use iotstamp_e2e::operator::Operator;
+use iotstamp_e2e::volumes::VolumeBinder;
+use iotstamp_e2e::wait;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const OPERATOR_USER: &str = "system:serviceaccount:iotstamp-system:iotstamp-operator";
+
+fn stamp(name: &str, spec: serde_json::Value) -> IoTStamp {
+    serde_json::from_value(json!({
+        "apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+async fn ready_condition(
+    api: &Api<IoTStamp>,
+    name: &str,
+) -> anyhow::Result<Option<(String, String, IoTStamp)>> {
+    let s = api.get(name).await?;
+    let c = s
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    Ok(c.map(|(st, r)| (st, r, s)))
+}
+
+async fn wait_ready(api: &Api<IoTStamp>, name: &str) -> anyhow::Result<IoTStamp> {
+    wait::until(
+        &format!("IoTStamp {name} Ready=True at its generation"),
+        READY_TIMEOUT,
+        || async {
+            Ok(ready_condition(api, name).await?.and_then(|(status, _, s)| {
+                (status == "True" && s.status.as_ref()?.observed_generation == s.metadata.generation)
+                    .then_some(s)
+            }))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() -> anyhow::Result<()> {
+    let cluster = Cluster::get().await?;
+    let ns = cluster.namespace("admission").await?;
+    let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // Untyped: the Rust types cannot even express some of these objects, which is the point.
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), &ns.name, &ApiResource::erase::<IoTStamp>(&()));
+    let cases = [
+        (
+            json!({"deviceQuota": 0}),
+            "spec.deviceQuota",
+            "deviceQuota must be at least 1",
+        ),
+        (
+            json!({"deviceQuota": 1, "hub": {"replicas": -1}}),
+            "spec.hub.replicas",
+            "hub.replicas must be at least 1",
+        ),
+        (
+            json!({"deviceQuota": 1, "hub": {"service": {"type": "Magic"}}}),
+            "spec.hub.service.type",
+            "Magic",
+        ),
+        (
+            json!({"deviceQuota": 1, "storage": {"size": "lots"}}),
+            "spec.storage.size",
+            "storage.size must be a positive quantity",
+        ),
+    ];
+    for (i, (spec, field, message)) in cases.into_iter().enumerate() {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
+            "metadata": {"name": format!("bad-{i}")}, "spec": spec
+        }))?;
+        let err = raw
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(&format!("{spec} was accepted"));
+        let text = err.to_string();
+        assert!(
+            text.contains(field),
+            "rejection of {spec} does not name {field}: {text}"
+        );
+        assert!(
+            text.contains(message),
+            "rejection of {spec} lacks `{message}`: {text}"
+        );
+    }
+
+    // storageClassName: settable once, then immutable.
+    api.create(
+        &PostParams::default(),
+        &stamp(
+            "sc",
+            json!({"deviceQuota": 1, "storage": {"storageClassName": "fast"}}),
+        ),
+    )
+    .await?;
+    let err = api
+        .patch(
+            "sc",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"storageClassName": "slow"}}})),
+        )
+        .await
+        .expect_err("storageClassName changed");
+    assert!(
+        err.to_string().contains("storageClassName cannot be changed"),
+        "{err}"
+    );
+    // Nothing of the refused objects exists.
+    let names: Vec<String> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    assert_eq!(names, ["sc"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Result<()> {
+    let cluster = Cluster::get().await?;
+    let ns = cluster.namespace("converge").await?;
+    let binder = VolumeBinder::start(cluster.client.clone(), &ns.name);
+    let operator = Operator::start(&cluster, &ns.name, OPERATOR_SA)?;
+    let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &stamp("s1", json!({"deviceQuota": 100, "region": "eu"})),
+    )
+    .await?;
+
+    let ready = wait_ready(&api, "s1")
+        .await
+        .map_err(|e| e.context(operator.log_text()))?;
+    assert_eq!(ready.finalizers(), ["iotstamp.dev/device-protection"]);
+    let status = ready.status.unwrap();
+    assert_eq!(
+        status.endpoints.unwrap().mqtt,
+        format!("s1-hub.{}.svc:8883", ns.name)
+    );
+    // What a person types.
+    cluster.run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "iotstamp/s1",
+            "-n",
+            &ns.name,
+            "--timeout=30s",
+        ],
+    )?;
+
+    // Every child exists and is owned by the stamp.
+    let out = cluster.run(
+        "kubectl",
+        &[
+            "get",
+            "configmap,secret,service,statefulset,deployment,pdb,networkpolicy,serviceaccount",
+            "-n",
+            &ns.name,
+            "-l",
+            "app.kubernetes.io/managed-by=iotstamp-operator",
+            "-o",
+            "json",
+        ],
+    )?;
+    let list: serde_json::Value = serde_json::from_str(&out)?;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 13, "expected the 13 children of a stamp");
+    for item in items {
+        let owner = &item["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            owner["kind"], "IoTStamp",
+            "{} has no IoTStamp owner",
+            item["metadata"]["name"]
+        );
+        assert_eq!(owner["name"], "s1");
+        assert_eq!(owner["controller"], true);
+    }
+
+    // Settled: a while of reconciles (watch events, resyncs) writes nothing.
+    let audit = AuditLog::from_env()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = audit.writes(OPERATOR_USER, &ns.name)?.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = audit.writes(OPERATOR_USER, &ns.name)?;
+    assert_eq!(idle.len(), before, "writes while idle: {:?}", &idle[before..]);
+
+    // Quota change: only the ConfigMap (and the status) change; pods do not roll.
+    let sts: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let hash_of = |s: StatefulSet| {
+        s.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["iotstamp.dev/config-hash"].clone()
+    };
+    let hub_hash = hash_of(sts.get("s1-hub").await?);
+    api.patch(
+        "s1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deviceQuota": 500}})),
+    )
+    .await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
+    wait::until(
+        "the ConfigMap to carry the new quota",
+        Duration::from_secs(30),
+        || async {
+            let cm = cms.get("s1-config").await?;
+            Ok(cm.data.unwrap_or_default()["stamp.json"]
+                .contains("\"deviceQuota\": 500")
+                .then_some(()))
+        },
+    )
+    .await?;
+    wait_ready(&api, "s1").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_quota = audit.writes(OPERATOR_USER, &ns.name)?;
+    let changed: Vec<String> = after_quota[before..]
+        .iter()
+        .filter(|w| w.subresource.is_none())
+        .map(|w| format!("{}/{}", w.resource, w.name))
+        .collect();
+    assert_eq!(
+        changed,
+        ["configmaps/s1-config"],
+        "a quota change touched more than the config"
+    );
+    assert_eq!(
+        hash_of(sts.get("s1-hub").await?),
+        hub_hash,
+        "a quota change rolled the hub pods"
+    );
+
+    // Replica change: the hub StatefulSet changes and the stamp becomes Ready again at 2 replicas.
+    let mark = after_quota.len();
+    api.patch(
+        "s1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"hub": {"replicas": 2}}})),
+    )
+    .await?;
+    wait_ready(&api, "s1").await?;
+    assert_eq!(sts.get("s1-hub").await?.spec.unwrap().replicas, Some(2));
+    let changed: Vec<String> = audit.writes(OPERATOR_USER, &ns.name)?[mark..]
+        .iter()
+        .filter(|w| w.subresource.is_none())
+        .map(|w| format!("{}/{}", w.resource, w.name))
+        .collect();
+    assert_eq!(changed, ["statefulsets/s1-hub"]);
+
+    // Delete: the finalizer lets go (no devices), and the controller-manager collects the children.
+    api.delete("s1", &DeleteParams::default()).await?;
+    wait::until("the stamp to be gone", Duration::from_secs(30), || async {
+        Ok(api.get_opt("s1").await?.is_none().then_some(()))
+    })
+    .await?;
+    wait::until(
+        "garbage collection of the children",
+        Duration::from_secs(60),
+        || async {
+            let left = cms.get_opt("s1-config").await?.is_some() || sts.get_opt("s1-hub").await?.is_some();
+            Ok((!left).then_some(()))
+        },
+    )
+    .await?;
+    drop(operator);
+    binder.cleanup(cluster.client.clone(), &ns.name).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pause_freezes_children_and_deletion_waits_for_devices() -> anyhow::Result<()> {
+    let cluster = Cluster::get().await?;
+    let ns = cluster.namespace("pause").await?;
+    let binder = VolumeBinder::start(cluster.client.clone(), &ns.name);
+    let operator = Operator::start(&cluster, &ns.name, OPERATOR_SA)?;
+    let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &stamp("p1", json!({"deviceQuota": 10})))
+        .await?;
+    wait_ready(&api, "p1")
+        .await
+        .map_err(|e| e.context(operator.log_text()))?;
+
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true, "deviceQuota": 20}})),
+    )
+    .await?;
+    wait::until("Paused=True", Duration::from_secs(30), || async {
+        let s = api.get("p1").await?;
+        Ok(s.status.and_then(|st| {
+            st.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Paused" && c.status == "True")
+        }))
+    })
+    .await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cfg = cms.get("p1-config").await?.data.unwrap_or_default()["stamp.json"].clone();
+    assert!(
+        cfg.contains("\"deviceQuota\": 10"),
+        "a paused stamp's config changed: {cfg}"
+    );
+
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await?;
+    wait::until(
+        "the unpaused stamp to converge",
+        Duration::from_secs(30),
+        || async {
+            let cm = cms.get("p1-config").await?;
+            Ok(cm.data.unwrap_or_default()["stamp.json"]
+                .contains("\"deviceQuota\": 20")
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // The router owns devices.assigned; a stamp holding devices is not deleted without consent.
+    api.patch_status(
+        "p1",
+        &PatchParams::apply(iotstamp_api::ROUTER_FIELD_MANAGER),
+        &Patch::Apply(json!({"apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp", "status": {"devices": {"assigned": 3}}})),
+    )
+    .await?;
+    api.delete("p1", &DeleteParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = api
+        .get_opt("p1")
+        .await?
+        .expect("a stamp with devices was deleted without consent");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        held.status.unwrap().devices.unwrap().assigned,
+        Some(3),
+        "the operator overwrote the router's field"
+    );
+    let events = cluster.run("kubectl", &["get", "events", "-n", &ns.name, "-o", "json"])?;
+    assert!(
+        events.contains("DeletionBlocked") && events.contains("still holds 3 devices"),
+        "no DeletionBlocked event"
+    );
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"iotstamp.dev/allow-delete-with-devices": "true"}}}),
+        ),
+    )
+    .await?;
+    wait::until("the confirmed deletion", Duration::from_secs(60), || async {
+        Ok(api.get_opt("p1").await?.is_none().then_some(()))
+    })
+    .await?;
+    drop(operator);
+    binder.cleanup(cluster.client.clone(), &ns.name).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_tls_secret_blocks_the_stamp_until_it_appears() -> anyhow::Result<()> {
+    let cluster = Cluster::get().await?;
+    let ns = cluster.namespace("tls").await?;
+    let binder = VolumeBinder::start(cluster.client.clone(), &ns.name);
+    let operator = Operator::start(&cluster, &ns.name, OPERATOR_SA)?;
+    let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &stamp(
+            "t1",
+            json!({"deviceQuota": 10, "hub": {"tls": {"secretName": "my-cert"}}}),
+        ),
+    )
+    .await?;
+    let (_, reason, _) = wait::until("Ready=False with a reason", Duration::from_secs(30), || async {
+        Ok(ready_condition(&api, "t1")
+            .await?
+            .filter(|(s, _, _)| s == "False"))
+    })
+    .await
+    .map_err(|e| e.context(operator.log_text()))?;
+    assert_eq!(reason, "TLSSecretMissing");
+    let events = cluster.run("kubectl", &["get", "events", "-n", &ns.name, "-o", "json"])?;
+    assert!(
+        events.contains("TLSSecretMissing") && events.contains("my-cert"),
+        "no event names the Secret"
+    );
+    // Nothing else was touched.
+    let sts: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
+    assert!(
+        sts.list(&Default::default()).await?.items.is_empty(),
+        "children were created for a blocked stamp"
+    );
+
+    let ca = iotstamp_core_ca();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "my-cert"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": ca.0, "tls.key": ca.1}
+    }))?;
+    Api::<Secret>::namespaced(cluster.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    wait_ready(&api, "t1").await?;
+    let hub = sts.get("t1-hub").await?;
+    let volumes = hub.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("my-cert"))
+    );
+    drop(operator);
+    binder.cleanup(cluster.client.clone(), &ns.name).await;
+    Ok(())
+}
+
+/// A self-signed pair is enough: the operator checks that the Secret holds a certificate and key.
+fn iotstamp_core_ca() -> (String, String) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=t1-hub",
+            "-keyout",
+            "/dev/stdout",
+            "-out",
+            "/dev/stdout",
+        ])
+        .output()
+        .expect("openssl is needed (run .ci/setup-deps)");
+    let pem = String::from_utf8(out.stdout).unwrap();
+    let key_end = pem.find("-----END PRIVATE KEY-----").unwrap() + "-----END PRIVATE KEY-----".len();
+    (pem[key_end..].trim().to_string(), pem[..key_end].to_string())
+}
+
+#[tokio::test]
+async fn a_missing_permission_shows_on_the_stamp() -> anyhow::Result<()> {
+    let cluster = Cluster::get().await?;
+    let ns = cluster.namespace("rbac").await?;
+    // The chart's ClusterRole without the right to write NetworkPolicies.
+    let role: serde_json::Value = serde_json::from_str(&cluster.run(
+        "kubectl",
+        &[
+            "get",
+            "clusterrole",
+            "-l",
+            "app.kubernetes.io/name=iotstamp",
+            "-o",
+            "json",
+        ],
+    )?)?;
+    let role = role["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|r| r["rules"].to_string().contains("iotstamps"))
+        })
+        .cloned()
+        .expect("the chart installs a ClusterRole for the operator");
+    let mut rules = role["rules"].clone();
+    for rule in rules.as_array_mut().unwrap() {
+        if rule["resources"].to_string().contains("networkpolicies") {
+            rule["verbs"] = json!(["get", "list", "watch"]);
+        }
+    }
+    let sa = "iotstamp-restricted";
+    let manifest = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": SYSTEM_NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": sa}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": sa},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": sa},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": SYSTEM_NAMESPACE}]},
+    ]});
+    let file = std::env::temp_dir().join(format!("{sa}-{}.json", ns.name));
+    std::fs::write(&file, manifest.to_string())?;
+    cluster.run("kubectl", &["apply", "-f", file.to_str().unwrap()])?;
+    // The CA Secret lives in the system namespace; the restricted role reads it like the real one.
+    let operator = Operator::start(&cluster, &ns.name, sa)?;
+    let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &stamp("r1", json!({"deviceQuota": 10})))
+        .await?;
+    let (_, reason, s) = wait::until(
+        "Ready=False for lack of permission",
+        Duration::from_secs(30),
+        || async {
+            Ok(ready_condition(&api, "r1")
+                .await?
+                .filter(|(st, r, _)| st == "False" && r == "Forbidden"))
+        },
+    )
+    .await
+    .map_err(|e| e.context(operator.log_text()))?;
+    assert_eq!(reason, "Forbidden");
+    let message = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("networkpolicies"),
+        "the condition does not name what is missing: {message}"
+    );
+    drop(operator);
+    Ok(())
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: README.md prints this command and .ci/run calls it.
+#   1. installs what the tests need (Debian packages, Python clients, Kubernetes tools from the Go
+#      module proxy; all cached, so a warm run skips this in seconds)
+#   2. formatting and clippy, warnings as errors
+#   3. tier 1: `cargo test` (pure logic, fixtures, data plane on loopback)
+#   4. tier 2: a real control plane (e2e/cluster up), the Helm chart checks, and the e2e suite
+# Any missing tool fails the run; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export IOTSTAMP_CACHE="${IOTSTAMP_CACHE:-$HOME/.cache/iotstamp}"
+# Build outside the checkout so a fresh clone reuses the last build (CI clones anew each run).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IOTSTAMP_CACHE/target}"
+export IOTSTAMP_BIN="$CARGO_TARGET_DIR/debug/iotstamp"
+
+step() { printf '\n==> %s  (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+
+step "dependencies"
+.ci/setup-deps
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+e2e/cluster tools
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets
+
+step "tier 1: cargo test"
+cargo test
+
+step "tier 2: control plane"
+cleanup() { e2e/cluster down >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+e2e/cluster up
+eval "$(e2e/cluster env)"
+e2e/helm-check.sh
+cargo test -p iotstamp-e2e
+
+step "all tests passed"
