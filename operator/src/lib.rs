@@ -13,6 +13,7 @@ pub mod conditions;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod fake_api;
 pub mod metrics;
 pub mod reconcile;
 pub mod server;

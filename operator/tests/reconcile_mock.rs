@@ -1,0 +1,381 @@
+//! `reconcile` against the in-memory API server: what it writes, in which order, and what it does
+//! not write. Behaviour that depends on a real API server (admission, field ownership, garbage
+//! collection, RBAC) is tested in `e2e/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use iotstamp_core::pki;
+use iotstamp_operator::Error;
+use iotstamp_operator::context::Context;
+use iotstamp_operator::fake_api::{FakeApi, FakeCaches, Write};
+use iotstamp_operator::metrics::Metrics;
+use iotstamp_operator::reconcile::{FINALIZER, error_policy, reconcile};
+use iotstamp_operator::stats::ConnectedCounts;
+use kube::api::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+const NS: &str = "fleet";
+
+fn stamp_path(name: &str) -> String {
+    format!("/apis/iotstamp.dev/v1alpha1/namespaces/{NS}/iotstamps/{name}")
+}
+
+struct Harness {
+    fake: FakeApi,
+    caches: FakeCaches,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let fake = FakeApi::new();
+        let caches = FakeCaches::default();
+        let client = fake.client();
+        let (_, synced) = tokio::sync::watch::channel(true);
+        let ca = pki::new_ca("test CA", 1_800_000_000, Duration::from_secs(86_400 * 3650)).unwrap();
+        let ctx = Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "iotstamp-operator".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            caches: caches.caches.clone(),
+            metrics: Arc::new(Metrics::default()),
+            ca,
+            default_image: "iotstamp:test".into(),
+            cluster_domain: "cluster.local".into(),
+            connected: ConnectedCounts::default(),
+            synced,
+        });
+        Self { fake, caches, ctx }
+    }
+
+    fn create(&self, name: &str, spec: Value) {
+        self.fake.put(
+            &stamp_path(name),
+            json!({
+                "apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
+                "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1},
+                "spec": spec,
+            }),
+        );
+    }
+
+    fn stamp(&self, name: &str) -> Value {
+        self.fake.object(&stamp_path(name)).expect("stamp exists")
+    }
+
+    fn edit(&self, name: &str, f: impl FnOnce(&mut Value)) {
+        let mut s = self.stamp(name);
+        f(&mut s);
+        self.fake.put(&stamp_path(name), s);
+    }
+
+    /// Reconciles the stamp as the fake holds it now; returns the result and the writes it made.
+    async fn reconcile(&self, name: &str) -> (Result<Action, Error>, Vec<Write>) {
+        let before = self.fake.writes().len();
+        let obj: DynamicObject = serde_json::from_value(self.stamp(name)).unwrap();
+        let result = reconcile(Arc::new(obj), self.ctx.clone()).await;
+        (result, self.fake.writes()[before..].to_vec())
+    }
+
+    /// Reconciles, then lets the caches see the result, until a reconcile writes nothing.
+    async fn settle(&mut self, name: &str) -> usize {
+        for round in 1..=5 {
+            let (result, writes) = self.reconcile(name).await;
+            result.unwrap();
+            self.caches.refresh(&self.fake);
+            if writes.iter().all(|w| !w.is_state_change()) {
+                return round;
+            }
+        }
+        panic!("no steady state after 5 reconciles");
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> (String, String) {
+        let s = self.stamp(name);
+        let c = s["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()
+            .clone();
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+        )
+    }
+}
+
+fn child_writes(writes: &[Write]) -> Vec<String> {
+    writes
+        .iter()
+        .filter(|w| w.is_state_change() && !w.path.contains("/iotstamps/"))
+        .map(|w| {
+            w.path
+                .rsplit('/')
+                .take(2)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn create_applies_every_child_in_order_and_a_no_op_writes_nothing() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    let (result, writes) = h.reconcile("s1").await;
+    assert!(matches!(result, Ok(_)));
+    assert_eq!(
+        child_writes(&writes),
+        [
+            "configmaps/s1-config",
+            "secrets/s1-api-token",
+            "serviceaccounts/s1",
+            "networkpolicies/s1",
+            "secrets/s1-hub-tls",
+            "services/s1-storage",
+            "statefulsets/s1-storage",
+            "services/s1-ingest",
+            "deployments/s1-ingest",
+            "services/s1-hub-pods",
+            "services/s1-hub",
+            "statefulsets/s1-hub",
+            "poddisruptionbudgets/s1-hub",
+        ]
+    );
+    assert_eq!(h.stamp("s1")["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(
+        h.condition("s1", "Ready"),
+        ("False".into(), "WaitingForPods".into())
+    );
+    assert!(writes.iter().any(|w| w.path.ends_with("/s1/status")));
+
+    h.settle("s1").await;
+    // Steady: nothing at all is written, not even an event.
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(writes, vec![], "a no-op reconcile wrote");
+}
+
+#[tokio::test]
+async fn ready_workloads_make_the_stamp_ready() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    for sts in ["s1-hub", "s1-storage"] {
+        let path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{sts}");
+        let mut obj = h.fake.object(&path).unwrap();
+        obj["metadata"]["generation"] = json!(1);
+        obj["status"] = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                               "currentRevision": "r1", "updateRevision": "r1"});
+        h.fake.put(&path, obj);
+    }
+    let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/s1-ingest");
+    let mut obj = h.fake.object(&path).unwrap();
+    obj["metadata"]["generation"] = json!(1);
+    obj["status"] = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1});
+    h.fake.put(&path, obj);
+    h.caches.refresh(&h.fake);
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(child_writes(&writes), Vec::<String>::new());
+    assert_eq!(
+        h.condition("s1", "Ready"),
+        ("True".into(), "AllRolesReady".into())
+    );
+    assert_eq!(h.stamp("s1")["status"]["phase"], "Ready");
+    // A person sees it become ready.
+    assert!(writes.iter().any(|w| w.path.contains("/events")));
+}
+
+#[tokio::test]
+async fn an_update_rewrites_only_what_changed() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    h.edit("s1", |s| {
+        s["spec"]["deviceQuota"] = json!(200);
+        s["metadata"]["generation"] = json!(2);
+    });
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(child_writes(&writes), ["configmaps/s1-config"]);
+    assert_eq!(h.stamp("s1")["status"]["observedGeneration"], 2);
+
+    h.settle("s1").await;
+    h.edit("s1", |s| {
+        s["spec"]["hub"] = json!({"replicas": 3});
+        s["metadata"]["generation"] = json!(3);
+    });
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(child_writes(&writes), ["statefulsets/s1-hub"]);
+}
+
+#[tokio::test]
+async fn a_paused_stamp_gets_no_child_writes() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    h.edit("s1", |s| {
+        s["spec"]["paused"] = json!(true);
+        s["spec"]["deviceQuota"] = json!(999);
+        s["metadata"]["generation"] = json!(2);
+    });
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(child_writes(&writes), Vec::<String>::new());
+    assert_eq!(
+        h.condition("s1", "Paused"),
+        ("True".into(), "PausedBySpec".into())
+    );
+    assert_eq!(h.stamp("s1")["status"]["phase"], "Paused");
+}
+
+#[tokio::test]
+async fn deletion_waits_for_devices_unless_confirmed() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    h.edit("s1", |s| {
+        s["status"]["devices"] = json!({"assigned": 2});
+        s["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    });
+    let (result, writes) = h.reconcile("s1").await;
+    assert!(matches!(result, Ok(_)));
+    assert!(
+        writes.iter().all(|w| !w.is_state_change()),
+        "a held deletion wrote: {writes:?}"
+    );
+    assert!(
+        writes.iter().any(|w| w.path.contains("/events")),
+        "no DeletionBlocked event"
+    );
+    assert!(h.fake.object(&stamp_path("s1")).is_some());
+
+    h.edit("s1", |s| {
+        s["metadata"]["annotations"] = json!({"iotstamp.dev/allow-delete-with-devices": "true"})
+    });
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(
+        writes.iter().filter(|w| w.is_state_change()).count(),
+        1,
+        "one write: the finalizer"
+    );
+    assert!(
+        h.fake.object(&stamp_path("s1")).is_none(),
+        "the stamp was not released"
+    );
+}
+
+#[tokio::test]
+async fn a_stamp_without_devices_is_released_at_once() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    h.edit("s1", |s| {
+        s["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
+    });
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(child_writes(&writes), Vec::<String>::new());
+    assert!(h.fake.object(&stamp_path("s1")).is_none());
+}
+
+#[tokio::test]
+async fn api_errors_are_classified_for_retry() {
+    let h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.fake.fail(Method::PATCH, "/statefulsets/", 500, 1);
+    let (result, _) = h.reconcile("s1").await;
+    let err = result.expect_err("a 500 must fail the reconcile");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+    let obj: DynamicObject = serde_json::from_value(h.stamp("s1")).unwrap();
+    assert_eq!(
+        error_policy(Arc::new(obj), &err, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+
+    // A 403 is a condition a person must fix, shown on the stamp.
+    h.fake.fail(Method::PATCH, "/networkpolicies/", 403, 1);
+    let (result, _) = h.reconcile("s1").await;
+    assert!(result.is_ok());
+    assert_eq!(h.condition("s1", "Ready"), ("False".into(), "Forbidden".into()));
+    // Then it recovers by itself.
+    let (result, _) = h.reconcile("s1").await;
+    assert!(result.is_ok());
+    assert_eq!(
+        h.condition("s1", "Ready"),
+        ("False".into(), "WaitingForPods".into())
+    );
+}
+
+#[tokio::test]
+async fn a_missing_tls_secret_blocks_without_touching_children_then_recovers() {
+    let h = Harness::new();
+    h.create(
+        "s1",
+        json!({"deviceQuota": 100, "hub": {"tls": {"secretName": "mine"}}}),
+    );
+    let (result, writes) = h.reconcile("s1").await;
+    assert!(matches!(result, Ok(a) if a == Action::requeue(Duration::from_secs(10))));
+    assert_eq!(child_writes(&writes), Vec::<String>::new());
+    assert_eq!(
+        h.condition("s1", "Ready"),
+        ("False".into(), "TLSSecretMissing".into())
+    );
+    assert_eq!(h.stamp("s1")["status"]["phase"], "Failed");
+
+    let ca = pki::new_ca("user CA", 1_800_000_000, Duration::from_secs(86_400)).unwrap();
+    let cert = pki::issue_server_cert(
+        &ca,
+        &["s1-hub".into()],
+        1_800_000_000,
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let b64 = |s: &str| base64_encode(s.as_bytes());
+    h.fake.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/mine"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine", "namespace": NS},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": b64(&cert.cert_pem), "tls.key": b64(&cert.key_pem)}}),
+    );
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(
+        child_writes(&writes).len(),
+        12,
+        "every child but the managed TLS Secret"
+    );
+    assert!(!child_writes(&writes).contains(&"secrets/s1-hub-tls".to_string()));
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn an_unreadable_object_waits_for_a_change_and_stops_nothing_else() {
+    let h = Harness::new();
+    h.fake.put(
+        &stamp_path("bad"),
+        json!({"apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
+               "metadata": {"name": "bad", "namespace": NS, "uid": "uid-bad"}, "spec": {"deviceQuota": "lots"}}),
+    );
+    let (result, _) = h.reconcile("bad").await;
+    let err = result.expect_err("an unreadable stamp cannot reconcile");
+    assert!(matches!(err, Error::Unparseable(_)));
+    assert_eq!(err.retry_after(), None, "retrying cannot help; only an edit can");
+
+    h.create("good", json!({"deviceQuota": 1}));
+    let (result, writes) = h.reconcile("good").await;
+    assert!(result.is_ok());
+    assert_eq!(child_writes(&writes).len(), 13);
+}
