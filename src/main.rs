@@ -41,6 +41,11 @@ enum Command {
     /// Write the CustomResourceDefinitions as YAML: to stdout, or one file per CRD into a folder.
     ///
     /// `kubectl apply -f crds/` installs what `iotstamp crdgen --out crds` writes.
+    /// Measure a component against a baseline in the same run, and print a table.
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
     Crdgen {
         /// Folder to write `<group>_<plural>.yaml` files into (created if missing).
         #[arg(long)]
@@ -48,10 +53,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum BenchSuite {
+    /// Reconcile N IoTStamps against an in-memory API server, beside a bare-client baseline.
+    Operator(iotstamp_operator::bench::BenchArgs),
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -79,7 +92,15 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Crdgen { out } => crdgen(out),
-        Command::Operator(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_operator::cli::run(args))?)),
+        Command::Operator(args) => {
+            runtime().and_then(|rt| Ok(rt.block_on(iotstamp_operator::cli::run(args))?))
+        }
+        Command::Bench {
+            suite: BenchSuite::Operator(args),
+        } => runtime().and_then(|rt| {
+            print!("{}", rt.block_on(iotstamp_operator::bench::run(args))?);
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,9 @@
 //! `IoTStamp`: one self-contained hub / ingest / storage unit with a device quota.
 
+// kube's `printcolumn(type_ = …)` repeats a key per column by design; clippy reads it as a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

@@ -15,13 +15,16 @@ fn helm_chart_crds_match_the_types() {
 }
 
 fn check_dir(relative: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
     let mut expected_files = Vec::new();
     for crd in iotstamp_api::crds() {
         let name = iotstamp_api::crd_file_name(&crd);
         let want = iotstamp_api::crd_yaml(&crd).unwrap();
-        let have = std::fs::read_to_string(dir.join(&name))
-            .unwrap_or_else(|e| panic!("{relative}/{name} is missing ({e}); run `cargo run -- crdgen --out {relative}`"));
+        let have = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+            panic!("{relative}/{name} is missing ({e}); run `cargo run -- crdgen --out {relative}`")
+        });
         assert!(
             have == want,
             "{relative}/{name} is out of date with api/src; run `cargo run -- crdgen --out {relative}`"
@@ -35,5 +38,8 @@ fn check_dir(relative: &str) {
         .collect();
     present.sort();
     expected_files.sort();
-    assert_eq!(present, expected_files, "{relative} holds files no type generates");
+    assert_eq!(
+        present, expected_files,
+        "{relative} holds files no type generates"
+    );
 }

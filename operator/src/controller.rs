@@ -133,24 +133,12 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     if let Some(interval) = settings.stats_interval {
         match Poller::client(&settings.ca.cert_pem) {
             Ok(http) => {
-                let secrets = caches.secrets.clone();
                 let poller = Poller {
                     http,
                     stamps: controller.store(),
                     counts: connected.clone(),
                     interval,
-                    token_for: Arc::new(move |ns: &str, name: &str| {
-                        let secret = secrets.get(&ObjectRef::new(&format!("{name}-api-token")).within(ns))?;
-                        String::from_utf8(
-                            secret
-                                .data
-                                .as_ref()?
-                                .get(crate::builders::config::TOKEN_KEY)?
-                                .0
-                                .clone(),
-                        )
-                        .ok()
-                    }),
+                    secrets: caches.secrets.clone(),
                 };
                 tokio::spawn(poller.run(changed_tx));
             }

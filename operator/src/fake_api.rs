@@ -255,12 +255,12 @@ fn trim(key: &str, obj: &mut Value) {
         o.remove("data");
     } else if key.contains("/services/") || key.contains("/networkpolicies/") {
         o.remove("spec");
-    } else if key.contains("/statefulsets/") || key.contains("/deployments/") {
-        if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
-            // Kept as an empty object: the typed spec requires it.
-            spec.insert("template".into(), json!({}));
-            spec.remove("volumeClaimTemplates");
-        }
+    } else if (key.contains("/statefulsets/") || key.contains("/deployments/"))
+        && let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        // Kept as an empty object: the typed spec requires it.
+        spec.insert("template".into(), json!({}));
+        spec.remove("volumeClaimTemplates");
     }
 }
 

@@ -5,6 +5,7 @@
 //! it changed. See [`reconcile`] for the flow and [`controller`] for the wiring.
 
 pub mod apply;
+pub mod bench;
 pub mod builders;
 pub mod ca;
 pub mod caches;

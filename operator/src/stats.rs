@@ -12,7 +12,9 @@ use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
+use crate::builders::config::TOKEN_KEY;
 use crate::controller::stamp_resource;
+use k8s_openapi::api::core::v1::Secret;
 
 /// Latest connected-device counts by `namespace/name`.
 #[derive(Clone, Default)]
@@ -44,8 +46,8 @@ pub struct Poller {
     pub stamps: Store<DynamicObject>,
     pub counts: ConnectedCounts,
     pub interval: Duration,
-    /// Token Secret contents by stamp are read through this function (from the caches).
-    pub token_for: Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>,
+    /// The operator's Secret cache, which holds each stamp's API token.
+    pub secrets: Store<Secret>,
 }
 
 impl Poller {
@@ -105,7 +107,10 @@ impl Poller {
         let ns = stamp.metadata.namespace.as_deref()?;
         let name = stamp.metadata.name.as_deref()?;
         let api = stamp.status.as_ref()?.endpoints.as_ref()?.api.clone();
-        let token = (self.token_for)(ns, name)?;
+        let token_secret = self
+            .secrets
+            .get(&ObjectRef::new(&format!("{name}-api-token")).within(ns))?;
+        let token = String::from_utf8(token_secret.data.as_ref()?.get(TOKEN_KEY)?.0.clone()).ok()?;
         let resp = self
             .http
             .get(format!("{api}/v1/stats"))
