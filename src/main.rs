@@ -32,20 +32,25 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run one stamp: the MQTT device edge, durable ingest, storage and the stamp API.
+    ///
+    /// The operator runs this in each stamp's pods with the config it writes; local mode and
+    /// tests run it with a hand-written config.
+    Stamp(iotstamp_stamp::cli::StampArgs),
     /// Run the IoTStamp operator against the cluster in KUBECONFIG (or in-cluster config).
     ///
     /// It reconciles every IoTStamp into its ConfigMap, TLS and token Secrets, storage StatefulSet,
     /// ingest Deployment, hub StatefulSet and Services, and reports status. Logs go to stderr;
     /// `RUST_LOG` filters them (default `info`).
     Operator(iotstamp_operator::cli::OperatorArgs),
-    /// Write the CustomResourceDefinitions as YAML: to stdout, or one file per CRD into a folder.
-    ///
-    /// `kubectl apply -f crds/` installs what `iotstamp crdgen --out crds` writes.
     /// Measure a component against a baseline in the same run, and print a table.
     Bench {
         #[command(subcommand)]
         suite: BenchSuite,
     },
+    /// Write the CustomResourceDefinitions as YAML: to stdout, or one file per CRD into a folder.
+    ///
+    /// `kubectl apply -f crds/` installs what `iotstamp crdgen --out crds` writes.
     Crdgen {
         /// Folder to write `<group>_<plural>.yaml` files into (created if missing).
         #[arg(long)]
@@ -57,6 +62,12 @@ enum Command {
 enum BenchSuite {
     /// Reconcile N IoTStamps against an in-memory API server, beside a bare-client baseline.
     Operator(iotstamp_operator::bench::BenchArgs),
+    /// QoS 1 telemetry persisted and acknowledged by a stamp, beside mosquitto (no persistence).
+    Hub(iotstamp_stamp::bench::cli::HubArgs),
+    /// Storage ingest (batched, fsync'd) beside a plain fsync'd append-only file.
+    Storage(iotstamp_stamp::bench::cli::StorageArgs),
+    /// TLS connections one stamp holds (memory, connects/s), beside mosquitto.
+    Connections(iotstamp_stamp::bench::cli::ConnectionsArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -95,12 +106,8 @@ fn main() -> ExitCode {
         Command::Operator(args) => {
             runtime().and_then(|rt| Ok(rt.block_on(iotstamp_operator::cli::run(args))?))
         }
-        Command::Bench {
-            suite: BenchSuite::Operator(args),
-        } => runtime().and_then(|rt| {
-            print!("{}", rt.block_on(iotstamp_operator::bench::run(args))?);
-            Ok(())
-        }),
+        Command::Stamp(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_stamp::cli::run(args))?)),
+        Command::Bench { suite } => runtime().and_then(|rt| rt.block_on(bench(suite))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +116,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
+    use iotstamp_stamp::bench::cli;
+    match suite {
+        BenchSuite::Operator(args) => print!("{}", iotstamp_operator::bench::run(args).await?),
+        BenchSuite::Hub(args) => println!("{}", cli::run_hub(args).await?),
+        BenchSuite::Storage(args) => println!("{}", cli::run_storage(args)?),
+        BenchSuite::Connections(args) => {
+            let me = std::env::current_exe()?.display().to_string();
+            println!("{}", cli::run_connections(args, me).await?)
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -189,7 +189,7 @@ impl Default for IngestSpec {
 }
 
 fn default_batch() -> i32 {
-    4_096
+    16_384
 }
 
 /// Storage: the embedded time-ordered store on a persistent volume.

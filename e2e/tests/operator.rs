@@ -60,8 +60,11 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
     let ns = cluster.namespace("admission").await?;
     let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
     // Untyped: the Rust types cannot even express some of these objects, which is the point.
-    let raw: Api<DynamicObject> =
-        Api::namespaced_with(cluster.client.clone(), &ns.name, &ApiResource::erase::<IoTStamp>(&()));
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        &ns.name,
+        &ApiResource::erase::<IoTStamp>(&()),
+    );
     let cases = [
         (
             json!({"deviceQuota": 0}),

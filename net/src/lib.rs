@@ -4,4 +4,6 @@
 //! must never hold up other connections (rumqttd's loop awaits each handshake in line; see
 //! shared/reference/rumqttd.md). Each accepted socket gets its own task and its own deadline.
 
+pub mod limit;
+pub mod mqtt;
 pub mod tls;

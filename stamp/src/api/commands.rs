@@ -1,0 +1,75 @@
+//! Commands to devices: `POST /v1/devices/{id}/messages` (cloud-to-device; query parameters become the
+//! message's property bag) and `POST /v1/devices/{id}/methods/{name}` (direct method; waits for the
+//! device's answer up to `?timeout=` seconds, default 30).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::{Ctx, error};
+use crate::hub::sessions::CommandError;
+
+const DEFAULT_METHOD_TIMEOUT_S: u64 = 30;
+const MAX_METHOD_TIMEOUT_S: u64 = 300;
+
+fn command_error(e: CommandError) -> Response {
+    let (status, code) = match e {
+        CommandError::NotConnected => (StatusCode::NOT_FOUND, "deviceNotConnected"),
+        CommandError::NotSubscribed(_) => (StatusCode::CONFLICT, "deviceNotSubscribed"),
+        CommandError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "deviceBusy"),
+        CommandError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        CommandError::Gone => (StatusCode::BAD_GATEWAY, "deviceDisconnected"),
+    };
+    error(status, code, e)
+}
+
+pub async fn c2d(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(properties): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    match ctx.sessions.send_c2d(&id.to_ascii_lowercase(), &properties, body) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "status": "sent" })),
+        )
+            .into_response(),
+        Err(e) => command_error(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct MethodQuery {
+    timeout: Option<u64>,
+}
+
+pub async fn method(
+    State(ctx): State<Ctx>,
+    Path((id, name)): Path<(String, String)>,
+    Query(q): Query<MethodQuery>,
+    body: Bytes,
+) -> Response {
+    let timeout = Duration::from_secs(
+        q.timeout
+            .unwrap_or(DEFAULT_METHOD_TIMEOUT_S)
+            .clamp(1, MAX_METHOD_TIMEOUT_S),
+    );
+    match ctx
+        .sessions
+        .invoke(&id.to_ascii_lowercase(), &name, body, timeout)
+        .await
+    {
+        Ok(response) => {
+            // Devices answer with JSON; anything else is returned as a string rather than refused.
+            let payload = serde_json::from_slice::<serde_json::Value>(&response.payload)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&response.payload).into_owned().into());
+            Json(serde_json::json!({ "status": response.status, "payload": payload })).into_response()
+        }
+        Err(e) => command_error(e),
+    }
+}

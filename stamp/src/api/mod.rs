@@ -1,0 +1,212 @@
+//! The stamp API: registry (for the router), telemetry queries, live streams, commands, stats, health,
+//! metrics and the OpenAPI document. Everything under `/v1` needs the internal bearer token.
+
+mod commands;
+mod live;
+mod registry;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::hub::sessions::Sessions;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::storage::Store;
+
+pub struct ApiCtx {
+    pub store: Arc<Store>,
+    pub sessions: Arc<Sessions>,
+    pub ingest: Arc<Ingest>,
+    pub metrics: Arc<Metrics>,
+    pub device_quota: u64,
+    pub token: String,
+}
+
+pub type Ctx = Arc<ApiCtx>;
+
+/// The full API, as served on the API listener.
+pub fn router(ctx: Ctx) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/registry/devices/{id}",
+            put(registry::put).get(registry::get).delete(registry::delete),
+        )
+        .route("/v1/devices/{id}/telemetry", get(telemetry::query))
+        .route(
+            "/v1/devices/{id}/telemetry/aggregates",
+            get(telemetry::aggregates),
+        )
+        .route("/v1/devices/{id}/stream", get(live::device))
+        .route("/v1/stream", get(live::all))
+        .route("/v1/devices/{id}/messages", post(commands::c2d))
+        .route("/v1/devices/{id}/methods/{name}", post(commands::method))
+        .route("/v1/stats", get(stats))
+        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_token));
+    v1.merge(ops_router()).with_state(ctx)
+}
+
+/// Health and metrics only, for the plain-HTTP metrics port.
+pub fn ops_router() -> Router<Ctx> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// Serves `app` until shutdown; with TLS when an acceptor is given. Each connection (and its
+/// handshake) runs in its own task.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<(TlsAcceptor, Duration)>,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let tcp = tokio::select! {
+            _ = crate::stopped(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let builder = hyper::server::conn::http1::Builder::new();
+            let result = match tls {
+                Some((acceptor, timeout)) => match iotstamp_net::tls::accept(&acceptor, tcp, timeout).await {
+                    Ok(stream) => {
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
+                        tokio::select! { r = conn => r, _ = crate::stopped(&mut stop) => Ok(()) }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "API TLS handshake failed");
+                        Ok(())
+                    }
+                },
+                None => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades();
+                    tokio::select! { r = conn => r, _ = crate::stopped(&mut stop) => Ok(()) }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "API connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn require_token(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(presented.as_bytes().ct_eq(ctx.token.as_bytes())) {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+}
+
+/// The API's error body: `{"error": code, "message": text}`.
+pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message.to_string() });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Runs a blocking storage call off the async workers, mapping failures to 500.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(storage_error(e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
+    }
+}
+
+pub fn storage_error(e: crate::Error) -> Response {
+    match e {
+        crate::Error::QuotaExceeded { .. } => error(StatusCode::CONFLICT, "quotaExceeded", e),
+        e => {
+            tracing::error!(error = %e, "stamp API storage error");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e)
+        }
+    }
+}
+
+async fn stats(State(ctx): State<Ctx>) -> Response {
+    let store = ctx.store.clone();
+    let registered = match blocking(move || store.device_count()).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    axum::Json(serde_json::json!({
+        "registered": registered,
+        "connected": ctx.sessions.connected(),
+        "messagesPerSecond": ctx.metrics.messages_per_second(),
+        "deviceQuota": ctx.device_quota,
+    }))
+    .into_response()
+}
+
+async fn ready(State(ctx): State<Ctx>) -> Response {
+    let store = ctx.store.clone();
+    match blocking(move || store.device_count()).await {
+        Ok(_) => "ready".into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "notReady",
+            "storage is not readable",
+        ),
+    }
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}

@@ -1,0 +1,87 @@
+//! `PUT/GET/DELETE /v1/registry/devices/{id}`: the router registers the devices it assigns here.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use iotstamp_core::ids::DeviceId;
+use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
+
+use super::{Ctx, blocking, error};
+use crate::storage::PutOutcome;
+
+fn parse_id(raw: &str) -> Result<DeviceId, Response> {
+    DeviceId::parse(raw).map_err(|e| error(StatusCode::BAD_REQUEST, "badDeviceId", e))
+}
+
+/// Idempotent: 201 when the device is new, 200 when it replaced an entry; 409 `quotaExceeded` for a
+/// new device when the stamp is full. Disabling a connected device disconnects it.
+pub async fn put(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    body: Result<Json<DeviceRecord>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Json(record) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "badRecord", e.body_text()),
+    };
+    if record.device_id.key() != id.key() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "idMismatch",
+            format!("the path names `{id}`, the body `{}`", record.device_id),
+        );
+    }
+    let (store, quota, stored) = (ctx.store.clone(), ctx.device_quota, record.clone());
+    let result = blocking(move || store.put_device(&stored, quota)).await;
+    if result.is_ok() && record.status == DeviceStatus::Disabled {
+        ctx.sessions.disconnect(&id.key());
+    }
+    match result {
+        Ok(PutOutcome::Created) => (StatusCode::CREATED, Json(record)).into_response(),
+        Ok(PutOutcome::Replaced) => (StatusCode::OK, Json(record)).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub async fn get(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let store = ctx.store.clone();
+    match blocking(move || store.get_device(&id.key())).await {
+        Ok(Some(record)) => Json(record).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "deviceNotFound",
+            "no such device in this stamp",
+        ),
+        Err(r) => r,
+    }
+}
+
+pub async fn delete(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let store = ctx.store.clone();
+    let key = id.key();
+    match blocking(move || store.delete_device(&key)).await {
+        Ok(true) => {
+            ctx.sessions.disconnect(&id.key());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            "deviceNotFound",
+            "no such device in this stamp",
+        ),
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,89 @@
+//! `GET /v1/devices/{id}/telemetry` (paged points) and `.../telemetry/aggregates` (per-bucket stats).
+//! Times in the query are milliseconds since the Unix epoch; `from` inclusive, `to` exclusive.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use iotstamp_core::ids::DeviceId;
+
+use super::{Ctx, blocking, error};
+use crate::storage::aggregate::aggregate;
+use crate::storage::record::Cursor;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// Aggregates read at most this many points; the answer says when it stopped there.
+const AGGREGATE_SCAN_LIMIT: usize = 200_000;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Range {
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct AggregateQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    /// Bucket width in seconds (default 60).
+    bucket: Option<u64>,
+    /// Only this numeric field.
+    field: Option<String>,
+}
+
+fn window(from: Option<u64>, to: Option<u64>) -> (u64, u64) {
+    let ms_to_us = |ms: u64| ms.saturating_mul(1000);
+    (from.map_or(0, ms_to_us), to.map_or(u64::MAX, ms_to_us))
+}
+
+pub async fn query(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Query<Range>) -> Response {
+    let Ok(id) = DeviceId::parse(&id) else {
+        return error(StatusCode::BAD_REQUEST, "badDeviceId", "not a device id");
+    };
+    let after = match q.after.as_deref().map(Cursor::parse) {
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "badCursor",
+                "`after` is not a page cursor",
+            );
+        }
+        Some(c) => c,
+        None => None,
+    };
+    let (from, to) = window(q.from, q.to);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let store = ctx.store.clone();
+    match blocking(move || store.query(&id.key(), from, to, after, limit)).await {
+        Ok(page) => Json(page).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub async fn aggregates(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<AggregateQuery>,
+) -> Response {
+    let Ok(id) = DeviceId::parse(&id) else {
+        return error(StatusCode::BAD_REQUEST, "badDeviceId", "not a device id");
+    };
+    let (from, to) = window(q.from, q.to);
+    let bucket_s = q.bucket.unwrap_or(60).max(1);
+    let store = ctx.store.clone();
+    let page = match blocking(move || store.query(&id.key(), from, to, None, AGGREGATE_SCAN_LIMIT)).await {
+        Ok(page) => page,
+        Err(r) => return r,
+    };
+    let buckets = aggregate(&page.items, bucket_s * 1000, q.field.as_deref());
+    Json(serde_json::json!({
+        "bucketSeconds": bucket_s,
+        "buckets": buckets,
+        "truncated": page.next.is_some(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,90 @@
+//! Command-line arguments for `iotstamp bench hub|storage|connections`.
+
+use std::net::Ipv4Addr;
+
+use super::BenchReport;
+use super::connections::{ConnBenchOptions, connections};
+use super::hub::{HubBenchOptions, hub};
+use super::storage::{StorageBenchOptions, storage};
+use crate::Error;
+
+/// QoS 1 telemetry persisted and acknowledged, beside Debian's mosquitto relaying the same load.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HubArgs {
+    /// Concurrent device connections.
+    #[arg(long, default_value_t = 20)]
+    pub connections: usize,
+    /// Messages each connection sends.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// QoS 1 messages in flight per connection.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// The stamp's ingest batch size (default: the config default).
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// The mosquitto binary used as the baseline.
+    #[arg(long, default_value = "mosquitto")]
+    pub mosquitto: String,
+}
+
+/// Storage ingest, batched and fsync'd, beside a plain fsync'd append-only file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    #[arg(long, default_value_t = 400_000)]
+    pub points: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
+    pub batches: Vec<usize>,
+}
+
+/// Authenticated TLS connections held by one stamp (RSS, connects/s), beside mosquitto.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectionsArgs {
+    #[arg(long, default_value_t = 20_000)]
+    pub connections: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "mosquitto")]
+    pub mosquitto: String,
+}
+
+pub async fn run_hub(a: HubArgs) -> Result<BenchReport, Error> {
+    hub(HubBenchOptions {
+        connections: a.connections,
+        messages_per_connection: a.messages,
+        payload_bytes: a.payload,
+        window: a.window,
+        mosquitto: a.mosquitto,
+        batch_max_messages: a.batch,
+        ..HubBenchOptions::default()
+    })
+    .await
+}
+
+pub fn run_storage(a: StorageArgs) -> Result<BenchReport, Error> {
+    storage(StorageBenchOptions {
+        points: a.points,
+        devices: a.devices,
+        batches: a.batches,
+        ..StorageBenchOptions::default()
+    })
+}
+
+/// `self_exe` runs the stamp under test as `<self_exe> stamp --config FILE`.
+pub async fn run_connections(a: ConnectionsArgs, self_exe: String) -> Result<BenchReport, Error> {
+    connections(ConnBenchOptions {
+        connections: a.connections,
+        concurrency: a.concurrency,
+        ip: Ipv4Addr::new(127, 0, 0, 201),
+        stamp_command: vec![self_exe, "stamp".into()],
+        mosquitto: a.mosquitto,
+    })
+    .await
+}

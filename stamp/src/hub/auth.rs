@@ -1,0 +1,199 @@
+//! Device authentication at CONNECT. Pure: the caller looks the device up and supplies the clock.
+//!
+//! Rules (IoT Hub's): client id = device id; the optional username is `{host}/{deviceId}/?api-version=…`
+//! and must name the same device; the password is a SAS token whose `sr` is `{host}/devices/{deviceId}`
+//! for the same device, signed with the device's registry key and not expired. When the stamp has a
+//! list of host names, both hosts must be on it.
+//!
+//! CONNACK codes (MQTT 3.1.1): a bad client id gets 2 (identifier rejected); anything wrong with the
+//! credentials themselves gets 4 (bad user name or password); a device that is unknown or disabled
+//! gets 5 (not authorized). A refused device is always told, never silently dropped.
+
+use iotstamp_core::ids::DeviceId;
+use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
+use iotstamp_core::sas::{SasError, SasToken};
+use iotstamp_net::mqtt::{Connect, connack};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    BadClientId,
+    NoPassword,
+    BadToken,
+    WrongUsername,
+    WrongResource,
+    HostNotServed,
+    UnknownDevice,
+    Disabled,
+    Expired,
+    BadSignature,
+}
+
+impl AuthFailure {
+    pub fn connack_code(&self) -> u8 {
+        match self {
+            Self::BadClientId => connack::IDENTIFIER_REJECTED,
+            Self::UnknownDevice | Self::Disabled => connack::NOT_AUTHORIZED,
+            _ => connack::BAD_USERNAME_OR_PASSWORD,
+        }
+    }
+
+    /// The `reason` label of `iotstamp_hub_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadClientId => "bad_client_id",
+            Self::NoPassword => "no_password",
+            Self::BadToken => "bad_token",
+            Self::WrongUsername => "wrong_username",
+            Self::WrongResource => "wrong_resource",
+            Self::HostNotServed => "host_not_served",
+            Self::UnknownDevice => "unknown_device",
+            Self::Disabled => "disabled",
+            Self::Expired => "expired",
+            Self::BadSignature => "bad_signature",
+        }
+    }
+}
+
+/// Everything that can be checked before the registry lookup. Returns the device and its token.
+pub fn precheck(connect: &Connect, host_names: &[String]) -> Result<(DeviceId, SasToken), AuthFailure> {
+    let device = DeviceId::parse(&connect.client_id).map_err(|_| AuthFailure::BadClientId)?;
+    if let Some(username) = &connect.username {
+        let (host, rest) = username.split_once('/').ok_or(AuthFailure::WrongUsername)?;
+        let named = rest.split('/').next().unwrap_or_default();
+        if !named.eq_ignore_ascii_case(device.as_str()) {
+            return Err(AuthFailure::WrongUsername);
+        }
+        check_host(host, host_names)?;
+    }
+    let password = connect.password.as_ref().ok_or(AuthFailure::NoPassword)?;
+    let password = std::str::from_utf8(password).map_err(|_| AuthFailure::BadToken)?;
+    let token = SasToken::parse(password).map_err(|_| AuthFailure::BadToken)?;
+    let (host, path) = token
+        .resource()
+        .split_once('/')
+        .ok_or(AuthFailure::WrongResource)?;
+    let named = path.strip_prefix("devices/").ok_or(AuthFailure::WrongResource)?;
+    if !named.eq_ignore_ascii_case(device.as_str()) {
+        return Err(AuthFailure::WrongResource);
+    }
+    check_host(host, host_names)?;
+    Ok((device, token))
+}
+
+/// The registry half: the device exists, is enabled, and signed the token with its key.
+pub fn verify(token: &SasToken, record: Option<&DeviceRecord>, now_unix: u64) -> Result<(), AuthFailure> {
+    let record = record.ok_or(AuthFailure::UnknownDevice)?;
+    if record.status == DeviceStatus::Disabled {
+        return Err(AuthFailure::Disabled);
+    }
+    token.verify(&record.primary_key, now_unix).map_err(|e| match e {
+        SasError::Expired { .. } => AuthFailure::Expired,
+        _ => AuthFailure::BadSignature,
+    })
+}
+
+fn check_host(host: &str, host_names: &[String]) -> Result<(), AuthFailure> {
+    if host_names.is_empty() || host_names.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        Ok(())
+    } else {
+        Err(AuthFailure::HostNotServed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use iotstamp_core::sas::sign;
+
+    const KEY: &str =
+        "18RQk/hOPJR9EbsJlk2j8WA6vWaj/yi+oaYg7zmxfQNdOyMSu+SJ8O7TSlZhDJCYmn4rzEiVKIzNiVAWjLxrGA==";
+    const NOW: u64 = 1_700_000_000;
+
+    fn connect(client: &str, user: Option<&str>, sr: &str, key: &str, se: u64) -> Connect {
+        Connect {
+            client_id: client.into(),
+            username: user.map(Into::into),
+            password: Some(Bytes::from(sign(sr, key, se, None).unwrap())),
+            ..Default::default()
+        }
+    }
+
+    fn record(status: DeviceStatus) -> DeviceRecord {
+        DeviceRecord {
+            device_id: DeviceId::parse("dev1").unwrap(),
+            primary_key: KEY.into(),
+            status,
+            enrollment_group: None,
+        }
+    }
+
+    fn check(c: &Connect, hosts: &[String], rec: Option<&DeviceRecord>) -> Result<(), AuthFailure> {
+        let (_, token) = precheck(c, hosts)?;
+        verify(&token, rec, NOW)
+    }
+
+    #[test]
+    fn sdk_shaped_connect_is_accepted() {
+        let user =
+            "127.0.0.5/dev1/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0";
+        let c = connect("dev1", Some(user), "127.0.0.5/devices/dev1", KEY, NOW + 60);
+        let rec = record(DeviceStatus::Enabled);
+        assert_eq!(check(&c, &["127.0.0.5".into()], Some(&rec)), Ok(()));
+        assert_eq!(check(&c, &[], Some(&rec)), Ok(()));
+    }
+
+    #[test]
+    fn each_failure_has_its_reason_and_code() {
+        let rec = record(DeviceStatus::Enabled);
+        let good = |c: Connect| check(&c, &["h".into()], Some(&rec));
+        let other_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let cases = [
+            (
+                connect("dev 1", None, "h/devices/dev1", KEY, NOW + 60),
+                AuthFailure::BadClientId,
+                2,
+            ),
+            (
+                connect("dev1", Some("h/dev2/?a"), "h/devices/dev1", KEY, NOW + 60),
+                AuthFailure::WrongUsername,
+                4,
+            ),
+            (
+                connect("dev1", None, "h/devices/dev2", KEY, NOW + 60),
+                AuthFailure::WrongResource,
+                4,
+            ),
+            (
+                connect("dev1", None, "other/devices/dev1", KEY, NOW + 60),
+                AuthFailure::HostNotServed,
+                4,
+            ),
+            (
+                connect("dev1", None, "h/devices/dev1", KEY, NOW - 1),
+                AuthFailure::Expired,
+                4,
+            ),
+            (
+                connect("dev1", None, "h/devices/dev1", other_key, NOW + 60),
+                AuthFailure::BadSignature,
+                4,
+            ),
+        ];
+        for (c, want, code) in cases {
+            let got = good(c).unwrap_err();
+            assert_eq!((got.clone(), got.connack_code()), (want, code));
+        }
+        let mut no_pw = connect("dev1", None, "h/devices/dev1", KEY, NOW + 60);
+        no_pw.password = None;
+        assert_eq!(good(no_pw), Err(AuthFailure::NoPassword));
+        let mut garbage = connect("dev1", None, "h/devices/dev1", KEY, NOW + 60);
+        garbage.password = Some(Bytes::from_static(b"hunter2"));
+        assert_eq!(good(garbage), Err(AuthFailure::BadToken));
+
+        let c = connect("dev1", None, "h/devices/dev1", KEY, NOW + 60);
+        assert_eq!(check(&c, &[], None).map_err(|e| e.connack_code()), Err(5));
+        let disabled = record(DeviceStatus::Disabled);
+        assert_eq!(check(&c, &[], Some(&disabled)), Err(AuthFailure::Disabled));
+    }
+}

@@ -1,0 +1,422 @@
+//! One device connection, from the first byte after TLS to the close: CONNECT (with a deadline),
+//! authentication, then the session loop.
+//!
+//! The loop owns the socket and serves four sources: bytes from the device, durable-acks from ingest
+//! (PUBACKs go out in PUBLISH order, only once storage has the message), messages queued by the API
+//! (C2D, method requests), and the kick of a newer connection for the same device. It stops reading the
+//! socket while [`MAX_INFLIGHT`] QoS 1 messages wait for storage, and `Ingest::submit` waits when ingest
+//! is full: that is the backpressure that keeps memory bounded when storage is slow.
+//!
+//! Any protocol violation closes this connection only: a malformed or oversized packet, a PUBLISH to a
+//! topic that is not the device's own, QoS 2, a second CONNECT.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use iotstamp_core::topics::{self, DevicePublish, DeviceSubscription};
+use iotstamp_net::mqtt::{self, Connect, DecodeError, Packet, Publish, SUBACK_FAILURE, connack};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::HubCtx;
+use super::auth;
+use super::sessions::{MethodResponse, SUB_C2D, SUB_DESIRED, SUB_METHODS, SUB_TWIN};
+use crate::storage::record::TelemetryRecord;
+
+/// QoS 1 messages of one connection that may wait for storage before the hub stops reading it.
+pub const MAX_INFLIGHT: usize = 256;
+
+/// Why a connection ended; logged at debug and counted when it is the device's fault.
+// The payloads are read through `Debug` in the close log.
+#[allow(dead_code)]
+#[derive(Debug)]
+enum Close {
+    PeerClosed,
+    Io(std::io::Error),
+    Decode(DecodeError),
+    Protocol(&'static str),
+    Refused(&'static str),
+    KeepAlive,
+    TakenOver,
+    Shutdown,
+    Storage,
+}
+
+impl From<std::io::Error> for Close {
+    fn from(e: std::io::Error) -> Self {
+        Close::Io(e)
+    }
+}
+
+/// Serves one connection to its end. Never panics on input; every error ends this connection only.
+pub async fn serve<S>(io: S, ctx: Arc<HubCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut conn = Conn {
+        io,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(1024),
+        ctx,
+    };
+    let result = conn.run().await;
+    let m = &conn.ctx.metrics;
+    match &result {
+        Close::Decode(_) | Close::Protocol(_) => {
+            m.protocol_errors.get_or_create(&vec![("kind", "protocol")]).inc();
+        }
+        Close::KeepAlive => {
+            m.protocol_errors
+                .get_or_create(&vec![("kind", "keep_alive")])
+                .inc();
+        }
+        _ => {}
+    }
+    tracing::debug!(reason = ?result, "device connection closed");
+}
+
+struct Conn<S> {
+    io: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    ctx: Arc<HubCtx>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    async fn run(&mut self) -> Close {
+        let connect = match tokio::time::timeout(self.ctx.connect_timeout, self.read_packet()).await {
+            Err(_) => return Close::Protocol("no CONNECT in time"),
+            Ok(Err(Close::Decode(DecodeError::UnsupportedProtocol(_)))) => {
+                return self
+                    .refuse(connack::UNACCEPTABLE_PROTOCOL, "protocol version")
+                    .await;
+            }
+            Ok(Err(close)) => return close,
+            Ok(Ok(Packet::Connect(c))) => c,
+            Ok(Ok(_)) => return Close::Protocol("first packet is not CONNECT"),
+        };
+        let device = match self.authenticate(&connect).await {
+            Ok(device) => device,
+            Err(failure) => {
+                let m = &self.ctx.metrics;
+                m.auth_failures
+                    .get_or_create(&vec![("reason", failure.reason())])
+                    .inc();
+                return self.refuse(failure.connack_code(), failure.reason()).await;
+            }
+        };
+        match self.session(&device, connect.keep_alive).await {
+            Ok(()) => Close::PeerClosed,
+            Err(close) => close,
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        connect: &Connect,
+    ) -> Result<iotstamp_core::ids::DeviceId, auth::AuthFailure> {
+        let (device, token) = auth::precheck(connect, &self.ctx.host_names)?;
+        let store = self.ctx.store.clone();
+        let key = device.key();
+        // A registry read is a short B-tree lookup; off the async workers all the same.
+        let record = tokio::task::spawn_blocking(move || store.get_device(&key))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let now = crate::ingest::now_us() / 1_000_000;
+        auth::verify(&token, record.as_ref(), now)?;
+        Ok(device)
+    }
+
+    async fn refuse(&mut self, code: u8, why: &'static str) -> Close {
+        mqtt::encode(
+            &Packet::ConnAck {
+                session_present: false,
+                code,
+            },
+            &mut self.wbuf,
+        );
+        // Best effort: the device may already be gone; it is refused either way.
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+        Close::Refused(why)
+    }
+
+    async fn session(&mut self, device: &iotstamp_core::ids::DeviceId, keep_alive: u16) -> Result<(), Close> {
+        let device_key = device.key();
+        let mut guard = self.ctx.sessions.register(&device_key, device.as_str());
+        self.ctx.metrics.connects.inc();
+        mqtt::encode(
+            &Packet::ConnAck {
+                session_present: false,
+                code: connack::ACCEPTED,
+            },
+            &mut self.wbuf,
+        );
+        self.flush().await?;
+
+        // IoT Hub closes a connection silent for 1.5 x keep-alive; 0 means "no keep-alive".
+        let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut deadline = Instant::now() + idle_limit.unwrap_or(far);
+        let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+        let mut next_pkid: u16 = 0;
+        let mut shutdown = self.ctx.shutdown.clone();
+        let max_packet = self.ctx.max_packet;
+        let mut state = State {
+            device: device.as_str(),
+            device_key: &device_key,
+            subs: &guard.subs,
+        };
+
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(8192);
+            }
+            tokio::select! {
+                _ = guard.kick.notified() => return Err(Close::TakenOver),
+                _ = crate::stopped(&mut shutdown) => return Err(Close::Shutdown),
+                _ = tokio::time::sleep_until(deadline) => return Err(Close::KeepAlive),
+                Some(out) = guard.rx.recv() => {
+                    next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                    self.ctx.metrics.messages_out.inc();
+                    self.ctx.metrics.bytes_out.inc_by(out.payload.len() as u64);
+                    let publish = Publish {
+                        topic: out.topic,
+                        qos: out.qos,
+                        retain: false,
+                        dup: false,
+                        pkid: if out.qos > 0 { next_pkid } else { 0 },
+                        payload: out.payload,
+                    };
+                    mqtt::encode(&Packet::Publish(publish), &mut self.wbuf);
+                }
+                Some((pkid, durable)) = acks.next(), if !acks.is_empty() => {
+                    self.puback(pkid, durable)?;
+                    // Everything else already durable goes out in the same write.
+                    while let Some(Some((pkid, durable))) = futures::FutureExt::now_or_never(acks.next()) {
+                        self.puback(pkid, durable)?;
+                    }
+                }
+                read = self.io.read_buf(&mut self.rbuf), if acks.len() < MAX_INFLIGHT => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                    deadline = Instant::now() + idle_limit.unwrap_or(far);
+                    while let Some(packet) = mqtt::decode(&mut self.rbuf, max_packet).map_err(Close::Decode)? {
+                        if matches!(packet, Packet::Disconnect) {
+                            self.flush().await?;
+                            return Ok(());
+                        }
+                        state.handle(&self.ctx, packet, &mut self.wbuf, &mut acks).await?;
+                    }
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    fn puback(&mut self, pkid: u16, durable: bool) -> Result<(), Close> {
+        if !durable {
+            // Not stored: no PUBACK. Closing makes the device resend on its next connection.
+            return Err(Close::Storage);
+        }
+        mqtt::encode(&Packet::PubAck(pkid), &mut self.wbuf);
+        Ok(())
+    }
+
+    async fn read_packet(&mut self) -> Result<Packet, Close> {
+        loop {
+            if let Some(p) = mqtt::decode(&mut self.rbuf, self.ctx.max_packet).map_err(Close::Decode)? {
+                return Ok(p);
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(4096);
+            }
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(Close::PeerClosed);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+}
+
+type AckFuture = futures::future::BoxFuture<'static, (u16, bool)>;
+
+fn ack_now(pkid: u16) -> AckFuture {
+    Box::pin(async move { (pkid, true) })
+}
+
+fn ack_when_durable(pkid: u16, done: oneshot::Receiver<bool>) -> AckFuture {
+    Box::pin(async move { (pkid, done.await.unwrap_or(false)) })
+}
+
+/// What the packet handler needs to know about the session.
+struct State<'a> {
+    device: &'a str,
+    device_key: &'a str,
+    subs: &'a std::sync::atomic::AtomicU8,
+}
+
+impl State<'_> {
+    async fn handle(
+        &mut self,
+        ctx: &HubCtx,
+        packet: Packet,
+        out: &mut BytesMut,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.publish(ctx, p, out, acks).await,
+            Packet::Subscribe { pkid, filters } => {
+                let codes = filters
+                    .iter()
+                    .map(
+                        |(filter, qos)| match topics::classify_subscribe(self.device, filter) {
+                            Ok(kind) => {
+                                self.subs.fetch_or(sub_bit(kind), Ordering::Relaxed);
+                                // IoT Hub grants QoS 2 requests as QoS 1.
+                                (*qos).min(1)
+                            }
+                            Err(_) => {
+                                ctx.metrics
+                                    .acl_refusals
+                                    .get_or_create(&vec![("kind", "subscribe")])
+                                    .inc();
+                                SUBACK_FAILURE
+                            }
+                        },
+                    )
+                    .collect();
+                mqtt::encode(&Packet::SubAck { pkid, codes }, out);
+                Ok(())
+            }
+            Packet::Unsubscribe { pkid, filters } => {
+                for filter in &filters {
+                    if let Ok(kind) = topics::classify_subscribe(self.device, filter) {
+                        self.subs.fetch_and(!sub_bit(kind), Ordering::Relaxed);
+                    }
+                }
+                mqtt::encode(&Packet::UnsubAck(pkid), out);
+                Ok(())
+            }
+            Packet::PingReq => {
+                mqtt::encode(&Packet::PingResp, out);
+                Ok(())
+            }
+            // Acks of our QoS 1 deliveries: delivery is at-most-once past the socket, nothing to do.
+            Packet::PubAck(_) => Ok(()),
+            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Err(Close::Protocol("QoS 2 flow")),
+            Packet::Connect(_) => Err(Close::Protocol("second CONNECT")),
+            _ => Err(Close::Protocol("packet a client must not send")),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        ctx: &HubCtx,
+        p: Publish,
+        out: &mut BytesMut,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<(), Close> {
+        if p.qos == 2 {
+            return Err(Close::Protocol("QoS 2 publish"));
+        }
+        let kind = match topics::classify_publish(self.device, &p.topic) {
+            Ok(kind) => kind,
+            Err(_) => {
+                ctx.metrics
+                    .acl_refusals
+                    .get_or_create(&vec![("kind", "publish")])
+                    .inc();
+                return Err(Close::Protocol("publish outside the device's topics"));
+            }
+        };
+        match kind {
+            DevicePublish::Telemetry { properties } => {
+                ctx.metrics.messages_in.inc();
+                ctx.metrics.bytes_in.inc_by(p.payload.len() as u64);
+                let seq = ctx.ingest.next_seq();
+                let now = crate::ingest::now_us();
+                let record =
+                    TelemetryRecord::build(self.device, &ctx.stamp, now, seq, properties, &p.payload);
+                let size = p.payload.len() + p.topic.len();
+                if p.qos == 0 {
+                    ctx.ingest.try_submit(record, size);
+                    return Ok(());
+                }
+                let done = ctx
+                    .ingest
+                    .submit(record, size)
+                    .await
+                    .map_err(|_| Close::Shutdown)?;
+                acks.push_back(ack_when_durable(p.pkid, done));
+                return Ok(());
+            }
+            DevicePublish::MethodResponse { status, rid } => {
+                let response = MethodResponse {
+                    status,
+                    payload: p.payload,
+                };
+                if !ctx.sessions.complete_method(self.device_key, &rid, response) {
+                    tracing::debug!(device = self.device, rid, "method response nobody waits for");
+                }
+            }
+            DevicePublish::TwinGet { rid } => {
+                let twin = ctx.sessions.twin(self.device_key);
+                self.twin_answer(out, 200, &rid, None, twin.to_string());
+            }
+            DevicePublish::TwinPatchReported { rid } => {
+                match serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                    Ok(serde_json::Value::Object(patch)) => {
+                        let version = ctx.sessions.patch_reported(self.device_key, patch);
+                        self.twin_answer(out, 204, &rid, Some(version), String::new());
+                    }
+                    _ => self.twin_answer(out, 400, &rid, None, String::new()),
+                }
+            }
+        }
+        if p.qos == 1 {
+            acks.push_back(ack_now(p.pkid));
+        }
+        Ok(())
+    }
+
+    fn twin_answer(&self, out: &mut BytesMut, status: u16, rid: &str, version: Option<u64>, body: String) {
+        if self.subs.load(Ordering::Relaxed) & SUB_TWIN == 0 {
+            return;
+        }
+        let publish = Publish {
+            topic: topics::twin_response_topic(status, rid, version),
+            qos: 0,
+            retain: false,
+            dup: false,
+            pkid: 0,
+            payload: body.into(),
+        };
+        mqtt::encode(&Packet::Publish(publish), out);
+    }
+}
+
+fn sub_bit(kind: DeviceSubscription) -> u8 {
+    match kind {
+        DeviceSubscription::CloudToDevice => SUB_C2D,
+        DeviceSubscription::Methods => SUB_METHODS,
+        DeviceSubscription::TwinResponses => SUB_TWIN,
+        DeviceSubscription::TwinDesired => SUB_DESIRED,
+    }
+}

@@ -1,0 +1,336 @@
+//! The live device sessions of one hub: who is connected, what each subscribed to, and the paths from
+//! the stamp API to a device (cloud-to-device messages, direct methods) and back (method responses).
+//!
+//! One session per device: registering a device that already has one kicks the old connection (IoT
+//! Hub's rule: the newest connection wins). A session unregisters itself when its guard drops, but only
+//! if it is still the current one, so a kicked connection cannot remove its successor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use iotstamp_core::topics::{self, Properties};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+/// Subscription bits a session holds.
+pub const SUB_C2D: u8 = 1;
+pub const SUB_METHODS: u8 = 2;
+pub const SUB_TWIN: u8 = 4;
+pub const SUB_DESIRED: u8 = 8;
+
+/// Messages queued to a device beyond this are refused with [`CommandError::Busy`].
+const OUTBOUND_QUEUE: usize = 64;
+
+#[derive(Debug)]
+pub struct Outbound {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the device is not connected")]
+    NotConnected,
+    #[error("the device has not subscribed to {0}")]
+    NotSubscribed(&'static str),
+    #[error("the device's outbound queue is full")]
+    Busy,
+    #[error("the device did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the device disconnected before answering")]
+    Gone,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodResponse {
+    pub status: u16,
+    pub payload: Bytes,
+}
+
+struct Entry {
+    id: u64,
+    /// The id as the device spelled it in CONNECT: topics to the device use its spelling.
+    device_id: String,
+    tx: mpsc::Sender<Outbound>,
+    subs: Arc<AtomicU8>,
+    kick: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<String, Entry>,
+    methods: HashMap<(String, String), oneshot::Sender<MethodResponse>>,
+    /// Reported twin properties per device. In memory only: a device re-reports after reconnecting.
+    twins: HashMap<String, (u64, serde_json::Map<String, serde_json::Value>)>,
+}
+
+pub struct Sessions {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    next_rid: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// Held by a connection's task for as long as it serves the device.
+pub struct SessionGuard {
+    sessions: Arc<Sessions>,
+    key: String,
+    id: u64,
+    pub rx: mpsc::Receiver<Outbound>,
+    pub subs: Arc<AtomicU8>,
+    pub kick: Arc<Notify>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut inner = self.sessions.lock();
+        if inner.live.get(&self.key).is_some_and(|e| e.id == self.id) {
+            inner.live.remove(&self.key);
+            // Callers waiting on this device's methods learn now rather than at their timeout.
+            inner.methods.retain(|(device, _), _| device != &self.key);
+        }
+        self.sessions.metrics.connected.set(inner.live.len() as i64);
+    }
+}
+
+impl Sessions {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_rid: AtomicU64::new(1),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps half-updated (single inserts and
+        // removes), so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes this connection the device's session, kicking any previous one.
+    pub fn register(self: &Arc<Self>, device_key: &str, device_id: &str) -> SessionGuard {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let subs = Arc::new(AtomicU8::new(0));
+        let kick = Arc::new(Notify::new());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            id,
+            device_id: device_id.to_string(),
+            tx,
+            subs: subs.clone(),
+            kick: kick.clone(),
+        };
+        let mut inner = self.lock();
+        if let Some(old) = inner.live.insert(device_key.to_string(), entry) {
+            old.kick.notify_one();
+        }
+        self.metrics.connected.set(inner.live.len() as i64);
+        SessionGuard {
+            sessions: self.clone(),
+            key: device_key.to_string(),
+            id,
+            rx,
+            subs,
+            kick,
+        }
+    }
+
+    /// Drops the device's connection, if any (it was deleted or disabled in the registry). Returns
+    /// whether there was one. The device's next CONNECT meets the registry's new answer.
+    pub fn disconnect(&self, device_key: &str) -> bool {
+        let inner = self.lock();
+        let entry = inner.live.get(device_key);
+        if let Some(entry) = entry {
+            entry.kick.notify_one();
+        }
+        entry.is_some()
+    }
+
+    pub fn connected(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Queues a cloud-to-device message (QoS 1) to a connected device that subscribed to them.
+    pub fn send_c2d(
+        &self,
+        device_key: &str,
+        properties: &Properties,
+        payload: Bytes,
+    ) -> Result<(), CommandError> {
+        let inner = self.lock();
+        let entry = inner.live.get(device_key).ok_or(CommandError::NotConnected)?;
+        if entry.subs.load(Ordering::Relaxed) & SUB_C2D == 0 {
+            return Err(CommandError::NotSubscribed("cloud-to-device messages"));
+        }
+        let topic = topics::c2d_topic(&entry.device_id, properties);
+        entry
+            .tx
+            .try_send(Outbound {
+                topic,
+                payload,
+                qos: 1,
+            })
+            .map_err(|_| CommandError::Busy)
+    }
+
+    /// Sends a direct-method request and waits for the device's response.
+    pub async fn invoke(
+        &self,
+        device_key: &str,
+        method: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<MethodResponse, CommandError> {
+        let rid = self.next_rid.fetch_add(1, Ordering::Relaxed).to_string();
+        let pending = (device_key.to_string(), rid.clone());
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut inner = self.lock();
+            let entry = inner.live.get(device_key).ok_or(CommandError::NotConnected)?;
+            if entry.subs.load(Ordering::Relaxed) & SUB_METHODS == 0 {
+                return Err(CommandError::NotSubscribed("direct methods"));
+            }
+            let topic = topics::method_request_topic(method, &rid);
+            entry
+                .tx
+                .try_send(Outbound {
+                    topic,
+                    payload,
+                    qos: 0,
+                })
+                .map_err(|_| CommandError::Busy)?;
+            inner.methods.insert(pending.clone(), tx);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(CommandError::Gone),
+            Err(_) => {
+                self.lock().methods.remove(&pending);
+                Err(CommandError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Delivers a device's method response to the waiting caller; false if nobody waits for it.
+    pub fn complete_method(&self, device_key: &str, rid: &str, response: MethodResponse) -> bool {
+        let waiter = self
+            .lock()
+            .methods
+            .remove(&(device_key.to_string(), rid.to_string()));
+        waiter.is_some_and(|w| w.send(response).is_ok())
+    }
+
+    /// The device's twin document as IoT Hub returns it to `$iothub/twin/GET`.
+    pub fn twin(&self, device_key: &str) -> serde_json::Value {
+        let inner = self.lock();
+        let (version, reported) = inner
+            .twins
+            .get(device_key)
+            .cloned()
+            .unwrap_or((1, Default::default()));
+        let mut reported = reported;
+        reported.insert("$version".into(), version.into());
+        serde_json::json!({ "desired": { "$version": 1 }, "reported": reported })
+    }
+
+    /// Merges a reported-properties patch (null deletes a key); returns the new version.
+    pub fn patch_reported(&self, device_key: &str, patch: serde_json::Map<String, serde_json::Value>) -> u64 {
+        let mut inner = self.lock();
+        let (version, reported) = inner
+            .twins
+            .entry(device_key.to_string())
+            .or_insert((1, Default::default()));
+        for (k, v) in patch {
+            if v.is_null() {
+                reported.remove(&k);
+            } else {
+                reported.insert(k, v);
+            }
+        }
+        *version += 1;
+        *version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn newest_session_wins_and_old_guard_cannot_remove_it() {
+        let s = Sessions::new(Metrics::new());
+        let old = s.register("d", "D");
+        let new = s.register("d", "D");
+        // The old connection was told to go.
+        tokio::time::timeout(Duration::from_secs(1), old.kick.notified())
+            .await
+            .unwrap();
+        drop(old);
+        assert_eq!(s.connected(), 1);
+        drop(new);
+        assert_eq!(s.connected(), 0);
+    }
+
+    #[tokio::test]
+    async fn commands_need_a_connected_subscribed_device() {
+        let s = Sessions::new(Metrics::new());
+        assert_eq!(
+            s.send_c2d("d", &vec![], Bytes::new()),
+            Err(CommandError::NotConnected)
+        );
+        let mut g = s.register("d", "Dev");
+        assert!(matches!(
+            s.send_c2d("d", &vec![], Bytes::new()),
+            Err(CommandError::NotSubscribed(_))
+        ));
+        g.subs.fetch_or(SUB_C2D | SUB_METHODS, Ordering::Relaxed);
+        s.send_c2d("d", &vec![("a".into(), "1".into())], Bytes::from_static(b"hi"))
+            .unwrap();
+        let out = g.rx.recv().await.unwrap();
+        assert_eq!(out.topic, "devices/Dev/messages/devicebound/a=1");
+
+        let s2 = s.clone();
+        let call = tokio::spawn(async move {
+            s2.invoke("d", "reboot", Bytes::new(), Duration::from_secs(5))
+                .await
+        });
+        let req = g.rx.recv().await.unwrap();
+        let rid = req.topic.rsplit("$rid=").next().unwrap().to_string();
+        assert!(s.complete_method(
+            "d",
+            &rid,
+            MethodResponse {
+                status: 200,
+                payload: Bytes::from_static(b"{}")
+            }
+        ));
+        assert_eq!(call.await.unwrap().unwrap().status, 200);
+
+        let timeout = s
+            .invoke("d", "slow", Bytes::new(), Duration::from_millis(10))
+            .await;
+        assert!(matches!(timeout, Err(CommandError::Timeout(_))));
+    }
+
+    #[test]
+    fn reported_twin_patches_merge_and_bump_the_version() {
+        let s = Sessions::new(Metrics::new());
+        let patch = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            s.patch_reported("d", patch(serde_json::json!({"a": 1, "b": 2}))),
+            2
+        );
+        assert_eq!(s.patch_reported("d", patch(serde_json::json!({"b": null}))), 3);
+        assert_eq!(
+            s.twin("d")["reported"],
+            serde_json::json!({"a": 1, "$version": 3})
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! The stamp's embedded store: the device registry and the telemetry series, in one redb file.
+//!
+//! Why redb (see stamp/README.md for the figures): pure Rust, one file, copy-on-write B-trees with a
+//! crash-safe commit (checksummed, fsync'd before `commit` returns), ordered range scans for "one
+//! device, a time range", and write transactions that serialize, which makes the quota check and the
+//! insert one atomic step. Group commit is ours: ingest hands a whole batch to [`Store::append`], one
+//! transaction, one fsync.
+//!
+//! All methods block (disk I/O); async callers run them on `spawn_blocking`.
+
+pub mod aggregate;
+pub mod record;
+
+use std::path::Path;
+
+use iotstamp_core::registry::DeviceRecord;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::Error;
+use record::{Cursor, TelemetryRecord, telemetry_key};
+
+/// Lower-cased device id → JSON `DeviceRecord`.
+const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
+/// `telemetry_key` → JSON `TelemetryRecord`.
+const TELEMETRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("telemetry");
+/// Device keys that have telemetry, so retention can visit each series without a full scan.
+const SERIES: TableDefinition<&str, ()> = TableDefinition::new("series");
+
+pub const DB_FILE: &str = "stamp.redb";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Replaced,
+}
+
+/// One page of a device's series.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    pub items: Vec<TelemetryRecord>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+pub struct Store {
+    db: Database,
+    /// Devices already in `SERIES`: re-inserting them would dirty B-tree pages on every batch.
+    known_series: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/stamp.redb`. After a crash redb recovers to the last commit.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let db = Database::create(dir.join(DB_FILE))?;
+        let tx = db.begin_write()?;
+        tx.open_table(REGISTRY)?;
+        tx.open_table(TELEMETRY)?;
+        tx.open_table(SERIES)?;
+        tx.commit()?;
+        let mut known = std::collections::HashSet::new();
+        for entry in db.begin_read()?.open_table(SERIES)?.iter()? {
+            known.insert(entry?.0.value().as_bytes().to_vec());
+        }
+        Ok(Self {
+            db,
+            known_series: std::sync::Mutex::new(known),
+        })
+    }
+
+    /// Inserts or replaces a device. A new id beyond `quota` is refused; the count and the insert are
+    /// one write transaction, so concurrent PUTs can never overshoot the quota.
+    pub fn put_device(&self, record: &DeviceRecord, quota: u64) -> Result<PutOutcome, Error> {
+        let key = record.device_id.key();
+        let value = to_json(record)?;
+        let tx = self.db.begin_write()?;
+        let outcome = {
+            let mut table = tx.open_table(REGISTRY)?;
+            let exists = table.get(key.as_str())?.is_some();
+            if !exists && table.len()? >= quota {
+                return Err(Error::QuotaExceeded { quota });
+            }
+            table.insert(key.as_str(), value.as_slice())?;
+            if exists {
+                PutOutcome::Replaced
+            } else {
+                PutOutcome::Created
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Registers many devices in one transaction, quota unchecked (benchmarks and bulk restores).
+    pub fn put_devices(&self, records: &[DeviceRecord]) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(REGISTRY)?;
+            for record in records {
+                table.insert(record.device_id.key().as_str(), to_json(record)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get_device(&self, device_key: &str) -> Result<Option<DeviceRecord>, Error> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REGISTRY)?;
+        let Some(value) = table.get(device_key)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("registry entry {device_key}: {e}")))
+    }
+
+    /// Removes a device from the registry (its telemetry stays until retention takes it).
+    pub fn delete_device(&self, device_key: &str) -> Result<bool, Error> {
+        let tx = self.db.begin_write()?;
+        let existed = tx.open_table(REGISTRY)?.remove(device_key)?.is_some();
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    pub fn device_count(&self) -> Result<u64, Error> {
+        Ok(self.db.begin_read()?.open_table(REGISTRY)?.len()?)
+    }
+
+    /// Writes a batch in one durable transaction: when this returns `Ok`, every record survives a crash.
+    pub fn append(&self, records: &[TelemetryRecord]) -> Result<(), Error> {
+        let mut new_series = Vec::new();
+        let tx = self.db.begin_write()?;
+        {
+            let mut telemetry = tx.open_table(TELEMETRY)?;
+            let mut series = tx.open_table(SERIES)?;
+            // Inserting in key order walks neighbouring B-tree pages one after the other.
+            let mut rows = records
+                .iter()
+                .map(|r| Ok((r.key(), to_json(r)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, value) in &rows {
+                telemetry.insert(key.as_slice(), value.as_slice())?;
+            }
+            let mut known = self.known_series.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, _) in &rows {
+                let device = key.split(|b| *b == 0).next().unwrap_or_default();
+                if !known.contains(device) {
+                    series.insert(std::str::from_utf8(device).unwrap_or_default(), ())?;
+                    new_series.push(device.to_vec());
+                    known.insert(device.to_vec());
+                }
+            }
+        }
+        if let Err(e) = tx.commit() {
+            // The new series were not stored after all: forget them so the next batch records them.
+            let mut known = self.known_series.lock().unwrap_or_else(|p| p.into_inner());
+            for device in &new_series {
+                known.remove(device);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` points of one device with `from_us <= received < to_us`, oldest first, starting
+    /// after `after` when given.
+    pub fn query(
+        &self,
+        device_key: &str,
+        from_us: u64,
+        to_us: u64,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let start = match after {
+            Some(c) if c.received_us >= from_us => telemetry_key(device_key, c.received_us, c.seq + 1),
+            _ => telemetry_key(device_key, from_us, 0),
+        };
+        let end = telemetry_key(device_key, to_us, 0);
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TELEMETRY)?;
+        let mut items = Vec::new();
+        let mut more = false;
+        if start < end {
+            for entry in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                let (_, value) = entry?;
+                items.push(from_json::<TelemetryRecord>(value.value())?);
+            }
+        }
+        let next = more.then(|| items.last()).flatten().map(|r| {
+            Cursor {
+                received_us: r.received_us,
+                seq: r.seq,
+            }
+            .to_string()
+        });
+        Ok(Page { items, next })
+    }
+
+    /// Deletes every point received before `cutoff_us`; returns how many.
+    pub fn expire(&self, cutoff_us: u64) -> Result<u64, Error> {
+        let tx = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let series = tx.open_table(SERIES)?;
+            let mut telemetry = tx.open_table(TELEMETRY)?;
+            for entry in series.iter()? {
+                let (device, _) = entry?;
+                let lo = telemetry_key(device.value(), 0, 0);
+                let hi = telemetry_key(device.value(), cutoff_us, 0);
+                telemetry.retain_in::<&[u8], _>(lo.as_slice()..hi.as_slice(), |_, _| {
+                    removed += 1;
+                    false
+                })?;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotstamp_core::ids::DeviceId;
+
+    fn device(id: &str) -> DeviceRecord {
+        DeviceRecord {
+            device_id: DeviceId::parse(id).unwrap(),
+            primary_key: "AAAA".into(),
+            status: Default::default(),
+            enrollment_group: None,
+        }
+    }
+
+    fn point(id: &str, us: u64, seq: u64) -> TelemetryRecord {
+        TelemetryRecord::build(id, "s", us, seq, vec![], format!("{{\"n\":{seq}}}").as_bytes())
+    }
+
+    #[test]
+    fn registry_put_is_idempotent_and_quota_counts_new_ids_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.put_device(&device("A"), 2).unwrap(), PutOutcome::Created);
+        assert_eq!(store.put_device(&device("a"), 2).unwrap(), PutOutcome::Replaced);
+        assert_eq!(store.put_device(&device("b"), 2).unwrap(), PutOutcome::Created);
+        assert!(matches!(
+            store.put_device(&device("c"), 2),
+            Err(Error::QuotaExceeded { quota: 2 })
+        ));
+        assert_eq!(store.put_device(&device("b"), 2).unwrap(), PutOutcome::Replaced);
+        assert_eq!(store.device_count().unwrap(), 2);
+        assert!(store.delete_device("a").unwrap());
+        assert!(store.get_device("a").unwrap().is_none());
+        assert_eq!(store.get_device("b").unwrap(), Some(device("b")));
+    }
+
+    #[test]
+    fn series_pages_in_time_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let batch: Vec<_> = (0..5)
+                .map(|i| point("d1", 100 + i, i))
+                .chain([point("d2", 500, 9)])
+                .collect();
+            store.append(&batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let p1 = store.query("d1", 0, u64::MAX, None, 2).unwrap();
+        assert_eq!(p1.items.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
+        let after = p1.next.as_deref().and_then(Cursor::parse);
+        let p2 = store.query("d1", 0, u64::MAX, after, 10).unwrap();
+        assert_eq!(p2.items.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(p2.next, None);
+        let window = store.query("d1", 101, 103, None, 10).unwrap();
+        assert_eq!(window.items.len(), 2);
+
+        assert_eq!(store.expire(103).unwrap(), 3);
+        assert_eq!(store.query("d1", 0, u64::MAX, None, 10).unwrap().items.len(), 2);
+        assert_eq!(store.query("d2", 0, u64::MAX, None, 10).unwrap().items.len(), 1);
+    }
+}

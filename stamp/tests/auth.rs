@@ -1,0 +1,159 @@
+//! Device authentication over real TLS sockets: exact CONNACK codes for every refusal.
+
+mod common;
+
+use common::{Stamp, now};
+use iotstamp_net::mqtt::{Packet, connack};
+
+fn code(ack: &Packet) -> u8 {
+    match ack {
+        Packet::ConnAck { code, .. } => *code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn valid_sas_over_tls_is_accepted_and_each_refusal_gets_its_code() {
+    let stamp = Stamp::start(21).await;
+    let key = stamp.register("dev1").await;
+    stamp.register("dev2").await;
+
+    let (mut raw, ack) = stamp.raw_connect(stamp.connect_packet("dev1", &key)).await;
+    assert_eq!(code(&ack), connack::ACCEPTED);
+    raw.send(&Packet::PingReq).await;
+    assert_eq!(raw.recv().await, Some(Packet::PingResp));
+
+    // TLS 1.2 only (the default client above negotiated 1.3).
+    let tls12 = common::client_tls_versions(&stamp.ca_pem, &[&rustls::version::TLS12]);
+    let mut raw = common::Raw::over(common::tls_stream_with(stamp.mqtt(), tls12).await).await;
+    raw.send(&Packet::Connect(stamp.connect_packet("dev1", &key)))
+        .await;
+    assert_eq!(code(&raw.recv().await.unwrap()), connack::ACCEPTED);
+
+    // Bad signature: signed with another key.
+    let mut c = stamp.connect_packet("dev1", &key);
+    c.password = Some(
+        stamp
+            .sas("dev1", &common::base64_key("other"), now() + 3600)
+            .into(),
+    );
+    let (mut raw, ack) = stamp.raw_connect(c).await;
+    assert_eq!(code(&ack), connack::BAD_USERNAME_OR_PASSWORD);
+    assert_eq!(
+        raw.recv().await,
+        None,
+        "a refused connection is closed after the CONNACK"
+    );
+
+    // Expired.
+    let mut c = stamp.connect_packet("dev1", &key);
+    c.password = Some(stamp.sas("dev1", &key, now() - 10).into());
+    assert_eq!(
+        code(&stamp.raw_connect(c).await.1),
+        connack::BAD_USERNAME_OR_PASSWORD
+    );
+
+    // Wrong device id: dev1's valid token presented as dev2.
+    let mut c = stamp.connect_packet("dev2", &key);
+    c.password = Some(stamp.sas("dev1", &key, now() + 3600).into());
+    assert_eq!(
+        code(&stamp.raw_connect(c).await.1),
+        connack::BAD_USERNAME_OR_PASSWORD
+    );
+
+    // Username naming another device.
+    let mut c = stamp.connect_packet("dev1", &key);
+    c.username = Some(format!("{}/dev2/?api-version=2019-10-01", stamp.host()));
+    assert_eq!(
+        code(&stamp.raw_connect(c).await.1),
+        connack::BAD_USERNAME_OR_PASSWORD
+    );
+
+    // Unknown device, correctly signed with some key.
+    let ghost_key = common::base64_key("ghost");
+    let c = stamp.connect_packet("ghost", &ghost_key);
+    assert_eq!(code(&stamp.raw_connect(c).await.1), connack::NOT_AUTHORIZED);
+
+    // Disabled device.
+    let body = serde_json::json!({"deviceId": "dev2", "primaryKey": common::base64_key("dev2"), "status": "disabled"});
+    let (status, _) = stamp
+        .api("PUT", "/v1/registry/devices/dev2", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, 200);
+    let c = stamp.connect_packet("dev2", &common::base64_key("dev2"));
+    assert_eq!(code(&stamp.raw_connect(c).await.1), connack::NOT_AUTHORIZED);
+
+    // An MQTT 5 CONNECT is told "unacceptable protocol version", not dropped.
+    let mut raw = common::Raw::tls(stamp.mqtt(), &stamp.ca_pem).await;
+    raw.send_bytes(&[
+        0x10, 0x0a, 0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x02, 0x00, 0x3c, 0x00, 0x00,
+    ])
+    .await;
+    assert_eq!(code(&raw.recv().await.unwrap()), connack::UNACCEPTABLE_PROTOCOL);
+
+    let (_, metrics) = stamp.api("GET", "/metrics", None).await;
+    for reason in [
+        "bad_signature",
+        "expired",
+        "wrong_resource",
+        "wrong_username",
+        "unknown_device",
+        "disabled",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "iotstamp_hub_auth_failures_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason} not counted in:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registry_api_is_idempotent_token_protected_and_enforces_the_quota() {
+    let stamp = Stamp::start_with(22, 0, |c| c.device_quota = 2).await;
+    stamp.register("a").await;
+    let body = serde_json::json!({"deviceId": "a", "primaryKey": common::base64_key("a")}).to_string();
+    assert_eq!(
+        stamp.api("PUT", "/v1/registry/devices/a", Some(&body)).await.0,
+        200
+    );
+    stamp.register("b").await;
+    let body_c = serde_json::json!({"deviceId": "c", "primaryKey": common::base64_key("c")}).to_string();
+    let (status, text) = stamp.api("PUT", "/v1/registry/devices/c", Some(&body_c)).await;
+    assert_eq!(status, 409);
+    let err: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["error"], "quotaExceeded");
+
+    let (status, text) = stamp.api("GET", "/v1/stats", None).await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (stats["registered"].as_u64(), stats["deviceQuota"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(stats["connected"].as_u64(), Some(0));
+
+    assert_eq!(stamp.api("DELETE", "/v1/registry/devices/a", None).await.0, 204);
+    assert_eq!(stamp.api("GET", "/v1/registry/devices/a", None).await.0, 404);
+    assert_eq!(
+        stamp.api("PUT", "/v1/registry/devices/c", Some(&body_c)).await.0,
+        201
+    );
+    assert_eq!(
+        stamp.api("PUT", "/v1/registry/devices/x", Some(&body_c)).await.0,
+        400
+    );
+
+    let io = common::tls_stream(stamp.running().api, &stamp.ca_pem).await;
+    assert_eq!(
+        common::http(io, "GET", "/v1/stats", None, Some("wrong")).await.0,
+        401
+    );
+    let io = common::tls_stream(stamp.running().api, &stamp.ca_pem).await;
+    assert_eq!(common::http(io, "GET", "/v1/stats", None, None).await.0, 401);
+    let io = common::tls_stream(stamp.running().api, &stamp.ca_pem).await;
+    let (status, doc) = common::http(io, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(serde_json::from_str::<serde_json::Value>(&doc).unwrap()["paths"]["/v1/stats"].is_object());
+}
