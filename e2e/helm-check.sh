@@ -144,7 +144,10 @@ for d in docs:
             err(f"{d['kind']} {d['metadata']['name']} is not in namespace {ns}")
 
 EXPECTED_RULES = {
-    ("iotstamp.dev", "iotstamps"): {"get", "list", "watch", "patch"},
+    ("iotstamp.dev", "iotstamps"): {"get", "list", "watch", "create", "patch"},
+    ("iotstamp.dev", "iotstamppools"): {"get", "list", "watch"},
+    ("iotstamp.dev", "iotstamppools/status"): {"get", "patch"},
+    ("iotstamp.dev", "iotstamppools/finalizers"): {"update"},
     ("iotstamp.dev", "iotstamps/status"): {"get", "patch"},
     ("iotstamp.dev", "iotstamps/finalizers"): {"update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},

@@ -423,8 +423,8 @@ metadata:
     kubernetes.io/arch: amd64
     node-role.kubernetes.io/agent: \"\"
 status:
-  allocatable: {cpu: \"32\", memory: 256Gi, pods: \"110\"}
-  capacity: {cpu: \"32\", memory: 256Gi, pods: \"110\"}
+  allocatable: {cpu: \"1000\", memory: 4Ti, pods: \"5000\"}
+  capacity: {cpu: \"1000\", memory: 4Ti, pods: \"5000\"}
 "
     done
     kubectl_ apply -f - <<<"$manifest" >>"$LOG_DIR/nodes.log" 2>&1 ||

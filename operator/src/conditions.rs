@@ -224,7 +224,7 @@ fn waiting_message(o: &Observed) -> String {
     format!("waiting for {}", waiting.join(", "))
 }
 
-fn condition(
+pub(crate) fn condition(
     previous: &[Condition],
     type_: &str,
     ok: bool,

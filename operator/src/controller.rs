@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::StreamExt;
-use iotstamp_api::IoTStamp;
+use iotstamp_api::{IoTStamp, IoTStampPool};
 use iotstamp_core::pki::CertKeyPem;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
@@ -24,6 +24,7 @@ use crate::builders::MANAGED_BY;
 use crate::caches::{self, Caches};
 use crate::context::Context;
 use crate::metrics::Metrics;
+use crate::pool::PoolContext;
 use crate::reconcile::{error_policy, reconcile};
 use crate::stats::{ConnectedCounts, Poller};
 
@@ -54,6 +55,36 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// The IoTStampPool controller: a small second loop in the same process (see [`crate::pool`]).
+fn pool_controller(
+    client: Client,
+    ns: Option<String>,
+    instance: String,
+) -> impl std::future::Future<Output = ()> {
+    let ctx = Arc::new(PoolContext {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "iotstamp-pool-controller".into(),
+                instance: Some(instance),
+            },
+        ),
+    });
+    Controller::new(api::<IoTStampPool>(&client, &ns), watcher::Config::default())
+        .owns(
+            api::<IoTStamp>(&client, &ns),
+            watcher::Config::default().labels(crate::pool::POOL_LABEL),
+        )
+        .shutdown_on_signal()
+        .run(crate::pool::reconcile, crate::pool::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "pool controller event");
+            }
+        })
 }
 
 /// Runs until SIGTERM or Ctrl-C. `ready` turns true once every cache has its first full list.
@@ -171,6 +202,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         }
     });
 
+    let pools = pool_controller(client.clone(), ns.clone(), settings.instance.clone());
+
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -188,13 +221,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         connected,
         synced: synced_rx,
     });
-    controller
+    let stamps = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    futures::future::join(stamps, pools).await;
     tracing::info!("controller stopped");
 }

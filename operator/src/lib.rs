@@ -16,6 +16,7 @@ pub mod controller;
 pub mod error;
 pub mod fake_api;
 pub mod metrics;
+pub mod pool;
 pub mod reconcile;
 pub mod server;
 pub mod stats;
