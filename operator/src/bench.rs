@@ -9,15 +9,11 @@ use futures::StreamExt;
 use iotstamp_core::pki;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::json;
 
 use crate::builders::tls::HubTls;
 use crate::builders::{self, Inputs};
-use crate::context::Context;
 use crate::fake_api::{FakeApi, FakeCaches};
-use crate::metrics::Metrics;
-use crate::stats::ConnectedCounts;
 use crate::{Error, apply};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -55,25 +51,7 @@ pub async fn run(args: BenchArgs) -> Result<String, Error> {
         fake.put(&path(i), stamp_json(i));
     }
     let mut caches = FakeCaches::default();
-    let client = fake.client();
-    let (_, synced) = tokio::sync::watch::channel(true);
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "iotstamp-operator".into(),
-                instance: None,
-            },
-        ),
-        client,
-        caches: caches.caches.clone(),
-        metrics: Arc::new(Metrics::default()),
-        ca: ca.clone(),
-        default_image: "iotstamp:bench".into(),
-        cluster_domain: "cluster.local".into(),
-        connected: ConnectedCounts::default(),
-        synced,
-    });
+    let ctx = caches.context(&fake, ca.clone());
     for what in [
         "operator: first reconcile of every stamp",
         "operator: second pass (status follows children)",

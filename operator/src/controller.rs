@@ -144,7 +144,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     };
     // The main watch is untyped on purpose: a typed watch fails the whole list when one object
     // does not deserialize, which would stop every stamp. Each object is parsed in reconcile.
-    let controller = Controller::new_with(stamps, watcher::Config::default(), stamp_resource())
+    // managedFields are dropped from the cached copies: nothing reads them, and at thousands of
+    // stamps they are a large share of the operator's memory.
+    let writer = reflector::store::Writer::new(stamp_resource());
+    let reader = writer.as_reader();
+    let stamp_stream = watcher(stamps, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream_with(stamp_stream, reader, stamp_resource())
         .owns_stream(cm_s)
         .owns_stream(secret_s)
         .owns_stream(sa_s)

@@ -376,6 +376,34 @@ where
 }
 
 impl FakeCaches {
+    /// A reconcile context on the fake server and these caches, already synced.
+    pub fn context(
+        &self,
+        fake: &FakeApi,
+        ca: iotstamp_core::pki::CertKeyPem,
+    ) -> std::sync::Arc<crate::context::Context> {
+        let client = fake.client();
+        // The sender is dropped at once: the receiver keeps its last value, `true`.
+        let (_, synced) = tokio::sync::watch::channel(true);
+        std::sync::Arc::new(crate::context::Context {
+            recorder: kube::runtime::events::Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "iotstamp-operator".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            caches: self.caches.clone(),
+            metrics: Default::default(),
+            ca,
+            default_image: "iotstamp:test".into(),
+            cluster_domain: "cluster.local".into(),
+            connected: Default::default(),
+            synced,
+        })
+    }
+
     /// Applies every child the fake holds to the caches, trimmed as in production.
     pub fn refresh(&mut self, fake: &FakeApi) {
         feed(&mut self.config_maps, fake, "configmaps", |_| {});

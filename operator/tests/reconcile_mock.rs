@@ -10,12 +10,9 @@ use iotstamp_core::pki;
 use iotstamp_operator::Error;
 use iotstamp_operator::context::Context;
 use iotstamp_operator::fake_api::{FakeApi, FakeCaches, Write};
-use iotstamp_operator::metrics::Metrics;
 use iotstamp_operator::reconcile::{FINALIZER, error_policy, reconcile};
-use iotstamp_operator::stats::ConnectedCounts;
 use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 
 const NS: &str = "fleet";
@@ -34,26 +31,8 @@ impl Harness {
     fn new() -> Self {
         let fake = FakeApi::new();
         let caches = FakeCaches::default();
-        let client = fake.client();
-        let (_, synced) = tokio::sync::watch::channel(true);
         let ca = pki::new_ca("test CA", 1_800_000_000, Duration::from_secs(86_400 * 3650)).unwrap();
-        let ctx = Arc::new(Context {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "iotstamp-operator".into(),
-                    instance: None,
-                },
-            ),
-            client,
-            caches: caches.caches.clone(),
-            metrics: Arc::new(Metrics::default()),
-            ca,
-            default_image: "iotstamp:test".into(),
-            cluster_domain: "cluster.local".into(),
-            connected: ConnectedCounts::default(),
-            synced,
-        });
+        let ctx = caches.context(&fake, ca);
         Self { fake, caches, ctx }
     }
 

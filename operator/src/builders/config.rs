@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use iotstamp_api::IoTStamp;
 use iotstamp_core::stamp_config::{self, CONFIG_KEY, StampConfig};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::tls::HubTls;
-use super::{BuildError, Names, hash_json, role_labels};
+use super::{BuildError, Names, child_meta, hash_json};
 
 /// The key of the token in the token Secret, and the file name under the mount.
 pub const TOKEN_KEY: &str = "token";
@@ -44,12 +43,7 @@ pub fn config_map(n: &Names, cfg: &StampConfig) -> ConfigMap {
     // Serialising plain data to JSON cannot fail.
     let json = serde_json::to_string_pretty(cfg).unwrap_or_default();
     ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(n.config_map()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, "config")),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.config_map(), "config"),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), json)])),
         ..Default::default()
     }
@@ -57,12 +51,7 @@ pub fn config_map(n: &Names, cfg: &StampConfig) -> ConfigMap {
 
 pub fn token_secret(n: &Names, token: &str) -> Secret {
     Secret {
-        metadata: ObjectMeta {
-            name: Some(n.token_secret()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, "config")),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.token_secret(), "config"),
         type_: Some("Opaque".into()),
         string_data: None,
         data: Some(BTreeMap::from([(

@@ -6,11 +6,11 @@ use iotstamp_api::stamp::ServiceType;
 use iotstamp_core::stamp_config::ports;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::pod::{PodInputs, RoleSpec, template};
 use super::storage::port;
-use super::{Names, role_labels, selector_labels};
+use super::{Names, child_meta, role_labels, role_selector, selector_labels};
 
 pub const ROLE: &str = "hub";
 
@@ -46,12 +46,7 @@ pub fn service(stamp: &IoTStamp, n: &Names) -> Service {
 /// The headless Service that gives hub pods stable DNS names.
 pub fn pods_service(n: &Names) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(n.hub_pods()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.hub_pods(), ROLE),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(n, ROLE)),
@@ -66,21 +61,13 @@ pub fn stateful_set(stamp: &IoTStamp, p: &PodInputs) -> StatefulSet {
     let n = p.names;
     let spec = &stamp.spec.hub;
     StatefulSet {
-        metadata: ObjectMeta {
-            name: Some(n.hub()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.hub(), ROLE),
         spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas),
             service_name: Some(n.hub_pods()),
             // Hub replicas are interchangeable; start and replace them in parallel.
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(n, ROLE)),
-                ..Default::default()
-            },
+            selector: role_selector(n, ROLE),
             template: template(
                 p,
                 RoleSpec {

@@ -4,22 +4,16 @@ use iotstamp_api::IoTStamp;
 use iotstamp_core::stamp_config::ports;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::pod::{PodInputs, RoleSpec, template};
 use super::storage::port;
-use super::{Names, role_labels, selector_labels};
+use super::{Names, child_meta, role_selector, selector_labels};
 
 pub const ROLE: &str = "ingest";
 
 pub fn service(n: &Names) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(n.ingest()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.ingest(), ROLE),
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(n, ROLE)),
             ports: Some(vec![port("ingest", ports::INGEST)]),
@@ -33,18 +27,10 @@ pub fn deployment(stamp: &IoTStamp, p: &PodInputs) -> Deployment {
     let n = p.names;
     let spec = &stamp.spec.ingest;
     Deployment {
-        metadata: ObjectMeta {
-            name: Some(n.ingest()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.ingest(), ROLE),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(n, ROLE)),
-                ..Default::default()
-            },
+            selector: role_selector(n, ROLE),
             template: template(
                 p,
                 RoleSpec {

@@ -215,6 +215,24 @@ pub fn role_labels(n: &Names, role: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// Metadata of a child named `name` in the stamp's namespace, labelled for `role`.
+pub fn child_meta(n: &Names, name: String, role: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(n.namespace.clone()),
+        labels: Some(role_labels(n, role)),
+        ..Default::default()
+    }
+}
+
+/// The selector that matches a role's pods.
+pub fn role_selector(n: &Names, role: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some(selector_labels(n, role)),
+        ..Default::default()
+    }
+}
+
 pub fn selector_labels(n: &Names, role: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/instance".to_string(), n.stamp.clone()),

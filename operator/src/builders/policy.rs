@@ -7,20 +7,15 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Names, STAMP_LABEL, hub, role_labels, selector_labels};
+use super::{Names, STAMP_LABEL, child_meta, hub, role_selector};
 use std::collections::BTreeMap;
 
 pub fn service_account(n: &Names) -> ServiceAccount {
     ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some(n.service_account()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, "config")),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.service_account(), "config"),
         // No Role is bound to it, and pods do not mount its token: a stamp never calls the API.
         automount_service_account_token: Some(false),
         ..Default::default()
@@ -41,12 +36,7 @@ pub fn network_policy(n: &Names) -> NetworkPolicy {
         ..Default::default()
     };
     NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(n.stamp.clone()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, "config")),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.stamp.clone(), "config"),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(BTreeMap::from([(STAMP_LABEL.to_string(), n.stamp.clone())])),
@@ -73,18 +63,10 @@ pub fn network_policy(n: &Names) -> NetworkPolicy {
 /// Voluntary disruptions (node drains) take at most one hub replica at a time.
 pub fn hub_pdb(n: &Names) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: ObjectMeta {
-            name: Some(n.hub()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, hub::ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.hub(), hub::ROLE),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(n, hub::ROLE)),
-                ..Default::default()
-            }),
+            selector: Some(role_selector(n, hub::ROLE)),
             ..Default::default()
         }),
         ..Default::default()

@@ -11,22 +11,17 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::pod::{PodInputs, RoleSpec, template};
-use super::{Names, role_labels, selector_labels};
+use super::{Names, child_meta, role_labels, role_selector, selector_labels};
 
 pub const ROLE: &str = "storage";
 const CLAIM: &str = "data";
 
 pub fn service(n: &Names) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(n.storage()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.storage(), ROLE),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(n, ROLE)),
@@ -43,19 +38,11 @@ pub fn stateful_set(stamp: &IoTStamp, p: &PodInputs) -> StatefulSet {
     let n = p.names;
     let spec = &stamp.spec.storage;
     StatefulSet {
-        metadata: ObjectMeta {
-            name: Some(n.storage()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, ROLE)),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.storage(), ROLE),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(n.storage()),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(n, ROLE)),
-                ..Default::default()
-            },
+            selector: role_selector(n, ROLE),
             template: template(
                 p,
                 RoleSpec {

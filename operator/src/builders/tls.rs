@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use iotstamp_core::pki::CertKeyPem;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{Names, hash_json, role_labels};
+use super::{Names, child_meta, hash_json};
 
 pub const CERT_KEY: &str = "tls.crt";
 pub const KEY_KEY: &str = "tls.key";
@@ -48,12 +47,7 @@ pub fn managed_secret(n: &Names, tls: &HubTls) -> Option<Secret> {
         return None;
     };
     Some(Secret {
-        metadata: ObjectMeta {
-            name: Some(n.tls_secret()),
-            namespace: Some(n.namespace.clone()),
-            labels: Some(role_labels(n, "hub")),
-            ..Default::default()
-        },
+        metadata: child_meta(n, n.tls_secret(), "hub"),
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
             (
