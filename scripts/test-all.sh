@@ -17,6 +17,10 @@ export IOTSTAMP_BIN="$CARGO_TARGET_DIR/debug/iotstamp"
 
 step() { printf '\n==> %s  (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 
+# Test output is also kept here, so the run ends with one total of every `test result:` line.
+TEST_LOG="$(mktemp)"
+run_tests() { "$@" 2>&1 | tee -a "$TEST_LOG"; }
+
 step "dependencies"
 .ci/setup-deps
 for c in rustfmt clippy; do
@@ -32,7 +36,7 @@ step "build"
 cargo build --workspace --all-targets
 
 step "tier 1: cargo test"
-cargo test
+run_tests cargo test
 
 step "tier 2: control plane"
 cleanup() { e2e/cluster down >/dev/null 2>&1 || true; }
@@ -40,6 +44,9 @@ trap cleanup EXIT
 e2e/cluster up
 eval "$(e2e/cluster env)"
 e2e/helm-check.sh
-cargo test -p iotstamp-e2e
+run_tests cargo test -p iotstamp-e2e
 
 step "all tests passed"
+grep '^test result:' "$TEST_LOG" | awk '
+    {for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) }}
+    END { printf "tests: %d passed, %d failed\n", p, f }' 
