@@ -37,6 +37,9 @@ enum Command {
     /// The operator runs this in each stamp's pods with the config it writes; local mode and
     /// tests run it with a hand-written config.
     Stamp(iotstamp_stamp::cli::StampArgs),
+    /// Run the global router: DPS-compatible provisioning (HTTPS and MQTT over TLS) that assigns each
+    /// device to a stamp within quota, and the service API that routes calls to the device's stamp.
+    Router(iotstamp_router::cli::RouterArgs),
     /// Run the IoTStamp operator against the cluster in KUBECONFIG (or in-cluster config).
     ///
     /// It reconciles every IoTStamp into its ConfigMap, TLS and token Secrets, storage StatefulSet,
@@ -68,6 +71,8 @@ enum BenchSuite {
     Storage(iotstamp_stamp::bench::cli::StorageArgs),
     /// TLS connections one stamp holds (memory, connects/s), beside mosquitto.
     Connections(iotstamp_stamp::bench::cli::ConnectionsArgs),
+    /// Durable HTTPS provisioning beside the same server answering a static body.
+    Provisioning(iotstamp_router::bench::BenchArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| Ok(rt.block_on(iotstamp_operator::cli::run(args))?))
         }
         Command::Stamp(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_stamp::cli::run(args))?)),
+        Command::Router(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_router::cli::run(args))?)),
         Command::Bench { suite } => runtime().and_then(|rt| rt.block_on(bench(suite))),
     };
     match result {
@@ -128,6 +134,7 @@ async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
             let me = std::env::current_exe()?.display().to_string();
             println!("{}", cli::run_connections(args, me).await?)
         }
+        BenchSuite::Provisioning(args) => iotstamp_router::bench::run(args).await?,
     }
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! iotstamp's pure domain. Nothing in here does I/O or knows about Kubernetes, so every rule that
 //! the router, the stamp and the operator must agree on lives here once and is tested on vectors.
 
+pub mod allocation;
+pub mod dps;
+pub mod duration;
 pub mod ids;
 pub mod pki;
 pub mod registry;
 pub mod sas;
+pub mod scaling;
 pub mod stamp_config;
+pub mod topics;

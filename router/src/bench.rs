@@ -1,0 +1,436 @@
+//! `iotstamp bench provisioning`: DPS registrations over HTTPS, durable, on keep-alive
+//! connections, beside the same TLS/HTTP serving stack answering a static body, in one run; then
+//! the memory and restart time of a router holding many assignments. Loopback only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::put;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use iotstamp_core::dps::Substatus;
+use iotstamp_core::registry::DeviceRecord;
+use iotstamp_core::{pki, sas};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use crate::Error;
+use crate::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
+use crate::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
+
+const SCOPE: &str = "0ne00BENCH0";
+const TOKEN: &str = "bench-stamp-token";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent keep-alive HTTPS connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds each phase (baseline, durable) runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Assignments to hold for the memory and restart measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub hold: u64,
+    /// Where the store goes (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One load phase's result.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub name: &'static str,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Phase {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub baseline: Phase,
+    pub durable: Phase,
+    pub held: u64,
+    pub rss_mb_holding: f64,
+    pub restart_to_ready: Duration,
+}
+
+fn bench_err(e: impl std::fmt::Display) -> Error {
+    Error::Bench(e.to_string())
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run(args: BenchArgs) -> Result<(), Error> {
+    let r = provisioning(args).await?;
+    println!(
+        "{:<34} {:>12} {:>8} {:>9} {:>9}",
+        "phase", "req/s", "errors", "p50 ms", "p99 ms"
+    );
+    for p in [&r.baseline, &r.durable] {
+        println!(
+            "{:<34} {:>12.0} {:>8} {:>9.2} {:>9.2}",
+            p.name,
+            p.rate(),
+            p.errors,
+            p.p50_ms,
+            p.p99_ms
+        );
+    }
+    println!(
+        "durable / static ratio: {:.2}",
+        r.durable.rate() / r.baseline.rate()
+    );
+    if r.held > 0 {
+        println!(
+            "holding {} assignments: RSS {:.0} MB; restart to ready {:.2} s",
+            r.held,
+            r.rss_mb_holding,
+            r.restart_to_ready.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
+    let now = crate::provision::now_ms() / 1000 - 60;
+    let ca = pki::new_ca("iotstamp bench CA", now, Duration::from_secs(86_400)).map_err(bench_err)?;
+    let cert = pki::issue_server_cert(&ca, &["127.0.0.1".into()], now, Duration::from_secs(86_400))
+        .map_err(bench_err)?;
+    let server_tls =
+        iotstamp_net::tls::server_config_from_pem(&cert.cert_pem, &cert.key_pem, &[b"http/1.1"])?;
+    let client_tls = client_config(&ca.cert_pem)?;
+    let tmp = tempfile_dir(&args)?;
+    let (_stamp_stop, stamp_addr) = bench_stamp(server_tls.clone()).await?;
+    let config = RouterConfig {
+        https_addr: "127.0.0.1:0".parse().map_err(bench_err)?,
+        mqtt_addr: None,
+        metrics_addr: None,
+        tls: server_tls.clone(),
+        store: StoreConfig::Embedded { dir: tmp.clone() },
+        groups: vec![EnrollmentGroupConfig {
+            name: "bench".into(),
+            id_scope: SCOPE.into(),
+            symmetric_key: Some("YmVuY2gtZ3JvdXAta2V5LWJlbmNoLWdyb3VwLWtleQ==".into()),
+            symmetric_key_file: None,
+            allocation: Default::default(),
+            selector: Default::default(),
+            reprovision: Default::default(),
+        }],
+        stamps: (0..2)
+            .map(|i| StaticStamp {
+                name: format!("bench-{i}"),
+                region: None,
+                labels: Default::default(),
+                weight: 1,
+                device_quota: 10_000_000,
+                ready: true,
+                draining: false,
+                mqtt_host: format!("hub-{i}.bench"),
+                api_url: format!("https://{stamp_addr}"),
+                ca_pem: Some(ca.cert_pem.clone()),
+                ca_file: None,
+                token: Some(TOKEN.into()),
+                token_file: None,
+            })
+            .collect(),
+        api_tokens: vec![],
+        assign_wait: Duration::from_secs(5),
+        retry_after_secs: 1,
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let group_key = "YmVuY2gtZ3JvdXAta2V5LWJlbmNoLWdyb3VwLWtleQ==";
+    let seconds = Duration::from_secs(args.seconds);
+
+    // Baseline: the same serving stack (TLS, hyper, axum) answering a static body.
+    let (static_stop, static_addr) = static_server(server_tls.clone()).await?;
+    let baseline = load(
+        "static body (same stack)",
+        static_addr,
+        &client_tls,
+        args.connections,
+        seconds,
+        group_key,
+    )
+    .await?;
+    drop(static_stop);
+
+    let router = crate::start(config.clone()).await?;
+    let durable = load(
+        "DPS register, durable (embedded)",
+        router.https_addr,
+        &client_tls,
+        args.connections,
+        seconds,
+        group_key,
+    )
+    .await?;
+
+    let mut held = 0;
+    let mut rss = 0.0;
+    let mut restart = Duration::ZERO;
+    if args.hold > 0 {
+        held = fill(&router, args.hold).await?;
+        router.shutdown().await;
+        let started = Instant::now();
+        let router = loop {
+            // The old writer thread releases the file a moment after shutdown.
+            match crate::start(config.clone()).await {
+                Ok(r) => break r,
+                Err(Error::Store(_)) if started.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        while !router.is_ready() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        restart = started.elapsed();
+        // Touch the hot path so the measurement includes a serving router.
+        load(
+            "warm",
+            router.https_addr,
+            &client_tls,
+            4,
+            Duration::from_millis(500),
+            group_key,
+        )
+        .await?;
+        rss = rss_mb();
+        router.shutdown().await;
+    } else {
+        router.shutdown().await;
+    }
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(Report {
+        baseline,
+        durable,
+        held,
+        rss_mb_holding: rss,
+        restart_to_ready: restart,
+    })
+}
+
+fn tempfile_dir(args: &BenchArgs) -> Result<PathBuf, Error> {
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("iotstamp-bench-{}", uuid::Uuid::new_v4().simple())),
+    };
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.map_err(bench_err)?).map_err(bench_err)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(bench_err)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A minimal stamp registry (PUT only) so the durable phase does the real stamp call.
+async fn bench_stamp(
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(watch::Sender<bool>, std::net::SocketAddr), Error> {
+    type Registry = Arc<Mutex<HashMap<String, DeviceRecord>>>;
+    async fn put_device(
+        State(r): State<Registry>,
+        Path(id): Path<String>,
+        Json(rec): Json<DeviceRecord>,
+    ) -> StatusCode {
+        r.lock().unwrap_or_else(|p| p.into_inner()).insert(id, rec);
+        StatusCode::CREATED
+    }
+    let app = axum::Router::new()
+        .route("/v1/registry/devices/{id}", put(put_device))
+        .with_state(Registry::default());
+    serve_on_loopback(tls, app).await
+}
+
+const STATIC_BODY: &str = r#"{"operationId":"4.0000000000000000","status":"assigned","registrationState":{"registrationId":"bench","createdDateTimeUtc":"2026-01-01T00:00:00.000Z","assignedHub":"hub-0.bench","deviceId":"bench","status":"assigned","substatus":"initialAssignment","lastUpdatedDateTimeUtc":"2026-01-01T00:00:00.000Z","etag":"\"2\""}}"#;
+
+async fn static_server(
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(watch::Sender<bool>, std::net::SocketAddr), Error> {
+    let app = axum::Router::new().route(
+        "/{scope}/registrations/{reg}/register",
+        put(|| async { ([("content-type", "application/json; charset=utf-8")], STATIC_BODY) }),
+    );
+    serve_on_loopback(tls, app).await
+}
+
+async fn serve_on_loopback(
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+) -> Result<(watch::Sender<bool>, std::net::SocketAddr), Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(crate::http_serve::serve(
+        listener,
+        Some(acceptor),
+        app,
+        Duration::from_secs(10),
+        rx,
+    ));
+    Ok((tx, addr))
+}
+
+/// `connections` keep-alive clients, each sending one registration after another until `dur`.
+async fn load(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    connections: usize,
+    dur: Duration,
+    group_key: &str,
+) -> Result<Phase, Error> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let deadline = started + dur;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (tls, key, run) = (tls.clone(), group_key.to_string(), run[..8].to_string());
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.map_err(bench_err)?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::from(addr.ip());
+            let stream = TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .map_err(bench_err)?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(bench_err)?;
+            tokio::spawn(conn);
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let reg = format!("b-{run}-{c}-{n}");
+                n += 1;
+                let dkey = sas::derive_device_key(&key, &reg).map_err(bench_err)?;
+                let token = sas::sign(
+                    &format!("{SCOPE}/registrations/{reg}"),
+                    &dkey,
+                    4_000_000_000,
+                    None,
+                )
+                .map_err(bench_err)?;
+                let body = format!(r#"{{"registrationId":"{reg}"}}"#);
+                let req = http::Request::put(format!(
+                    "/{SCOPE}/registrations/{reg}/register?api-version=2019-03-31"
+                ))
+                .header("host", "127.0.0.1")
+                .header("authorization", token)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(bench_err)?;
+                let t = Instant::now();
+                let resp = send.send_request(req).await.map_err(bench_err)?;
+                let ok = resp.status() == 200;
+                resp.into_body().collect().await.map_err(bench_err)?;
+                lat.push(t.elapsed().as_micros() as u32);
+                errors += u64::from(!ok);
+            }
+            Ok::<_, Error>((lat, errors))
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.map_err(bench_err)??;
+        lat.extend(l);
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+    };
+    Ok(Phase {
+        name,
+        requests: lat.len() as u64,
+        errors,
+        seconds,
+        p50_ms: f64::from(pct(0.50).unwrap_or(0)) / 1000.0,
+        p99_ms: f64::from(pct(0.99).unwrap_or(0)) / 1000.0,
+    })
+}
+
+/// Puts `target` assignments in the router's store (directly: the HTTP path was measured above).
+async fn fill(router: &crate::RunningRouter, target: u64) -> Result<u64, Error> {
+    let store = router.state.dps.provisioner.store.clone();
+    let have: u64 = store.counts().await?.values().sum();
+    let todo = target.saturating_sub(have);
+    let workers = 256u64;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < todo {
+                let key = format!("hold-{i:08}");
+                let now = crate::provision::now_ms();
+                let rec = Assignment {
+                    device_id: key.clone(),
+                    group: "bench".into(),
+                    stamp: format!("bench-{}", i % 2),
+                    state: AssignmentState::Reserved,
+                    substatus: Substatus::InitialAssignment,
+                    created_ms: now,
+                    updated_ms: now,
+                    generation: 0,
+                };
+                let stamp = rec.stamp.clone();
+                if let ReserveOutcome::Reserved(_) =
+                    store.reserve(&key, Expect::Absent, rec, u64::MAX).await?
+                {
+                    store.commit(&key, &stamp, now).await?;
+                }
+                i += workers;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(bench_err)??;
+    }
+    Ok(store.counts().await?.values().sum())
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,163 @@
+//! `iotstamp router`: command-line arguments and the run loop (until SIGTERM or Ctrl-C).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Error;
+use crate::config::{LocalFile, RouterConfig, StoreConfig, read};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One embedded redb file in --data-dir; a single router replica.
+    Embedded,
+    /// PostgreSQL at --postgres-url; any number of replicas.
+    Postgres,
+}
+
+/// Run the global router: Azure DPS-compatible provisioning (HTTPS and MQTT) that assigns each
+/// device to a stamp within quota, and the service API that routes calls to a device's stamp.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouterArgs {
+    /// Local-mode file (YAML or JSON) with `groups:` (enrollment groups) and `stamps:` (static stamps).
+    #[arg(long, env = "IOTSTAMP_ROUTER_CONFIG")]
+    pub config: PathBuf,
+
+    /// PEM certificate chain for the DPS endpoints (HTTPS and MQTT); its SANs must name the host
+    /// devices use as provisioning host.
+    #[arg(long, env = "IOTSTAMP_ROUTER_TLS_CERT")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "IOTSTAMP_ROUTER_TLS_KEY")]
+    pub tls_key: PathBuf,
+
+    /// DPS over HTTPS, and the service API (/v1, /openapi.json, /healthz, /readyz, /metrics).
+    #[arg(long, env = "IOTSTAMP_ROUTER_HTTPS_ADDR", default_value = "0.0.0.0:8443")]
+    pub https_addr: SocketAddr,
+
+    /// DPS over MQTT/TLS. Device SDKs always use port 8883.
+    #[arg(long, env = "IOTSTAMP_ROUTER_MQTT_ADDR", default_value = "0.0.0.0:8883")]
+    pub mqtt_addr: SocketAddr,
+
+    /// Do not serve DPS over MQTT.
+    #[arg(long)]
+    pub no_mqtt: bool,
+
+    /// Plain-HTTP /healthz, /readyz and /metrics for probes and Prometheus.
+    #[arg(long, env = "IOTSTAMP_ROUTER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Where assignments are kept.
+    #[arg(long, value_enum, env = "IOTSTAMP_ROUTER_STORE", default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+
+    /// Directory of the embedded store.
+    #[arg(
+        long,
+        env = "IOTSTAMP_ROUTER_DATA_DIR",
+        default_value = "iotstamp-router-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL connection string (with --store postgres), e.g. `host=db user=iotstamp dbname=iotstamp`.
+    #[arg(long, env = "IOTSTAMP_ROUTER_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, default_value_t = 16)]
+    pub postgres_pool: usize,
+
+    /// Bearer token applications use on the service API (repeatable; comma-separated in the env).
+    #[arg(long = "api-token", env = "IOTSTAMP_ROUTER_API_TOKENS", value_delimiter = ',')]
+    pub api_tokens: Vec<String>,
+
+    /// File holding one bearer token per line, added to --api-token.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+
+    /// How long a register request waits for its assignment before answering 202 "assigning".
+    #[arg(long, default_value_t = 2000)]
+    pub assign_wait_ms: u64,
+
+    /// Seconds devices are told to wait (retry-after) before polling or retrying.
+    #[arg(long, default_value_t = 2)]
+    pub retry_after_secs: u32,
+
+    /// TLS handshake deadline per connection, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+}
+
+impl RouterArgs {
+    pub fn to_config(&self) -> Result<RouterConfig, Error> {
+        let file = LocalFile::load(&self.config)?;
+        let tls = iotstamp_net::tls::server_config_from_files(&self.tls_cert, &self.tls_key, &[b"http/1.1"])?;
+        let store = match self.store {
+            StoreKind::Embedded => StoreConfig::Embedded {
+                dir: self.data_dir.clone(),
+            },
+            StoreKind::Postgres => StoreConfig::Postgres {
+                url: self
+                    .postgres_url
+                    .clone()
+                    .ok_or_else(|| Error::Config("--store postgres needs --postgres-url".into()))?,
+                pool_size: self.postgres_pool,
+            },
+        };
+        let mut api_tokens: Vec<String> = self
+            .api_tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect();
+        if let Some(path) = &self.api_token_file {
+            api_tokens.extend(
+                read(path)?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+        }
+        Ok(RouterConfig {
+            https_addr: self.https_addr,
+            mqtt_addr: (!self.no_mqtt).then_some(self.mqtt_addr),
+            metrics_addr: self.metrics_addr,
+            tls,
+            store,
+            groups: file.groups,
+            stamps: file.stamps,
+            api_tokens,
+            assign_wait: Duration::from_millis(self.assign_wait_ms),
+            retry_after_secs: self.retry_after_secs,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+        })
+    }
+}
+
+/// Runs the router until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn run(args: RouterArgs) -> Result<(), Error> {
+    let router = crate::start(args.to_config()?).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    router.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Result<(), Error> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

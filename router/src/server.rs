@@ -1,0 +1,193 @@
+//! Building a router from its configuration and running its listeners until shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::Error;
+use crate::config::{RouterConfig, StoreConfig};
+use crate::directory::{StampDirectory, StaticDirectory};
+use crate::enrollment::Enrollments;
+use crate::metrics::Metrics;
+use crate::operations::Dps;
+use crate::provision::Provisioner;
+use crate::stamp_client::{HttpStampClient, StampClient};
+use crate::store::{AssignmentStore, EmbeddedStore, PostgresStore};
+
+/// How often counts go to metrics and to the directory (IoTStamp status in Kubernetes mode).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// What every handler shares.
+pub struct AppState {
+    pub dps: Dps,
+    pub api_tokens: Vec<String>,
+    /// False until the store is open and interrupted reservations were finished.
+    pub ready: AtomicBool,
+}
+
+/// A started router: the addresses it actually bound, and a way to stop it.
+pub struct RunningRouter {
+    pub https_addr: SocketAddr,
+    pub mqtt_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningRouter {
+    /// Stops accepting, lets open requests finish (bounded), and returns when all listeners ended.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Starts a router with the static directory from `config.stamps` and the HTTPS stamp client.
+pub async fn start(config: RouterConfig) -> Result<RunningRouter, Error> {
+    let directory = Arc::new(StaticDirectory::from_config(&config.stamps)?);
+    start_with(config, directory, Arc::new(HttpStampClient::new())).await
+}
+
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn AssignmentStore>, Error> {
+    Ok(match config {
+        StoreConfig::Embedded { dir } => {
+            let dir = dir.clone();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| Error::Config(format!("store open task failed: {e}")))??;
+            Arc::new(store)
+        }
+        StoreConfig::Postgres { url, pool_size } => Arc::new(PostgresStore::connect(url, *pool_size).await?),
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// As [`start`], with the directory and stamp client chosen by the caller (Kubernetes, tests).
+pub async fn start_with(
+    config: RouterConfig,
+    directory: Arc<dyn StampDirectory>,
+    stamps: Arc<dyn StampClient>,
+) -> Result<RunningRouter, Error> {
+    let enrollments = Enrollments::from_config(&config.groups)?;
+    let store = open_store(&config.store).await?;
+    let metrics = Arc::new(Metrics::new());
+    let provisioner = Arc::new(Provisioner::new(
+        enrollments,
+        directory.clone(),
+        store.clone(),
+        stamps,
+        metrics.clone(),
+    ));
+    let state = Arc::new(AppState {
+        dps: Dps::new(provisioner.clone(), config.assign_wait, config.retry_after_secs),
+        api_tokens: config.api_tokens.clone(),
+        ready: AtomicBool::new(false),
+    });
+
+    let https = bind(config.https_addr).await?;
+    let https_addr = https.local_addr()?;
+    let mqtt = match config.mqtt_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let mqtt_addr = mqtt.as_ref().map(|l| l.local_addr()).transpose()?;
+    let plain = match config.metrics_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    let (shutdown, rx) = watch::channel(false);
+    let acceptor = TlsAcceptor::from(config.tls.clone());
+    let app = crate::http_dps::routes()
+        .merge(crate::service_api::routes())
+        .with_state(state.clone());
+    let mut tasks = vec![tokio::spawn(crate::http_serve::serve(
+        https,
+        Some(acceptor.clone()),
+        app,
+        config.handshake_timeout,
+        rx.clone(),
+    ))];
+    if let Some(listener) = plain {
+        let app = crate::service_api::health_routes().with_state(state.clone());
+        tasks.push(tokio::spawn(crate::http_serve::serve(
+            listener,
+            None,
+            app,
+            config.handshake_timeout,
+            rx.clone(),
+        )));
+    }
+    if let Some(listener) = mqtt {
+        tasks.push(tokio::spawn(crate::mqtt_dps::serve(
+            listener,
+            acceptor,
+            state.clone(),
+            config.handshake_timeout,
+            rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(background(state.clone(), directory, store, rx)));
+    tracing::info!(%https_addr, ?mqtt_addr, ?metrics_addr, "router listening");
+    Ok(RunningRouter {
+        https_addr,
+        mqtt_addr,
+        metrics_addr,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Recovery first (then ready), then periodic count reports.
+async fn background(
+    state: Arc<AppState>,
+    directory: Arc<dyn StampDirectory>,
+    store: Arc<dyn AssignmentStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    match state.dps.provisioner.recover().await {
+        Ok(n) => tracing::info!(completed = n, "recovered interrupted reservations"),
+        // Not fatal: each device's next attempt finishes its own reservation.
+        Err(e) => tracing::warn!(error = %e, "recovery could not list reservations"),
+    }
+    state.ready.store(true, Ordering::Release);
+    loop {
+        match store.counts().await {
+            Ok(counts) => {
+                state
+                    .dps
+                    .provisioner
+                    .metrics
+                    .set_capacity(&directory.snapshot(), &counts);
+                if let Err(e) = directory.report_assigned(&counts).await {
+                    tracing::warn!(error = %e, "could not report assigned counts");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read counts"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REPORT_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The service side: applications ask where a device lives and reach it through the router,
+//! which passes the call to the stamp holding the device. Also health, readiness, metrics and the
+//! OpenAPI document.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{any, get};
+use iotstamp_core::ids::DeviceId;
+use serde_json::json;
+
+use crate::directory::find;
+use crate::operations::rfc3339;
+use crate::server::AppState;
+use crate::store::AssignmentState;
+
+/// Health, readiness and metrics: served on the HTTPS port and on the plain metrics port.
+pub fn health_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    health_routes()
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .route("/v1/stamps", get(stamps))
+        .route("/v1/devices/{id}", get(device))
+        .route("/v1/devices/{id}/{*rest}", any(forward))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.dps.provisioner.metrics.render(),
+    )
+        .into_response()
+}
+
+fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": error, "message": message.into()}))).into_response()
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a token matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    presented.is_some_and(|t| state.api_tokens.iter().any(|k| same(k.as_bytes(), t.as_bytes())))
+}
+
+fn unauthorised() -> Response {
+    problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid `Authorization: Bearer <token>` is required",
+    )
+}
+
+async fn stamps(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorised(&state, &headers) {
+        return unauthorised();
+    }
+    let p = &state.dps.provisioner;
+    let counts = match p.store.counts().await {
+        Ok(c) => c,
+        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, "storeUnavailable", e.to_string()),
+    };
+    let list: Vec<_> = p
+        .directory
+        .snapshot()
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "region": s.region, "hub": s.hub, "deviceQuota": s.quota,
+                   "assigned": counts.get(&s.name).copied().unwrap_or(0), "ready": s.ready, "draining": s.draining})
+        })
+        .collect();
+    Json(json!({ "stamps": list })).into_response()
+}
+
+async fn device(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorised(&state, &headers) {
+        return unauthorised();
+    }
+    let Ok(device) = DeviceId::parse(&id) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "badDeviceId",
+            format!("`{id}` is not a device id"),
+        );
+    };
+    let p = &state.dps.provisioner;
+    match p.store.get(&device.key()).await {
+        Ok(Some(a)) => {
+            let hub = find(&p.directory.snapshot(), &a.stamp).map(|s| s.hub.clone());
+            let state = match a.state {
+                AssignmentState::Reserved => "assigning",
+                AssignmentState::Assigned => "assigned",
+            };
+            Json(json!({
+                "deviceId": a.device_id, "stamp": a.stamp, "hub": hub, "state": state,
+                "substatus": a.substatus, "enrollmentGroup": a.group,
+                "createdDateTimeUtc": rfc3339(a.created_ms), "lastUpdatedDateTimeUtc": rfc3339(a.updated_ms),
+            }))
+            .into_response()
+        }
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "deviceNotFound",
+            format!("device `{id}` is not assigned"),
+        ),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "storeUnavailable", e.to_string()),
+    }
+}
+
+async fn forward(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    Path((id, rest)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    if !authorised(&state, &headers) {
+        return unauthorised();
+    }
+    let Ok(device) = DeviceId::parse(&id) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "badDeviceId",
+            format!("`{id}` is not a device id"),
+        );
+    };
+    let p = &state.dps.provisioner;
+    let assignment = match p.store.get(&device.key()).await {
+        Ok(Some(a)) if a.state == AssignmentState::Assigned => a,
+        Ok(_) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "deviceNotFound",
+                format!("device `{id}` is not assigned"),
+            );
+        }
+        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, "storeUnavailable", e.to_string()),
+    };
+    let stamps = p.directory.snapshot();
+    let Some(stamp) = find(&stamps, &assignment.stamp) else {
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            "stampUnknown",
+            format!("stamp `{}` is unknown", assignment.stamp),
+        );
+    };
+    let mut path = format!(
+        "/v1/devices/{}/{rest}",
+        iotstamp_core::sas::url_encode(device.as_str())
+    );
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(&q);
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    match p.stamps.forward(stamp, method, &path, content_type, body).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => problem(StatusCode::BAD_GATEWAY, "stampUnavailable", e.to_string()),
+    }
+}
+
+/// The OpenAPI document of the service API and the DPS endpoints.
+pub fn openapi() -> serde_json::Value {
+    let bearer = json!([{"bearer": []}]);
+    let pass = |summary: &str| {
+        json!({"summary": summary, "security": bearer, "responses": {
+        "200": {"description": "the stamp's answer, passed through"},
+        "401": {"description": "missing or wrong bearer token"},
+        "404": {"description": "device not assigned"}, "502": {"description": "stamp unreachable"}}})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "iotstamp router", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "sas": {"type": "apiKey", "in": "header", "name": "Authorization",
+                    "description": "SharedAccessSignature sr=…&sig=…&se=…[&skn=registration]"}}},
+        "paths": {
+            "/v1/devices/{id}": {"get": {"summary": "Where a device is assigned (stamp, hub, state)",
+                "security": bearer, "responses": {"200": {"description": "assignment"}, "404": {"description": "not assigned"}}}},
+            "/v1/stamps": {"get": {"summary": "Stamps with quota and assigned counts", "security": bearer,
+                "responses": {"200": {"description": "stamps"}}}},
+            "/v1/devices/{id}/telemetry": {"get": pass("Telemetry range query (from, to, limit)")},
+            "/v1/devices/{id}/telemetry/aggregates": {"get": pass("Telemetry aggregates")},
+            "/v1/devices/{id}/stream": {"get": pass("Live telemetry (server-sent events)")},
+            "/v1/devices/{id}/messages": {"post": pass("Send a cloud-to-device message")},
+            "/v1/devices/{id}/methods/{name}": {"post": pass("Invoke a direct method")},
+            "/{idScope}/registrations/{registrationId}/register": {"put": {
+                "summary": "DPS register (api-version=2019-03-31)", "security": [{"sas": []}],
+                "responses": {"200": {"description": "assigned"}, "202": {"description": "assigning; poll"},
+                    "401": {"description": "bad token (errorCode 401002)"}, "429": {"description": "no capacity; Retry-After"}}}},
+            "/{idScope}/registrations/{registrationId}/operations/{operationId}": {"get": {
+                "summary": "DPS operation status", "security": [{"sas": []}],
+                "responses": {"200": {"description": "assigned"}, "202": {"description": "still assigning"}}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness (store open, recovery done)", "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics"}}}}
+        }
+    })
+}

@@ -1,0 +1,361 @@
+//! The embedded store: one redb file, single replica.
+//!
+//! Group commit: every write goes through one writer thread, which takes all operations waiting
+//! in its queue, applies them in order inside one write transaction, commits once (fsync) and only
+//! then answers each caller. Later operations in a batch see the effects of earlier ones, so the
+//! compare-and-set and quota checks are exact. Commits use redb's quick-repair mode so that a
+//! restart after a crash does not have to walk the whole file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Assignment, AssignmentState, AssignmentStore, Expect, ReserveOutcome, StoreError};
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("stamp_counts");
+/// Keys of `Reserved` records, so recovery need not scan every assignment.
+const PENDING: TableDefinition<&str, ()> = TableDefinition::new("pending");
+/// Most operations one commit carries; bounds the latency a single batch adds.
+const MAX_BATCH: usize = 4096;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Reserve {
+        key: String,
+        expect: Expect,
+        next: Assignment,
+        quota: u64,
+        reply: Reply<ReserveOutcome>,
+    },
+    Commit {
+        key: String,
+        stamp: String,
+        now_ms: i64,
+        reply: Reply<Option<Assignment>>,
+    },
+    Release {
+        key: String,
+        stamp: String,
+        reply: Reply<bool>,
+    },
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    ops: mpsc::Sender<Op>,
+    /// Committed counts per stamp; the writer updates it after each commit.
+    counts: Arc<RwLock<HashMap<String, u64>>>,
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/assignments.redb` and starts the writer thread.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(dir.join("assignments.redb"))
+            .map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(RECORDS).map_err(storage)?;
+        txn.open_table(PENDING).map_err(storage)?;
+        let counts = {
+            let table = txn.open_table(COUNTS).map_err(storage)?;
+            let mut counts = HashMap::new();
+            for row in table.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                counts.insert(k.value().to_string(), v.value());
+            }
+            counts
+        };
+        txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let counts = Arc::new(RwLock::new(counts));
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (wdb, wcounts) = (db.clone(), counts.clone());
+        std::thread::Builder::new()
+            .name("assignment-writer".into())
+            .spawn(move || writer(wdb, wcounts, rx))
+            .map_err(storage)?;
+        Ok(Self { db, ops: tx, counts })
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Assignment, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode(a: &Assignment) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(a).map_err(storage)
+}
+
+#[async_trait::async_trait]
+impl AssignmentStore for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<Assignment>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(RECORDS).map_err(storage)?;
+        let found = table.get(key).map_err(storage)?;
+        found.map(|v| decode(key, v.value())).transpose()
+    }
+
+    async fn reserve(
+        &self,
+        key: &str,
+        expect: Expect,
+        next: Assignment,
+        quota: u64,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let key = key.to_string();
+        self.call(|reply| Op::Reserve {
+            key,
+            expect,
+            next,
+            quota,
+            reply,
+        })
+        .await
+    }
+
+    async fn commit(&self, key: &str, stamp: &str, now_ms: i64) -> Result<Option<Assignment>, StoreError> {
+        let (key, stamp) = (key.to_string(), stamp.to_string());
+        self.call(|reply| Op::Commit {
+            key,
+            stamp,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError> {
+        let (key, stamp) = (key.to_string(), stamp.to_string());
+        self.call(|reply| Op::Release { key, stamp, reply }).await
+    }
+
+    async fn counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        Ok(self.counts.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    async fn pending(&self) -> Result<Vec<(String, Assignment)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let pending = txn.open_table(PENDING).map_err(storage)?;
+        let records = txn.open_table(RECORDS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in pending.iter().map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            let key = k.value();
+            if let Some(v) = records.get(key).map_err(storage)? {
+                out.push((key.to_string(), decode(key, v.value())?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The writer loop: batch, apply, commit once, then answer.
+fn writer(db: Arc<Database>, counts: Arc<RwLock<HashMap<String, u64>>>, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut deltas: HashMap<String, i64> = HashMap::new();
+        match apply_batch(&db, &mut batch, &mut deltas) {
+            Ok(answers) => {
+                {
+                    let mut counts = counts.write().unwrap_or_else(|p| p.into_inner());
+                    for (stamp, d) in deltas {
+                        let c = counts.entry(stamp).or_default();
+                        *c = c.saturating_add_signed(d);
+                    }
+                }
+                for (op, answer) in batch.into_iter().zip(answers) {
+                    answer.send(op);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "assignment batch failed; callers get an error");
+                for op in batch {
+                    fail(op, e.clone());
+                }
+            }
+        }
+    }
+}
+
+/// An operation's result, held until the batch is durable.
+enum Answer {
+    Reserve(ReserveOutcome),
+    Commit(Option<Assignment>),
+    Release(bool),
+}
+
+impl Answer {
+    fn send(self, op: Op) {
+        // A caller that went away (request cancelled) just does not hear the answer; the write
+        // itself stands, which the state machine allows.
+        match (op, self) {
+            (Op::Reserve { reply, .. }, Answer::Reserve(v)) => drop(reply.send(Ok(v))),
+            (Op::Commit { reply, .. }, Answer::Commit(v)) => drop(reply.send(Ok(v))),
+            (Op::Release { reply, .. }, Answer::Release(v)) => drop(reply.send(Ok(v))),
+            (op, _) => fail(
+                op,
+                StoreError::Storage("internal: answer does not match operation".into()),
+            ),
+        }
+    }
+}
+
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Reserve { reply, .. } => drop(reply.send(Err(e))),
+        Op::Commit { reply, .. } => drop(reply.send(Err(e))),
+        Op::Release { reply, .. } => drop(reply.send(Err(e))),
+    }
+}
+
+struct Tables<'t> {
+    records: Table<'t, &'static str, &'static [u8]>,
+    counts: Table<'t, &'static str, u64>,
+    pending: Table<'t, &'static str, ()>,
+}
+
+fn apply_batch(
+    db: &Database,
+    batch: &mut [Op],
+    deltas: &mut HashMap<String, i64>,
+) -> Result<Vec<Answer>, StoreError> {
+    let mut txn: WriteTransaction = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    txn.set_quick_repair(true);
+    let answers = {
+        let mut t = Tables {
+            records: txn.open_table(RECORDS).map_err(storage)?,
+            counts: txn.open_table(COUNTS).map_err(storage)?,
+            pending: txn.open_table(PENDING).map_err(storage)?,
+        };
+        let mut answers = Vec::with_capacity(batch.len());
+        for op in batch.iter() {
+            answers.push(apply(&mut t, op, deltas)?);
+        }
+        answers
+    };
+    txn.commit().map_err(storage)?;
+    Ok(answers)
+}
+
+fn current(t: &Tables<'_>, key: &str) -> Result<Option<Assignment>, StoreError> {
+    let found = t.records.get(key).map_err(storage)?;
+    found.map(|v| decode(key, v.value())).transpose()
+}
+
+fn bump(
+    t: &mut Tables<'_>,
+    deltas: &mut HashMap<String, i64>,
+    stamp: &str,
+    d: i64,
+) -> Result<(), StoreError> {
+    let now = t
+        .counts
+        .get(stamp)
+        .map_err(storage)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    t.counts
+        .insert(stamp, now.saturating_add_signed(d))
+        .map_err(storage)?;
+    *deltas.entry(stamp.to_string()).or_default() += d;
+    Ok(())
+}
+
+fn apply(t: &mut Tables<'_>, op: &Op, deltas: &mut HashMap<String, i64>) -> Result<Answer, StoreError> {
+    match op {
+        Op::Reserve {
+            key,
+            expect,
+            next,
+            quota,
+            ..
+        } => {
+            let cur = current(t, key)?;
+            if !expect.holds(cur.as_ref()) {
+                return Ok(Answer::Reserve(ReserveOutcome::Conflict(cur)));
+            }
+            let moving = cur.as_ref().map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
+            if moving {
+                let held = t
+                    .counts
+                    .get(next.stamp.as_str())
+                    .map_err(storage)?
+                    .map(|v| v.value());
+                if held.unwrap_or(0) >= *quota {
+                    return Ok(Answer::Reserve(ReserveOutcome::Full));
+                }
+                bump(t, deltas, &next.stamp, 1)?;
+                if let Some(c) = &cur {
+                    bump(t, deltas, &c.stamp, -1)?;
+                }
+            }
+            let mut rec = next.clone();
+            rec.state = AssignmentState::Reserved;
+            rec.generation = cur.as_ref().map_or(1, |c| c.generation + 1);
+            if let Some(c) = &cur {
+                rec.created_ms = c.created_ms;
+            }
+            t.records
+                .insert(key.as_str(), encode(&rec)?.as_slice())
+                .map_err(storage)?;
+            t.pending.insert(key.as_str(), ()).map_err(storage)?;
+            Ok(Answer::Reserve(ReserveOutcome::Reserved(rec)))
+        }
+        Op::Commit {
+            key, stamp, now_ms, ..
+        } => {
+            let Some(mut rec) = current(t, key)? else {
+                return Ok(Answer::Commit(None));
+            };
+            if rec.stamp == *stamp && rec.state == AssignmentState::Reserved {
+                rec.state = AssignmentState::Assigned;
+                rec.updated_ms = *now_ms;
+                rec.generation += 1;
+                t.records
+                    .insert(key.as_str(), encode(&rec)?.as_slice())
+                    .map_err(storage)?;
+                t.pending.remove(key.as_str()).map_err(storage)?;
+            }
+            Ok(Answer::Commit(Some(rec)))
+        }
+        Op::Release { key, stamp, .. } => {
+            let cur = current(t, key)?;
+            match cur {
+                Some(c) if c.stamp == *stamp && c.state == AssignmentState::Reserved => {
+                    t.records.remove(key.as_str()).map_err(storage)?;
+                    t.pending.remove(key.as_str()).map_err(storage)?;
+                    bump(t, deltas, stamp, -1)?;
+                    Ok(Answer::Release(true))
+                }
+                _ => Ok(Answer::Release(false)),
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Durable device → stamp assignments.
+//!
+//! A record moves `Reserved → Assigned`. A reservation counts against the stamp's quota from the
+//! moment it exists, is written durably *before* the device is registered at the stamp, and turns
+//! into an assignment (durably) only after the stamp accepted the device. The device hears
+//! "assigned" only after that. So after a crash at any point:
+//! - no record: the device never heard anything and nothing was registered anywhere;
+//! - `Reserved(s)`: the device never heard "assigned"; the registration at `s` may or may not have
+//!   happened. Recovery (or the device's next attempt) re-registers at the same `s` (idempotent
+//!   PUT) and commits, so a device is never registered at two stamps by accident;
+//! - `Assigned(s)`: durable, the device may have heard it, and it keeps `s`.
+//!
+//! Every write is a compare-and-set on the device's current record, so concurrent requests for
+//! one device (or several router replicas) cannot both win, and every reservation checks and
+//! bumps the stamp's count in the same atomic step, so quota is never exceeded.
+
+mod embedded;
+mod postgres;
+
+use std::collections::HashMap;
+
+pub use embedded::EmbeddedStore;
+use iotstamp_core::dps::Substatus;
+pub use postgres::PostgresStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AssignmentState {
+    Reserved,
+    Assigned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// The device id as the device spells it (records are keyed by its lower-cased form).
+    pub device_id: String,
+    pub group: String,
+    pub stamp: String,
+    pub state: AssignmentState,
+    pub substatus: Substatus,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Bumped on every write; the DPS `etag`.
+    pub generation: u64,
+}
+
+/// What the caller believes the current record is; a write only happens if that is still true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Absent,
+    Present { stamp: String, state: AssignmentState },
+}
+
+impl Expect {
+    pub fn of(current: Option<&Assignment>) -> Self {
+        match current {
+            None => Self::Absent,
+            Some(a) => Self::Present {
+                stamp: a.stamp.clone(),
+                state: a.state,
+            },
+        }
+    }
+
+    fn holds(&self, current: Option<&Assignment>) -> bool {
+        *self == Self::of(current)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved(Assignment),
+    /// Someone else changed the record first; here is what it is now.
+    Conflict(Option<Assignment>),
+    /// The stamp's count reached the quota given.
+    Full,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("stored record for `{key}` is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+#[async_trait::async_trait]
+pub trait AssignmentStore: Send + Sync {
+    /// The record for a device key (lower-cased device id).
+    async fn get(&self, key: &str) -> Result<Option<Assignment>, StoreError>;
+
+    /// Writes `next` (state `Reserved`) if `expect` still holds and, when `next` moves the device
+    /// onto a stamp it is not on yet, that stamp holds fewer than `quota` records. The stamp it
+    /// leaves (if any) gets its count back.
+    async fn reserve(
+        &self,
+        key: &str,
+        expect: Expect,
+        next: Assignment,
+        quota: u64,
+    ) -> Result<ReserveOutcome, StoreError>;
+
+    /// `Reserved(stamp) → Assigned(stamp)`. Returns the record as it is afterwards; it is
+    /// `Assigned` at `stamp` only if this commit (or an earlier identical one) won.
+    async fn commit(&self, key: &str, stamp: &str, now_ms: i64) -> Result<Option<Assignment>, StoreError>;
+
+    /// Deletes a `Reserved(stamp)` record (the stamp refused the device). Returns whether it did.
+    async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError>;
+
+    /// Records per stamp, reserved and assigned alike: what quota is checked against.
+    async fn counts(&self) -> Result<HashMap<String, u64>, StoreError>;
+
+    /// All `Reserved` records, for recovery after a restart.
+    async fn pending(&self) -> Result<Vec<(String, Assignment)>, StoreError>;
+}

@@ -1,0 +1,297 @@
+//! The PostgreSQL store, for several router replicas sharing one database.
+//!
+//! Quota across replicas: a reservation bumps the stamp's row in `iotstamp_stamp_counts` with a
+//! conditional upsert (`… WHERE assigned < quota`) inside the same transaction that writes the
+//! device's record. The row lock serialises replicas on that stamp, so the count never passes the
+//! quota. The device's record is locked with `SELECT … FOR UPDATE` (or, when absent, guarded by
+//! the primary key on insert), which makes every write a compare-and-set.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::{Config, GenericClient, Pool, PoolConfig, Runtime};
+use iotstamp_core::dps::Substatus;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::{Assignment, AssignmentState, AssignmentStore, Expect, ReserveOutcome, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS iotstamp_assignments (
+    key text PRIMARY KEY,
+    device_id text NOT NULL,
+    grp text NOT NULL,
+    stamp text NOT NULL,
+    state text NOT NULL,
+    substatus text NOT NULL,
+    created_ms bigint NOT NULL,
+    updated_ms bigint NOT NULL,
+    generation bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS iotstamp_assignments_pending ON iotstamp_assignments (key) WHERE state = 'reserved';
+CREATE TABLE IF NOT EXISTS iotstamp_stamp_counts (
+    stamp text PRIMARY KEY,
+    assigned bigint NOT NULL CHECK (assigned >= 0)
+);";
+const COLUMNS: &str = "device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation";
+/// Deadlocks (two migrations crossing stamps) and serialisation failures are retried this often.
+const RETRIES: usize = 8;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// How one reservation attempt failed.
+enum Fail {
+    /// Deadlock or serialisation failure: the transaction rolled back; run it again.
+    Retry(String),
+    /// A concurrent insert of the same device won the primary key.
+    Unique,
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE => {
+                Fail::Retry(e.to_string())
+            }
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Fail::Unique,
+            _ => Fail::Store(storage(e)),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects and creates the schema if needed (under an advisory lock, so replicas starting
+    /// together do not race on `CREATE`).
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let mut cfg = Config::new();
+        cfg.url = Some(url.to_string());
+        let mut pool_cfg = PoolConfig::new(pool_size.max(1));
+        pool_cfg.timeouts.wait = Some(Duration::from_secs(10));
+        pool_cfg.timeouts.create = Some(Duration::from_secs(10));
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls).map_err(storage)?;
+        let mut client = pool.get().await.map_err(storage)?;
+        let txn = client.transaction().await.map_err(storage)?;
+        txn.execute("SELECT pg_advisory_xact_lock(7243901)", &[])
+            .await
+            .map_err(storage)?;
+        txn.batch_execute(SCHEMA).await.map_err(storage)?;
+        txn.commit().await.map_err(storage)?;
+        Ok(Self { pool })
+    }
+
+    async fn try_reserve(
+        &self,
+        key: &str,
+        expect: &Expect,
+        next: &Assignment,
+        quota: u64,
+    ) -> Result<ReserveOutcome, Fail> {
+        let mut client = self.pool.get().await.map_err(|e| Fail::Store(storage(e)))?;
+        let txn = client.transaction().await?;
+        let sql = format!("SELECT {COLUMNS} FROM iotstamp_assignments WHERE key = $1 FOR UPDATE");
+        let cur = txn
+            .query_opt(&sql, &[&key])
+            .await?
+            .map(|r| row(&r, 0))
+            .transpose()
+            .map_err(Fail::Store)?;
+        if !expect.holds(cur.as_ref()) {
+            return Ok(ReserveOutcome::Conflict(cur));
+        }
+        let moving = cur.as_ref().map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
+        if moving {
+            let quota = i64::try_from(quota).unwrap_or(i64::MAX);
+            let bumped = txn
+                .query_opt(
+                    "INSERT INTO iotstamp_stamp_counts AS c (stamp, assigned) SELECT $1::text, 1::bigint WHERE $2::bigint >= 1
+                     ON CONFLICT (stamp) DO UPDATE SET assigned = c.assigned + 1 WHERE c.assigned < $2::bigint
+                     RETURNING assigned",
+                    &[&next.stamp, &quota],
+                )
+                .await?;
+            if bumped.is_none() {
+                return Ok(ReserveOutcome::Full);
+            }
+            if let Some(c) = &cur {
+                txn.execute(
+                    "UPDATE iotstamp_stamp_counts SET assigned = assigned - 1 WHERE stamp = $1 AND assigned > 0",
+                    &[&c.stamp],
+                )
+                .await?;
+            }
+        }
+        let mut rec = next.clone();
+        rec.state = AssignmentState::Reserved;
+        rec.generation = cur.as_ref().map_or(1, |c| c.generation + 1);
+        if let Some(c) = &cur {
+            rec.created_ms = c.created_ms;
+        }
+        let written = txn
+            .execute(
+                "INSERT INTO iotstamp_assignments (key, device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation)
+                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, $7, $8)
+                 ON CONFLICT (key) DO UPDATE SET device_id = EXCLUDED.device_id, grp = EXCLUDED.grp,
+                   stamp = EXCLUDED.stamp, state = EXCLUDED.state, substatus = EXCLUDED.substatus,
+                   updated_ms = EXCLUDED.updated_ms, generation = EXCLUDED.generation
+                 WHERE $9",
+                &[
+                    &key,
+                    &rec.device_id,
+                    &rec.group,
+                    &rec.stamp,
+                    &substatus_str(rec.substatus),
+                    &rec.created_ms,
+                    &rec.updated_ms,
+                    &(rec.generation as i64),
+                    // Updating is only right if we saw (and locked) a row; otherwise a row that
+                    // appeared meanwhile belongs to a concurrent winner.
+                    &cur.is_some(),
+                ],
+            )
+            .await?;
+        if written == 0 {
+            drop(txn);
+            return Err(Fail::Unique);
+        }
+        txn.commit().await?;
+        Ok(ReserveOutcome::Reserved(rec))
+    }
+}
+
+fn substatus_str(s: Substatus) -> &'static str {
+    match s {
+        Substatus::InitialAssignment => "initialAssignment",
+        Substatus::DeviceDataMigrated => "deviceDataMigrated",
+        Substatus::DeviceDataReset => "deviceDataReset",
+        Substatus::ReprovisionedToInitialAssignment => "reprovisionedToInitialAssignment",
+    }
+}
+
+/// An assignment from the `COLUMNS` of a row, starting at column `at`.
+fn row(r: &tokio_postgres::Row, at: usize) -> Result<Assignment, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: r.try_get::<_, String>(at).unwrap_or_default(),
+        reason,
+    };
+    let get_s = |i: usize| r.try_get::<_, String>(at + i).map_err(|e| corrupt(e.to_string()));
+    let get_i = |i: usize| r.try_get::<_, i64>(at + i).map_err(|e| corrupt(e.to_string()));
+    let state = match get_s(3)?.as_str() {
+        "reserved" => AssignmentState::Reserved,
+        "assigned" => AssignmentState::Assigned,
+        other => return Err(corrupt(format!("state `{other}`"))),
+    };
+    let substatus =
+        serde_json::from_value(serde_json::Value::String(get_s(4)?)).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Assignment {
+        device_id: get_s(0)?,
+        group: get_s(1)?,
+        stamp: get_s(2)?,
+        state,
+        substatus,
+        created_ms: get_i(5)?,
+        updated_ms: get_i(6)?,
+        generation: u64::try_from(get_i(7)?).unwrap_or(0),
+    })
+}
+
+#[async_trait::async_trait]
+impl AssignmentStore for PostgresStore {
+    async fn get(&self, key: &str) -> Result<Option<Assignment>, StoreError> {
+        let client = self.pool.get().await.map_err(storage)?;
+        let sql = format!("SELECT {COLUMNS} FROM iotstamp_assignments WHERE key = $1");
+        let found = client.query_opt(&sql, &[&key]).await.map_err(storage)?;
+        found.map(|r| row(&r, 0)).transpose()
+    }
+
+    async fn reserve(
+        &self,
+        key: &str,
+        expect: Expect,
+        next: Assignment,
+        quota: u64,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let mut last = String::new();
+        for _ in 0..RETRIES {
+            match self.try_reserve(key, &expect, &next, quota).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(Fail::Retry(e)) => last = e,
+                Err(Fail::Unique) => return Ok(ReserveOutcome::Conflict(self.get(key).await?)),
+                Err(Fail::Store(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Storage(format!(
+            "gave up after {RETRIES} attempts: {last}"
+        )))
+    }
+
+    async fn commit(&self, key: &str, stamp: &str, now_ms: i64) -> Result<Option<Assignment>, StoreError> {
+        let client = self.pool.get().await.map_err(storage)?;
+        let sql = format!(
+            "UPDATE iotstamp_assignments SET state = 'assigned', updated_ms = $3, generation = generation + 1
+             WHERE key = $1 AND stamp = $2 AND state = 'reserved' RETURNING {COLUMNS}"
+        );
+        if let Some(r) = client
+            .query_opt(&sql, &[&key, &stamp, &now_ms])
+            .await
+            .map_err(storage)?
+        {
+            return row(&r, 0).map(Some);
+        }
+        drop(client);
+        self.get(key).await
+    }
+
+    async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await.map_err(storage)?;
+        let txn = client.transaction().await.map_err(storage)?;
+        let deleted = txn
+            .execute(
+                "DELETE FROM iotstamp_assignments WHERE key = $1 AND stamp = $2 AND state = 'reserved'",
+                &[&key, &stamp],
+            )
+            .await
+            .map_err(storage)?;
+        if deleted == 1 {
+            txn.execute(
+                "UPDATE iotstamp_stamp_counts SET assigned = assigned - 1 WHERE stamp = $1 AND assigned > 0",
+                &[&stamp],
+            )
+            .await
+            .map_err(storage)?;
+        }
+        txn.commit().await.map_err(storage)?;
+        Ok(deleted == 1)
+    }
+
+    async fn counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let client = self.pool.get().await.map_err(storage)?;
+        let rows = client
+            .query("SELECT stamp, assigned FROM iotstamp_stamp_counts", &[])
+            .await
+            .map_err(storage)?;
+        rows.iter()
+            .map(|r| {
+                let stamp: String = r.try_get(0).map_err(storage)?;
+                let n: i64 = r.try_get(1).map_err(storage)?;
+                Ok((stamp, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn pending(&self) -> Result<Vec<(String, Assignment)>, StoreError> {
+        let client = self.pool.get().await.map_err(storage)?;
+        let sql = format!("SELECT key, {COLUMNS} FROM iotstamp_assignments WHERE state = 'reserved'");
+        let rows = client.query(&sql, &[]).await.map_err(storage)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<_, String>(0).map_err(storage)?, row(r, 1)?)))
+            .collect()
+    }
+}
