@@ -40,7 +40,9 @@ impl Utilization {
 
     /// Whole percent, rounded down; a pool with no usable quota is full.
     pub fn percent(&self) -> u32 {
-        (self.assigned * 100).checked_div(self.quota).map_or(100, |p| p as u32)
+        (self.assigned * 100)
+            .checked_div(self.quota)
+            .map_or(100, |p| p as u32)
     }
 }
 
