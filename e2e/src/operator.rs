@@ -81,6 +81,22 @@ impl Operator {
         })
     }
 
+    /// Blocks until the operator logs that its caches synced, so a test's first object is
+    /// reconciled at once; fails with the operator's log after 30 s.
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.log_text().contains("operator ready") {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!(
+            "the operator did not become ready within 30 s; its log:\n{}",
+            self.log_text()
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

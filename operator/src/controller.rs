@@ -87,6 +87,21 @@ fn pool_controller(
         })
 }
 
+/// Awaits `ready`, keeping `name` in `pending` until it resolves.
+async fn tracked<E>(
+    pending: &Arc<std::sync::Mutex<Vec<&'static str>>>,
+    name: &'static str,
+    ready: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    pending.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+    let result = ready.await;
+    pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|n| *n != name);
+    result
+}
+
 /// Runs until SIGTERM or Ctrl-C. `ready` turns true once every cache has its first full list.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
@@ -194,20 +209,38 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let c = caches.clone();
     let (synced_tx, synced_rx) = watch::channel(false);
     tokio::spawn(async move {
+        let pending = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+        // Each cache reports itself; a slow one is named in the log while the others wait for it.
         let synced = futures::future::try_join_all([
-            c.config_maps.wait_until_ready().boxed(),
-            c.secrets.wait_until_ready().boxed(),
-            c.service_accounts.wait_until_ready().boxed(),
-            c.services.wait_until_ready().boxed(),
-            c.stateful_sets.wait_until_ready().boxed(),
-            c.deployments.wait_until_ready().boxed(),
-            c.pdbs.wait_until_ready().boxed(),
-            c.network_policies.wait_until_ready().boxed(),
+            tracked(&pending, "ConfigMaps", c.config_maps.wait_until_ready()).boxed(),
+            tracked(&pending, "Secrets", c.secrets.wait_until_ready()).boxed(),
+            tracked(&pending, "ServiceAccounts", c.service_accounts.wait_until_ready()).boxed(),
+            tracked(&pending, "Services", c.services.wait_until_ready()).boxed(),
+            tracked(&pending, "StatefulSets", c.stateful_sets.wait_until_ready()).boxed(),
+            tracked(&pending, "Deployments", c.deployments.wait_until_ready()).boxed(),
+            tracked(&pending, "PodDisruptionBudgets", c.pdbs.wait_until_ready()).boxed(),
+            tracked(&pending, "NetworkPolicies", c.network_policies.wait_until_ready()).boxed(),
+            tracked(&pending, "IoTStamps", main.wait_until_ready()).boxed(),
         ]);
-        if synced.await.is_ok() && main.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Release);
-            let _ = synced_tx.send(true);
-            tracing::info!("caches synced; operator ready");
+        let report = {
+            let pending = pending.clone();
+            async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let waiting = pending.lock().unwrap_or_else(|p| p.into_inner()).join(", ");
+                    tracing::warn!(waiting = %waiting, "caches not synced yet; reconciles wait for them");
+                }
+            }
+        };
+        tokio::select! {
+            result = synced => if result.is_ok() {
+                ready.store(true, Ordering::Release);
+                let _ = synced_tx.send(true);
+                tracing::info!("caches synced; operator ready");
+            },
+            _ = report => {}
         }
     });
 
