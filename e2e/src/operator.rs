@@ -74,11 +74,13 @@ impl Operator {
             .stderr(out)
             .spawn()
             .context("cannot start the operator")?;
-        Ok(Self {
+        let operator = Self {
             child,
             log,
             kubeconfig,
-        })
+        };
+        operator.wait_ready()?;
+        Ok(operator)
     }
 
     /// Blocks until the operator logs that its caches synced, so a test's first object is
