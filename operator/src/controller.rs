@@ -177,7 +177,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         .owns_stream(deploy_s)
         .owns_stream(pdb_s)
         .owns_stream(np_s)
-        .with_config(controller::Config::default().concurrency(settings.concurrency))
+        // Applying a stamp's 13 children sends 13 watch events back; a short debounce folds them
+        // into one reconcile instead of a dozen.
+        .with_config(
+            controller::Config::default()
+                .concurrency(settings.concurrency)
+                .debounce(Duration::from_millis(500)),
+        )
         .shutdown_on_signal();
 
     let connected = ConnectedCounts::default();

@@ -143,7 +143,7 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
     let inputs = Inputs {
         default_image: ctx.default_image.clone(),
         tls,
-        api_token: api_token(names, ctx),
+        api_token: api_token(names, ctx).await?,
         cluster_domain: ctx.cluster_domain.clone(),
     };
     for child in builders::desired(stamp, &inputs)? {
@@ -197,9 +197,8 @@ async fn hub_tls(stamp: &IoTStamp, n: &Names, ctx: &Context) -> Result<Result<Hu
     let mut sans = n.hub_dns_names();
     sans.extend(stamp.spec.hub.host_names.iter().cloned());
     let now_unix = Timestamp::now().as_second();
-    let existing = ctx
-        .caches
-        .secret(&n.namespace, &n.tls_secret())
+    let existing = current_secret(n, &n.tls_secret(), ctx)
+        .await?
         .and_then(|s| read_secret(&s));
     let ca_cert_pem = ctx.ca.cert_pem.clone();
     if let Some(cert) = existing.filter(|c| !pki::needs_renewal(&c.cert_pem, &sans, now_unix, RENEW_BEFORE)) {
@@ -218,16 +217,27 @@ async fn hub_tls(stamp: &IoTStamp, n: &Names, ctx: &Context) -> Result<Result<Hu
 }
 
 /// The stamp API token: the one already in the stamp's Secret, or a new random one.
-fn api_token(n: &Names, ctx: &Context) -> String {
-    ctx.caches
-        .secret(&n.namespace, &n.token_secret())
-        .and_then(|s| s.data.as_ref()?.get(TOKEN_KEY).cloned())
+async fn api_token(n: &Names, ctx: &Context) -> Result<String, Error> {
+    let existing = current_secret(n, &n.token_secret(), ctx)
+        .await?
+        .and_then(|s| s.data?.get(TOKEN_KEY).cloned())
         .and_then(|b| String::from_utf8(b.0).ok())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| {
-            let bytes: [u8; 32] = rand::random();
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        })
+        .filter(|t| !t.is_empty());
+    Ok(existing.unwrap_or_else(|| {
+        let bytes: [u8; 32] = rand::random();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }))
+}
+
+/// A Secret the operator manages, from the cache, or from the API when the cache has not seen it
+/// yet. Minting a new token or certificate only because the watch lags behind our own write would
+/// change the pods' config hash and roll them, and re-trigger itself on a busy cluster.
+async fn current_secret(n: &Names, name: &str, ctx: &Context) -> Result<Option<Secret>, Error> {
+    if let Some(cached) = ctx.caches.secret(&n.namespace, name) {
+        return Ok(Some(cached.as_ref().clone()));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &n.namespace);
+    api.get_opt(name).await.map_err(Error::from_kube)
 }
 
 fn observe(n: &Names, ctx: &Context) -> Observed {

@@ -358,3 +358,28 @@ async fn an_unreadable_object_waits_for_a_change_and_stops_nothing_else() {
     assert!(result.is_ok());
     assert_eq!(child_writes(&writes).len(), 13);
 }
+
+#[tokio::test]
+async fn a_lagging_cache_never_mints_a_second_token_or_certificate() {
+    // Two reconciles before any watch event arrives, as on a busy cluster.
+    let h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    let secret = |name: &str| {
+        h.fake
+            .object(&format!("/api/v1/namespaces/{NS}/secrets/{name}"))
+            .unwrap()["data"]
+            .clone()
+    };
+    let pod_hash = || {
+        h.fake
+            .object(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets/s1-hub"))
+            .unwrap()["spec"]["template"]["metadata"]["annotations"]["iotstamp.dev/config-hash"]
+            .clone()
+    };
+    h.reconcile("s1").await.0.unwrap();
+    let (token, cert, hash) = (secret("s1-api-token"), secret("s1-hub-tls"), pod_hash());
+    h.reconcile("s1").await.0.unwrap();
+    assert_eq!(secret("s1-api-token"), token, "the API token changed");
+    assert_eq!(secret("s1-hub-tls"), cert, "a second certificate was issued");
+    assert_eq!(pod_hash(), hash, "the pods would roll");
+}
