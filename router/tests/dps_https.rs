@@ -266,22 +266,11 @@ async fn draining_stamp_moves_devices_under_migrate_and_keeps_them_under_never()
     };
     let (key, reg) = dps_other("keeper");
     let token = other_scope_token(&reg, &key);
-    let url = format!(
-        "{}/0ne00OTHER/registrations/{reg}/register?api-version=2019-03-31",
-        s.dps.base
-    );
-    let first: Value = s
+    let first = s
         .dps
-        .http
-        .put(&url)
-        .header("authorization", &token)
-        .json(&json!({"registrationId": reg}))
-        .send()
+        .register_in("0ne00OTHER", &reg, &token, Value::Null)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .body;
     assert_eq!(
         first["registrationState"]["assignedHub"], "hub-0.local",
         "{first}"
@@ -289,18 +278,11 @@ async fn draining_stamp_moves_devices_under_migrate_and_keeps_them_under_never()
     stamps[0].draining = true;
     stamps[1].ready = true;
     s.directory.set(stamps);
-    let again: Value = s
+    let again = s
         .dps
-        .http
-        .put(&url)
-        .header("authorization", &token)
-        .json(&json!({"registrationId": reg}))
-        .send()
+        .register_in("0ne00OTHER", &reg, &token, Value::Null)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .body;
     assert_eq!(
         again["registrationState"]["assignedHub"], "hub-0.local",
         "{again}"

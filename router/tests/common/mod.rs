@@ -305,8 +305,13 @@ impl Dps {
     }
 
     pub async fn register_with(&self, reg: &str, token: &str, payload: Value) -> Reply {
+        self.register_in(SCOPE, reg, token, payload).await
+    }
+
+    /// As [`Self::register_with`], under another ID scope.
+    pub async fn register_in(&self, scope: &str, reg: &str, token: &str, payload: Value) -> Reply {
         let url = format!(
-            "{}/{SCOPE}/registrations/{reg}/register?api-version=2019-03-31",
+            "{}/{scope}/registrations/{reg}/register?api-version=2019-03-31",
             self.base
         );
         let body = json!({"registrationId": reg, "payload": payload});

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::StreamExt;
 use iotstamp_core::pki;
-use iotstamp_net::mqtt::{self, Connect, Packet};
+use iotstamp_net::mqtt::{self, Packet};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -275,16 +275,7 @@ async fn connect_one(
         .connect(name, tcp)
         .await
         .map_err(|e| Error::io("TLS", e))?;
-    let connect = Connect {
-        client_id: c.client_id.clone(),
-        clean_session: true,
-        keep_alive: 0,
-        username: c.username.clone(),
-        password: c.password.clone().map(Into::into),
-        will: None,
-    };
-    let mut out = BytesMut::new();
-    mqtt::encode(&Packet::Connect(connect), &mut out);
+    let out = c.connect_packet();
     tls.write_all(&out).await.map_err(|e| Error::io("CONNECT", e))?;
     // tokio-rustls may keep written records buffered until flushed.
     tls.flush().await.map_err(|e| Error::io("CONNECT", e))?;

@@ -23,6 +23,23 @@ pub struct Client {
     pub topic: String,
 }
 
+impl Client {
+    /// The encoded CONNECT the load generators send: clean session, no keep-alive.
+    pub fn connect_packet(&self) -> BytesMut {
+        let connect = Connect {
+            client_id: self.client_id.clone(),
+            clean_session: true,
+            keep_alive: 0,
+            username: self.username.clone(),
+            password: self.password.clone().map(Into::into),
+            will: None,
+        };
+        let mut out = BytesMut::new();
+        mqtt::encode(&Packet::Connect(connect), &mut out);
+        out
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
     pub messages_per_client: usize,
@@ -79,16 +96,7 @@ async fn connect(addr: SocketAddr, c: &Client) -> Result<TcpStream, Error> {
         .await
         .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
     let _ = stream.set_nodelay(true);
-    let connect = Connect {
-        client_id: c.client_id.clone(),
-        clean_session: true,
-        keep_alive: 0,
-        username: c.username.clone(),
-        password: c.password.clone().map(Into::into),
-        will: None,
-    };
-    let mut out = BytesMut::new();
-    mqtt::encode(&Packet::Connect(connect), &mut out);
+    let out = c.connect_packet();
     stream
         .write_all(&out)
         .await
