@@ -29,7 +29,7 @@ pub struct StampArgs {
         default_value = "/etc/iotstamp/config/stamp.json"
     )]
     pub config: PathBuf,
-    /// Which roles to run. Only `all` is implemented so far; the split roles are refused at start.
+    /// Which roles to run: `all` in one process, or one role of a split stamp (as the operator's pods do).
     #[arg(long, value_enum, default_value_t = Role::All)]
     pub role: Role,
 }
@@ -37,20 +37,21 @@ pub struct StampArgs {
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully: stops accepting, closes device
 /// connections, and writes what was already queued.
 pub async fn run(args: StampArgs) -> Result<(), Error> {
-    if args.role != Role::All {
-        return Err(Error::Unsupported(format!(
-            "--role {:?} needs the internal HTTP API between roles, which is not built yet; use --role all",
-            args.role
-        )));
-    }
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| Error::io(format!("reading {}", args.config.display()), e))?;
     let config: StampConfig =
         serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", args.config.display())))?;
-    let stamp = crate::start(config).await?;
-    wait_for_stop().await?;
-    tracing::info!("stopping the stamp");
-    stamp.shutdown().await;
+    if args.role == Role::All {
+        let stamp = crate::start(config).await?;
+        wait_for_stop().await?;
+        tracing::info!("stopping the stamp");
+        stamp.shutdown().await;
+    } else {
+        let role = crate::start_role(config, args.role).await?;
+        wait_for_stop().await?;
+        tracing::info!(role = ?args.role, "stopping the stamp role");
+        role.shutdown().await;
+    }
     Ok(())
 }
 

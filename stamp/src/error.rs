@@ -19,10 +19,11 @@ pub enum Error {
     Tls(#[from] iotstamp_net::tls::TlsError),
     #[error("the stamp already holds its quota of {quota} devices")]
     QuotaExceeded { quota: u64 },
+    /// Another role of the stamp (ingest, storage) did not answer or refused; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("the stamp is shutting down")]
     ShuttingDown,
-    #[error("{0}")]
-    Unsupported(String),
     #[error("benchmark: {0}")]
     Bench(String),
 }

@@ -13,8 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, wat
 use tokio::task::JoinHandle;
 
 use crate::Error;
+use crate::internal::BatchWriter;
 use crate::metrics::Metrics;
-use crate::storage::Store;
 use crate::storage::record::TelemetryRecord;
 
 /// Bytes of telemetry that may wait for storage at once; beyond it, publishers wait.
@@ -43,9 +43,10 @@ pub struct BatchPolicy {
 }
 
 impl Ingest {
-    /// Starts the batch writer. It runs until `shutdown` turns true, then writes what is queued.
+    /// Starts the batch writer, which hands each batch to `writer` (the store in this process, or
+    /// the next role over HTTP). It runs until `shutdown` turns true, then writes what is queued.
     pub fn spawn(
-        store: Arc<Store>,
+        writer: Arc<dyn BatchWriter>,
         policy: BatchPolicy,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
@@ -64,7 +65,7 @@ impl Ingest {
         });
         let writer = tokio::spawn(write_batches(
             rx,
-            store,
+            writer,
             BatchPolicy {
                 max_messages: max,
                 ..policy
@@ -146,7 +147,7 @@ fn kib(size: usize) -> u32 {
 
 async fn write_batches(
     mut rx: mpsc::Receiver<Item>,
-    store: Arc<Store>,
+    writer: Arc<dyn BatchWriter>,
     policy: BatchPolicy,
     metrics: Arc<Metrics>,
     live: broadcast::Sender<Arc<TelemetryRecord>>,
@@ -176,22 +177,20 @@ async fn write_batches(
                 }
             }
         }
-        commit(batch, &store, &metrics, &live).await;
+        commit(batch, writer.as_ref(), &metrics, &live).await;
     }
 }
 
 async fn commit(
     batch: Vec<Item>,
-    store: &Arc<Store>,
+    writer: &dyn BatchWriter,
     metrics: &Metrics,
     live: &broadcast::Sender<Arc<TelemetryRecord>>,
 ) {
     let (records, acks): (Vec<_>, Vec<_>) = batch.into_iter().map(|i| (i.record, i.ack)).unzip();
     let started = Instant::now();
-    let store = store.clone();
-    let result = tokio::task::spawn_blocking(move || store.append(&records).map(|()| records)).await;
-    let ok = match result {
-        Ok(Ok(records)) => {
+    let ok = match writer.write(records).await {
+        Ok(records) => {
             metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             metrics.batches.inc();
             metrics.points_written.inc_by(records.len() as u64);
@@ -202,12 +201,8 @@ async fn commit(
             }
             true
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "telemetry batch not written; its publishers get no PUBACK");
-            false
-        }
         Err(e) => {
-            tracing::error!(error = %e, "telemetry writer task failed");
+            tracing::error!(error = %e, "telemetry batch not written; its publishers get no PUBACK");
             false
         }
     };
@@ -219,6 +214,8 @@ async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::internal::local::LocalStore;
+    use crate::storage::Store;
 
     fn record(seq: u64) -> TelemetryRecord {
         TelemetryRecord::build("d", "s", 1_000 + seq, seq, vec![], b"{}")
@@ -233,7 +230,8 @@ mod tests {
             max_messages: 16,
             linger: Duration::from_millis(5),
         };
-        let (ingest, writer) = Ingest::spawn(store.clone(), policy, Metrics::new(), shutdown);
+        let (ingest, writer) =
+            Ingest::spawn(LocalStore::new(store.clone()), policy, Metrics::new(), shutdown);
         let mut live = ingest.live();
         let mut acks = Vec::new();
         for i in 0..40 {

@@ -1,10 +1,12 @@
 //! One deployment stamp: the hub (MQTT device edge), ingest (group commit), storage (redb) and the
-//! stamp API. [`start`] runs all of it in one process; [`cli`] is the `iotstamp stamp` command.
+//! stamp API. [`start`] runs all of it in one process, [`start_role`] one role of a split stamp (the
+//! roles talk over [`internal`]'s HTTP API); [`cli`] is the `iotstamp stamp` command.
 //!
 //! Module map:
 //! - [`hub`]: TLS/plain listeners, per-connection MQTT sessions, device auth, live session table.
 //! - [`ingest`]: batches telemetry, writes each batch durably, then releases the PUBACKs.
 //! - [`storage`]: the redb store (registry + telemetry series), records, aggregates.
+//! - [`internal`]: the seams between roles (one trait each; in-process or HTTP) and the internal API.
 //! - [`api`]: the HTTP API (registry, queries, SSE, commands, stats, metrics, OpenAPI).
 //! - [`bench`]: the `iotstamp bench` load generators and baselines.
 
@@ -16,11 +18,16 @@ pub mod cli;
 mod error;
 pub mod hub;
 pub mod ingest;
+// Handlers short-circuit with a ready `Response` as the error, as in `api`.
+#[allow(clippy::result_large_err)]
+pub mod internal;
 pub mod metrics;
+mod roles;
 mod run;
 pub mod storage;
 
 pub use error::Error;
+pub use roles::{RunningRole, start_role};
 pub use run::{RunningStamp, start};
 
 /// Resolves once the stamp's shutdown flag is set (or its sender is gone). A helper rather than

@@ -1,5 +1,5 @@
-//! Assembles a stamp from its config: opens storage, starts ingest, binds the listeners, and hands
-//! back the bound addresses and a handle for a graceful shutdown.
+//! Assembles a stamp from its config: all roles in this process ([`start`]), or one role of a split
+//! stamp ([`crate::roles`]). The pieces both share (store, device edge, listeners) are built here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +13,13 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::Error;
-use crate::api::{self, ApiCtx};
+use crate::api::{self, ApiCtx, Token};
 use crate::hub::sessions::Sessions;
 use crate::hub::{self, HubCtx, Security};
 use crate::ingest::{BatchPolicy, Ingest, now_us};
+use crate::internal::local::LocalStore;
+use crate::internal::server::Probes;
+use crate::internal::{BatchWriter, Ready, Registry, TelemetryQuery};
 use crate::metrics::Metrics;
 use crate::storage::Store;
 
@@ -39,30 +42,93 @@ pub struct RunningStamp {
 impl RunningStamp {
     /// Stops accepting, closes device connections, and writes what ingest has queued.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for task in self.listeners {
-            task.abort();
-        }
-        let _ = self.writer.await;
+        stop(self.shutdown, self.listeners, Some(self.writer)).await;
+    }
+}
+
+/// Signals shutdown, stops the listeners, and waits for the batch writer to drain its queue.
+pub(crate) async fn stop(
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+) {
+    let _ = shutdown.send(true);
+    for task in listeners {
+        task.abort();
+    }
+    if let Some(writer) = writer {
+        let _ = writer.await;
     }
 }
 
 /// Starts every role of the stamp in this process.
 pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let token = read_token(&config)?;
-    let dir = config.storage.data_dir.clone();
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&dir))
-            .await
-            .map_err(|e| Error::Config(format!("opening storage: {e}")))??,
-    );
-    let metrics = Metrics::new();
+    let store = open_store(&config).await?;
+    let local = LocalStore::new(store.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let policy = BatchPolicy {
-        max_messages: config.ingest.batch_max_messages as usize,
-        linger: Duration::from_millis(config.ingest.batch_linger_ms),
+    let metrics = Metrics::new();
+    let seams = Seams {
+        registry: local.clone(),
+        telemetry: local.clone(),
+        writer: local.clone(),
+        dependencies: vec![local],
     };
-    let (ingest, writer) = Ingest::spawn(store.clone(), policy, metrics.clone(), shutdown.clone());
+    let mut edge = start_edge(&config, token, seams, metrics, shutdown).await?;
+    edge.listeners.push(tokio::spawn(retention(
+        store.clone(),
+        config.storage.retention_secs,
+    )));
+    Ok(RunningStamp {
+        mqtt_tls: edge.mqtt_tls,
+        mqtt_plain: edge.mqtt_plain,
+        api: edge.api,
+        api_tls: edge.api_tls,
+        metrics: edge.metrics,
+        store,
+        sessions: edge.sessions,
+        shutdown: shutdown_tx,
+        listeners: edge.listeners,
+        writer: edge.writer,
+    })
+}
+
+/// What the device edge and the stamp API are wired to: storage and ingest here or elsewhere.
+pub(crate) struct Seams {
+    pub registry: Arc<dyn Registry>,
+    pub telemetry: Arc<dyn TelemetryQuery>,
+    /// Where the edge's ingest batcher sends batches.
+    pub writer: Arc<dyn BatchWriter>,
+    /// What `/readyz` waits for.
+    pub dependencies: Vec<Arc<dyn Ready>>,
+}
+
+/// The running device edge (MQTT listeners, stamp API, metrics port) and its ingest batcher.
+pub(crate) struct Edge {
+    pub mqtt_tls: Option<SocketAddr>,
+    pub mqtt_plain: Option<SocketAddr>,
+    pub api: SocketAddr,
+    pub api_tls: bool,
+    pub metrics: Option<SocketAddr>,
+    pub sessions: Arc<Sessions>,
+    pub listeners: Vec<JoinHandle<()>>,
+    pub writer: JoinHandle<()>,
+}
+
+/// Starts the hub: its ingest batcher, the MQTT listeners, the stamp API and the metrics port.
+pub(crate) async fn start_edge(
+    config: &StampConfig,
+    token: Token,
+    seams: Seams,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Edge, Error> {
+    let (ingest, writer) = Ingest::spawn(
+        seams.writer,
+        batch_policy(config),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let sessions = Sessions::new(metrics.clone());
 
     let tls = match iotstamp_net::tls::server_config_from_files(
@@ -84,7 +150,7 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let hub_ctx = Arc::new(HubCtx {
         stamp: config.stamp.clone(),
         host_names: config.hub.host_names.clone(),
-        store: store.clone(),
+        registry: seams.registry.clone(),
         ingest: ingest.clone(),
         sessions: sessions.clone(),
         metrics: metrics.clone(),
@@ -122,11 +188,17 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
         )));
     }
 
+    let probes = Arc::new(Probes {
+        metrics: metrics.clone(),
+        dependencies: seams.dependencies,
+    });
     let api_ctx = Arc::new(ApiCtx {
-        store: store.clone(),
+        registry: seams.registry,
+        telemetry: seams.telemetry,
         sessions: sessions.clone(),
         ingest,
         metrics: metrics.clone(),
+        probes: probes.clone(),
         device_quota: config.device_quota,
         token,
     });
@@ -140,69 +212,88 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     };
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener)?;
-    let app = api::router(api_ctx.clone());
     listeners.push(tokio::spawn(api::serve(
         api_listener,
         api_tls.clone(),
-        app,
+        api::router(api_ctx),
         shutdown.clone(),
     )));
-    let mut metrics_addr = None;
-    if config.api.metrics_listen != config.api.listen {
-        let listener = bind(config.api.metrics_listen).await?;
-        metrics_addr = Some(local_addr(&listener)?);
-        let ops = api::ops_router().with_state(api_ctx);
-        listeners.push(tokio::spawn(api::serve(listener, None, ops, shutdown.clone())));
-    }
-    listeners.push(tokio::spawn(metrics.clone().track_rate()));
-    listeners.push(tokio::spawn(retention(
-        store.clone(),
-        config.storage.retention_secs,
-    )));
+    let metrics_addr = serve_metrics_port(config, api::ops_router(probes), &shutdown, &mut listeners).await?;
+    listeners.push(tokio::spawn(metrics.track_rate()));
 
-    tracing::info!(stamp = config.stamp, ?mqtt_tls, ?mqtt_plain, api = %api_addr, "stamp started");
-    Ok(RunningStamp {
+    tracing::info!(stamp = config.stamp, ?mqtt_tls, ?mqtt_plain, api = %api_addr, "hub started");
+    Ok(Edge {
         mqtt_tls,
         mqtt_plain,
         api: api_addr,
         api_tls: api_tls.is_some(),
         metrics: metrics_addr,
-        store,
         sessions,
-        shutdown: shutdown_tx,
         listeners,
         writer,
     })
 }
 
-fn read_token(config: &StampConfig) -> Result<String, Error> {
+/// Serves `ops` (plain HTTP) on `api.metricsListen` unless that is the API's own address.
+pub(crate) async fn serve_metrics_port(
+    config: &StampConfig,
+    ops: axum::Router,
+    shutdown: &watch::Receiver<bool>,
+    listeners: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<SocketAddr>, Error> {
+    if config.api.metrics_listen == config.api.listen {
+        return Ok(None);
+    }
+    let listener = bind(config.api.metrics_listen).await?;
+    let addr = local_addr(&listener)?;
+    listeners.push(tokio::spawn(api::serve(listener, None, ops, shutdown.clone())));
+    Ok(Some(addr))
+}
+
+pub(crate) fn batch_policy(config: &StampConfig) -> BatchPolicy {
+    BatchPolicy {
+        max_messages: config.ingest.batch_max_messages as usize,
+        linger: Duration::from_millis(config.ingest.batch_linger_ms),
+    }
+}
+
+pub(crate) async fn open_store(config: &StampConfig) -> Result<Arc<Store>, Error> {
+    let dir = config.storage.data_dir.clone();
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| Error::Config(format!("opening storage: {e}")))??,
+    ))
+}
+
+pub(crate) fn read_token(config: &StampConfig) -> Result<Token, Error> {
     let path = &config.api.token_file;
     let token = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("reading the API token {}", path.display()), e))?;
-    let token = token.trim().to_string();
+    let token = token.trim();
     if token.is_empty() {
         return Err(Error::Config(format!(
             "the API token file {} is empty",
             path.display()
         )));
     }
-    Ok(token)
+    Ok(token.into())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(format!("binding {addr}"), e))
 }
 
-fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
+pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
     listener
         .local_addr()
         .map_err(|e| Error::io("reading a bound address", e))
 }
 
 /// Deletes telemetry older than the retention period, every tenth of it (at most once a minute).
-async fn retention(store: Arc<Store>, retention_secs: u64) {
+pub(crate) async fn retention(store: Arc<Store>, retention_secs: u64) {
     let period = Duration::from_secs((retention_secs / 10).clamp(1, 60));
     let mut tick = tokio::time::interval(period);
     loop {

@@ -24,19 +24,26 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::hub::sessions::Sessions;
 use crate::ingest::Ingest;
+use crate::internal::server::{Probes, probe_routes};
+use crate::internal::{Registry, TelemetryQuery};
 use crate::metrics::Metrics;
-use crate::storage::Store;
 
 pub struct ApiCtx {
-    pub store: Arc<Store>,
+    /// The registry in storage (in this process, or storage's internal API behind the hub's cache).
+    pub registry: Arc<dyn Registry>,
+    pub telemetry: Arc<dyn TelemetryQuery>,
     pub sessions: Arc<Sessions>,
     pub ingest: Arc<Ingest>,
     pub metrics: Arc<Metrics>,
+    /// `/readyz` and `/metrics`: ready when storage and ingest are.
+    pub probes: Arc<Probes>,
     pub device_quota: u64,
-    pub token: String,
+    pub token: Token,
 }
 
 pub type Ctx = Arc<ApiCtx>;
+/// The internal bearer token (the same Secret for the stamp API and the internal API).
+pub type Token = Arc<str>;
 
 /// The full API, as served on the API listener.
 pub fn router(ctx: Ctx) -> Router {
@@ -55,17 +62,16 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/devices/{id}/messages", post(commands::c2d))
         .route("/v1/devices/{id}/methods/{name}", post(commands::method))
         .route("/v1/stats", get(stats))
-        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), require_token));
-    v1.merge(ops_router()).with_state(ctx)
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.token.clone(),
+            require_token,
+        ));
+    v1.with_state(ctx.clone()).merge(ops_router(ctx.probes.clone()))
 }
 
-/// Health and metrics only, for the plain-HTTP metrics port.
-pub fn ops_router() -> Router<Ctx> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+/// Health, metrics and the OpenAPI document, also served on the plain-HTTP metrics port.
+pub fn ops_router(probes: Arc<Probes>) -> Router {
+    probe_routes(probes).route("/openapi.json", get(openapi))
 }
 
 /// Serves `app` until shutdown; with TLS when an acceptor is given. Each connection (and its
@@ -120,14 +126,15 @@ pub async fn serve(
     }
 }
 
-async fn require_token(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
+/// Lets a request through only with `Authorization: Bearer <token>` (compared in constant time).
+pub async fn require_token(State(token): State<Token>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(presented.as_bytes().ct_eq(ctx.token.as_bytes())) {
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
         next.run(request).await
     } else {
         error(
@@ -144,20 +151,13 @@ pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) ->
     (status, axum::Json(body)).into_response()
 }
 
-/// Runs a blocking storage call off the async workers, mapping failures to 500.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
-) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(storage_error(e)),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)),
-    }
-}
-
 pub fn storage_error(e: crate::Error) -> Response {
     match e {
         crate::Error::QuotaExceeded { .. } => error(StatusCode::CONFLICT, "quotaExceeded", e),
+        crate::Error::Unavailable(_) => {
+            tracing::warn!(error = %e, "stamp API: a role it depends on is unavailable");
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e)
+        }
         e => {
             tracing::error!(error = %e, "stamp API storage error");
             error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e)
@@ -166,10 +166,9 @@ pub fn storage_error(e: crate::Error) -> Response {
 }
 
 async fn stats(State(ctx): State<Ctx>) -> Response {
-    let store = ctx.store.clone();
-    let registered = match blocking(move || store.device_count()).await {
+    let registered = match ctx.registry.count().await {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(e) => return storage_error(e),
     };
     axum::Json(serde_json::json!({
         "registered": registered,
@@ -178,29 +177,6 @@ async fn stats(State(ctx): State<Ctx>) -> Response {
         "deviceQuota": ctx.device_quota,
     }))
     .into_response()
-}
-
-async fn ready(State(ctx): State<Ctx>) -> Response {
-    let store = ctx.store.clone();
-    match blocking(move || store.device_count()).await {
-        Ok(_) => "ready".into_response(),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "notReady",
-            "storage is not readable",
-        ),
-    }
-}
-
-async fn metrics(State(ctx): State<Ctx>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        ctx.metrics.encode(),
-    )
-        .into_response()
 }
 
 async fn openapi() -> Response {

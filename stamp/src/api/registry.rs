@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 
-use super::{Ctx, blocking, error};
+use super::{Ctx, error, storage_error};
 use crate::storage::PutOutcome;
 
 fn parse_id(raw: &str) -> Result<DeviceId, Response> {
@@ -36,15 +36,14 @@ pub async fn put(
             format!("the path names `{id}`, the body `{}`", record.device_id),
         );
     }
-    let (store, quota, stored) = (ctx.store.clone(), ctx.device_quota, record.clone());
-    let result = blocking(move || store.put_device(&stored, quota)).await;
+    let result = ctx.registry.put(record.clone(), ctx.device_quota).await;
     if result.is_ok() && record.status == DeviceStatus::Disabled {
         ctx.sessions.disconnect(&id.key());
     }
     match result {
         Ok(PutOutcome::Created) => (StatusCode::CREATED, Json(record)).into_response(),
         Ok(PutOutcome::Replaced) => (StatusCode::OK, Json(record)).into_response(),
-        Err(r) => r,
+        Err(e) => storage_error(e),
     }
 }
 
@@ -53,15 +52,14 @@ pub async fn get(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
         Ok(id) => id,
         Err(r) => return r,
     };
-    let store = ctx.store.clone();
-    match blocking(move || store.get_device(&id.key())).await {
+    match ctx.registry.get(id.key()).await {
         Ok(Some(record)) => Json(record).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "deviceNotFound",
             "no such device in this stamp",
         ),
-        Err(r) => r,
+        Err(e) => storage_error(e),
     }
 }
 
@@ -70,9 +68,7 @@ pub async fn delete(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response 
         Ok(id) => id,
         Err(r) => return r,
     };
-    let store = ctx.store.clone();
-    let key = id.key();
-    match blocking(move || store.delete_device(&key)).await {
+    match ctx.registry.delete(id.key()).await {
         Ok(true) => {
             ctx.sessions.disconnect(&id.key());
             StatusCode::NO_CONTENT.into_response()
@@ -82,6 +78,6 @@ pub async fn delete(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response 
             "deviceNotFound",
             "no such device in this stamp",
         ),
-        Err(r) => r,
+        Err(e) => storage_error(e),
     }
 }

@@ -7,7 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use iotstamp_core::ids::DeviceId;
 
-use super::{Ctx, blocking, error};
+use super::{Ctx, error, storage_error};
+use crate::internal::SeriesQuery;
 use crate::storage::aggregate::aggregate;
 use crate::storage::record::Cursor;
 
@@ -57,10 +58,16 @@ pub async fn query(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Que
     };
     let (from, to) = window(q.from, q.to);
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let store = ctx.store.clone();
-    match blocking(move || store.query(&id.key(), from, to, after, limit)).await {
+    let q = SeriesQuery {
+        device_key: id.key(),
+        from_us: from,
+        to_us: to,
+        after,
+        limit,
+    };
+    match ctx.telemetry.query(q).await {
         Ok(page) => Json(page).into_response(),
-        Err(r) => r,
+        Err(e) => storage_error(e),
     }
 }
 
@@ -74,10 +81,16 @@ pub async fn aggregates(
     };
     let (from, to) = window(q.from, q.to);
     let bucket_s = q.bucket.unwrap_or(60).max(1);
-    let store = ctx.store.clone();
-    let page = match blocking(move || store.query(&id.key(), from, to, None, AGGREGATE_SCAN_LIMIT)).await {
+    let series = SeriesQuery {
+        device_key: id.key(),
+        from_us: from,
+        to_us: to,
+        after: None,
+        limit: AGGREGATE_SCAN_LIMIT,
+    };
+    let page = match ctx.telemetry.query(series).await {
         Ok(page) => page,
-        Err(r) => return r,
+        Err(e) => return storage_error(e),
     };
     let buckets = aggregate(&page.items, bucket_s * 1000, q.field.as_deref());
     Json(serde_json::json!({

@@ -29,6 +29,9 @@ pub struct HubArgs {
     /// The mosquitto binary used as the baseline.
     #[arg(long, default_value = "mosquitto")]
     pub mosquitto: String,
+    /// Also measure the split roles (hub -> ingest -> storage over loopback HTTP) beside `--role all`.
+    #[arg(long)]
+    pub split: bool,
 }
 
 /// Storage ingest, batched and fsync'd, beside a plain fsync'd append-only file.
@@ -63,6 +66,7 @@ pub async fn run_hub(a: HubArgs) -> Result<BenchReport, Error> {
         window: a.window,
         mosquitto: a.mosquitto,
         batch_max_messages: a.batch,
+        split: a.split,
         ..HubBenchOptions::default()
     })
     .await

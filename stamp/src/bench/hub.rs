@@ -12,6 +12,7 @@ use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::stamp_config::StampConfig;
 
 use super::load::{self, Client, Load, LoadResult};
+use super::split::SplitStamp;
 use super::{BenchReport, quantile};
 use crate::Error;
 
@@ -26,6 +27,8 @@ pub struct HubBenchOptions {
     pub mosquitto: String,
     /// The stamp's `ingest.batchMaxMessages`; `None` = the config default.
     pub batch_max_messages: Option<u32>,
+    /// Also measure the split roles (hub → ingest → storage over loopback HTTP).
+    pub split: bool,
 }
 
 impl Default for HubBenchOptions {
@@ -38,6 +41,7 @@ impl Default for HubBenchOptions {
             ip: Ipv4Addr::new(127, 0, 0, 200),
             mosquitto: "mosquitto".into(),
             batch_max_messages: None,
+            split: false,
         }
     }
 }
@@ -58,6 +62,8 @@ pub fn bench_config(dir: &Path, ip: Ipv4Addr, quota: u64) -> Result<StampConfig,
     config.api.listen = any(0);
     config.api.metrics_listen = any(0);
     config.api.token_file = token;
+    config.ingest.listen = any(0);
+    config.storage.listen = any(0);
     config.storage.data_dir = dir.join("data");
     Ok(config)
 }
@@ -105,10 +111,12 @@ pub async fn hub(opts: HubBenchOptions) -> Result<BenchReport, Error> {
         config.ingest.batch_max_messages = b;
     }
     let batch = config.ingest.batch_max_messages;
+    let records: Vec<DeviceRecord> = devices.into_iter().map(|(r, _)| r).collect();
+    let mut split_config = config.clone();
     let stamp = crate::start(config).await?;
     let store = stamp.store.clone();
-    let records: Vec<DeviceRecord> = devices.into_iter().map(|(r, _)| r).collect();
-    tokio::task::spawn_blocking(move || store.put_devices(&records))
+    let registered = records.clone();
+    tokio::task::spawn_blocking(move || store.put_devices(&registered))
         .await
         .map_err(|e| Error::Bench(e.to_string()))??;
     let addr = stamp
@@ -116,6 +124,14 @@ pub async fn hub(opts: HubBenchOptions) -> Result<BenchReport, Error> {
         .ok_or_else(|| Error::Bench("no plain listener".into()))?;
     let (stamp_max, stamp_paced) = measure(addr, &clients, load).await;
     stamp.shutdown().await;
+
+    let mut split_max = None;
+    if opts.split {
+        split_config.storage.data_dir = dir.join("data-split");
+        let split = SplitStamp::start(split_config, records).await?;
+        split_max = Some(load::run(split.mqtt_plain, &clients, load).await);
+        split.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     let mosq = Mosquitto::start(&opts.mosquitto, opts.ip).await?;
@@ -166,6 +182,23 @@ pub async fn hub(opts: HubBenchOptions) -> Result<BenchReport, Error> {
         )
         .baseline("mosquitto", quantile(&mut mosq_paced.latencies_ms, 0.99))
         .target("<= 50");
+    if let Some(split_max) = split_max {
+        let mut split_max = split_max?;
+        report
+            .row(
+                "QoS 1 msg/s, split roles over loopback HTTP",
+                "msg/s",
+                split_max.rate(),
+            )
+            .baseline("stamp --role all", stamp_max.rate());
+        report
+            .row(
+                "PUBACK p99 at max rate, split roles",
+                "ms",
+                quantile(&mut split_max.latencies_ms, 0.99),
+            )
+            .baseline("stamp --role all", quantile(&mut stamp_max.latencies_ms, 0.99));
+    }
     report.notes.push(format!(
         "80% runs: stamp paced to {:.0} msg/s (achieved {:.0}), mosquitto to {:.0} (achieved {:.0})",
         0.8 * stamp_max.rate(),

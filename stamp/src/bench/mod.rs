@@ -6,6 +6,7 @@ pub mod cli;
 pub mod connections;
 pub mod hub;
 pub mod load;
+pub mod split;
 pub mod storage;
 
 use std::fmt;

@@ -7,7 +7,8 @@
 //!
 //! CONNACK codes (MQTT 3.1.1): a bad client id gets 2 (identifier rejected); anything wrong with the
 //! credentials themselves gets 4 (bad user name or password); a device that is unknown or disabled
-//! gets 5 (not authorized). A refused device is always told, never silently dropped.
+//! gets 5 (not authorized); when the registry cannot be read (storage down), 3 (server unavailable).
+//! A refused device is always told, never silently dropped.
 
 use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
@@ -26,6 +27,8 @@ pub enum AuthFailure {
     Disabled,
     Expired,
     BadSignature,
+    /// Storage (which holds the registry) did not answer: the device should retry, not give up.
+    RegistryUnavailable,
 }
 
 impl AuthFailure {
@@ -33,6 +36,7 @@ impl AuthFailure {
         match self {
             Self::BadClientId => connack::IDENTIFIER_REJECTED,
             Self::UnknownDevice | Self::Disabled => connack::NOT_AUTHORIZED,
+            Self::RegistryUnavailable => connack::SERVER_UNAVAILABLE,
             _ => connack::BAD_USERNAME_OR_PASSWORD,
         }
     }
@@ -50,6 +54,7 @@ impl AuthFailure {
             Self::Disabled => "disabled",
             Self::Expired => "expired",
             Self::BadSignature => "bad_signature",
+            Self::RegistryUnavailable => "registry_unavailable",
         }
     }
 }

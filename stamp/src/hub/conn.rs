@@ -121,14 +121,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         connect: &Connect,
     ) -> Result<iotstamp_core::ids::DeviceId, auth::AuthFailure> {
         let (device, token) = auth::precheck(connect, &self.ctx.host_names)?;
-        let store = self.ctx.store.clone();
-        let key = device.key();
-        // A registry read is a short B-tree lookup; off the async workers all the same.
-        let record = tokio::task::spawn_blocking(move || store.get_device(&key))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+        let record = self.ctx.registry.get(device.key()).await.map_err(|e| {
+            tracing::warn!(error = %e, "registry lookup failed at CONNECT");
+            auth::AuthFailure::RegistryUnavailable
+        })?;
         let now = crate::ingest::now_us() / 1_000_000;
         auth::verify(&token, record.as_ref(), now)?;
         Ok(device)

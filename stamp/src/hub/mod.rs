@@ -16,15 +16,16 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ingest::Ingest;
+use crate::internal::Registry;
 use crate::metrics::Metrics;
-use crate::storage::Store;
 use sessions::Sessions;
 
 /// What every connection task shares.
 pub struct HubCtx {
     pub stamp: String,
     pub host_names: Vec<String>,
-    pub store: Arc<Store>,
+    /// Where CONNECT looks devices up: the store here, or storage's registry through a cache.
+    pub registry: Arc<dyn Registry>,
     pub ingest: Arc<Ingest>,
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,

@@ -35,7 +35,7 @@ pub enum PutOutcome {
 }
 
 /// One page of a device's series.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Page {
     pub items: Vec<TelemetryRecord>,

@@ -16,6 +16,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod process;
+
 pub const TOKEN: &str = "test-token-0123456789";
 
 pub fn now() -> u64 {

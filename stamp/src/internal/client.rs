@@ -1,0 +1,215 @@
+//! The seams over the internal HTTP API: the hub's client of ingest and storage, and ingest's client
+//! of storage. One pooled HTTP/1.1 client per peer; every call has a deadline, and any failure is an
+//! `Error::Unavailable` the caller turns into "no PUBACK" / 503, never into a silent success.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use iotstamp_core::registry::DeviceRecord;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery};
+use crate::Error;
+use crate::storage::record::TelemetryRecord;
+use crate::storage::{Page, PutOutcome};
+
+/// A batch write waits for a group commit on the far side, which may itself queue behind others.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readiness probes run every few seconds; a peer slower than this is as good as down.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct InternalClient {
+    /// What `/readyz` calls this peer ("ingest", "storage").
+    peer: &'static str,
+    base: String,
+    bearer: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl InternalClient {
+    /// `base_url` is the peer's `http://host:port` (the operator's `ingestUrl` / `storageUrl`).
+    pub fn new(peer: &'static str, base_url: &str, token: &str) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| Error::Config(format!("{peer} URL `{base_url}`: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(Error::Config(format!(
+                "{peer} URL `{base_url}` must be http://host:port (the in-cluster internal API)"
+            )));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(READY_TIMEOUT));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            peer,
+            base,
+            bearer: format!("Bearer {token}"),
+            http,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let unavailable = |what: String| Error::Unavailable(format!("{} ({}): {what}", self.peer, self.base));
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, &self.bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| unavailable(format!("no answer within {timeout:?}")))?
+    }
+
+    /// A status the protocol does not expect here: the peer's error body says why.
+    fn unexpected(&self, status: StatusCode, body: &[u8]) -> Error {
+        Error::Unavailable(format!(
+            "{} answered {status}: {}",
+            self.peer,
+            String::from_utf8_lossy(body)
+        ))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(body)
+            .map_err(|e| Error::Unavailable(format!("{} sent bad JSON: {e}", self.peer)))
+    }
+}
+
+fn device_path(device_key: &str) -> String {
+    utf8_percent_encode(device_key, NON_ALPHANUMERIC).to_string()
+}
+
+impl Ready for InternalClient {
+    fn name(&self) -> &str {
+        self.peer
+    }
+    fn ready(&self) -> Fut<'_, ()> {
+        Box::pin(async move {
+            match self.call(Method::GET, "/readyz", None, READY_TIMEOUT).await? {
+                (StatusCode::OK, _) => Ok(()),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}
+
+impl BatchWriter for InternalClient {
+    fn write(&self, records: Vec<TelemetryRecord>) -> Fut<'_, Vec<TelemetryRecord>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&records).map_err(|e| Error::Corrupt(e.to_string()))?;
+            match self
+                .call(Method::POST, "/internal/v1/telemetry", Some(body), WRITE_TIMEOUT)
+                .await?
+            {
+                (StatusCode::NO_CONTENT, _) => Ok(records),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}
+
+impl Registry for InternalClient {
+    fn get(&self, device_key: String) -> Fut<'_, Option<DeviceRecord>> {
+        Box::pin(async move {
+            let path = format!("/internal/v1/registry/{}", device_path(&device_key));
+            match self.call(Method::GET, &path, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body).map(Some),
+                (StatusCode::NOT_FOUND, _) => Ok(None),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+
+    fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome> {
+        Box::pin(async move {
+            let path = format!(
+                "/internal/v1/registry/{}?quota={quota}",
+                device_path(&record.device_id.key())
+            );
+            let body = serde_json::to_vec(&record).map_err(|e| Error::Corrupt(e.to_string()))?;
+            match self.call(Method::PUT, &path, Some(body), READ_TIMEOUT).await? {
+                (StatusCode::CREATED, _) => Ok(PutOutcome::Created),
+                (StatusCode::OK, _) => Ok(PutOutcome::Replaced),
+                (StatusCode::CONFLICT, _) => Err(Error::QuotaExceeded { quota }),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+
+    fn delete(&self, device_key: String) -> Fut<'_, bool> {
+        Box::pin(async move {
+            let path = format!("/internal/v1/registry/{}", device_path(&device_key));
+            match self.call(Method::DELETE, &path, None, READ_TIMEOUT).await? {
+                (StatusCode::NO_CONTENT, _) => Ok(true),
+                (StatusCode::NOT_FOUND, _) => Ok(false),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+
+    fn count(&self) -> Fut<'_, u64> {
+        Box::pin(async move {
+            match self
+                .call(Method::GET, "/internal/v1/registry", None, READ_TIMEOUT)
+                .await?
+            {
+                (StatusCode::OK, body) => Ok(self.decode::<super::server::Count>(&body)?.count),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}
+
+impl TelemetryQuery for InternalClient {
+    fn query(&self, q: SeriesQuery) -> Fut<'_, Page> {
+        Box::pin(async move {
+            let mut path = format!(
+                "/internal/v1/telemetry/{}?from={}&to={}&limit={}",
+                device_path(&q.device_key),
+                q.from_us,
+                q.to_us,
+                q.limit
+            );
+            if let Some(after) = q.after {
+                path.push_str(&format!("&after={after}"));
+            }
+            match self.call(Method::GET, &path, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! The seams between the stamp's roles, and the internal HTTP API that carries them when the roles
+//! run as separate processes (`--role hub|ingest|storage`, as the operator deploys a stamp).
+//!
+//! Each seam is one trait with two implementations: [`local::LocalStore`] when the other side is in
+//! this process (`--role all`), [`client::InternalClient`] when it is another pod. The callers (hub,
+//! ingest's batcher, the stamp API) do not know which they hold.
+//!
+//! - [`BatchWriter`]: hub → ingest and ingest → storage. `write` returns only once the batch is
+//!   durable in storage, which is what lets a QoS 1 PUBACK mean "stored" across processes.
+//! - [`Registry`]: the device registry, which lives in storage. The hub reads it through
+//!   [`cache::CachedRegistry`].
+//! - [`TelemetryQuery`]: reading a device's series (the stamp API's queries and aggregates).
+//!
+//! Wire format ([`server`] serves it, [`client`] speaks it), all under the internal bearer token:
+//! `POST /internal/v1/telemetry` (JSON array of records; 204 after the commit),
+//! `GET /internal/v1/telemetry/{device}?from=&to=&limit=&after=` (µs; a page),
+//! `GET|PUT|DELETE /internal/v1/registry/{device}` (`PUT ?quota=N`), `GET /internal/v1/registry`
+//! (`{"count": n}`), and `/healthz`, `/readyz` without a token for the kubelet.
+
+pub mod cache;
+pub mod client;
+pub mod local;
+pub mod server;
+
+use futures::future::BoxFuture;
+use iotstamp_core::registry::DeviceRecord;
+
+use crate::Error;
+use crate::storage::record::{Cursor, TelemetryRecord};
+use crate::storage::{Page, PutOutcome};
+
+pub type Fut<'a, T> = BoxFuture<'a, Result<T, Error>>;
+
+/// Something a role depends on; `/readyz` is ready when all of them are.
+pub trait Ready: Send + Sync {
+    /// What `/readyz` names when this dependency is not ready.
+    fn name(&self) -> &str;
+    fn ready(&self) -> Fut<'_, ()>;
+}
+
+/// Writes a batch of telemetry durably. `Ok` means every record survives a crash of any role.
+pub trait BatchWriter: Ready {
+    fn write(&self, records: Vec<TelemetryRecord>) -> Fut<'_, Vec<TelemetryRecord>>;
+}
+
+/// The device registry. Keys are lower-cased device ids (`DeviceId::key`).
+pub trait Registry: Ready {
+    fn get(&self, device_key: String) -> Fut<'_, Option<DeviceRecord>>;
+    /// Inserts or replaces; a new device beyond `quota` is refused with `Error::QuotaExceeded`.
+    fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome>;
+    fn delete(&self, device_key: String) -> Fut<'_, bool>;
+    fn count(&self) -> Fut<'_, u64>;
+}
+
+/// One page of a device's series: `from_us <= received < to_us`, after `after` when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesQuery {
+    pub device_key: String,
+    pub from_us: u64,
+    pub to_us: u64,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+pub trait TelemetryQuery: Send + Sync {
+    fn query(&self, q: SeriesQuery) -> Fut<'_, Page>;
+}

@@ -1,0 +1,222 @@
+//! The internal HTTP API's server side: storage's routes (batch writes, queries, registry), ingest's
+//! route (batch writes, answered after storage committed), and the probes every role serves.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use iotstamp_core::registry::DeviceRecord;
+
+use super::local::LocalStore;
+use super::{BatchWriter, Ready, Registry, SeriesQuery, TelemetryQuery};
+use crate::api::{Token, error, require_token, storage_error};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::storage::PutOutcome;
+use crate::storage::record::{Cursor, TelemetryRecord};
+
+/// A batch is at most ingest's queued-bytes budget of payload, grown by JSON and base64.
+const MAX_BATCH_BODY: usize = 256 << 20;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Count {
+    pub count: u64,
+}
+
+/// What `/healthz`, `/readyz` and `/metrics` of a role look at.
+pub struct Probes {
+    pub metrics: Arc<Metrics>,
+    /// `/readyz` is 200 only when every one of these is ready.
+    pub dependencies: Vec<Arc<dyn Ready>>,
+}
+
+/// `/healthz` (the process serves), `/readyz` (its dependencies answer) and `/metrics`.
+pub fn probe_routes(probes: Arc<Probes>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(probes)
+}
+
+async fn ready(State(probes): State<Arc<Probes>>) -> Response {
+    let checks = probes
+        .dependencies
+        .iter()
+        .map(|d| async move { (d.name(), d.ready().await) });
+    let failures: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
+        .collect();
+    if failures.is_empty() {
+        "ready".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "notReady", failures.join("; "))
+    }
+}
+
+async fn metrics(State(probes): State<Arc<Probes>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        probes.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Storage's routes: the store behind the internal token.
+pub fn storage_routes(store: Arc<LocalStore>, token: Token) -> Router {
+    Router::new()
+        .route("/internal/v1/telemetry", post(store_batch))
+        .route("/internal/v1/telemetry/{device}", get(query))
+        .route("/internal/v1/registry", get(count))
+        .route(
+            "/internal/v1/registry/{device}",
+            get(get_device).put(put_device).delete(delete_device),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token))
+        .with_state(store)
+}
+
+/// Ingest's route: batches from the hub(s) join ingest's group commit; the answer waits for storage.
+pub fn ingest_routes(ingest: Arc<Ingest>, token: Token) -> Router {
+    Router::new()
+        .route("/internal/v1/telemetry", post(ingest_batch))
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token))
+        .with_state(ingest)
+}
+
+fn parse_batch(body: &[u8]) -> Result<Vec<TelemetryRecord>, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "badBatch", e))
+}
+
+async fn store_batch(State(store): State<Arc<LocalStore>>, body: Bytes) -> Response {
+    let records = match parse_batch(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match store.write(records).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn ingest_batch(State(ingest): State<Arc<Ingest>>, body: Bytes) -> Response {
+    let records = match parse_batch(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    // The byte budget needs a size per record; the batch's share of the body is close enough.
+    let size = body.len() / records.len().max(1);
+    let mut acks = Vec::with_capacity(records.len());
+    for record in records {
+        // Waits while ingest's queue is full: the hub's request stays open, its queue fills, and its
+        // connections stop reading their sockets.
+        match ingest.submit(record, size).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "shuttingDown", e),
+        }
+    }
+    for ack in acks {
+        if !ack.await.unwrap_or(false) {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "notStored",
+                "storage did not commit the batch",
+            );
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Window {
+    from: u64,
+    to: u64,
+    limit: usize,
+    after: Option<String>,
+}
+
+async fn query(
+    State(store): State<Arc<LocalStore>>,
+    Path(device_key): Path<String>,
+    Query(w): Query<Window>,
+) -> Response {
+    let after = match w.after.as_deref().map(Cursor::parse) {
+        Some(None) => return error(StatusCode::BAD_REQUEST, "badCursor", "`after` is not a cursor"),
+        Some(c) => c,
+        None => None,
+    };
+    let q = SeriesQuery {
+        device_key,
+        from_us: w.from,
+        to_us: w.to,
+        after,
+        limit: w.limit,
+    };
+    match store.query(q).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn count(State(store): State<Arc<LocalStore>>) -> Response {
+    match store.count().await {
+        Ok(count) => axum::Json(Count { count }).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn get_device(State(store): State<Arc<LocalStore>>, Path(device_key): Path<String>) -> Response {
+    match store.get(device_key).await {
+        Ok(Some(record)) => axum::Json(record).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "deviceNotFound", "no such device"),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Quota {
+    quota: u64,
+}
+
+async fn put_device(
+    State(store): State<Arc<LocalStore>>,
+    Path(device_key): Path<String>,
+    Query(Quota { quota }): Query<Quota>,
+    body: Bytes,
+) -> Response {
+    let record: DeviceRecord = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "badRecord", e),
+    };
+    if record.device_id.key() != device_key {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "idMismatch",
+            "path and body name different devices",
+        );
+    }
+    match store.put(record, quota).await {
+        Ok(PutOutcome::Created) => StatusCode::CREATED.into_response(),
+        Ok(PutOutcome::Replaced) => StatusCode::OK.into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn delete_device(State(store): State<Arc<LocalStore>>, Path(device_key): Path<String>) -> Response {
+    match store.delete(device_key).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "deviceNotFound", "no such device"),
+        Err(e) => storage_error(e),
+    }
+}

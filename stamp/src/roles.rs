@@ -1,0 +1,177 @@
+//! One role of a split stamp per process, as the operator deploys it (`--role hub|ingest|storage`):
+//!
+//! - storage: the store, served on `storage.listen` (internal API; the registry lives here).
+//! - ingest: group commit on `ingest.listen`, written to `ingest.storageUrl`; a batch is answered
+//!   only after storage committed it.
+//! - hub: the device edge and the stamp API; telemetry goes to `hub.ingestUrl`, registry and queries
+//!   to `api.storageUrl` (the registry through a short-lived cache).
+//!
+//! Every role serves `/healthz` and `/readyz` on its own port and on `api.metricsListen`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iotstamp_core::stamp_config::StampConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::api::{self, Token};
+use crate::cli::Role;
+use crate::ingest::Ingest;
+use crate::internal::cache::CachedRegistry;
+use crate::internal::client::InternalClient;
+use crate::internal::local::LocalStore;
+use crate::internal::server::{Probes, ingest_routes, probe_routes, storage_routes};
+use crate::internal::{BatchWriter, Ready};
+use crate::metrics::Metrics;
+use crate::run::{self, Seams};
+
+/// One role running in this process.
+pub struct RunningRole {
+    pub role: Role,
+    /// The hub's MQTT listeners and stamp API.
+    pub mqtt_tls: Option<SocketAddr>,
+    pub mqtt_plain: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    /// Ingest's or storage's internal API.
+    pub internal: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl RunningRole {
+    /// Stops accepting and writes (or forwards) what is queued.
+    pub async fn shutdown(self) {
+        run::stop(self.shutdown, self.listeners, self.writer).await;
+    }
+}
+
+/// Starts one split role. `Role::All` is [`crate::start`], which returns more (the store itself).
+pub async fn start_role(config: StampConfig, role: Role) -> Result<RunningRole, Error> {
+    let token = run::read_token(&config)?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let metrics = Metrics::new();
+    let mut running = RunningRole {
+        role,
+        mqtt_tls: None,
+        mqtt_plain: None,
+        api: None,
+        internal: None,
+        metrics: None,
+        shutdown: shutdown_tx,
+        listeners: Vec::new(),
+        writer: None,
+    };
+    match role {
+        Role::All => {
+            return Err(Error::Config(
+                "start_role runs one split role; `all` is iotstamp_stamp::start".into(),
+            ));
+        }
+        Role::Storage => storage(&config, token, metrics, shutdown, &mut running).await?,
+        Role::Ingest => ingest(&config, token, metrics, shutdown, &mut running).await?,
+        Role::Hub => hub(&config, token, metrics, shutdown, &mut running).await?,
+    }
+    tracing::info!(stamp = config.stamp, ?role, internal = ?running.internal, "stamp role started");
+    Ok(running)
+}
+
+fn peer_url<'a>(url: &'a Option<String>, field: &str, role: &str) -> Result<&'a str, Error> {
+    url.as_deref()
+        .ok_or_else(|| Error::Config(format!("--role {role} needs `{field}` in the stamp config")))
+}
+
+async fn storage(
+    config: &StampConfig,
+    token: Token,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    running: &mut RunningRole,
+) -> Result<(), Error> {
+    let store = run::open_store(config).await?;
+    let local = LocalStore::new(store.clone());
+    let probes = Arc::new(Probes {
+        metrics,
+        dependencies: vec![local.clone()],
+    });
+    let app = storage_routes(local, token).merge(probe_routes(probes.clone()));
+    running.internal = Some(serve_internal(config.storage.listen, app, &shutdown, running).await?);
+    running.metrics =
+        run::serve_metrics_port(config, probe_routes(probes), &shutdown, &mut running.listeners).await?;
+    running
+        .listeners
+        .push(tokio::spawn(run::retention(store, config.storage.retention_secs)));
+    Ok(())
+}
+
+async fn ingest(
+    config: &StampConfig,
+    token: Token,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    running: &mut RunningRole,
+) -> Result<(), Error> {
+    let url = peer_url(&config.ingest.storage_url, "ingest.storageUrl", "ingest")?;
+    let storage = Arc::new(InternalClient::new("storage", url, &token)?);
+    let (ingest, writer) = Ingest::spawn(
+        storage.clone(),
+        run::batch_policy(config),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    running.writer = Some(writer);
+    let probes = Arc::new(Probes {
+        metrics,
+        dependencies: vec![storage],
+    });
+    let app = ingest_routes(ingest, token).merge(probe_routes(probes.clone()));
+    running.internal = Some(serve_internal(config.ingest.listen, app, &shutdown, running).await?);
+    running.metrics =
+        run::serve_metrics_port(config, probe_routes(probes), &shutdown, &mut running.listeners).await?;
+    Ok(())
+}
+
+async fn hub(
+    config: &StampConfig,
+    token: Token,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    running: &mut RunningRole,
+) -> Result<(), Error> {
+    let storage_url = peer_url(&config.api.storage_url, "api.storageUrl", "hub")?;
+    let ingest_url = peer_url(&config.hub.ingest_url, "hub.ingestUrl", "hub")?;
+    let storage = Arc::new(InternalClient::new("storage", storage_url, &token)?);
+    let ingest: Arc<dyn BatchWriter> = Arc::new(InternalClient::new("ingest", ingest_url, &token)?);
+    let seams = Seams {
+        registry: CachedRegistry::new(storage.clone()),
+        telemetry: storage.clone(),
+        writer: ingest.clone(),
+        dependencies: vec![storage as Arc<dyn Ready>, ingest],
+    };
+    let edge = run::start_edge(config, token, seams, metrics, shutdown).await?;
+    running.mqtt_tls = edge.mqtt_tls;
+    running.mqtt_plain = edge.mqtt_plain;
+    running.api = Some(edge.api);
+    running.metrics = edge.metrics;
+    running.listeners.extend(edge.listeners);
+    running.writer = Some(edge.writer);
+    Ok(())
+}
+
+/// Binds a role's internal port (plain HTTP: the port is only reachable inside the stamp).
+async fn serve_internal(
+    addr: SocketAddr,
+    app: axum::Router,
+    shutdown: &watch::Receiver<bool>,
+    running: &mut RunningRole,
+) -> Result<SocketAddr, Error> {
+    let listener = run::bind(addr).await?;
+    let bound = run::local_addr(&listener)?;
+    running
+        .listeners
+        .push(tokio::spawn(api::serve(listener, None, app, shutdown.clone())));
+    Ok(bound)
+}
