@@ -1,5 +1,5 @@
 //! Runs the stamp benchmarks until `iotstamp bench` is wired: `cargo run --release -p iotstamp-stamp
-//! --example bench -- storage|hub|connections [N]`. For `connections`, set STAMP_COMMAND to the program
+//! --example bench -- storage|hub|connections [N]` (`SPLIT=1` adds the split roles to `hub`). For `connections`, set STAMP_COMMAND to the program
 //! that runs a stamp (default: the `stamp-harness` binary next to this example's target dir).
 
 use iotstamp_stamp::bench;
@@ -23,6 +23,7 @@ async fn main() -> Result<(), iotstamp_stamp::Error> {
                 o.messages_per_connection = n;
             }
             o.batch_max_messages = std::env::var("BATCH").ok().and_then(|b| b.parse().ok());
+            o.split = std::env::var_os("SPLIT").is_some();
             bench::hub::hub(o).await?
         }
         "connections" => {

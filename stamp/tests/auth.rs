@@ -83,10 +83,11 @@ async fn valid_sas_over_tls_is_accepted_and_each_refusal_gets_its_code() {
     let c = stamp.connect_packet("dev2", &common::base64_key("dev2"));
     assert_eq!(code(&stamp.raw_connect(c).await.1), connack::NOT_AUTHORIZED);
 
-    // An MQTT 5 CONNECT is told "unacceptable protocol version", not dropped.
+    // A CONNECT of a protocol level the hub does not speak (6) is told "unacceptable protocol
+    // version", not dropped.
     let mut raw = common::Raw::tls(stamp.mqtt(), &stamp.ca_pem).await;
     raw.send_bytes(&[
-        0x10, 0x0a, 0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x02, 0x00, 0x3c, 0x00, 0x00,
+        0x10, 0x0a, 0x00, 0x04, b'M', b'Q', b'T', b'T', 6, 0x02, 0x00, 0x3c, 0x00, 0x00,
     ])
     .await;
     assert_eq!(code(&raw.recv().await.unwrap()), connack::UNACCEPTABLE_PROTOCOL);

@@ -283,6 +283,7 @@ async fn a_device_cannot_touch_another_devices_topics() {
             dup: false,
             pkid: 5,
             payload: "forged".into(),
+            properties: Default::default(),
         }))
         .await;
     assert_eq!(
@@ -300,6 +301,7 @@ async fn a_device_cannot_touch_another_devices_topics() {
             dup: false,
             pkid: 9,
             payload: "real".into(),
+            properties: Default::default(),
         }))
         .await;
     assert_eq!(victim.recv().await, Some(Packet::PubAck(9)));
@@ -339,7 +341,8 @@ async fn a_second_connection_takes_over_the_device() {
         ack,
         Packet::ConnAck {
             session_present: false,
-            code: 0
+            code: 0,
+            properties: Default::default(),
         }
     );
     assert_eq!(first.recv().await, None, "the older connection is dropped");
@@ -360,7 +363,8 @@ async fn a_second_connection_takes_over_the_device() {
         ack,
         Packet::ConnAck {
             session_present: false,
-            code: 5
+            code: 5,
+            properties: Default::default(),
         }
     );
 }

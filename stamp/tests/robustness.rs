@@ -35,6 +35,7 @@ async fn oversized_and_malformed_packets_close_only_their_connection() {
         dup: false,
         pkid: 1,
         payload: vec![b'x'; 4096].into(),
+        properties: Default::default(),
     };
     bad.send(&Packet::Publish(big)).await;
     assert_eq!(bad.recv().await, None, "oversized publish closes the connection");
@@ -87,7 +88,8 @@ async fn idle_sockets_block_no_one_and_are_closed_at_their_deadlines() {
         ack,
         Packet::ConnAck {
             session_present: false,
-            code: 0
+            code: 0,
+            properties: Default::default(),
         }
     );
     assert!(

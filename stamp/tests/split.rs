@@ -158,6 +158,7 @@ fn telemetry(id: &str, pkid: u16) -> Packet {
         dup: false,
         pkid,
         payload: format!("{{\"n\":{pkid}}}").into(),
+        properties: Default::default(),
     })
 }
 

@@ -33,6 +33,7 @@ impl Client {
             username: self.username.clone(),
             password: self.password.clone().map(Into::into),
             will: None,
+            properties: None,
         };
         let mut out = BytesMut::new();
         mqtt::encode(&Packet::Connect(connect), &mut out);
@@ -163,6 +164,7 @@ async fn publish_all(
                     dup: false,
                     pkid: (i % 65_535) as u16 + 1,
                     payload: payload.clone(),
+                    properties: Default::default(),
                 };
                 mqtt::encode(&Packet::Publish(publish), &mut out);
                 sent.lock()

@@ -5,7 +5,7 @@
 //! for the same device, signed with the device's registry key and not expired. When the stamp has a
 //! list of host names, both hosts must be on it.
 //!
-//! CONNACK codes (MQTT 3.1.1): a bad client id gets 2 (identifier rejected); anything wrong with the
+//! CONNACK codes (MQTT 3.1.1; MQTT 5 uses 0x85, 0x86, 0x87 and 0x88 for the same cases): a bad client id gets 2 (identifier rejected); anything wrong with the
 //! credentials themselves gets 4 (bad user name or password); a device that is unknown or disabled
 //! gets 5 (not authorized); when the registry cannot be read (storage down), 3 (server unavailable).
 //! A refused device is always told, never silently dropped.
@@ -13,7 +13,7 @@
 use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 use iotstamp_core::sas::{SasError, SasToken};
-use iotstamp_net::mqtt::{Connect, connack};
+use iotstamp_net::mqtt::{Connect, connack, reason};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -38,6 +38,16 @@ impl AuthFailure {
             Self::UnknownDevice | Self::Disabled => connack::NOT_AUTHORIZED,
             Self::RegistryUnavailable => connack::SERVER_UNAVAILABLE,
             _ => connack::BAD_USERNAME_OR_PASSWORD,
+        }
+    }
+
+    /// The MQTT 5 CONNACK reason code for the same failure.
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            Self::BadClientId => reason::CLIENT_IDENTIFIER_NOT_VALID,
+            Self::UnknownDevice | Self::Disabled => reason::NOT_AUTHORIZED,
+            Self::RegistryUnavailable => reason::SERVER_UNAVAILABLE,
+            _ => reason::BAD_USER_NAME_OR_PASSWORD,
         }
     }
 

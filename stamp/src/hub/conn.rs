@@ -8,7 +8,8 @@
 //! is full: that is the backpressure that keeps memory bounded when storage is slow.
 //!
 //! Any protocol violation closes this connection only: a malformed or oversized packet, a PUBLISH to a
-//! topic that is not the device's own, QoS 2, a second CONNECT.
+//! topic that is not the device's own, QoS 2, a second CONNECT. An MQTT 5 client is told why in a
+//! DISCONNECT reason code before the close (and gets reason codes in CONNACK and SUBACK).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,9 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use iotstamp_core::topics::{self, DevicePublish, DeviceSubscription};
-use iotstamp_net::mqtt::{self, Connect, DecodeError, Packet, Publish, SUBACK_FAILURE, connack};
+use iotstamp_net::mqtt::{
+    self, Connect, DecodeError, Packet, Properties, Publish, SUBACK_FAILURE, Version, connack, reason,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -26,6 +29,7 @@ use tokio::time::Instant;
 use super::HubCtx;
 use super::auth;
 use super::sessions::{MethodResponse, SUB_C2D, SUB_DESIRED, SUB_METHODS, SUB_TWIN};
+use super::v5;
 use crate::storage::record::TelemetryRecord;
 
 /// QoS 1 messages of one connection that may wait for storage before the hub stops reading it.
@@ -40,11 +44,36 @@ enum Close {
     Io(std::io::Error),
     Decode(DecodeError),
     Protocol(&'static str),
+    /// A PUBLISH outside the device's own topics.
+    NotAuthorized,
+    QosNotSupported,
+    TopicAlias,
     Refused(&'static str),
     KeepAlive,
     TakenOver,
     Shutdown,
     Storage,
+}
+
+impl Close {
+    /// The MQTT 5 DISCONNECT reason sent before closing; `None` when the peer is gone or was refused
+    /// at CONNACK.
+    fn disconnect_reason(&self) -> Option<u8> {
+        Some(match self {
+            Close::Decode(DecodeError::TooLarge { .. }) => reason::PACKET_TOO_LARGE,
+            Close::Decode(_) => reason::MALFORMED_PACKET,
+            Close::Protocol(_) => reason::PROTOCOL_ERROR,
+            Close::NotAuthorized => reason::NOT_AUTHORIZED,
+            Close::QosNotSupported => reason::QOS_NOT_SUPPORTED,
+            Close::TopicAlias => reason::TOPIC_ALIAS_INVALID,
+            Close::KeepAlive => reason::KEEP_ALIVE_TIMEOUT,
+            Close::TakenOver => reason::SESSION_TAKEN_OVER,
+            Close::Shutdown => reason::SERVER_SHUTTING_DOWN,
+            // Storage could not take the message: the client should come back and resend.
+            Close::Storage => reason::SERVER_BUSY,
+            Close::PeerClosed | Close::Io(_) | Close::Refused(_) => return None,
+        })
+    }
 }
 
 impl From<std::io::Error> for Close {
@@ -63,11 +92,22 @@ where
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::with_capacity(1024),
         ctx,
+        version: Version::V311,
+        client_max_packet: None,
     };
     let result = conn.run().await;
+    if conn.version == Version::V5
+        && let Some(reason) = result.disconnect_reason()
+    {
+        // Best effort: the device may already be gone.
+        conn.wbuf.clear();
+        conn.encode(&Packet::Disconnect { reason });
+        let _ = conn.flush().await;
+        let _ = conn.io.shutdown().await;
+    }
     let m = &conn.ctx.metrics;
     match &result {
-        Close::Decode(_) | Close::Protocol(_) => {
+        Close::Decode(_) | Close::Protocol(_) | Close::QosNotSupported | Close::TopicAlias => {
             m.protocol_errors.get_or_create(&vec![("kind", "protocol")]).inc();
         }
         Close::KeepAlive => {
@@ -85,6 +125,10 @@ struct Conn<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     ctx: Arc<HubCtx>,
+    /// Set by the CONNECT; every later packet is decoded and encoded in it.
+    version: Version,
+    /// The client's Maximum Packet Size (MQTT 5): larger messages to it are dropped, not sent.
+    client_max_packet: Option<usize>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -100,6 +144,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             Ok(Ok(Packet::Connect(c))) => c,
             Ok(Ok(_)) => return Close::Protocol("first packet is not CONNECT"),
         };
+        self.version = connect.version();
+        self.client_max_packet = v5::client_max_packet(&connect);
         let device = match self.authenticate(&connect).await {
             Ok(device) => device,
             Err(failure) => {
@@ -107,7 +153,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 m.auth_failures
                     .get_or_create(&vec![("reason", failure.reason())])
                     .inc();
-                return self.refuse(failure.connack_code(), failure.reason()).await;
+                let code = match self.version {
+                    Version::V5 => failure.reason_code(),
+                    Version::V311 => failure.connack_code(),
+                };
+                return self.refuse(code, failure.reason()).await;
             }
         };
         match self.session(&device, connect.keep_alive).await {
@@ -130,14 +180,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok(device)
     }
 
+    /// Appends `packet` to the write buffer in the connection's protocol version.
+    fn encode(&mut self, packet: &Packet) {
+        mqtt::encode_as(packet, self.version, &mut self.wbuf);
+    }
+
     async fn refuse(&mut self, code: u8, why: &'static str) -> Close {
-        mqtt::encode(
-            &Packet::ConnAck {
-                session_present: false,
-                code,
-            },
-            &mut self.wbuf,
-        );
+        self.encode(&Packet::ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        });
         // Best effort: the device may already be gone; it is refused either way.
         let _ = self.flush().await;
         let _ = self.io.shutdown().await;
@@ -148,13 +201,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let device_key = device.key();
         let mut guard = self.ctx.sessions.register(&device_key, device.as_str());
         self.ctx.metrics.connects.inc();
-        mqtt::encode(
-            &Packet::ConnAck {
-                session_present: false,
-                code: connack::ACCEPTED,
-            },
-            &mut self.wbuf,
-        );
+        let properties = match self.version {
+            Version::V5 => v5::connack_properties(self.ctx.max_packet, MAX_INFLIGHT),
+            Version::V311 => Properties::default(),
+        };
+        self.encode(&Packet::ConnAck {
+            session_present: false,
+            code: connack::ACCEPTED,
+            properties,
+        });
         self.flush().await?;
 
         // IoT Hub closes a connection silent for 1.5 x keep-alive; 0 means "no keep-alive".
@@ -165,10 +220,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let mut next_pkid: u16 = 0;
         let mut shutdown = self.ctx.shutdown.clone();
         let max_packet = self.ctx.max_packet;
+        let version = self.version;
         let mut state = State {
             device: device.as_str(),
             device_key: &device_key,
             subs: &guard.subs,
+            version,
         };
 
         loop {
@@ -181,17 +238,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 _ = tokio::time::sleep_until(deadline) => return Err(Close::KeepAlive),
                 Some(out) = guard.rx.recv() => {
                     next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                    self.ctx.metrics.messages_out.inc();
-                    self.ctx.metrics.bytes_out.inc_by(out.payload.len() as u64);
-                    let publish = Publish {
+                    let size = out.payload.len();
+                    let publish = Packet::Publish(Publish {
                         topic: out.topic,
                         qos: out.qos,
                         retain: false,
                         dup: false,
                         pkid: if out.qos > 0 { next_pkid } else { 0 },
                         payload: out.payload,
-                    };
-                    mqtt::encode(&Packet::Publish(publish), &mut self.wbuf);
+                        properties: Properties::default(),
+                    });
+                    // MQTT 5: a packet beyond the client's maximum must not be sent (it is dropped).
+                    if self.client_max_packet.is_some_and(|max| mqtt::encoded_len(&publish, version) > max) {
+                        tracing::debug!(device = device.as_str(), size, "message larger than the client accepts");
+                        continue;
+                    }
+                    self.ctx.metrics.messages_out.inc();
+                    self.ctx.metrics.bytes_out.inc_by(size as u64);
+                    self.encode(&publish);
                 }
                 Some((pkid, durable)) = acks.next(), if !acks.is_empty() => {
                     self.puback(pkid, durable)?;
@@ -205,8 +269,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                         return Ok(());
                     }
                     deadline = Instant::now() + idle_limit.unwrap_or(far);
-                    while let Some(packet) = mqtt::decode(&mut self.rbuf, max_packet).map_err(Close::Decode)? {
-                        if matches!(packet, Packet::Disconnect) {
+                    while let Some(packet) =
+                        mqtt::decode_as(&mut self.rbuf, max_packet, version).map_err(Close::Decode)?
+                    {
+                        if matches!(packet, Packet::Disconnect { .. }) {
                             self.flush().await?;
                             return Ok(());
                         }
@@ -223,7 +289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // Not stored: no PUBACK. Closing makes the device resend on its next connection.
             return Err(Close::Storage);
         }
-        mqtt::encode(&Packet::PubAck(pkid), &mut self.wbuf);
+        self.encode(&Packet::PubAck(pkid));
         Ok(())
     }
 
@@ -266,6 +332,7 @@ struct State<'a> {
     device: &'a str,
     device_key: &'a str,
     subs: &'a std::sync::atomic::AtomicU8,
+    version: Version,
 }
 
 impl State<'_> {
@@ -293,12 +360,15 @@ impl State<'_> {
                                     .acl_refusals
                                     .get_or_create(&vec![("kind", "subscribe")])
                                     .inc();
-                                SUBACK_FAILURE
+                                match self.version {
+                                    Version::V5 => reason::NOT_AUTHORIZED,
+                                    Version::V311 => SUBACK_FAILURE,
+                                }
                             }
                         },
                     )
                     .collect();
-                mqtt::encode(&Packet::SubAck { pkid, codes }, out);
+                mqtt::encode_as(&Packet::SubAck { pkid, codes }, self.version, out);
                 Ok(())
             }
             Packet::Unsubscribe { pkid, filters } => {
@@ -307,11 +377,12 @@ impl State<'_> {
                         self.subs.fetch_and(!sub_bit(kind), Ordering::Relaxed);
                     }
                 }
-                mqtt::encode(&Packet::UnsubAck(pkid), out);
+                let codes = vec![reason::SUCCESS; filters.len()];
+                mqtt::encode_as(&Packet::UnsubAck { pkid, codes }, self.version, out);
                 Ok(())
             }
             Packet::PingReq => {
-                mqtt::encode(&Packet::PingResp, out);
+                mqtt::encode_as(&Packet::PingResp, self.version, out);
                 Ok(())
             }
             // Acks of our QoS 1 deliveries: delivery is at-most-once past the socket, nothing to do.
@@ -330,7 +401,10 @@ impl State<'_> {
         acks: &mut FuturesOrdered<AckFuture>,
     ) -> Result<(), Close> {
         if p.qos == 2 {
-            return Err(Close::Protocol("QoS 2 publish"));
+            return Err(Close::QosNotSupported);
+        }
+        if v5::uses_topic_alias(&p.properties) {
+            return Err(Close::TopicAlias);
         }
         let kind = match topics::classify_publish(self.device, &p.topic) {
             Ok(kind) => kind,
@@ -339,11 +413,12 @@ impl State<'_> {
                     .acl_refusals
                     .get_or_create(&vec![("kind", "publish")])
                     .inc();
-                return Err(Close::Protocol("publish outside the device's topics"));
+                return Err(Close::NotAuthorized);
             }
         };
         match kind {
             DevicePublish::Telemetry { properties } => {
+                let properties = v5::telemetry_properties(properties, &p.properties);
                 ctx.metrics.messages_in.inc();
                 ctx.metrics.bytes_in.inc_by(p.payload.len() as u64);
                 let seq = ctx.ingest.next_seq();
@@ -403,8 +478,9 @@ impl State<'_> {
             dup: false,
             pkid: 0,
             payload: body.into(),
+            properties: Properties::default(),
         };
-        mqtt::encode(&Packet::Publish(publish), out);
+        mqtt::encode_as(&Packet::Publish(publish), self.version, out);
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod conn;
 pub mod sessions;
+pub mod v5;
 
 use std::sync::Arc;
 use std::time::Duration;

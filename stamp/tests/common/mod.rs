@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use iotstamp_core::pki;
 use iotstamp_core::stamp_config::StampConfig;
-use iotstamp_net::mqtt::{self, Connect, Packet};
+use iotstamp_net::mqtt::{self, Connect, Packet, Version};
 use iotstamp_stamp::RunningStamp;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -115,6 +115,7 @@ impl Stamp {
             username: Some(format!("{}/{id}/?api-version=2019-10-01", self.host())),
             password: Some(self.sas(id, key, now() + 3600).into()),
             will: None,
+            properties: None,
         }
     }
 
@@ -123,8 +124,10 @@ impl Stamp {
     }
 
     /// A raw MQTT client over TLS, CONNECT sent and the CONNACK returned.
+    /// The client speaks the CONNECT's version from then on.
     pub async fn raw_connect(&self, connect: Connect) -> (Raw, Packet) {
         let mut raw = Raw::tls(self.mqtt(), &self.ca_pem).await;
+        raw.version = connect.version();
         raw.send(&Packet::Connect(connect)).await;
         let ack = raw.recv().await.expect("a CONNACK");
         (raw, ack)
@@ -187,6 +190,8 @@ pub async fn tls_stream_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>
 pub struct Raw {
     io: Box<dyn Io>,
     buf: BytesMut,
+    /// The protocol version packets after the CONNECT are sent and read in.
+    pub version: Version,
 }
 
 impl Raw {
@@ -194,18 +199,20 @@ impl Raw {
         Self {
             io: tls_stream(addr, ca_pem).await,
             buf: BytesMut::new(),
+            version: Version::V311,
         }
     }
     pub async fn over(io: Box<dyn Io>) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
+            version: Version::V311,
         }
     }
 
     pub async fn send(&mut self, p: &Packet) {
         let mut out = BytesMut::new();
-        mqtt::encode(p, &mut out);
+        mqtt::encode_as(p, self.version, &mut out);
         self.send_bytes(&out).await;
     }
 
@@ -219,7 +226,7 @@ impl Raw {
     pub async fn recv(&mut self) -> Option<Packet> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                if let Some(p) = mqtt::decode(&mut self.buf, 1 << 24).unwrap() {
+                if let Some(p) = mqtt::decode_as(&mut self.buf, 1 << 24, self.version).unwrap() {
                     return Some(p);
                 }
                 match self.io.read_buf(&mut self.buf).await {

@@ -67,6 +67,7 @@ pub async fn stream_qos1(
                 dup: false,
                 pkid,
                 payload: format!("{{\"n\":{}}}", first + u32::from(pkid)).into(),
+                properties: Default::default(),
             };
             mqtt::encode(&Packet::Publish(publish), &mut out);
             if wr.write_all(&out).await.is_err() {

@@ -1,14 +1,28 @@
-//! A small MQTT 3.1.1 codec: every packet both ways, so a server (the stamp hub, the router's DPS
-//! endpoint) and a load generator share one implementation.
+//! A small MQTT 3.1.1 and 5 codec: every packet both ways, so a server (the stamp hub) and a load
+//! generator share one implementation.
 //!
 //! Decoding is incremental over a `BytesMut` read buffer and checks the declared packet size against a
 //! limit as soon as the fixed header is in, so an oversized packet is refused before its body is read.
 //! Every malformed input is an error value: the caller closes that one connection.
 //!
-//! MQTT 5 CONNECTs are recognised only far enough to answer them: [`DecodeError::UnsupportedProtocol`]
-//! lets a server send CONNACK "unacceptable protocol version" instead of closing silently.
+//! The protocol version is a property of the connection, set by its CONNECT: [`decode`]/[`encode`]
+//! speak 3.1.1, [`decode_as`]/[`encode_as`] either. A CONNECT decodes the same in both (it names its
+//! own level, and `Connect::properties` is `Some` for MQTT 5). In 3.1.1 the property fields are
+//! ignored; in 5 reason codes share the 3.1.1 code fields (CONNACK code, SUBACK codes). Protocol
+//! levels other than 4 and 5 give [`DecodeError::UnsupportedProtocol`], so a server can answer them.
+
+pub mod properties;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+pub use properties::Properties;
+use properties::put_varint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Version {
+    #[default]
+    V311,
+    V5,
+}
 
 /// The largest value the MQTT variable-length "remaining length" can encode.
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -18,7 +32,9 @@ pub enum Packet {
     Connect(Connect),
     ConnAck {
         session_present: bool,
+        /// The 3.1.1 return code, or the MQTT 5 reason code ([`reason`]).
         code: u8,
+        properties: Properties,
     },
     Publish(Publish),
     PubAck(u16),
@@ -29,7 +45,7 @@ pub enum Packet {
         pkid: u16,
         filters: Vec<(String, u8)>,
     },
-    /// One return code per filter: the granted QoS, or [`SUBACK_FAILURE`].
+    /// One return code per filter: the granted QoS, or [`SUBACK_FAILURE`] (MQTT 5: a [`reason`]).
     SubAck {
         pkid: u16,
         codes: Vec<u8>,
@@ -38,10 +54,17 @@ pub enum Packet {
         pkid: u16,
         filters: Vec<String>,
     },
-    UnsubAck(u16),
+    /// MQTT 5 has one reason code per filter; 3.1.1 sends none.
+    UnsubAck {
+        pkid: u16,
+        codes: Vec<u8>,
+    },
     PingReq,
     PingResp,
-    Disconnect,
+    /// The reason is MQTT 5's (0 = normal); 3.1.1 sends none.
+    Disconnect {
+        reason: u8,
+    },
 }
 
 pub const SUBACK_FAILURE: u8 = 0x80;
@@ -56,6 +79,26 @@ pub mod connack {
     pub const NOT_AUTHORIZED: u8 = 5;
 }
 
+/// MQTT 5 reason codes the stamp sends (MQTT 5.0 §2.4).
+pub mod reason {
+    pub const SUCCESS: u8 = 0x00;
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const MALFORMED_PACKET: u8 = 0x81;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
+    pub const CLIENT_IDENTIFIER_NOT_VALID: u8 = 0x85;
+    pub const BAD_USER_NAME_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_BUSY: u8 = 0x89;
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8b;
+    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8d;
+    pub const SESSION_TAKEN_OVER: u8 = 0x8e;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+    pub const QOS_NOT_SUPPORTED: u8 = 0x9b;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Connect {
     pub client_id: String,
@@ -64,6 +107,18 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Bytes>,
     pub will: Option<Will>,
+    /// `Some` when the client speaks MQTT 5 (its CONNECT properties), `None` for 3.1.1.
+    pub properties: Option<Properties>,
+}
+
+impl Connect {
+    pub fn version(&self) -> Version {
+        if self.properties.is_some() {
+            Version::V5
+        } else {
+            Version::V311
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +138,8 @@ pub struct Publish {
     /// Zero for QoS 0.
     pub pkid: u16,
     pub payload: Bytes,
+    /// MQTT 5 only (content type, user properties, …).
+    pub properties: Properties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,15 +148,25 @@ pub enum DecodeError {
     TooLarge { size: usize, max: usize },
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
-    #[error("MQTT protocol level {0} is not supported (only 3.1.1)")]
+    #[error("MQTT protocol level {0} is not supported (only 3.1.1 and 5)")]
     UnsupportedProtocol(u8),
 }
 
 use DecodeError::Malformed;
 
-/// Takes one whole packet off the front of `buf`, or returns `Ok(None)` when more bytes are needed.
-/// `max_packet` bounds the whole packet (fixed header included).
+/// Takes one whole MQTT 3.1.1 packet off the front of `buf`, or returns `Ok(None)` when more bytes
+/// are needed. `max_packet` bounds the whole packet (fixed header included).
 pub fn decode(buf: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>, DecodeError> {
+    decode_as(buf, max_packet, Version::V311)
+}
+
+/// [`decode`] for a connection that speaks `version`.
+pub fn decode_as(
+    buf: &mut BytesMut,
+    max_packet: usize,
+    version: Version,
+) -> Result<Option<Packet>, DecodeError> {
+    let v5 = version == Version::V5;
     let Some((header_len, remaining)) = fixed_header(buf)? else {
         return Ok(None);
     };
@@ -125,57 +192,88 @@ pub fn decode(buf: &mut BytesMut, max_packet: usize) -> Result<Option<Packet>, D
             Packet::ConnAck {
                 session_present: ack_flags & 1 == 1,
                 code,
+                properties: properties_if(v5, &mut body)?,
             }
         }
-        3 => Packet::Publish(publish(flags, &mut body)?),
+        3 => Packet::Publish(publish(flags, &mut body, v5)?),
+        // MQTT 5 acks may carry a reason code and properties; the stamp only needs the id.
         4 => Packet::PubAck(u16_(&mut body)?),
         5 => Packet::PubRec(u16_(&mut body)?),
         6 => Packet::PubRel(u16_(&mut body)?),
         7 => Packet::PubComp(u16_(&mut body)?),
         8 => {
             let pkid = u16_(&mut body)?;
+            properties_if(v5, &mut body)?;
             let mut filters = Vec::new();
             while body.has_remaining() {
                 let filter = string(&mut body)?;
-                let qos = u8_(&mut body)?;
-                if qos > 2 {
-                    return Err(Malformed("subscription QoS above 2"));
+                let options = u8_(&mut body)?;
+                // 3.1.1: only the QoS bits may be set; 5: also no-local, retain-as-published and
+                // retain handling 0..=2, the top two bits reserved.
+                let reserved = if v5 {
+                    options & 0xc0 != 0 || options >> 4 & 3 == 3
+                } else {
+                    options > 2
+                };
+                if reserved || options & 3 == 3 {
+                    return Err(Malformed("subscription options out of range"));
                 }
-                filters.push((filter, qos));
+                filters.push((filter, options & 3));
             }
             if filters.is_empty() {
                 return Err(Malformed("SUBSCRIBE without filters"));
             }
             Packet::Subscribe { pkid, filters }
         }
-        9 => Packet::SubAck {
-            pkid: u16_(&mut body)?,
-            codes: body.to_vec(),
-        },
+        9 => {
+            let pkid = u16_(&mut body)?;
+            properties_if(v5, &mut body)?;
+            Packet::SubAck {
+                pkid,
+                codes: body.to_vec(),
+            }
+        }
         10 => {
             let pkid = u16_(&mut body)?;
+            properties_if(v5, &mut body)?;
             let mut filters = Vec::new();
             while body.has_remaining() {
                 filters.push(string(&mut body)?);
             }
             Packet::Unsubscribe { pkid, filters }
         }
-        11 => Packet::UnsubAck(u16_(&mut body)?),
+        11 => {
+            let pkid = u16_(&mut body)?;
+            properties_if(v5, &mut body)?;
+            Packet::UnsubAck {
+                pkid,
+                codes: body.to_vec(),
+            }
+        }
         12 => Packet::PingReq,
         13 => Packet::PingResp,
-        14 => Packet::Disconnect,
+        // An MQTT 5 DISCONNECT without a body means "normal" (reason 0).
+        14 => Packet::Disconnect {
+            reason: if v5 { body.try_get_u8().unwrap_or(0) } else { 0 },
+        },
         _ => return Err(Malformed("reserved packet type")),
     };
     Ok(Some(packet))
 }
 
-/// Appends the encoded packet to `out`.
+/// Appends the encoded MQTT 3.1.1 packet to `out` (a CONNECT encodes as its own version).
 pub fn encode(packet: &Packet, out: &mut BytesMut) {
+    encode_as(packet, Version::V311, out);
+}
+
+/// Appends the packet, encoded for a connection that speaks `version`, to `out`.
+pub fn encode_as(packet: &Packet, version: Version, out: &mut BytesMut) {
+    let v5 = version == Version::V5;
     let mut body = BytesMut::new();
     let first: u8 = match packet {
         Packet::Connect(c) => {
             put_str(&mut body, "MQTT");
-            body.put_u8(4);
+            body.put_u8(if c.properties.is_some() { 5 } else { 4 });
             let mut flags = u8::from(c.clean_session) << 1;
             if let Some(w) = &c.will {
                 flags |= 0x04 | (w.qos << 3) | (u8::from(w.retain) << 5);
@@ -183,8 +281,14 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
             flags |= u8::from(c.password.is_some()) << 6 | u8::from(c.username.is_some()) << 7;
             body.put_u8(flags);
             body.put_u16(c.keep_alive);
+            if let Some(p) = &c.properties {
+                p.encode(&mut body);
+            }
             put_str(&mut body, &c.client_id);
             if let Some(w) = &c.will {
+                if c.properties.is_some() {
+                    Properties::default().encode(&mut body);
+                }
                 put_str(&mut body, &w.topic);
                 put_bytes(&mut body, &w.payload);
             }
@@ -199,9 +303,11 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         Packet::ConnAck {
             session_present,
             code,
+            properties,
         } => {
             body.put_u8(u8::from(*session_present));
             body.put_u8(*code);
+            properties_out(v5, properties, &mut body);
             0x20
         }
         Packet::Publish(p) => {
@@ -209,6 +315,7 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
             if p.qos > 0 {
                 body.put_u16(p.pkid);
             }
+            properties_out(v5, &p.properties, &mut body);
             body.put_slice(&p.payload);
             0x30 | u8::from(p.dup) << 3 | p.qos << 1 | u8::from(p.retain)
         }
@@ -218,6 +325,7 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         Packet::PubComp(id) => id_only(&mut body, *id, 0x70),
         Packet::Subscribe { pkid, filters } => {
             body.put_u16(*pkid);
+            properties_out(v5, &Properties::default(), &mut body);
             for (f, qos) in filters {
                 put_str(&mut body, f);
                 body.put_u8(*qos);
@@ -226,35 +334,61 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         }
         Packet::SubAck { pkid, codes } => {
             body.put_u16(*pkid);
+            properties_out(v5, &Properties::default(), &mut body);
             body.put_slice(codes);
             0x90
         }
         Packet::Unsubscribe { pkid, filters } => {
             body.put_u16(*pkid);
+            properties_out(v5, &Properties::default(), &mut body);
             for f in filters {
                 put_str(&mut body, f);
             }
             0xa2
         }
-        Packet::UnsubAck(id) => id_only(&mut body, *id, 0xb0),
+        Packet::UnsubAck { pkid, codes } => {
+            body.put_u16(*pkid);
+            if v5 {
+                Properties::default().encode(&mut body);
+                body.put_slice(codes);
+            }
+            0xb0
+        }
         Packet::PingReq => 0xc0,
         Packet::PingResp => 0xd0,
-        Packet::Disconnect => 0xe0,
+        Packet::Disconnect { reason } => {
+            // MQTT 5 may omit a normal reason; anything else is sent with an empty property block.
+            if v5 && *reason != reason::SUCCESS {
+                body.put_u8(*reason);
+                Properties::default().encode(&mut body);
+            }
+            0xe0
+        }
     };
     out.put_u8(first);
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if len == 0 {
-            break;
-        }
-    }
+    put_varint(out, body.len());
     out.put_slice(&body);
+}
+
+/// The size `packet` has on the wire, to check it against a peer's maximum packet size.
+pub fn encoded_len(packet: &Packet, version: Version) -> usize {
+    let mut out = BytesMut::new();
+    encode_as(packet, version, &mut out);
+    out.len()
+}
+
+fn properties_if(v5: bool, body: &mut Bytes) -> Result<Properties, DecodeError> {
+    if v5 && body.has_remaining() {
+        Properties::decode(body)
+    } else {
+        Ok(Properties::default())
+    }
+}
+
+fn properties_out(v5: bool, properties: &Properties, body: &mut BytesMut) {
+    if v5 {
+        properties.encode(body);
+    }
 }
 
 /// Header length and remaining length, once enough bytes are in.
@@ -275,7 +409,7 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
 fn connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     let name = string(body)?;
     let level = u8_(body)?;
-    if name != "MQTT" || level != 4 {
+    if name != "MQTT" || !(level == 4 || level == 5) {
         return match (name.as_str(), level) {
             ("MQTT", _) | ("MQIsdp", 3) => Err(DecodeError::UnsupportedProtocol(level)),
             _ => Err(Malformed("unknown protocol name")),
@@ -286,8 +420,13 @@ fn connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         return Err(Malformed("reserved CONNECT flag set"));
     }
     let keep_alive = u16_(body)?;
+    let properties = (level == 5).then(|| Properties::decode(body)).transpose()?;
     let client_id = string(body)?;
     let will = if flags & 0x04 != 0 {
+        if level == 5 {
+            // Will properties (delay, expiry, …): the stamp publishes no wills.
+            Properties::decode(body)?;
+        }
         Some(Will {
             topic: string(body)?,
             payload: binary(body)?,
@@ -306,10 +445,11 @@ fn connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
         username,
         password,
         will,
+        properties,
     })
 }
 
-fn publish(flags: u8, body: &mut Bytes) -> Result<Publish, DecodeError> {
+fn publish(flags: u8, body: &mut Bytes, v5: bool) -> Result<Publish, DecodeError> {
     let qos = (flags >> 1) & 3;
     if qos == 3 {
         return Err(Malformed("PUBLISH with QoS 3"));
@@ -319,6 +459,11 @@ fn publish(flags: u8, body: &mut Bytes) -> Result<Publish, DecodeError> {
     if qos > 0 && pkid == 0 {
         return Err(Malformed("PUBLISH with packet id 0"));
     }
+    let properties = if v5 {
+        Properties::decode(body)?
+    } else {
+        Properties::default()
+    };
     Ok(Publish {
         topic,
         qos,
@@ -326,6 +471,7 @@ fn publish(flags: u8, body: &mut Bytes) -> Result<Publish, DecodeError> {
         dup: flags & 0x08 != 0,
         pkid,
         payload: body.split_to(body.len()),
+        properties,
     })
 }
 
@@ -366,111 +512,4 @@ fn id_only(body: &mut BytesMut, id: u16, first: u8) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn round_trip(p: Packet) {
-        let mut buf = BytesMut::new();
-        encode(&p, &mut buf);
-        encode(&Packet::PingReq, &mut buf);
-        assert_eq!(decode(&mut buf, 1 << 20).unwrap(), Some(p));
-        assert_eq!(decode(&mut buf, 1 << 20).unwrap(), Some(Packet::PingReq));
-        assert_eq!(decode(&mut buf, 1 << 20).unwrap(), None);
-    }
-
-    #[test]
-    fn every_packet_round_trips() {
-        round_trip(Packet::Connect(Connect {
-            client_id: "dev1".into(),
-            clean_session: false,
-            keep_alive: 60,
-            username: Some("h/dev1/?api-version=2019-10-01".into()),
-            password: Some(Bytes::from_static(b"SharedAccessSignature sr=x")),
-            will: Some(Will {
-                topic: "w".into(),
-                payload: Bytes::from_static(b"bye"),
-                qos: 1,
-                retain: true,
-            }),
-        }));
-        round_trip(Packet::ConnAck {
-            session_present: true,
-            code: connack::NOT_AUTHORIZED,
-        });
-        round_trip(Packet::Publish(Publish {
-            topic: "devices/d/messages/events/".into(),
-            qos: 1,
-            retain: false,
-            dup: true,
-            pkid: 9,
-            payload: Bytes::from(vec![7u8; 300]),
-        }));
-        round_trip(Packet::Subscribe {
-            pkid: 3,
-            filters: vec![("a/#".into(), 1), ("b".into(), 2)],
-        });
-        round_trip(Packet::SubAck {
-            pkid: 3,
-            codes: vec![1, SUBACK_FAILURE],
-        });
-        round_trip(Packet::Unsubscribe {
-            pkid: 4,
-            filters: vec!["a/#".into()],
-        });
-        for p in [
-            Packet::PubAck(1),
-            Packet::PubRec(2),
-            Packet::PubRel(3),
-            Packet::PubComp(4),
-            Packet::UnsubAck(5),
-            Packet::PingResp,
-            Packet::Disconnect,
-        ] {
-            round_trip(p);
-        }
-    }
-
-    #[test]
-    fn partial_input_waits_and_oversize_is_refused_from_the_header() {
-        let mut full = BytesMut::new();
-        encode(&Packet::PubAck(7), &mut full);
-        let mut buf = BytesMut::from(&full[..2]);
-        assert_eq!(decode(&mut buf, 100).unwrap(), None);
-        buf.extend_from_slice(&full[2..]);
-        assert_eq!(decode(&mut buf, 100).unwrap(), Some(Packet::PubAck(7)));
-
-        // Only the fixed header of a 1 MB publish has arrived: refused now, not after 1 MB.
-        let mut buf = BytesMut::from(&[0x30u8, 0x80, 0x80, 0x40][..]);
-        assert_eq!(
-            decode(&mut buf, 1000),
-            Err(DecodeError::TooLarge {
-                size: 1_048_580,
-                max: 1000
-            })
-        );
-    }
-
-    #[test]
-    fn malformed_input_is_an_error_not_a_panic() {
-        let cases: &[&[u8]] = &[
-            &[0x30, 0x01, 0x00],                   // topic length cut short
-            &[0x36, 0x03, 0x00, 0x00, 0x00],       // QoS 3
-            &[0x32, 0x04, 0x00, 0x00, 0x00, 0x00], // QoS 1 with packet id 0
-            &[0xf0, 0x00],                         // reserved type
-            &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], // five-byte length
-            &[0x82, 0x02, 0x00, 0x01],             // SUBSCRIBE without filters
-            &[0x30, 0x04, 0x00, 0x02, 0xff, 0xfe], // topic not UTF-8
-            &[0x10, 0x02, 0x00, 0x00],             // CONNECT with empty protocol name
-        ];
-        for case in cases {
-            let mut buf = BytesMut::from(*case);
-            assert!(decode(&mut buf, 1 << 20).is_err(), "{case:02x?}");
-        }
-    }
-
-    #[test]
-    fn mqtt5_connect_is_recognised_for_a_proper_connack() {
-        let mut buf = BytesMut::from(&[0x10u8, 0x07, 0x00, 0x04, b'M', b'Q', b'T', b'T', 5][..]);
-        assert_eq!(decode(&mut buf, 100), Err(DecodeError::UnsupportedProtocol(5)));
-    }
-}
+mod tests;
