@@ -226,6 +226,17 @@ async fn a_device_registered_at_the_hub_publishes_into_storage_and_is_refused_on
         5,
         "a deleted device is refused at once"
     );
+
+    // Storage's internal API wants the stamp's token; the probes do not.
+    let storage = split.config.storage.listen;
+    let plain = async |path: &str, token: Option<&str>| {
+        let io = Box::new(tokio::net::TcpStream::connect(storage).await.unwrap());
+        common::http(io, "GET", path, None, token).await.0
+    };
+    assert_eq!(plain("/internal/v1/registry", None).await, 401);
+    assert_eq!(plain("/internal/v1/registry", Some("wrong")).await, 401);
+    assert_eq!(plain("/internal/v1/registry", Some(common::TOKEN)).await, 200);
+    assert_eq!(plain("/readyz", None).await, 200);
 }
 
 #[tokio::test]
