@@ -1,5 +1,5 @@
 //! Commands to devices: `POST /v1/devices/{id}/messages` (cloud-to-device; query parameters become the
-//! message's property bag) and `POST /v1/devices/{id}/methods/{name}` (direct method; waits for the
+//! message's property bag; `sent`, or `queued` until the device connects and subscribes) and `POST /v1/devices/{id}/methods/{name}` (direct method; waits for the
 //! device's answer up to `?timeout=` seconds, default 30).
 
 use std::time::Duration;
@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{Ctx, error};
-use crate::hub::sessions::CommandError;
+use super::{Ctx, error, storage_error};
+use crate::hub::sessions::{C2dOutcome, CommandError};
 
 const DEFAULT_METHOD_TIMEOUT_S: u64 = 30;
 const MAX_METHOD_TIMEOUT_S: u64 = 300;
@@ -21,6 +21,7 @@ fn command_error(e: CommandError) -> Response {
         CommandError::NotConnected => (StatusCode::NOT_FOUND, "deviceNotConnected"),
         CommandError::NotSubscribed(_) => (StatusCode::CONFLICT, "deviceNotSubscribed"),
         CommandError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "deviceBusy"),
+        CommandError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queueFull"),
         CommandError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         CommandError::Gone => (StatusCode::BAD_GATEWAY, "deviceDisconnected"),
     };
@@ -33,14 +34,29 @@ pub async fn c2d(
     Query(properties): Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
-    match ctx.sessions.send_c2d(&id.to_ascii_lowercase(), &properties, body) {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "status": "sent" })),
-        )
-            .into_response(),
-        Err(e) => command_error(e),
+    // Only a registered device gets messages queued for it.
+    let key = id.to_ascii_lowercase();
+    match ctx.registry.get(key.clone()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "deviceNotFound",
+                "no such device in this stamp",
+            );
+        }
+        Err(e) => return storage_error(e),
     }
+    let status = match ctx.sessions.send_c2d(&key, &properties, body) {
+        Ok(C2dOutcome::Sent) => "sent",
+        Ok(C2dOutcome::Queued) => "queued",
+        Err(e) => return command_error(e),
+    };
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": status })),
+    )
+        .into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -71,6 +71,7 @@ pub async fn delete(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response 
     match ctx.registry.delete(id.key()).await {
         Ok(true) => {
             ctx.sessions.disconnect(&id.key());
+            ctx.sessions.forget_queued(&id.key());
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(false) => error(

@@ -369,6 +369,10 @@ impl State<'_> {
                     )
                     .collect();
                 mqtt::encode_as(&Packet::SubAck { pkid, codes }, self.version, out);
+                if self.subs.load(Ordering::Relaxed) & SUB_C2D != 0 {
+                    // Messages sent while the device was away go out right after the SUBACK.
+                    ctx.sessions.deliver_queued(self.device_key);
+                }
                 Ok(())
             }
             Packet::Unsubscribe { pkid, filters } => {

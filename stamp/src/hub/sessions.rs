@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use iotstamp_core::topics::{self, Properties};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::offline::{OfflineQueue, QueueFull};
 use crate::metrics::Metrics;
 
 /// Subscription bits a session holds.
@@ -40,10 +41,20 @@ pub enum CommandError {
     NotSubscribed(&'static str),
     #[error("the device's outbound queue is full")]
     Busy,
+    #[error("the device's offline queue is full")]
+    QueueFull,
     #[error("the device did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the device disconnected before answering")]
     Gone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum C2dOutcome {
+    /// Handed to the device's connection.
+    Sent,
+    /// Kept until the device connects and subscribes.
+    Queued,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +76,8 @@ struct Entry {
 struct Inner {
     live: HashMap<String, Entry>,
     methods: HashMap<(String, String), oneshot::Sender<MethodResponse>>,
+    /// C2D messages waiting for the device to connect and subscribe.
+    offline: OfflineQueue,
     /// Reported twin properties per device. In memory only: a device re-reports after reconnecting.
     twins: HashMap<String, (u64, serde_json::Map<String, serde_json::Value>)>,
 }
@@ -157,27 +170,67 @@ impl Sessions {
         self.lock().live.len()
     }
 
-    /// Queues a cloud-to-device message (QoS 1) to a connected device that subscribed to them.
+    /// Sends a cloud-to-device message (QoS 1) to the device if it is connected and subscribed to
+    /// them; otherwise keeps it until it is (bounded, see [`super::offline`]).
     pub fn send_c2d(
         &self,
         device_key: &str,
         properties: &Properties,
         payload: Bytes,
-    ) -> Result<(), CommandError> {
-        let inner = self.lock();
-        let entry = inner.live.get(device_key).ok_or(CommandError::NotConnected)?;
-        if entry.subs.load(Ordering::Relaxed) & SUB_C2D == 0 {
-            return Err(CommandError::NotSubscribed("cloud-to-device messages"));
-        }
-        let topic = topics::c2d_topic(&entry.device_id, properties);
-        entry
-            .tx
-            .try_send(Outbound {
+    ) -> Result<C2dOutcome, CommandError> {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.live.get(device_key)
+            && entry.subs.load(Ordering::Relaxed) & SUB_C2D != 0
+        {
+            let topic = topics::c2d_topic(&entry.device_id, properties);
+            let outbound = Outbound {
                 topic,
                 payload,
                 qos: 1,
-            })
-            .map_err(|_| CommandError::Busy)
+            };
+            return match entry.tx.try_send(outbound) {
+                Ok(()) => Ok(C2dOutcome::Sent),
+                Err(_) => Err(CommandError::Busy),
+            };
+        }
+        inner
+            .offline
+            .push(device_key, properties.clone(), payload, Instant::now())
+            .map_err(|full| match full {
+                QueueFull::Device | QueueFull::Hub => CommandError::QueueFull,
+            })?;
+        Ok(C2dOutcome::Queued)
+    }
+
+    /// Hands the device's queued C2D messages to its session (called once it subscribed to them).
+    /// What does not fit in the session's outbound queue stays queued for the next subscribe.
+    pub fn deliver_queued(&self, device_key: &str) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.live.get(device_key) else {
+            return;
+        };
+        let (tx, device_id) = (entry.tx.clone(), entry.device_id.clone());
+        let mut messages = inner
+            .offline
+            .take(device_key, tx.capacity(), Instant::now())
+            .into_iter();
+        while let Some(m) = messages.next() {
+            let outbound = Outbound {
+                topic: topics::c2d_topic(&device_id, &m.properties),
+                payload: m.payload.clone(),
+                qos: 1,
+            };
+            if tx.try_send(outbound).is_err() {
+                let rest = std::iter::once(m).chain(messages).collect();
+                inner.offline.requeue(device_key, rest);
+                return;
+            }
+        }
+    }
+
+    /// Forgets what is queued for a device that left the registry.
+    pub fn forget_queued(&self, device_key: &str) {
+        self.lock().offline.clear(device_key);
     }
 
     /// Sends a direct-method request and waits for the device's response.
@@ -279,20 +332,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commands_need_a_connected_subscribed_device() {
+    async fn c2d_waits_for_a_subscribed_device_and_methods_need_one() {
         let s = Sessions::new(Metrics::new());
         assert_eq!(
-            s.send_c2d("d", &vec![], Bytes::new()),
+            s.send_c2d("d", &vec![], Bytes::from_static(b"early")),
+            Ok(C2dOutcome::Queued)
+        );
+        assert_eq!(
+            s.invoke("d", "m", Bytes::new(), Duration::from_secs(1)).await,
             Err(CommandError::NotConnected)
         );
         let mut g = s.register("d", "Dev");
-        assert!(matches!(
-            s.send_c2d("d", &vec![], Bytes::new()),
-            Err(CommandError::NotSubscribed(_))
-        ));
+        assert_eq!(
+            s.send_c2d("d", &vec![], Bytes::from_static(b"before subscribe")),
+            Ok(C2dOutcome::Queued)
+        );
         g.subs.fetch_or(SUB_C2D | SUB_METHODS, Ordering::Relaxed);
-        s.send_c2d("d", &vec![("a".into(), "1".into())], Bytes::from_static(b"hi"))
-            .unwrap();
+        s.deliver_queued("d");
+        assert_eq!(g.rx.recv().await.unwrap().payload, "early");
+        assert_eq!(g.rx.recv().await.unwrap().payload, "before subscribe");
+        assert_eq!(
+            s.send_c2d("d", &vec![("a".into(), "1".into())], Bytes::from_static(b"hi")),
+            Ok(C2dOutcome::Sent)
+        );
         let out = g.rx.recv().await.unwrap();
         assert_eq!(out.topic, "devices/Dev/messages/devicebound/a=1");
 
