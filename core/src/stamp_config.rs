@@ -114,6 +114,11 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Telemetry older than this is deleted.
     pub retention_secs: u64,
+    /// Also delete the oldest telemetry once it takes more than this many bytes (keys, values and
+    /// index); `None` = no size limit. Keep it at most half the volume: the file also holds the free
+    /// space inside redb's pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for StorageConfig {
@@ -122,6 +127,7 @@ impl Default for StorageConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], ports::STORAGE)),
             data_dir: PathBuf::from(DATA_DIR),
             retention_secs: 7 * 24 * 3600,
+            max_bytes: None,
         }
     }
 }
@@ -159,6 +165,7 @@ mod tests {
         assert_eq!(cfg.hub.mqtt_listen.port(), 8883);
         assert_eq!(cfg.hub.plain_listen, None);
         assert_eq!(cfg.storage.data_dir, PathBuf::from("/var/lib/iotstamp"));
+        assert_eq!(cfg.storage.max_bytes, None);
         assert_eq!(cfg.api.listen.port(), ports::API);
     }
 

@@ -103,7 +103,7 @@ async fn storage(
         run::serve_metrics_port(config, probe_routes(probes), &shutdown, &mut running.listeners).await?;
     running
         .listeners
-        .push(tokio::spawn(run::retention(store, config.storage.retention_secs)));
+        .push(tokio::spawn(run::retention(store, config.storage.clone())));
     Ok(())
 }
 

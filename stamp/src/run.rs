@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotstamp_core::stamp_config::StampConfig;
+use iotstamp_core::stamp_config::{StampConfig, StorageConfig};
 use iotstamp_net::limit::ConnectionLimit;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,10 +75,8 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
         dependencies: vec![local],
     };
     let mut edge = start_edge(&config, token, seams, metrics, shutdown).await?;
-    edge.listeners.push(tokio::spawn(retention(
-        store.clone(),
-        config.storage.retention_secs,
-    )));
+    edge.listeners
+        .push(tokio::spawn(retention(store.clone(), config.storage.clone())));
     Ok(RunningStamp {
         mqtt_tls: edge.mqtt_tls,
         mqtt_plain: edge.mqtt_plain,
@@ -292,15 +290,22 @@ pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
         .map_err(|e| Error::io("reading a bound address", e))
 }
 
-/// Deletes telemetry older than the retention period, every tenth of it (at most once a minute).
-pub(crate) async fn retention(store: Arc<Store>, retention_secs: u64) {
+/// Deletes telemetry older than the retention period, and the oldest beyond `storage.maxBytes`, every
+/// tenth of the period (at most once a minute).
+pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig) {
+    let retention_secs = config.retention_secs;
     let period = Duration::from_secs((retention_secs / 10).clamp(1, 60));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
         let cutoff = now_us().saturating_sub(retention_secs.saturating_mul(1_000_000));
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.expire(cutoff)).await {
+        let by_age_and_size = move || {
+            let by_age = store.expire(cutoff)?;
+            let by_size = config.max_bytes.map(|max| store.shrink_to(max)).transpose()?;
+            Ok::<_, Error>(by_age + by_size.unwrap_or(0))
+        };
+        match tokio::task::spawn_blocking(by_age_and_size).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(removed = n, "retention removed old telemetry"),
             Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),

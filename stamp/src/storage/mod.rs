@@ -9,6 +9,7 @@
 //! All methods block (disk I/O); async callers run them on `spawn_blocking`.
 
 pub mod aggregate;
+mod cap;
 pub mod record;
 
 use std::path::Path;
