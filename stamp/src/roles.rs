@@ -65,18 +65,32 @@ pub async fn start_role(config: StampConfig, role: Role) -> Result<RunningRole, 
         listeners: Vec::new(),
         writer: None,
     };
+    let start = Start {
+        config: &config,
+        token,
+        metrics,
+        shutdown,
+    };
     match role {
         Role::All => {
             return Err(Error::Config(
                 "start_role runs one split role; `all` is iotstamp_stamp::start".into(),
             ));
         }
-        Role::Storage => storage(&config, token, metrics, shutdown, &mut running).await?,
-        Role::Ingest => ingest(&config, token, metrics, shutdown, &mut running).await?,
-        Role::Hub => hub(&config, token, metrics, shutdown, &mut running).await?,
+        Role::Storage => storage(start, &mut running).await?,
+        Role::Ingest => ingest(start, &mut running).await?,
+        Role::Hub => hub(start, &mut running).await?,
     }
     tracing::info!(stamp = config.stamp, ?role, internal = ?running.internal, "stamp role started");
     Ok(running)
+}
+
+/// What every role starts from.
+struct Start<'a> {
+    config: &'a StampConfig,
+    token: Token,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
 }
 
 fn peer_url<'a>(url: &'a Option<String>, field: &str, role: &str) -> Result<&'a str, Error> {
@@ -84,36 +98,34 @@ fn peer_url<'a>(url: &'a Option<String>, field: &str, role: &str) -> Result<&'a 
         .ok_or_else(|| Error::Config(format!("--role {role} needs `{field}` in the stamp config")))
 }
 
-async fn storage(
-    config: &StampConfig,
-    token: Token,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-    running: &mut RunningRole,
-) -> Result<(), Error> {
+async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
+    let Start {
+        config,
+        token,
+        metrics,
+        shutdown,
+    } = role;
     let store = run::open_store(config).await?;
     let local = LocalStore::new(store.clone());
-    let probes = Arc::new(Probes {
+    let probes = Probes {
         metrics,
         dependencies: vec![local.clone()],
-    });
-    let app = storage_routes(local, token).merge(probe_routes(probes.clone()));
-    running.internal = Some(serve_internal(config.storage.listen, app, &shutdown, running).await?);
-    running.metrics =
-        run::serve_metrics_port(config, probe_routes(probes), &shutdown, &mut running.listeners).await?;
+    };
+    let routes = storage_routes(local, token);
+    serve_internal(config, config.storage.listen, routes, probes, &shutdown, running).await?;
     running
         .listeners
         .push(tokio::spawn(run::retention(store, config.storage.clone())));
     Ok(())
 }
 
-async fn ingest(
-    config: &StampConfig,
-    token: Token,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-    running: &mut RunningRole,
-) -> Result<(), Error> {
+async fn ingest(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
+    let Start {
+        config,
+        token,
+        metrics,
+        shutdown,
+    } = role;
     let url = peer_url(&config.ingest.storage_url, "ingest.storageUrl", "ingest")?;
     let storage = Arc::new(InternalClient::new("storage", url, &token)?);
     let (ingest, writer) = Ingest::spawn(
@@ -123,24 +135,21 @@ async fn ingest(
         shutdown.clone(),
     );
     running.writer = Some(writer);
-    let probes = Arc::new(Probes {
+    let probes = Probes {
         metrics,
         dependencies: vec![storage],
-    });
-    let app = ingest_routes(ingest, token).merge(probe_routes(probes.clone()));
-    running.internal = Some(serve_internal(config.ingest.listen, app, &shutdown, running).await?);
-    running.metrics =
-        run::serve_metrics_port(config, probe_routes(probes), &shutdown, &mut running.listeners).await?;
-    Ok(())
+    };
+    let routes = ingest_routes(ingest, token);
+    serve_internal(config, config.ingest.listen, routes, probes, &shutdown, running).await
 }
 
-async fn hub(
-    config: &StampConfig,
-    token: Token,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-    running: &mut RunningRole,
-) -> Result<(), Error> {
+async fn hub(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
+    let Start {
+        config,
+        token,
+        metrics,
+        shutdown,
+    } = role;
     let storage_url = peer_url(&config.api.storage_url, "api.storageUrl", "hub")?;
     let ingest_url = peer_url(&config.hub.ingest_url, "hub.ingestUrl", "hub")?;
     let storage = Arc::new(InternalClient::new("storage", storage_url, &token)?);
@@ -161,17 +170,24 @@ async fn hub(
     Ok(())
 }
 
-/// Binds a role's internal port (plain HTTP: the port is only reachable inside the stamp).
+/// Serves a role's internal routes and probes on `listen` (plain HTTP: the port is only reachable
+/// inside the stamp), and the probes and metrics on the metrics port.
 async fn serve_internal(
-    addr: SocketAddr,
-    app: axum::Router,
+    config: &StampConfig,
+    listen: SocketAddr,
+    routes: axum::Router,
+    probes: Probes,
     shutdown: &watch::Receiver<bool>,
     running: &mut RunningRole,
-) -> Result<SocketAddr, Error> {
-    let listener = run::bind(addr).await?;
-    let bound = run::local_addr(&listener)?;
+) -> Result<(), Error> {
+    let probes = Arc::new(probes);
+    let listener = run::bind(listen).await?;
+    running.internal = Some(run::local_addr(&listener)?);
+    let app = routes.merge(probe_routes(probes.clone()));
     running
         .listeners
         .push(tokio::spawn(api::serve(listener, None, app, shutdown.clone())));
-    Ok(bound)
+    running.metrics =
+        run::serve_metrics_port(config, probe_routes(probes), shutdown, &mut running.listeners).await?;
+    Ok(())
 }

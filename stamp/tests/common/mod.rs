@@ -271,6 +271,18 @@ pub async fn http(
     (status, body)
 }
 
+/// The stdout of a finished client process; fails the test with both outputs when it failed.
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the client failed ({}): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Fails with a clear message when a tool from .ci/setup-deps is missing.
 pub fn require_tool(path: &str) -> String {
     let found = if path.contains('/') {
