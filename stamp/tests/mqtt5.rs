@@ -296,3 +296,27 @@ async fn paho_mqtt5_client_connects_over_tls_and_publishes_with_properties() {
     assert_eq!(page["items"][0]["body"]["p"], 5);
     assert_eq!(page["items"][0]["properties"]["via"], "paho5");
 }
+
+#[tokio::test]
+async fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent_to_it() {
+    let stamp = Stamp::start(86).await;
+    let key = stamp.register("small").await;
+    let mut connect = stamp.connect_packet("small", &key);
+    connect.properties = Some(Properties::default().with(id::MAXIMUM_PACKET_SIZE, Value::U32(200)));
+    let (mut raw, ack) = stamp.raw_connect(connect).await;
+    assert_eq!(connack(ack).0, 0);
+    raw.send(&Packet::Subscribe {
+        pkid: 1,
+        filters: vec![("devices/small/messages/devicebound/#".into(), 1)],
+    })
+    .await;
+    assert!(matches!(raw.recv().await, Some(Packet::SubAck { .. })));
+    for body in ["x".repeat(500), "fits".to_string()] {
+        let (status, _) = stamp.api("POST", "/v1/devices/small/messages", Some(&body)).await;
+        assert_eq!(status, 202);
+    }
+    match raw.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(p.payload, "fits", "the 500-byte message was skipped"),
+        other => panic!("expected the small message, got {other:?}"),
+    }
+}
