@@ -99,20 +99,23 @@ fn peer_url<'a>(url: &'a Option<String>, field: &str, role: &str) -> Result<&'a 
 }
 
 async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
-    let Start {
-        config,
-        token,
-        metrics,
-        shutdown,
-    } = role;
+    let config = role.config;
     let store = run::open_store(config).await?;
     let local = LocalStore::new(store.clone());
     let probes = Probes {
-        metrics,
+        metrics: role.metrics,
         dependencies: vec![local.clone()],
     };
-    let routes = storage_routes(local, token);
-    serve_internal(config, config.storage.listen, routes, probes, &shutdown, running).await?;
+    let routes = storage_routes(local, role.token);
+    serve_internal(
+        config,
+        config.storage.listen,
+        routes,
+        probes,
+        &role.shutdown,
+        running,
+    )
+    .await?;
     running
         .listeners
         .push(tokio::spawn(run::retention(store, config.storage.clone())));
@@ -120,47 +123,45 @@ async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error
 }
 
 async fn ingest(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
-    let Start {
-        config,
-        token,
-        metrics,
-        shutdown,
-    } = role;
+    let config = role.config;
     let url = peer_url(&config.ingest.storage_url, "ingest.storageUrl", "ingest")?;
-    let storage = Arc::new(InternalClient::new("storage", url, &token)?);
+    let storage = Arc::new(InternalClient::new("storage", url, &role.token)?);
     let (ingest, writer) = Ingest::spawn(
         storage.clone(),
         run::batch_policy(config),
-        metrics.clone(),
-        shutdown.clone(),
+        role.metrics.clone(),
+        role.shutdown.clone(),
     );
     running.writer = Some(writer);
     let probes = Probes {
-        metrics,
+        metrics: role.metrics,
         dependencies: vec![storage],
     };
-    let routes = ingest_routes(ingest, token);
-    serve_internal(config, config.ingest.listen, routes, probes, &shutdown, running).await
+    let routes = ingest_routes(ingest, role.token);
+    serve_internal(
+        config,
+        config.ingest.listen,
+        routes,
+        probes,
+        &role.shutdown,
+        running,
+    )
+    .await
 }
 
 async fn hub(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
-    let Start {
-        config,
-        token,
-        metrics,
-        shutdown,
-    } = role;
+    let config = role.config;
     let storage_url = peer_url(&config.api.storage_url, "api.storageUrl", "hub")?;
     let ingest_url = peer_url(&config.hub.ingest_url, "hub.ingestUrl", "hub")?;
-    let storage = Arc::new(InternalClient::new("storage", storage_url, &token)?);
-    let ingest: Arc<dyn BatchWriter> = Arc::new(InternalClient::new("ingest", ingest_url, &token)?);
+    let storage = Arc::new(InternalClient::new("storage", storage_url, &role.token)?);
+    let ingest: Arc<dyn BatchWriter> = Arc::new(InternalClient::new("ingest", ingest_url, &role.token)?);
     let seams = Seams {
         registry: CachedRegistry::new(storage.clone()),
         telemetry: storage.clone(),
         writer: ingest.clone(),
         dependencies: vec![storage as Arc<dyn Ready>, ingest],
     };
-    let edge = run::start_edge(config, token, seams, metrics, shutdown).await?;
+    let edge = run::start_edge(config, role.token, seams, role.metrics, role.shutdown).await?;
     running.mqtt_tls = edge.mqtt_tls;
     running.mqtt_plain = edge.mqtt_plain;
     running.api = Some(edge.api);
