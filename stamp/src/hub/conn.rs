@@ -12,25 +12,19 @@
 //! DISCONNECT reason code before the close (and gets reason codes in CONNACK and SUBACK).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use iotstamp_core::topics::{self, DevicePublish, DeviceSubscription};
-use iotstamp_net::mqtt::{
-    self, Connect, DecodeError, Packet, Properties, Publish, SUBACK_FAILURE, Version, connack, reason,
-};
+use iotstamp_net::mqtt::{self, Connect, DecodeError, Packet, Properties, Publish, Version, connack, reason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::HubCtx;
 use super::auth;
-use super::sessions::{MethodResponse, SUB_C2D, SUB_DESIRED, SUB_METHODS, SUB_TWIN};
+use super::handler::{AckFuture, State};
 use super::v5;
-use crate::storage::record::TelemetryRecord;
 
 /// QoS 1 messages of one connection that may wait for storage before the hub stops reading it.
 pub const MAX_INFLIGHT: usize = 256;
@@ -39,7 +33,7 @@ pub const MAX_INFLIGHT: usize = 256;
 // The payloads are read through `Debug` in the close log.
 #[allow(dead_code)]
 #[derive(Debug)]
-enum Close {
+pub(super) enum Close {
     PeerClosed,
     Io(std::io::Error),
     Decode(DecodeError),
@@ -314,185 +308,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.wbuf.clear();
         }
         Ok(())
-    }
-}
-
-type AckFuture = futures::future::BoxFuture<'static, (u16, bool)>;
-
-fn ack_now(pkid: u16) -> AckFuture {
-    Box::pin(async move { (pkid, true) })
-}
-
-fn ack_when_durable(pkid: u16, done: oneshot::Receiver<bool>) -> AckFuture {
-    Box::pin(async move { (pkid, done.await.unwrap_or(false)) })
-}
-
-/// What the packet handler needs to know about the session.
-struct State<'a> {
-    device: &'a str,
-    device_key: &'a str,
-    subs: &'a std::sync::atomic::AtomicU8,
-    version: Version,
-}
-
-impl State<'_> {
-    async fn handle(
-        &mut self,
-        ctx: &HubCtx,
-        packet: Packet,
-        out: &mut BytesMut,
-        acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<(), Close> {
-        match packet {
-            Packet::Publish(p) => self.publish(ctx, p, out, acks).await,
-            Packet::Subscribe { pkid, filters } => {
-                let codes = filters
-                    .iter()
-                    .map(
-                        |(filter, qos)| match topics::classify_subscribe(self.device, filter) {
-                            Ok(kind) => {
-                                self.subs.fetch_or(sub_bit(kind), Ordering::Relaxed);
-                                // IoT Hub grants QoS 2 requests as QoS 1.
-                                (*qos).min(1)
-                            }
-                            Err(_) => {
-                                ctx.metrics
-                                    .acl_refusals
-                                    .get_or_create(&vec![("kind", "subscribe")])
-                                    .inc();
-                                match self.version {
-                                    Version::V5 => reason::NOT_AUTHORIZED,
-                                    Version::V311 => SUBACK_FAILURE,
-                                }
-                            }
-                        },
-                    )
-                    .collect();
-                mqtt::encode_as(&Packet::SubAck { pkid, codes }, self.version, out);
-                if self.subs.load(Ordering::Relaxed) & SUB_C2D != 0 {
-                    // Messages sent while the device was away go out right after the SUBACK.
-                    ctx.sessions.deliver_queued(self.device_key);
-                }
-                Ok(())
-            }
-            Packet::Unsubscribe { pkid, filters } => {
-                for filter in &filters {
-                    if let Ok(kind) = topics::classify_subscribe(self.device, filter) {
-                        self.subs.fetch_and(!sub_bit(kind), Ordering::Relaxed);
-                    }
-                }
-                let codes = vec![reason::SUCCESS; filters.len()];
-                mqtt::encode_as(&Packet::UnsubAck { pkid, codes }, self.version, out);
-                Ok(())
-            }
-            Packet::PingReq => {
-                mqtt::encode_as(&Packet::PingResp, self.version, out);
-                Ok(())
-            }
-            // Acks of our QoS 1 deliveries: delivery is at-most-once past the socket, nothing to do.
-            Packet::PubAck(_) => Ok(()),
-            Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Err(Close::Protocol("QoS 2 flow")),
-            Packet::Connect(_) => Err(Close::Protocol("second CONNECT")),
-            _ => Err(Close::Protocol("packet a client must not send")),
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        ctx: &HubCtx,
-        p: Publish,
-        out: &mut BytesMut,
-        acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<(), Close> {
-        if p.qos == 2 {
-            return Err(Close::QosNotSupported);
-        }
-        if v5::uses_topic_alias(&p.properties) {
-            return Err(Close::TopicAlias);
-        }
-        let kind = match topics::classify_publish(self.device, &p.topic) {
-            Ok(kind) => kind,
-            Err(_) => {
-                ctx.metrics
-                    .acl_refusals
-                    .get_or_create(&vec![("kind", "publish")])
-                    .inc();
-                return Err(Close::NotAuthorized);
-            }
-        };
-        match kind {
-            DevicePublish::Telemetry { properties } => {
-                let properties = v5::telemetry_properties(properties, &p.properties);
-                ctx.metrics.messages_in.inc();
-                ctx.metrics.bytes_in.inc_by(p.payload.len() as u64);
-                let seq = ctx.ingest.next_seq();
-                let now = crate::ingest::now_us();
-                let record =
-                    TelemetryRecord::build(self.device, &ctx.stamp, now, seq, properties, &p.payload);
-                let size = p.payload.len() + p.topic.len();
-                if p.qos == 0 {
-                    ctx.ingest.try_submit(record, size);
-                    return Ok(());
-                }
-                let done = ctx
-                    .ingest
-                    .submit(record, size)
-                    .await
-                    .map_err(|_| Close::Shutdown)?;
-                acks.push_back(ack_when_durable(p.pkid, done));
-                return Ok(());
-            }
-            DevicePublish::MethodResponse { status, rid } => {
-                let response = MethodResponse {
-                    status,
-                    payload: p.payload,
-                };
-                if !ctx.sessions.complete_method(self.device_key, &rid, response) {
-                    tracing::debug!(device = self.device, rid, "method response nobody waits for");
-                }
-            }
-            DevicePublish::TwinGet { rid } => {
-                let twin = ctx.sessions.twin(self.device_key);
-                self.twin_answer(out, 200, &rid, None, twin.to_string());
-            }
-            DevicePublish::TwinPatchReported { rid } => {
-                match serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                    Ok(serde_json::Value::Object(patch)) => {
-                        let version = ctx.sessions.patch_reported(self.device_key, patch);
-                        self.twin_answer(out, 204, &rid, Some(version), String::new());
-                    }
-                    _ => self.twin_answer(out, 400, &rid, None, String::new()),
-                }
-            }
-        }
-        if p.qos == 1 {
-            acks.push_back(ack_now(p.pkid));
-        }
-        Ok(())
-    }
-
-    fn twin_answer(&self, out: &mut BytesMut, status: u16, rid: &str, version: Option<u64>, body: String) {
-        if self.subs.load(Ordering::Relaxed) & SUB_TWIN == 0 {
-            return;
-        }
-        let publish = Publish {
-            topic: topics::twin_response_topic(status, rid, version),
-            qos: 0,
-            retain: false,
-            dup: false,
-            pkid: 0,
-            payload: body.into(),
-            properties: Properties::default(),
-        };
-        mqtt::encode_as(&Packet::Publish(publish), self.version, out);
-    }
-}
-
-fn sub_bit(kind: DeviceSubscription) -> u8 {
-    match kind {
-        DeviceSubscription::CloudToDevice => SUB_C2D,
-        DeviceSubscription::Methods => SUB_METHODS,
-        DeviceSubscription::TwinResponses => SUB_TWIN,
-        DeviceSubscription::TwinDesired => SUB_DESIRED,
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod conn;
+mod handler;
 pub mod offline;
 pub mod sessions;
 pub mod v5;
