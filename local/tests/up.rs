@@ -1,0 +1,164 @@
+//! `iotstamp up` and `iotstamp simulate` as separate processes on loopback: the fleet fills, the
+//! pool adds stamps, telemetry is readable through the stamp API, SIGTERM exits cleanly, and a
+//! restart keeps stamps and assignments.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Up, binary, simulate};
+use iotstamp_local::dps::https_client;
+use iotstamp_local::layout::https_addr;
+use iotstamp_local::stamp_api::Api;
+use iotstamp_local::state::{FleetFile, StateDir};
+
+fn fleet(state: &Path) -> FleetFile {
+    StateDir::new(state).load_fleet().unwrap().expect("up wrote fleet.json")
+}
+
+fn stamp_apis(state: &Path) -> Vec<(String, String, Api)> {
+    let file = fleet(state);
+    let http = https_client(&std::fs::read_to_string(state.join("ca.crt")).unwrap()).unwrap();
+    file.stamps
+        .iter()
+        .map(|s| {
+            let api = Api {
+                http: http.clone(),
+                base: format!("https://{}", https_addr(s.ip)),
+                token: file.stamp_token.clone(),
+            };
+            (s.name.clone(), s.ip.to_string(), api)
+        })
+        .collect()
+}
+
+/// Registered devices per stamp, each checked against its quota.
+async fn registered_within_quota(state: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (name, _, api) in stamp_apis(state) {
+        let stats = api.stats().await.unwrap();
+        assert!(
+            stats.registered <= stats.device_quota,
+            "{name} holds {} devices over its quota {}",
+            stats.registered,
+            stats.device_quota
+        );
+        out.insert(name, stats.registered);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_fills_grows_keeps_its_telemetry_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up_args = [
+        "--stamps", "2", "--quota", "5", "--max-stamps", "4", "--cooldown", "1s", "--address", "127.0.61.10",
+    ];
+    let mut up = Up::start(&state, &up_args);
+    assert_eq!(fleet(&state).stamps.len(), 2);
+
+    let sim = ["--devices", "12", "--rate", "24", "--duration", "3s"];
+    let (summary, status) = tokio::task::block_in_place(|| simulate(&state, &sim));
+    assert!(status.success(), "{summary:#?}");
+    assert_eq!((summary.provisioned, summary.connected), (12, 12), "{summary:#?}");
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert!(summary.acked > 0 && summary.acked == summary.sent, "{summary:#?}");
+    assert!(summary.puback_ms.is_some());
+    assert!(summary.hubs.values().all(|h| h.devices <= 5), "{:?}", summary.hubs);
+
+    // 12 devices do not fit in 2 x 5: the pool added stamp-3 while they provisioned.
+    let added = up.wait_for("pool: added stamp-3", Duration::from_secs(10));
+    assert!(added.contains("127.0.61.13"), "{added}");
+    assert!(summary.hubs.contains_key("127.0.61.13"), "{:?}", summary.hubs);
+
+    let per_stamp = registered_within_quota(&state).await;
+    assert_eq!(per_stamp.values().sum::<u64>(), 12, "{per_stamp:?}");
+    let apis = stamp_apis(&state);
+    for (device, hub) in &summary.assignments {
+        let (_, _, api) = apis.iter().find(|(_, ip, _)| ip == hub).expect("a stamp of the fleet");
+        let stored = api.stored_messages(device).await.unwrap();
+        assert_eq!(stored, summary.acked_by_device[device], "{device} on {hub}");
+    }
+
+    // 12 of 15 is 80%: the pool goes on to its maximum of 4 and stops there.
+    up.wait_for("pool: added stamp-4", Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fleet(&state).stamps.len(), 4, "{:#?}", up.drain());
+    let before = fleet(&state);
+
+    let (status, lines) = up.terminate();
+    assert_eq!(status.code(), Some(0), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("stopped")), "{lines:#?}");
+
+    let mut up = Up::start(&state, &up_args);
+    assert!(up.drain().iter().any(|l| l.contains("using the fleet in")));
+    assert_eq!(fleet(&state).stamps, before.stamps, "the restart kept the stamps");
+    assert_eq!(
+        registered_within_quota(&state).await.values().sum::<u64>(),
+        12,
+        "stamp data survived"
+    );
+    let short = ["--devices", "12", "--rate", "24", "--duration", "1s"];
+    let (again, status) = tokio::task::block_in_place(|| simulate(&state, &short));
+    assert!(status.success(), "{again:#?}");
+    assert_eq!(again.assignments, summary.assignments, "every device kept its stamp");
+    let (status, _) = up.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_idle_exits_zero_and_keeps_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let up = Up::start(&state, &["--address", "127.0.62.10", "--stamps", "1", "--max-stamps", "1"]);
+    let started = Instant::now();
+    let (status, lines) = up.terminate();
+    assert_eq!(status.code(), Some(0), "{lines:#?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for kept in ["ca.crt", "fleet.json", "router/tls.crt", "stamps/stamp-1/tls.crt"] {
+        assert!(state.join(kept).exists(), "{kept} missing after exit");
+    }
+}
+
+#[test]
+fn the_demo_fills_a_fleet_adds_a_stamp_and_reads_telemetry_back() {
+    let out = Command::new(binary())
+        .args(["up", "--demo", "--address", "127.0.63.10", "--demo-duration", "3s"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "pool: added stamp-3",
+        "[ok] every device assigned and connected: 12 of 12",
+        "[ok] telemetry stored",
+        "the demo passed",
+    ] {
+        assert!(text.contains(want), "`{want}` missing:\n{text}");
+    }
+    assert!(!text.contains("FAILED"), "{text}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let empty = dir.path().join("none");
+    let err = run(&["simulate", "--state", empty.to_str().unwrap()]);
+    assert!(err.contains("run `iotstamp up` first"), "{err}");
+    let err = run(&["up", "--state", empty.to_str().unwrap(), "--stamps", "3", "--max-stamps", "2"]);
+    assert!(err.contains("--max-stamps (2) is below --stamps (3)"), "{err}");
+    let err = run(&["up", "--state", empty.to_str().unwrap(), "--address", "10.0.0.1"]);
+    assert!(err.contains("not a loopback address"), "{err}");
+    let err = run(&["simulate", "--state", empty.to_str().unwrap(), "--duration", "soon"]);
+    assert!(err.contains("not a duration"), "{err}");
+}
