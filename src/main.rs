@@ -128,7 +128,9 @@ fn main() -> ExitCode {
         Command::Stamp(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_stamp::cli::run(args))?)),
         Command::Router(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_router::cli::run(args))?)),
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(iotstamp_local::up::run(args))),
-        Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(iotstamp_local::cli::run_simulate(args))),
+        Command::Simulate(args) => {
+            runtime().and_then(|rt| rt.block_on(iotstamp_local::cli::run_simulate(args)))
+        }
         Command::Bench { suite } => runtime().and_then(|rt| rt.block_on(bench(suite))),
     };
     match result {

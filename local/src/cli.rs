@@ -197,7 +197,10 @@ pub async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", summary.render());
     }
-    anyhow::ensure!(summary.errors.is_empty(), "some devices failed (see errors above)");
+    anyhow::ensure!(
+        summary.errors.is_empty(),
+        "some devices failed (see errors above)"
+    );
     Ok(())
 }
 

@@ -128,7 +128,14 @@ async fn demo(
 async fn settle(running: &Running, provisioned: u64) {
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
-        let counted: u64 = running.fleet.lock().await.loads().iter().map(|l| l.assigned).sum();
+        let counted: u64 = running
+            .fleet
+            .lock()
+            .await
+            .loads()
+            .iter()
+            .map(|l| l.assigned)
+            .sum();
         if counted >= provisioned {
             tokio::time::sleep(Duration::from_secs(2)).await;
             return;
@@ -193,7 +200,10 @@ async fn verify(
     }
     checks.push(Check {
         ok: within,
-        what: format!("no stamp over its quota (stamp API /v1/stats): {}", quota_lines.join(", ")),
+        what: format!(
+            "no stamp over its quota (stamp API /v1/stats): {}",
+            quota_lines.join(", ")
+        ),
     });
     checks.push(Check {
         ok: stamps.len() > initial,
@@ -218,7 +228,11 @@ async fn verify(
         what: format!(
             "telemetry stored: {stored} of {} acknowledged messages read back through the stamp APIs{}",
             summary.acked,
-            if unreadable.is_empty() { String::new() } else { format!(" ({})", unreadable.join("; ")) }
+            if unreadable.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", unreadable.join("; "))
+            }
         ),
     });
     checks.push(Check {

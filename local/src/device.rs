@@ -117,17 +117,23 @@ impl Conn {
 }
 
 async fn connect(spec: &DeviceSpec, tls: Arc<rustls::ClientConfig>) -> Result<Conn, Failure> {
-    let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect((spec.hub.as_str(), ports::MQTT_TLS)))
-        .await
-        .map_err(|_| Failure::new("mqtt: connect", format!("{}: timed out", spec.hub)))?
-        .map_err(|e| Failure::new("mqtt: connect", format!("{}: {e}", spec.hub)))?;
+    let tcp = tokio::time::timeout(
+        IO_TIMEOUT,
+        TcpStream::connect((spec.hub.as_str(), ports::MQTT_TLS)),
+    )
+    .await
+    .map_err(|_| Failure::new("mqtt: connect", format!("{}: timed out", spec.hub)))?
+    .map_err(|e| Failure::new("mqtt: connect", format!("{}: {e}", spec.hub)))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(spec.hub.clone())
         .map_err(|e| Failure::new("mqtt: connect", format!("{}: {e}", spec.hub)))?;
-    let io = tokio::time::timeout(IO_TIMEOUT, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
-        .await
-        .map_err(|_| Failure::new("mqtt: tls", "handshake timed out"))?
-        .map_err(|e| Failure::new("mqtt: tls", e.to_string()))?;
+    let io = tokio::time::timeout(
+        IO_TIMEOUT,
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| Failure::new("mqtt: tls", "handshake timed out"))?
+    .map_err(|e| Failure::new("mqtt: tls", e.to_string()))?;
     Ok(Conn {
         io,
         buf: BytesMut::with_capacity(8 * 1024),
@@ -167,9 +173,17 @@ async fn session(
     match conn.recv("mqtt: no CONNACK").await? {
         Packet::ConnAck { code: 0, .. } => {}
         Packet::ConnAck { code, .. } => {
-            return Err(Failure::new("mqtt: CONNACK refused", format!("return code {code}")));
+            return Err(Failure::new(
+                "mqtt: CONNACK refused",
+                format!("return code {code}"),
+            ));
         }
-        other => return Err(Failure::new("mqtt: bad packet", format!("{other:?} before CONNACK"))),
+        other => {
+            return Err(Failure::new(
+                "mqtt: bad packet",
+                format!("{other:?} before CONNACK"),
+            ));
+        }
     }
     out.connected = true;
     live.connected.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +208,12 @@ async fn session(
 }
 
 /// Publishes until `until`, then waits for the last PUBACKs, answering requests meanwhile.
-async fn telemetry(conn: &mut Conn, spec: &DeviceSpec, live: &Live, out: &mut Outcome) -> Result<(), Failure> {
+async fn telemetry(
+    conn: &mut Conn,
+    spec: &DeviceSpec,
+    live: &Live,
+    out: &mut Outcome,
+) -> Result<(), Failure> {
     let topic = topics::telemetry_topic(&spec.device_id, &[]);
     let mut inflight: HashMap<u16, Instant> = HashMap::new();
     let mut next = spec.first;
@@ -274,7 +293,10 @@ async fn incoming(
         Packet::Publish(p) if p.topic.starts_with("$iothub/methods/POST/") => {
             let rid = p.topic.split_once("?$rid=").map_or("", |(_, r)| r);
             let rid = rid.split('&').next().unwrap_or_default();
-            let name = p.topic["$iothub/methods/POST/".len()..].split('/').next().unwrap_or_default();
+            let name = p.topic["$iothub/methods/POST/".len()..]
+                .split('/')
+                .next()
+                .unwrap_or_default();
             let body = serde_json::json!({ "device": spec.device_id, "method": name });
             conn.send(&Packet::Publish(Publish {
                 topic: format!("$iothub/methods/res/200/?$rid={rid}"),

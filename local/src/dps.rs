@@ -141,7 +141,9 @@ async fn answer(sent: reqwest::Result<reqwest::Response>, key: &str) -> Result<S
                     device_id: state.device_id.unwrap_or(state.registration_id),
                     key: key.to_string(),
                 })),
-                (OperationStatus::Assigning | OperationStatus::Unassigned, _) => Ok(Step::Poll(op.operation_id)),
+                (OperationStatus::Assigning | OperationStatus::Unassigned, _) => {
+                    Ok(Step::Poll(op.operation_id))
+                }
                 (other, _) => Err(Failure::new(
                     "provision: refused",
                     format!("status {other:?}: {body}"),
@@ -150,7 +152,11 @@ async fn answer(sent: reqwest::Result<reqwest::Response>, key: &str) -> Result<S
         }
         s if s >= 429 => Ok(Step::Retry(retry_after)),
         s => Err(Failure::new(
-            if s == 401 { "provision: unauthorized" } else { "provision: refused" },
+            if s == 401 {
+                "provision: unauthorized"
+            } else {
+                "provision: refused"
+            },
             format!("HTTP {s}: {}", body["message"].as_str().unwrap_or_default()),
         )),
     }

@@ -159,7 +159,10 @@ mod tests {
         let ips: Vec<String> = fleet.stamps.iter().map(|s| s.ip.to_string()).collect();
         assert_eq!(ips, ["127.0.0.11", "127.0.0.12"]);
         let next = next_stamp(&fleet, 99).unwrap();
-        assert_eq!((next.name.as_str(), next.ip.to_string(), next.quota), ("stamp-3", "127.0.0.13".into(), 5));
+        assert_eq!(
+            (next.name.as_str(), next.ip.to_string(), next.quota),
+            ("stamp-3", "127.0.0.13".into(), 5)
+        );
     }
 
     #[test]
@@ -177,6 +180,9 @@ mod tests {
         let c = stamp_config(&entry, p, &p.join("c"), &p.join("k"), &p.join("t"));
         assert_eq!(c.hub.mqtt_listen.to_string(), "127.0.0.13:8883");
         assert_eq!(c.api.listen, c.api.metrics_listen, "no separate metrics port");
-        assert_eq!((c.device_quota, c.storage.data_dir.as_path()), (7, Path::new("/s/data")));
+        assert_eq!(
+            (c.device_quota, c.storage.data_dir.as_path()),
+            (7, Path::new("/s/data"))
+        );
     }
 }

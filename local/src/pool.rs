@@ -35,12 +35,7 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         let mut fleet = fleet.lock().await;
-        let decision = decide(
-            &policy,
-            &fleet.loads(),
-            fleet.file.last_scale_unix,
-            now_unix(),
-        );
+        let decision = decide(&policy, &fleet.loads(), fleet.file.last_scale_unix, now_unix());
         let Decision::Add { reason } = decision else {
             continue;
         };

@@ -115,7 +115,11 @@ impl Summary {
             "total", "", self.provisioned, self.sent, self.acked
         );
         let rate = self.acked as f64 / self.seconds.max(1e-9);
-        let _ = writeln!(out, "\nacknowledged: {} of {} sent ({rate:.1}/s)", self.acked, self.sent);
+        let _ = writeln!(
+            out,
+            "\nacknowledged: {} of {} sent ({rate:.1}/s)",
+            self.acked, self.sent
+        );
         match &self.puback_ms {
             Some(p) => {
                 let _ = writeln!(

@@ -34,7 +34,9 @@ pub struct Plan {
 
 impl Plan {
     pub fn device_ids(&self) -> Vec<String> {
-        (1..=self.devices).map(|n| format!("{}-{n:04}", self.prefix)).collect()
+        (1..=self.devices)
+            .map(|n| format!("{}-{n:04}", self.prefix))
+            .collect()
     }
 
     /// Time between two messages of one device.
@@ -133,7 +135,13 @@ pub async fn run(
     }
     progress.abort();
     finish_progress_line();
-    Ok(summarize(plan, &assigned, outcomes, started.elapsed(), stamp_names))
+    Ok(summarize(
+        plan,
+        &assigned,
+        outcomes,
+        started.elapsed(),
+        stamp_names,
+    ))
 }
 
 fn summarize(
@@ -239,7 +247,10 @@ mod tests {
     #[test]
     fn the_rate_is_shared_by_the_devices() {
         assert_eq!(plan().period(), Duration::from_millis(500));
-        assert_eq!(plan().device_ids(), ["sim-0001", "sim-0002", "sim-0003", "sim-0004"]);
+        assert_eq!(
+            plan().device_ids(),
+            ["sim-0001", "sim-0002", "sim-0003", "sim-0004"]
+        );
     }
 
     #[test]

@@ -30,7 +30,10 @@ impl Api {
 
     async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let (status, body) = self.send(self.http.get(&url)).await.with_context(|| format!("GET {url}"))?;
+        let (status, body) = self
+            .send(self.http.get(&url))
+            .await
+            .with_context(|| format!("GET {url}"))?;
         anyhow::ensure!(status == 200, "GET {url}: HTTP {status} {body}");
         Ok(body)
     }
@@ -60,7 +63,10 @@ impl Api {
     /// Invokes a direct method on `device` (through the router or its stamp); the HTTP status.
     pub async fn invoke_method(&self, device: &str, method: &str) -> anyhow::Result<u16> {
         let url = format!("{}/v1/devices/{device}/methods/{method}?timeout=5", self.base);
-        Ok(self.send(self.http.post(url).json(&serde_json::json!({}))).await?.0)
+        Ok(self
+            .send(self.http.post(url).json(&serde_json::json!({})))
+            .await?
+            .0)
     }
 
     /// Sends a cloud-to-device message to `device`; the HTTP status.

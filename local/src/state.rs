@@ -174,6 +174,10 @@ mod tests {
         let other = Ipv4Addr::new(127, 0, 0, 12);
         state.ensure_server_cert(&d, &ca, other, now).unwrap();
         let facts = pki::cert_facts(&std::fs::read_to_string(&cert).unwrap()).unwrap();
-        assert_eq!(facts.sans, vec!["127.0.0.12".to_string()], "a moved stamp gets a new certificate");
+        assert_eq!(
+            facts.sans,
+            vec!["127.0.0.12".to_string()],
+            "a moved stamp gets a new certificate"
+        );
     }
 }

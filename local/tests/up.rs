@@ -16,7 +16,10 @@ use iotstamp_local::stamp_api::Api;
 use iotstamp_local::state::{FleetFile, StateDir};
 
 fn fleet(state: &Path) -> FleetFile {
-    StateDir::new(state).load_fleet().unwrap().expect("up wrote fleet.json")
+    StateDir::new(state)
+        .load_fleet()
+        .unwrap()
+        .expect("up wrote fleet.json")
 }
 
 fn stamp_apis(state: &Path) -> Vec<(String, String, Api)> {
@@ -56,7 +59,16 @@ async fn the_fleet_fills_grows_keeps_its_telemetry_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let up_args = [
-        "--stamps", "2", "--quota", "5", "--max-stamps", "4", "--cooldown", "1s", "--address", "127.0.61.10",
+        "--stamps",
+        "2",
+        "--quota",
+        "5",
+        "--max-stamps",
+        "4",
+        "--cooldown",
+        "1s",
+        "--address",
+        "127.0.61.10",
     ];
     let mut up = Up::start(&state, &up_args);
     assert_eq!(fleet(&state).stamps.len(), 2);
@@ -68,7 +80,11 @@ async fn the_fleet_fills_grows_keeps_its_telemetry_and_survives_a_restart() {
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert!(summary.acked > 0 && summary.acked == summary.sent, "{summary:#?}");
     assert!(summary.puback_ms.is_some());
-    assert!(summary.hubs.values().all(|h| h.devices <= 5), "{:?}", summary.hubs);
+    assert!(
+        summary.hubs.values().all(|h| h.devices <= 5),
+        "{:?}",
+        summary.hubs
+    );
 
     // 12 devices do not fit in 2 x 5: the pool added stamp-3 while they provisioned.
     let added = up.wait_for("pool: added stamp-3", Duration::from_secs(10));
@@ -79,7 +95,10 @@ async fn the_fleet_fills_grows_keeps_its_telemetry_and_survives_a_restart() {
     assert_eq!(per_stamp.values().sum::<u64>(), 12, "{per_stamp:?}");
     let apis = stamp_apis(&state);
     for (device, hub) in &summary.assignments {
-        let (_, _, api) = apis.iter().find(|(_, ip, _)| ip == hub).expect("a stamp of the fleet");
+        let (_, _, api) = apis
+            .iter()
+            .find(|(_, ip, _)| ip == hub)
+            .expect("a stamp of the fleet");
         let stored = api.stored_messages(device).await.unwrap();
         assert_eq!(stored, summary.acked_by_device[device], "{device} on {hub}");
     }
@@ -105,18 +124,42 @@ async fn the_fleet_fills_grows_keeps_its_telemetry_and_survives_a_restart() {
     let short = ["--devices", "12", "--rate", "24", "--duration", "1s"];
     let (again, status) = tokio::task::block_in_place(|| simulate(&state, &short));
     assert!(status.success(), "{again:#?}");
-    assert_eq!(again.assignments, summary.assignments, "every device kept its stamp");
+    assert_eq!(
+        again.assignments, summary.assignments,
+        "every device kept its stamp"
+    );
     let (status, _) = up.terminate();
     assert_eq!(status.code(), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_while_idle_exits_zero_and_keeps_the_state() {
+/// The Azure Python SDK line `up` prints provisions (over DPS/MQTT) as pasted; Ctrl-C then stops
+/// `up` with exit code 0 and the state stays.
+#[test]
+fn the_printed_python_line_provisions_and_ctrl_c_exits_zero() {
+    let python = common::venv_python();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
-    let up = Up::start(&state, &["--address", "127.0.62.10", "--stamps", "1", "--max-stamps", "1"]);
+    let mut up = Up::start(
+        &state,
+        &["--address", "127.0.62.10", "--stamps", "1", "--max-stamps", "1"],
+    );
+    let line = up.wait_for("python3 -c", Duration::from_secs(1));
+    let script = line.trim().strip_prefix("python3 -c ").unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{python} -c {script}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("py-1") && text.contains("127.0.62.11"), "{text}");
+
     let started = Instant::now();
-    let (status, lines) = up.terminate();
+    let (status, lines) = up.signal(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "{lines:#?}");
     assert!(started.elapsed() < Duration::from_secs(10));
     for kept in ["ca.crt", "fleet.json", "router/tls.crt", "stamps/stamp-1/tls.crt"] {
@@ -127,12 +170,23 @@ async fn sigterm_while_idle_exits_zero_and_keeps_the_state() {
 #[test]
 fn the_demo_fills_a_fleet_adds_a_stamp_and_reads_telemetry_back() {
     let out = Command::new(binary())
-        .args(["up", "--demo", "--address", "127.0.63.10", "--demo-duration", "3s"])
+        .args([
+            "up",
+            "--demo",
+            "--address",
+            "127.0.63.10",
+            "--demo-duration",
+            "3s",
+        ])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in [
         "pool: added stamp-3",
         "[ok] every device assigned and connected: 12 of 12",
@@ -155,10 +209,24 @@ fn bad_input_gets_a_clear_error() {
     let empty = dir.path().join("none");
     let err = run(&["simulate", "--state", empty.to_str().unwrap()]);
     assert!(err.contains("run `iotstamp up` first"), "{err}");
-    let err = run(&["up", "--state", empty.to_str().unwrap(), "--stamps", "3", "--max-stamps", "2"]);
+    let err = run(&[
+        "up",
+        "--state",
+        empty.to_str().unwrap(),
+        "--stamps",
+        "3",
+        "--max-stamps",
+        "2",
+    ]);
     assert!(err.contains("--max-stamps (2) is below --stamps (3)"), "{err}");
     let err = run(&["up", "--state", empty.to_str().unwrap(), "--address", "10.0.0.1"]);
     assert!(err.contains("not a loopback address"), "{err}");
-    let err = run(&["simulate", "--state", empty.to_str().unwrap(), "--duration", "soon"]);
+    let err = run(&[
+        "simulate",
+        "--state",
+        empty.to_str().unwrap(),
+        "--duration",
+        "soon",
+    ]);
     assert!(err.contains("not a duration"), "{err}");
 }

@@ -12,10 +12,12 @@ use iotstamp_local::report::Summary;
 
 /// `$IOTSTAMP_BIN`, or `iotstamp` beside this test's build directory.
 pub fn binary() -> PathBuf {
-    let bin = std::env::var_os("IOTSTAMP_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("iotstamp")
-    });
+    let bin = std::env::var_os("IOTSTAMP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().join("iotstamp")
+        });
     assert!(
         bin.exists(),
         "{} does not exist: run `cargo build` first (or set IOTSTAMP_BIN)",
@@ -78,7 +80,10 @@ impl Up {
                 Err(_) => break,
             }
         }
-        panic!("`iotstamp up` never printed `{text}`; it printed:\n{}", self.seen.join("\n"));
+        panic!(
+            "`iotstamp up` never printed `{text}`; it printed:\n{}",
+            self.seen.join("\n")
+        );
     }
 
     /// Lines printed so far (without waiting).
@@ -90,10 +95,15 @@ impl Up {
     }
 
     /// SIGTERM, then the exit status (within 30 s).
-    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+    pub fn terminate(self) -> (ExitStatus, Vec<String>) {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT as Ctrl-C does), then the exit status (within 30 s).
+    pub fn signal(mut self, signal: libc::c_int) -> (ExitStatus, Vec<String>) {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -103,7 +113,10 @@ impl Up {
                 }
                 return (status, std::mem::take(&mut self.seen));
             }
-            assert!(Instant::now() < until, "`iotstamp up` did not exit within 30 s of SIGTERM");
+            assert!(
+                Instant::now() < until,
+                "`iotstamp up` did not exit within 30 s of signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -133,4 +146,16 @@ pub fn simulate(state: &Path, args: &[&str]) -> (Summary, ExitStatus) {
     let text = String::from_utf8_lossy(&out.stdout);
     let summary = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: simulate printed:\n{text}"));
     (summary, out.status)
+}
+
+/// The venv Python with azure-iot-device (installed by .ci/setup-deps); fails clearly without it.
+pub fn venv_python() -> String {
+    let cache = std::env::var("IOTSTAMP_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/iotstamp", std::env::var("HOME").unwrap_or_default()));
+    let python = format!("{cache}/venv/bin/python");
+    assert!(
+        Path::new(&python).exists(),
+        "{python} is missing: run .ci/setup-deps (it installs the Python venv with azure-iot-device)"
+    );
+    python
 }
