@@ -15,7 +15,7 @@ use crate::fleet::Fleet;
 use crate::layout::https_addr;
 use crate::report::Summary;
 use crate::simulate::Plan;
-use crate::stamp_api::Api;
+use crate::stamp_api::{Api, StampApi, stamp_apis};
 use crate::state::StateDir;
 use crate::up::Running;
 
@@ -94,29 +94,13 @@ async fn demo(
     };
 
     settle(&running, summary.provisioned).await;
-    let checks = {
-        let fleet = running.fleet.lock().await;
-        for s in &fleet.file.stamps {
-            if let Some(row) = summary.hubs.get_mut(&s.ip.to_string()) {
-                row.stamp = Some(s.name.clone());
-            }
+    let stamps = stamp_apis(&running.fleet.lock().await.file, &http);
+    for s in &stamps {
+        if let Some(row) = summary.hubs.get_mut(&s.hub) {
+            row.stamp = Some(s.name.clone());
         }
-        let apis: Vec<(String, String, Api)> = fleet
-            .file
-            .stamps
-            .iter()
-            .map(|s| {
-                let api = Api {
-                    http: http.clone(),
-                    base: format!("https://{}", https_addr(s.ip)),
-                    token: file.stamp_token.clone(),
-                };
-                (s.name.clone(), s.ip.to_string(), api)
-            })
-            .collect();
-        drop(fleet);
-        verify(&summary, &apis, initial, (methods_ok, c2d_ok)).await
-    };
+    }
+    let checks = verify(&summary, &stamps, initial, (methods_ok, c2d_ok)).await;
     print!("\n{}", summary.render());
     print!("{}", render_checks(&checks));
     running.shutdown().await;
@@ -170,7 +154,7 @@ async fn send_commands(service: Api, devices: Vec<String>, mut stopped: watch::R
 
 async fn verify(
     summary: &Summary,
-    stamps: &[(String, String, Api)],
+    stamps: &[StampApi],
     initial: usize,
     (methods_ok, c2d_ok): (u64, u64),
 ) -> Vec<Check> {
@@ -186,7 +170,7 @@ async fn verify(
     }];
     let mut quota_lines = Vec::new();
     let mut within = true;
-    for (name, _, api) in stamps {
+    for StampApi { name, api, .. } in stamps {
         match api.stats().await {
             Ok(s) => {
                 within &= s.registered <= s.device_quota;
@@ -214,7 +198,7 @@ async fn verify(
     });
     let (mut stored, mut unreadable) = (0u64, Vec::new());
     for (device, hub) in &summary.assignments {
-        let Some((_, _, api)) = stamps.iter().find(|(_, ip, _)| ip == hub) else {
+        let Some(StampApi { api, .. }) = stamps.iter().find(|s| &s.hub == hub) else {
             unreadable.push(format!("{device}: hub {hub} is not a stamp of this fleet"));
             continue;
         };

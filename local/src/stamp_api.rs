@@ -4,6 +4,9 @@
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::layout::https_addr;
+use crate::state::FleetFile;
+
 /// A bearer-token client for one HTTPS API.
 #[derive(Clone)]
 pub struct Api {
@@ -19,6 +22,31 @@ pub struct StampStats {
     pub registered: u64,
     pub connected: u64,
     pub device_quota: u64,
+}
+
+/// A stamp of the fleet and a client for its API.
+pub struct StampApi {
+    pub name: String,
+    /// The hub host devices are assigned to.
+    pub hub: String,
+    pub api: Api,
+}
+
+/// One API client per stamp of `fleet`, with the stamp token.
+pub fn stamp_apis(fleet: &FleetFile, http: &reqwest::Client) -> Vec<StampApi> {
+    fleet
+        .stamps
+        .iter()
+        .map(|s| StampApi {
+            name: s.name.clone(),
+            hub: s.ip.to_string(),
+            api: Api {
+                http: http.clone(),
+                base: format!("https://{}", https_addr(s.ip)),
+                token: fleet.stamp_token.clone(),
+            },
+        })
+        .collect()
 }
 
 impl Api {

@@ -9,10 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Up, binary, simulate};
+use common::{Up, binary, simulate, stdout_of_success};
 use iotstamp_local::dps::https_client;
-use iotstamp_local::layout::https_addr;
-use iotstamp_local::stamp_api::Api;
+use iotstamp_local::stamp_api::StampApi;
 use iotstamp_local::state::{FleetFile, StateDir};
 
 fn fleet(state: &Path) -> FleetFile {
@@ -22,26 +21,15 @@ fn fleet(state: &Path) -> FleetFile {
         .expect("up wrote fleet.json")
 }
 
-fn stamp_apis(state: &Path) -> Vec<(String, String, Api)> {
-    let file = fleet(state);
+fn stamp_apis(state: &Path) -> Vec<StampApi> {
     let http = https_client(&std::fs::read_to_string(state.join("ca.crt")).unwrap()).unwrap();
-    file.stamps
-        .iter()
-        .map(|s| {
-            let api = Api {
-                http: http.clone(),
-                base: format!("https://{}", https_addr(s.ip)),
-                token: file.stamp_token.clone(),
-            };
-            (s.name.clone(), s.ip.to_string(), api)
-        })
-        .collect()
+    iotstamp_local::stamp_api::stamp_apis(&fleet(state), &http)
 }
 
 /// Registered devices per stamp, each checked against its quota.
 async fn registered_within_quota(state: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for (name, _, api) in stamp_apis(state) {
+    for StampApi { name, api, .. } in stamp_apis(state) {
         let stats = api.stats().await.unwrap();
         assert!(
             stats.registered <= stats.device_quota,
@@ -95,11 +83,8 @@ async fn the_fleet_fills_grows_keeps_its_telemetry_and_survives_a_restart() {
     assert_eq!(per_stamp.values().sum::<u64>(), 12, "{per_stamp:?}");
     let apis = stamp_apis(&state);
     for (device, hub) in &summary.assignments {
-        let (_, _, api) = apis
-            .iter()
-            .find(|(_, ip, _)| ip == hub)
-            .expect("a stamp of the fleet");
-        let stored = api.stored_messages(device).await.unwrap();
+        let stamp = apis.iter().find(|s| &s.hub == hub).expect("a stamp of the fleet");
+        let stored = stamp.api.stored_messages(device).await.unwrap();
         assert_eq!(stored, summary.acked_by_device[device], "{device} on {hub}");
     }
 
@@ -145,17 +130,7 @@ fn the_printed_python_line_provisions_and_ctrl_c_exits_zero() {
     );
     let line = up.wait_for("python3 -c", Duration::from_secs(1));
     let script = line.trim().strip_prefix("python3 -c ").unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{python} -c {script}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_of_success(Command::new("sh").arg("-c").arg(format!("{python} -c {script}")));
     assert!(text.contains("py-1") && text.contains("127.0.62.11"), "{text}");
 
     let started = Instant::now();
@@ -169,24 +144,15 @@ fn the_printed_python_line_provisions_and_ctrl_c_exits_zero() {
 
 #[test]
 fn the_demo_fills_a_fleet_adds_a_stamp_and_reads_telemetry_back() {
-    let out = Command::new(binary())
-        .args([
-            "up",
-            "--demo",
-            "--address",
-            "127.0.63.10",
-            "--demo-duration",
-            "3s",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let demo = [
+        "up",
+        "--demo",
+        "--address",
+        "127.0.63.10",
+        "--demo-duration",
+        "3s",
+    ];
+    let text = stdout_of_success(Command::new(binary()).args(demo));
     for want in [
         "pool: added stamp-3",
         "[ok] every device assigned and connected: 12 of 12",

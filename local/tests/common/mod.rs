@@ -159,3 +159,12 @@ pub fn venv_python() -> String {
     );
     python
 }
+
+/// Runs `cmd` to completion, asserts it succeeded (showing both streams if not), returns stdout.
+pub fn stdout_of_success(cmd: &mut Command) -> String {
+    let out = cmd.env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}\n{err}");
+    text
+}
