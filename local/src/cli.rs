@@ -56,6 +56,9 @@ pub struct UpArgs {
     /// folder only). Every piece uses the standard ports, 8883 (MQTT) and 8443 (HTTPS).
     #[arg(long, default_value = "127.0.0.10")]
     pub address: Ipv4Addr,
+    /// Port of the web page (stamps, utilization, live telemetry), on the router's address; 0 = none.
+    #[arg(long, default_value_t = 8080)]
+    pub web_port: u16,
     /// Run a simulation against a new fleet, check what landed through the APIs, print a
     /// summary, and stop. Uses a new temporary state folder (removed afterwards), not --state.
     #[arg(long)]

@@ -11,6 +11,7 @@
 //! - [`simulate`]: running many devices with progress; [`report`]: the summary.
 //! - [`stamp_api`]: reading results back through the stamp and router APIs.
 //! - [`demo`]: `up --demo`.
+//! - [`web`]: the web page (stamps, utilization, live telemetry rate) on its own port.
 
 pub mod cli;
 pub mod demo;
@@ -24,3 +25,4 @@ pub mod simulate;
 pub mod stamp_api;
 pub mod state;
 pub mod up;
+pub mod web;

@@ -2,6 +2,7 @@
 //! says where everything is and how to point devices at it.
 
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,10 +68,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     print!("{}", banner(&fleet.file, fleet.state.root(), &policy));
+    let (web_stop, web_stopped) = watch::channel(false);
+    let web = match args.web_port {
+        0 => None,
+        port => {
+            let addr = SocketAddr::new(fleet.file.router_ip.into(), port);
+            let http = crate::dps::https_client(fleet.ca_pem())?;
+            let (bound, task) = crate::web::start(addr, fleet.directory.clone(), http, web_stopped).await?;
+            println!("  web page   http://{bound}/");
+            Some(task)
+        }
+    };
     let running = Running::start(fleet, policy);
     println!("ready; Ctrl-C stops it");
     wait_for_signal().await?;
     println!("stopping");
+    let _ = web_stop.send(true);
+    if let Some(task) = web {
+        let _ = task.await;
+    }
     running.shutdown().await;
     println!("stopped; state kept in {}", args.state.dir.display());
     Ok(())
