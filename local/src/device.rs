@@ -30,6 +30,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after the last publish a device waits for its outstanding PUBACKs.
 const ACK_GRACE: Duration = Duration::from_secs(10);
 const MAX_PACKET: usize = 1 << 20;
+/// The keep-alive announced in CONNECT; a quiet device pings at half of it.
+const KEEP_ALIVE_SECS: u16 = 60;
 
 /// Counters the progress line reads while devices run.
 #[derive(Debug, Default)]
@@ -152,7 +154,7 @@ fn connect_packet(spec: &DeviceSpec) -> Result<Connect, Failure> {
     Ok(Connect {
         client_id: spec.device_id.clone(),
         clean_session: true,
-        keep_alive: 60,
+        keep_alive: KEEP_ALIVE_SECS,
         username: Some(format!(
             "{}/{}/?api-version={API_VERSION}",
             spec.hub, spec.device_id
@@ -219,6 +221,8 @@ async fn telemetry(
     let mut next = spec.first;
     let mut pkid: u16 = 1;
     let give_up = spec.until + ACK_GRACE;
+    let ping_every = Duration::from_secs(u64::from(KEEP_ALIVE_SECS) / 2);
+    let mut last_sent = Instant::now();
     loop {
         let now = Instant::now();
         let publishing = now < spec.until;
@@ -248,11 +252,17 @@ async fn telemetry(
                 };
                 inflight.insert(pkid, Instant::now());
                 conn.send(&Packet::Publish(publish)).await?;
+                last_sent = Instant::now();
                 out.sent += 1;
                 live.sent.fetch_add(1, Ordering::Relaxed);
                 next += spec.period;
             }
             _ = tokio::time::sleep_until(if publishing { spec.until } else { give_up }) => {}
+            // A slow device (minutes between messages) must still show the hub it is alive.
+            _ = tokio::time::sleep_until(last_sent + ping_every) => {
+                conn.send(&Packet::PingReq).await?;
+                last_sent = Instant::now();
+            }
             read = conn.fill() => {
                 read?;
                 while let Some(p) = conn.decoded()? {

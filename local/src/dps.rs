@@ -53,6 +53,19 @@ enum Step {
 }
 
 impl Enrollment {
+    /// Fails fast, with the address, when nothing answers at the router (e.g. `up` is not running).
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        let url = format!("{}/healthz", self.router);
+        let resp = self.http.get(&url).timeout(Duration::from_secs(5)).send().await;
+        match resp {
+            Ok(_) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot reach the router at {} (is `iotstamp up` running?): {e}",
+                self.router
+            )),
+        }
+    }
+
     /// Registers `registration_id` and waits for its assignment, retrying what DPS says is
     /// retryable until `deadline`.
     pub async fn provision(&self, registration_id: &str, deadline: Instant) -> Result<Assigned, Failure> {

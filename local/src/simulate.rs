@@ -86,6 +86,7 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     plan.check()?;
     let tls = hub_tls(ca_pem)?;
+    enrollment.check_reachable().await?;
     let live = Arc::new(Live::default());
     let started = Instant::now();
     let progress = tokio::spawn(show_progress(live.clone(), plan.devices));

@@ -175,6 +175,29 @@ fn bad_input_gets_a_clear_error() {
     let empty = dir.path().join("none");
     let err = run(&["simulate", "--state", empty.to_str().unwrap()]);
     assert!(err.contains("run `iotstamp up` first"), "{err}");
+    // A fleet folder whose `up` is not running: the router address is named at once.
+    let stale = dir.path().join("stale");
+    std::fs::create_dir_all(&stale).unwrap();
+    let fleet = iotstamp_local::layout::new_fleet(iotstamp_local::layout::FleetSeed {
+        router_ip: "127.0.69.10".parse().unwrap(),
+        stamps: 1,
+        quota: 1,
+        id_scope: "0NE00000001".into(),
+        group_key: "a2V5".into(),
+        app_token: "a".into(),
+        stamp_token: "s".into(),
+    })
+    .unwrap();
+    let state = StateDir::new(&stale);
+    state.save_fleet(&fleet).unwrap();
+    state.ensure_ca(iotstamp_local::fleet::now_unix()).unwrap();
+    let started = Instant::now();
+    let err = run(&["simulate", "--state", stale.to_str().unwrap()]);
+    assert!(
+        err.contains("cannot reach the router at https://127.0.69.10:8443"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
     let err = run(&[
         "up",
         "--state",
