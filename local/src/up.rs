@@ -60,8 +60,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.demo {
         return crate::demo::run(args).await;
     }
-    let policy = args.policy()?;
+    let mut policy = args.policy()?;
     let fleet = Fleet::start(StateDir::new(&args.state.dir), &args.fleet_options()).await?;
+    // --stamps shapes a new folder only: a restart never adds stamps to reach it.
+    policy.min_stamps = policy.min_stamps.min(fleet.file.stamps.len() as u32);
     if !fleet.fresh {
         println!(
             "using the fleet in {} (--stamps, --quota and --address apply to a new state folder only)",

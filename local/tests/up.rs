@@ -140,6 +140,19 @@ fn the_printed_python_line_provisions_and_ctrl_c_exits_zero() {
     for kept in ["ca.crt", "fleet.json", "router/tls.crt", "stamps/stamp-1/tls.crt"] {
         assert!(state.join(kept).exists(), "{kept} missing after exit");
     }
+
+    // Restarted with the default --stamps (2): the folder's one stamp stays one, as its devices
+    // (one of quota 100) do not call for more.
+    let up = Up::start(&state, &["--max-stamps", "4"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fleet(&state).stamps.len(), 1);
+    assert_eq!(
+        fleet(&state).stamps[0].ip.to_string(),
+        "127.0.62.11",
+        "the address is the folder's"
+    );
+    let (status, _) = up.terminate();
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]
