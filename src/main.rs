@@ -40,6 +40,15 @@ enum Command {
     /// Run the global router: DPS-compatible provisioning (HTTPS and MQTT over TLS) that assigns each
     /// device to a stamp within quota, and the service API that routes calls to the device's stamp.
     Router(iotstamp_router::cli::RouterArgs),
+    /// Run a router and a pool of stamps in this process on loopback, until Ctrl-C (local mode).
+    ///
+    /// Certificates, assignments, stamp data and the list of stamps are kept in the state folder,
+    /// so a restart comes back as it was. `--demo` runs a short simulation against a new fleet.
+    Up(iotstamp_local::cli::UpArgs),
+    /// Simulate devices: provision through the router, connect to the assigned stamps over
+    /// MQTT/TLS, send telemetry at a total rate, answer C2D messages and direct methods, and print a
+    /// summary (devices per stamp, acknowledged messages, PUBACK latency, errors).
+    Simulate(iotstamp_local::cli::SimulateArgs),
     /// Run the IoTStamp operator against the cluster in KUBECONFIG (or in-cluster config).
     ///
     /// It reconciles every IoTStamp into its ConfigMap, TLS and token Secrets, storage StatefulSet,
@@ -75,9 +84,9 @@ enum BenchSuite {
     Provisioning(iotstamp_router::bench::BenchArgs),
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -105,7 +114,12 @@ fn crdgen(out: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Local mode talks to a person on stdout; routine logs (a device told to retry) would drown it.
+    let default_filter = match cli.command {
+        Command::Up(_) | Command::Simulate(_) => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_filter);
     let result = match cli.command {
         Command::Crdgen { out } => crdgen(out),
         Command::Operator(args) => {
@@ -113,6 +127,10 @@ fn main() -> ExitCode {
         }
         Command::Stamp(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_stamp::cli::run(args))?)),
         Command::Router(args) => runtime().and_then(|rt| Ok(rt.block_on(iotstamp_router::cli::run(args))?)),
+        Command::Up(args) => runtime().and_then(|rt| rt.block_on(iotstamp_local::up::run(args))),
+        Command::Simulate(args) => {
+            runtime().and_then(|rt| rt.block_on(iotstamp_local::cli::run_simulate(args)))
+        }
         Command::Bench { suite } => runtime().and_then(|rt| rt.block_on(bench(suite))),
     };
     match result {

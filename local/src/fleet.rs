@@ -1,0 +1,202 @@
+//! The running fleet: a router and its stamps in this process, built from the state folder, and
+//! the one operation the pool needs, adding a stamp.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use iotstamp_core::pki::CertKeyPem;
+use iotstamp_core::scaling::StampLoad;
+use iotstamp_router::RunningRouter;
+use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StoreConfig};
+use iotstamp_router::directory::{StampDirectory, StaticDirectory};
+use iotstamp_router::server::start_with;
+use iotstamp_router::stamp_client::HttpStampClient;
+use iotstamp_stamp::RunningStamp;
+
+use crate::layout::{self, FleetSeed};
+use crate::state::{FleetFile, StampEntry, StateDir};
+
+/// The enrollment group's name in local mode.
+pub const GROUP_NAME: &str = "local";
+
+/// What `up` was asked for; the address and sizes only matter for a fresh state folder.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub router_ip: std::net::Ipv4Addr,
+    pub stamps: u32,
+    pub quota: u64,
+}
+
+pub struct LiveStamp {
+    pub entry: StampEntry,
+    pub running: RunningStamp,
+}
+
+pub struct Fleet {
+    pub state: StateDir,
+    pub file: FleetFile,
+    /// True when this start created the state folder's fleet.
+    pub fresh: bool,
+    ca: CertKeyPem,
+    pub router: RunningRouter,
+    pub directory: Arc<StaticDirectory>,
+    pub stamps: Vec<LiveStamp>,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn random_b64(bytes: usize) -> String {
+    let mut out = Vec::with_capacity(bytes);
+    while out.len() < bytes {
+        out.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    out.truncate(bytes);
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+fn random_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn fresh_seed(opts: &FleetOptions) -> FleetSeed {
+    FleetSeed {
+        router_ip: opts.router_ip,
+        stamps: opts.stamps,
+        quota: opts.quota,
+        // DPS ID scopes look like `0ne` + 8 hex digits.
+        id_scope: format!("0ne{}", &random_token()[..8]).to_uppercase(),
+        group_key: random_b64(64),
+        app_token: random_token(),
+        stamp_token: random_token(),
+    }
+}
+
+impl Fleet {
+    /// Starts every stamp of the state folder's fleet (creating the fleet on first use), then the
+    /// router in front of them.
+    pub async fn start(state: StateDir, opts: &FleetOptions) -> anyhow::Result<Self> {
+        let (file, fresh) = match state.load_fleet()? {
+            Some(file) => (file, false),
+            None => (layout::new_fleet(fresh_seed(opts))?, true),
+        };
+        state.save_fleet(&file)?;
+        let ca = state.ensure_ca(now_unix())?;
+        let mut stamps = Vec::new();
+        for entry in &file.stamps {
+            stamps.push(start_stamp(&state, &ca, entry).await?);
+        }
+        let directory = Arc::new(StaticDirectory::new(
+            file.stamps
+                .iter()
+                .map(|e| layout::stamp_info(e, &ca.cert_pem, &file.stamp_token))
+                .collect(),
+        ));
+        let router = start_router(&state, &ca, &file, directory.clone()).await?;
+        Ok(Self {
+            state,
+            file,
+            fresh,
+            ca,
+            router,
+            directory,
+            stamps,
+        })
+    }
+
+    /// Starts the next stamp, records it in the state folder, then lets the router assign to it.
+    pub async fn add_stamp(&mut self, default_quota: u64) -> anyhow::Result<&LiveStamp> {
+        let entry = layout::next_stamp(&self.file, default_quota)?;
+        let live = start_stamp(&self.state, &self.ca, &entry).await?;
+        self.file.stamps.push(entry);
+        self.file.last_scale_unix = Some(now_unix());
+        self.state.save_fleet(&self.file)?;
+        self.directory.set(
+            self.file
+                .stamps
+                .iter()
+                .map(|e| layout::stamp_info(e, &self.ca.cert_pem, &self.file.stamp_token))
+                .collect(),
+        );
+        self.stamps.push(live);
+        Ok(self.stamps.last().expect("just pushed"))
+    }
+
+    /// Each stamp with the assignment count the router last reported.
+    pub fn loads(&self) -> Vec<StampLoad> {
+        let assigned = self.directory.assigned();
+        self.directory
+            .snapshot()
+            .iter()
+            .map(|s| layout::stamp_load(s, assigned.get(&s.name).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    /// Stops the router first (no new assignments), then each stamp (flushing ingest).
+    pub async fn shutdown(self) {
+        self.router.shutdown().await;
+        for s in self.stamps {
+            s.running.shutdown().await;
+        }
+    }
+}
+
+async fn start_stamp(state: &StateDir, ca: &CertKeyPem, entry: &StampEntry) -> anyhow::Result<LiveStamp> {
+    let dir = state.stamp_dir(&entry.name);
+    let (cert, key) = state.ensure_server_cert(&dir, ca, entry.ip, now_unix())?;
+    let config = layout::stamp_config(entry, &dir, &cert, &key, &state.stamp_token_file());
+    let running = iotstamp_stamp::start(config)
+        .await
+        .with_context(|| format!("starting {} on {}", entry.name, entry.ip))?;
+    Ok(LiveStamp {
+        entry: entry.clone(),
+        running,
+    })
+}
+
+async fn start_router(
+    state: &StateDir,
+    ca: &CertKeyPem,
+    file: &FleetFile,
+    directory: Arc<StaticDirectory>,
+) -> anyhow::Result<RunningRouter> {
+    let dir = state.router_dir();
+    let (cert, key) = state.ensure_server_cert(&dir, ca, file.router_ip, now_unix())?;
+    let tls = iotstamp_net::tls::server_config_from_files(&cert, &key, &[b"http/1.1"])?;
+    let config = RouterConfig {
+        https_addr: layout::https_addr(file.router_ip),
+        mqtt_addr: Some(layout::mqtt_addr(file.router_ip)),
+        metrics_addr: None,
+        tls,
+        store: StoreConfig::Embedded {
+            dir: dir.join("store"),
+        },
+        groups: vec![EnrollmentGroupConfig {
+            name: GROUP_NAME.into(),
+            id_scope: file.id_scope.clone(),
+            symmetric_key: Some(file.group_key.clone()),
+            symmetric_key_file: None,
+            allocation: Default::default(),
+            selector: Default::default(),
+            reprovision: Default::default(),
+        }],
+        stamps: Vec::new(),
+        api_tokens: vec![file.app_token.clone()],
+        assign_wait: Duration::from_secs(2),
+        retry_after_secs: 1,
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let router = start_with(config, directory, Arc::new(HttpStampClient::new()))
+        .await
+        .with_context(|| format!("starting the router on {}", file.router_ip))?;
+    Ok(router)
+}

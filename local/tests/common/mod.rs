@@ -1,0 +1,170 @@
+//! Runs the `iotstamp` binary as a user would: `up` in the background (stdout collected line by
+//! line), `simulate` to completion.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use iotstamp_local::report::Summary;
+
+/// `$IOTSTAMP_BIN`, or `iotstamp` beside this test's build directory.
+pub fn binary() -> PathBuf {
+    let bin = std::env::var_os("IOTSTAMP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().join("iotstamp")
+        });
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build` first (or set IOTSTAMP_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Up {
+    /// Starts `iotstamp up` with `args` and waits for its "ready" line.
+    pub fn start(state: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .arg("up")
+            .arg("--state")
+            .arg(state)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut up = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        up.wait_for("ready", Duration::from_secs(60));
+        up
+    }
+
+    /// Waits until a line containing `text` has been printed; panics with the output otherwise.
+    pub fn wait_for(&mut self, text: &str, limit: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
+            return l.clone();
+        }
+        let until = Instant::now() + limit;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "`iotstamp up` never printed `{text}`; it printed:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Lines printed so far (without waiting).
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// SIGTERM, then the exit status (within 30 s).
+    pub fn terminate(self) -> (ExitStatus, Vec<String>) {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT as Ctrl-C does), then the exit status (within 30 s).
+    pub fn signal(mut self, signal: libc::c_int) -> (ExitStatus, Vec<String>) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread ends with the pipe; collect what is left.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.seen.push(line);
+                }
+                return (status, std::mem::take(&mut self.seen));
+            }
+            assert!(
+                Instant::now() < until,
+                "`iotstamp up` did not exit within 30 s of signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `iotstamp simulate --json` with `args`; the parsed summary and the exit status.
+pub fn simulate(state: &Path, args: &[&str]) -> (Summary, ExitStatus) {
+    let out = Command::new(binary())
+        .arg("simulate")
+        .arg("--state")
+        .arg(state)
+        .arg("--json")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: simulate printed:\n{text}"));
+    (summary, out.status)
+}
+
+/// The venv Python with azure-iot-device (installed by .ci/setup-deps); fails clearly without it.
+pub fn venv_python() -> String {
+    let cache = std::env::var("IOTSTAMP_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/iotstamp", std::env::var("HOME").unwrap_or_default()));
+    let python = format!("{cache}/venv/bin/python");
+    assert!(
+        Path::new(&python).exists(),
+        "{python} is missing: run .ci/setup-deps (it installs the Python venv with azure-iot-device)"
+    );
+    python
+}
+
+/// Runs `cmd` to completion, asserts it succeeded (showing both streams if not), returns stdout.
+pub fn stdout_of_success(cmd: &mut Command) -> String {
+    let out = cmd.env("RUST_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}\n{err}");
+    text
+}
