@@ -10,8 +10,10 @@ struct Secrets(HashMap<(String, String), Arc<Secret>>);
 
 impl Secrets {
     fn with(mut self, name: &str, key: &str, value: &str) -> Self {
-        let mut s = Secret::default();
-        s.data = Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into());
+        let s = Secret {
+            data: Some([(key.to_string(), ByteString(value.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        };
         self.0.insert(("ns".into(), name.into()), Arc::new(s));
         self
     }
