@@ -40,8 +40,9 @@ pub struct EnrollmentGroupSpec {
     /// Which IoTStamps (in this namespace) may take this group's devices; all when empty.
     #[serde(default)]
     pub stamp_selector: StampSelector,
+    // An enum in the schema: the API server itself refuses other values, naming the field and the
+    // supported values (a CEL rule would never run on such an object).
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self in ['Migrate', 'Reset', 'Never']").message("reprovision must be one of Migrate, Reset, Never"))]
     pub reprovision: Reprovision,
     /// The group's region: region-affinity allocation uses it for devices that send none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,8 +80,8 @@ fn default_key() -> String {
 #[x_kube(validation = Rule::new("self.policy == 'Static' ? has(self.stamp) : !has(self.stamp)").message("allocation.stamp is required when allocation.policy is Static, and allowed only then"))]
 #[x_kube(validation = Rule::new("self.policy == 'Custom' ? has(self.webhookUrl) : !has(self.webhookUrl)").message("allocation.webhookUrl is required when allocation.policy is Custom, and allowed only then"))]
 pub struct Allocation {
+    // An enum in the schema, like `reprovision`.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self in ['Evenly', 'RegionAffinity', 'Static', 'Custom']").message("allocation.policy must be one of Evenly, RegionAffinity, Static, Custom"))]
     pub policy: AllocationPolicy,
     /// The IoTStamp every device goes to (policy Static).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,9 +70,14 @@ async fn bad_enrollment_groups_are_refused_at_admission_naming_the_field() -> an
             "allocation.webhookUrl must be an http:// or https:// URL",
         ),
         (
+            json!({"idScope": "0ne001", "attestation": key, "allocation": {"policy": "Nearest"}}),
+            "spec.allocation.policy",
+            r#"supported values: "Evenly", "RegionAffinity", "Static", "Custom""#,
+        ),
+        (
             json!({"idScope": "0ne001", "attestation": key, "reprovision": "Sometimes"}),
             "spec.reprovision",
-            "reprovision must be one of Migrate, Reset, Never",
+            r#"Unsupported value: "Sometimes": supported values: "Migrate", "Reset", "Never""#,
         ),
     ];
     for (i, (spec, field, message)) in cases.into_iter().enumerate() {
