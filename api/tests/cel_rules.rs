@@ -197,7 +197,11 @@ fn enrollment_group_rules_name_their_fields() {
                     "allocation": {"policy": "Custom", "webhookUrl": "https://hook.example/allocate"}});
     assert_eq!(violations(&schema, &enrollment(ok), None), Vec::<String>::new());
     let cases = [
-        (json!({"idScope": "a/b", "attestation": key}), "idScope", "idScope must be non-empty"),
+        (
+            json!({"idScope": "a/b", "attestation": key}),
+            "idScope",
+            "idScope must be non-empty",
+        ),
         (
             json!({"idScope": "s", "attestation": key, "allocation": {"policy": "Static"}}),
             "allocation",

@@ -31,7 +31,11 @@ fn now() -> u64 {
 
 /// A random address in 127.77.0.0/16, so ports can be fixed without colliding with anyone.
 pub fn loopback_ip() -> String {
-    format!("127.77.{}.{}", rand::random::<u8>(), rand::random_range(1..=254u8))
+    format!(
+        "127.77.{}.{}",
+        rand::random::<u8>(),
+        rand::random_range(1..=254u8)
+    )
 }
 
 /// A scratch directory removed on drop.
@@ -74,7 +78,12 @@ impl Pki {
 
     /// Writes `<prefix>.crt` and `<prefix>.key` for `ip` into `dir`.
     pub fn server_files(&self, dir: &Scratch, prefix: &str, ip: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let cert = pki::issue_server_cert(&self.ca, &[ip.to_string()], now() as i64 - 60, Duration::from_secs(86_400))?;
+        let cert = pki::issue_server_cert(
+            &self.ca,
+            &[ip.to_string()],
+            now() as i64 - 60,
+            Duration::from_secs(86_400),
+        )?;
         Ok((
             dir.write(&format!("{prefix}.crt"), &cert.cert_pem)?,
             dir.write(&format!("{prefix}.key"), &cert.key_pem)?,
@@ -107,7 +116,9 @@ impl Process {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("cannot start iotstamp {}", args[0]))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start iotstamp {}", args[0]))?;
         Ok(Self { child, log })
     }
 
@@ -127,7 +138,10 @@ impl Process {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("{what} did not listen on {addr} within {START_TIMEOUT:?}; its log:\n{}", self.log_text())
+        bail!(
+            "{what} did not listen on {addr} within {START_TIMEOUT:?}; its log:\n{}",
+            self.log_text()
+        )
     }
 }
 
@@ -188,7 +202,11 @@ impl StampProcess {
     }
 
     /// The device's record in the stamp's own registry, if the stamp holds it.
-    pub async fn registry_record(&self, http: &reqwest::Client, device: &str) -> anyhow::Result<Option<Value>> {
+    pub async fn registry_record(
+        &self,
+        http: &reqwest::Client,
+        device: &str,
+    ) -> anyhow::Result<Option<Value>> {
         let resp = http
             .get(format!("{}/v1/registry/devices/{device}", self.api_url()))
             .bearer_auth(&self.token)
@@ -229,7 +247,13 @@ pub fn install_router_rbac(cluster: &Cluster, namespace: &str) -> anyhow::Result
     let file = dir.write("rbac.yaml", &rendered)?;
     cluster.run(
         "kubectl",
-        &["apply", "--server-side", "--force-conflicts", "-f", &file.to_string_lossy()],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &file.to_string_lossy(),
+        ],
     )?;
     Ok(())
 }
@@ -279,7 +303,12 @@ impl RouterProcess {
         process.wait_listening("router", metrics).await?;
         let probe = reqwest::Client::new();
         wait::until("router /readyz", START_TIMEOUT, || async {
-            let ok = probe.get(format!("http://{metrics}/readyz")).send().await?.status().is_success();
+            let ok = probe
+                .get(format!("http://{metrics}/readyz"))
+                .send()
+                .await?
+                .status()
+                .is_success();
             Ok(ok.then_some(()))
         })
         .await
@@ -314,7 +343,12 @@ pub struct Device<'a> {
 impl Device<'_> {
     fn token(&self, reg: &str) -> anyhow::Result<String> {
         let key = sas::derive_device_key(self.group_key, reg)?;
-        Ok(sas::sign(&format!("{}/registrations/{reg}", self.scope), &key, now() + 3600, None)?)
+        Ok(sas::sign(
+            &format!("{}/registrations/{reg}", self.scope),
+            &key,
+            now() + 3600,
+            None,
+        )?)
     }
 
     /// Registers and polls while the router answers "assigning"; returns the final status and body.
@@ -327,12 +361,18 @@ impl Device<'_> {
             .json(&json!({"registrationId": reg}))
             .send()
             .await?;
-        let (mut status, mut body) = (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null));
+        let (mut status, mut body) = (
+            resp.status().as_u16(),
+            resp.json::<Value>().await.unwrap_or(Value::Null),
+        );
         for _ in 0..100 {
             if status != 202 {
                 break;
             }
-            let op = body["operationId"].as_str().context("202 without operationId")?.to_string();
+            let op = body["operationId"]
+                .as_str()
+                .context("202 without operationId")?
+                .to_string();
             tokio::time::sleep(Duration::from_millis(200)).await;
             let resp = self
                 .http

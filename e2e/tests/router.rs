@@ -87,12 +87,19 @@ async fn bad_enrollment_groups_are_refused_at_admission_naming_the_field() -> an
             .await
             .expect_err(&format!("{spec} was accepted"));
         let text = err.to_string();
-        assert!(text.contains(field), "rejection of {spec} does not name {field}: {text}");
-        assert!(text.contains(message), "rejection of {spec} lacks `{message}`: {text}");
+        assert!(
+            text.contains(field),
+            "rejection of {spec} does not name {field}: {text}"
+        );
+        assert!(
+            text.contains(message),
+            "rejection of {spec} lacks `{message}`: {text}"
+        );
     }
 
     // A minimal group is accepted and defaulted by the API server.
-    let obj: DynamicObject = serde_json::from_value(group("ok", json!({"idScope": "0ne001", "attestation": key})))?;
+    let obj: DynamicObject =
+        serde_json::from_value(group("ok", json!({"idScope": "0ne001", "attestation": key})))?;
     raw.create(&PostParams::default(), &obj).await?;
     let typed: Api<EnrollmentGroup> = Api::namespaced(cluster.client.clone(), &ns.name);
     let g = typed.get("ok").await?;
@@ -100,7 +107,13 @@ async fn bad_enrollment_groups_are_refused_at_admission_naming_the_field() -> an
     assert_eq!(stored["attestation"]["symmetricKey"]["key"], "key");
     assert_eq!(stored["allocation"]["policy"], "Evenly");
     assert_eq!(stored["reprovision"], "Migrate");
-    let names: Vec<String> = typed.list(&Default::default()).await?.items.iter().map(|g| g.name_any()).collect();
+    let names: Vec<String> = typed
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|g| g.name_any())
+        .collect();
     assert_eq!(names, ["ok"]);
     Ok(())
 }
@@ -137,21 +150,29 @@ async fn publish_operator_status(
 fn secret(name: &str, data: &[(&str, &str)]) -> anyhow::Result<Secret> {
     let string_data: serde_json::Map<String, Value> =
         data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    Ok(serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data}))?)
+    Ok(serde_json::from_value(
+        json!({"metadata": {"name": name}, "stringData": string_data}),
+    )?)
 }
 
 /// Where a device was assigned (its `assignedHub`), after checking the answer is "assigned".
 fn assigned_hub(device: &str, (status, body): &(u16, Value)) -> String {
     assert_eq!(*status, 200, "{device}: {body}");
     assert_eq!(body["status"], "assigned", "{device}: {body}");
-    body["registrationState"]["assignedHub"].as_str().unwrap_or_default().to_string()
+    body["registrationState"]["assignedHub"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The fields a manager owns in an object's status, as `managedFields` records them.
 fn owned_status_fields(s: &IoTStamp, manager: &str) -> Option<Value> {
-    let entry = s.metadata.managed_fields.as_ref()?.iter().find(|m| {
-        m.manager.as_deref() == Some(manager) && m.subresource.as_deref() == Some("status")
-    })?;
+    let entry = s
+        .metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .find(|m| m.manager.as_deref() == Some(manager) && m.subresource.as_deref() == Some("status"))?;
     serde_json::to_value(entry.fields_v1.as_ref()?).ok()
 }
 
@@ -170,9 +191,21 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
     let mut running = Vec::new();
     for name in ["alpha", "beta"] {
         let s = StampProcess::start(&cluster, &pki, name, 100).await?;
-        secrets.create(&pp, &secret(&format!("{name}-api-token"), &[("token", &s.token)])?).await?;
-        secrets.create(&pp, &secret(&format!("{name}-hub-tls"), &[("ca.crt", &pki.ca.cert_pem)])?).await?;
-        stamps.create(&pp, &stamp(name, json!({"deviceQuota": 100, "region": "eu"}))).await?;
+        secrets
+            .create(
+                &pp,
+                &secret(&format!("{name}-api-token"), &[("token", &s.token)])?,
+            )
+            .await?;
+        secrets
+            .create(
+                &pp,
+                &secret(&format!("{name}-hub-tls"), &[("ca.crt", &pki.ca.cert_pem)])?,
+            )
+            .await?;
+        stamps
+            .create(&pp, &stamp(name, json!({"deviceQuota": 100, "region": "eu"})))
+            .await?;
         running.push(s);
     }
     let mut operator_status = Vec::new();
@@ -181,7 +214,9 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
     }
 
     // The group's key lives only in a Secret.
-    secrets.create(&pp, &secret("fleet-key", &[("key", GROUP_KEY)])?).await?;
+    secrets
+        .create(&pp, &secret("fleet-key", &[("key", GROUP_KEY)])?)
+        .await?;
     let groups: Api<EnrollmentGroup> = Api::namespaced(cluster.client.clone(), &ns.name);
     let g: EnrollmentGroup = serde_json::from_value(group(
         "fleet",
@@ -202,11 +237,17 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
     for i in 0..6 {
         let reg = format!("dev-{i}");
         let hub = assigned_hub(&reg, &device.provision(&reg).await?);
-        let s = running
-            .iter()
-            .find(|s| s.ip == hub)
-            .unwrap_or_else(|| panic!("{reg} assigned to unknown hub {hub}; router log:\n{}", router.log_text()));
-        assert!(s.registry_record(&http, &reg).await?.is_some(), "stamp {} lacks {reg}", s.name);
+        let s = running.iter().find(|s| s.ip == hub).unwrap_or_else(|| {
+            panic!(
+                "{reg} assigned to unknown hub {hub}; router log:\n{}",
+                router.log_text()
+            )
+        });
+        assert!(
+            s.registry_record(&http, &reg).await?.is_some(),
+            "stamp {} lacks {reg}",
+            s.name
+        );
         *on.entry(s.name.clone()).or_default() += 1;
     }
     // A wrong key is refused.
@@ -231,8 +272,14 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
         )
         .await?;
         let status = serde_json::to_value(obj.status.as_ref())?;
-        assert_eq!(status["conditions"][0]["status"], before["conditions"][0]["status"]);
-        assert_eq!(status["conditions"][0]["reason"], before["conditions"][0]["reason"]);
+        assert_eq!(
+            status["conditions"][0]["status"],
+            before["conditions"][0]["status"]
+        );
+        assert_eq!(
+            status["conditions"][0]["reason"],
+            before["conditions"][0]["reason"]
+        );
         assert_eq!(status["endpoints"], before["endpoints"]);
         if want > 0 {
             assert_eq!(
@@ -243,13 +290,23 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
             );
         }
         let operator = owned_status_fields(&obj, OPERATOR_FIELD_MANAGER).unwrap_or_default();
-        assert!(operator["f:status"]["f:endpoints"].is_object(), "operator lost endpoints: {operator}");
-        assert!(operator["f:status"]["f:devices"].is_null(), "operator owns devices: {operator}");
+        assert!(
+            operator["f:status"]["f:endpoints"].is_object(),
+            "operator lost endpoints: {operator}"
+        );
+        assert!(
+            operator["f:status"]["f:devices"].is_null(),
+            "operator owns devices: {operator}"
+        );
     }
 
     // alpha drains, beta stays: new devices all go to beta.
     stamps
-        .patch("alpha", &PatchParams::default(), &Patch::Merge(json!({"spec": {"draining": true}})))
+        .patch(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"draining": true}})),
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..4 {
@@ -266,6 +323,29 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
         running[0].registry_record(&http, "nowhere").await?.is_none()
             && running[1].registry_record(&http, "nowhere").await?.is_none()
     );
+
+    // The group key is rotated in its Secret: the router follows, refusing the old key.
+    const NEW_KEY: &str = "bmV3LWdyb3VwLWtleS1mb3ItdGhlLWZsZWV0LXJvdGF0ZWQ=";
+    secrets
+        .patch(
+            "fleet-key",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"key": NEW_KEY}})),
+        )
+        .await?;
+    wait::until(
+        "the router to refuse the old group key",
+        Duration::from_secs(10),
+        || async { Ok((device.provision("rotated").await?.0 == 401).then_some(())) },
+    )
+    .await?;
+    let rotated = Device {
+        group_key: NEW_KEY,
+        ..device
+    };
+    // Authenticated with the new key; still no usable stamp.
+    let (status, body) = rotated.provision("rotated").await?;
+    assert_eq!(status, 429, "{body}");
     drop(router);
     Ok(())
 }

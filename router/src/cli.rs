@@ -105,7 +105,11 @@ impl RouterArgs {
     /// The mode the flags and the file ask for; a file that lists groups or stamps contradicts
     /// Kubernetes mode, whose groups and stamps are objects.
     pub fn mode(&self, file: &LocalFile) -> Result<Mode, Error> {
-        let mode = if self.kubernetes { Mode::Kubernetes } else { file.mode };
+        let mode = if self.kubernetes {
+            Mode::Kubernetes
+        } else {
+            file.mode
+        };
         if mode == Mode::Kubernetes && !(file.groups.is_empty() && file.stamps.is_empty()) {
             return Err(Error::Config(
                 "Kubernetes mode takes groups and stamps from EnrollmentGroup and IoTStamp objects; \

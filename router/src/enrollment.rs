@@ -58,7 +58,10 @@ impl Group {
 }
 
 fn index(by_scope: &mut ByScope, group: Group) {
-    by_scope.entry(group.id_scope.clone()).or_default().push(Arc::new(group));
+    by_scope
+        .entry(group.id_scope.clone())
+        .or_default()
+        .push(Arc::new(group));
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,7 +119,11 @@ impl Enrollments {
     }
 
     pub fn group(&self, name: &str) -> Option<Arc<Group>> {
-        self.current().values().flatten().find(|g| g.name == name).cloned()
+        self.current()
+            .values()
+            .flatten()
+            .find(|g| g.name == name)
+            .cloned()
     }
 
     /// Checks a device's token: parsed, granting `{idScope}/registrations/{regId}` (registration

@@ -46,7 +46,9 @@ pub fn due(
     let mut out: Vec<(String, u64)> = wanted
         .iter()
         .filter(|(stamp, n)| {
-            let recent = last.get(*stamp).filter(|(t, _)| now.duration_since(*t) < CATCH_UP);
+            let recent = last
+                .get(*stamp)
+                .filter(|(t, _)| now.duration_since(*t) < CATCH_UP);
             match recent {
                 Some((t, _)) if now.duration_since(*t) < MIN_INTERVAL => false,
                 Some((_, written)) => written != *n,
@@ -96,7 +98,10 @@ pub async fn writer(api: Api<IoTStamp>, namespace: String, stamps: Store<IoTStam
         let wanted = pending.wanted.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let now = Instant::now();
         for (stamp, n) in due(&wanted, |n| shown(&stamps, &namespace, n), &last, now) {
-            match api.patch_status(&stamp, &params, &Patch::Apply(patch_body(&stamp, n))).await {
+            match api
+                .patch_status(&stamp, &params, &Patch::Apply(patch_body(&stamp, n)))
+                .await
+            {
                 Ok(_) => {
                     tracing::debug!(%stamp, assigned = n, "published assigned count");
                     last.insert(stamp, (now, n));
@@ -110,7 +115,13 @@ pub async fn writer(api: Api<IoTStamp>, namespace: String, stamps: Store<IoTStam
         }
         last.retain(|_, (t, _)| now.duration_since(*t) < CATCH_UP);
         // A write held back by the interval is looked at again when it has passed.
-        let later = !due(&wanted, |n| shown(&stamps, &namespace, n), &last, now + MIN_INTERVAL).is_empty();
+        let later = !due(
+            &wanted,
+            |n| shown(&stamps, &namespace, n),
+            &last,
+            now + MIN_INTERVAL,
+        )
+        .is_empty();
         if later {
             tokio::select! {
                 _ = tokio::time::sleep(MIN_INTERVAL) => {}
@@ -146,7 +157,10 @@ mod tests {
         assert_eq!(due(&wanted, shown, &last, t0 + MIN_INTERVAL), b_and_d);
         // b was just written with the wanted count; the cache still shows 1: no second write.
         let last: LastWrites = [("b".to_string(), (t0, 3))].into();
-        assert_eq!(due(&wanted, shown, &last, t0 + MIN_INTERVAL), vec![("d".to_string(), 2)]);
+        assert_eq!(
+            due(&wanted, shown, &last, t0 + MIN_INTERVAL),
+            vec![("d".to_string(), 2)]
+        );
         // Long after, the cache is the truth again.
         assert_eq!(due(&wanted, shown, &last, t0 + CATCH_UP), b_and_d);
     }

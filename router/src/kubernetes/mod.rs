@@ -145,7 +145,11 @@ fn trim_secret(s: &mut Secret) {
 
 /// Starts the router on the IoTStamps and EnrollmentGroups of `namespace`, once the watch caches
 /// hold their first lists. `config.groups` and `config.stamps` are ignored.
-pub async fn start(mut config: RouterConfig, client: Client, namespace: &str) -> Result<RunningRouter, Error> {
+pub async fn start(
+    mut config: RouterConfig,
+    client: Client,
+    namespace: &str,
+) -> Result<RunningRouter, Error> {
     let changed = Arc::new(Notify::new());
     let (stamps, stamps_w) = reflector::store();
     let (groups, groups_w) = reflector::store();
@@ -153,8 +157,18 @@ pub async fn start(mut config: RouterConfig, client: Client, namespace: &str) ->
     let stamp_api: Api<IoTStamp> = Api::namespaced(client.clone(), namespace);
     let mut tasks = vec![
         watch(stamp_api.clone(), trim_meta, stamps_w, changed.clone()),
-        watch(Api::namespaced(client.clone(), namespace), trim_meta, groups_w, changed.clone()),
-        watch(Api::namespaced(client, namespace), trim_secret, secrets_w, changed.clone()),
+        watch(
+            Api::namespaced(client.clone(), namespace),
+            trim_meta,
+            groups_w,
+            changed.clone(),
+        ),
+        watch(
+            Api::namespaced(client, namespace),
+            trim_secret,
+            secrets_w,
+            changed.clone(),
+        ),
     ];
     let caches = Caches {
         stamps,
@@ -194,7 +208,13 @@ pub async fn start(mut config: RouterConfig, client: Client, namespace: &str) ->
     config.stamps = Vec::new();
     let mut router = start_with(config, directory.clone(), Arc::new(HttpStampClient::new())).await?;
     let enrollments = router.enrollments();
-    tasks.push(tokio::spawn(refresh(caches.clone(), directory, enrollments, changed, refused)));
+    tasks.push(tokio::spawn(refresh(
+        caches.clone(),
+        directory,
+        enrollments,
+        changed,
+        refused,
+    )));
     tasks.push(tokio::spawn(assigned::writer(
         stamp_api,
         namespace.to_string(),

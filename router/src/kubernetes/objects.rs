@@ -83,7 +83,10 @@ fn host_of(endpoint: &str) -> &str {
 }
 
 /// The group as the router's enrollment model takes it; the error says what is missing.
-pub fn group_config(group: &EnrollmentGroup, secrets: &dyn SecretLookup) -> Result<EnrollmentGroupConfig, String> {
+pub fn group_config(
+    group: &EnrollmentGroup,
+    secrets: &dyn SecretLookup,
+) -> Result<EnrollmentGroupConfig, String> {
     let name = group.metadata.name.clone().unwrap_or_default();
     let namespace = group.metadata.namespace.as_deref().unwrap_or_default();
     let spec = &group.spec;
@@ -101,7 +104,11 @@ pub fn group_config(group: &EnrollmentGroup, secrets: &dyn SecretLookup) -> Resu
             default_region: spec.region.clone(),
         },
         CrPolicy::Static => AllocationPolicy::Static {
-            stamp: spec.allocation.stamp.clone().ok_or_else(|| missing("allocation.stamp"))?,
+            stamp: spec
+                .allocation
+                .stamp
+                .clone()
+                .ok_or_else(|| missing("allocation.stamp"))?,
         },
         CrPolicy::Custom => AllocationPolicy::Custom {
             url: spec

@@ -47,17 +47,27 @@ fn ready_status(draining: &str) -> serde_json::Value {
 
 #[test]
 fn a_ready_stamp_maps_with_its_token_ca_and_service_host() {
-    let secrets = Secrets::default()
-        .with("s1-api-token", "token", "tok\n")
-        .with("s1-hub-tls", "ca.crt", "PEM");
-    let s = stamp(json!({"deviceQuota": 7, "region": "eu", "weight": 3}), ready_status("False"));
+    let secrets =
+        Secrets::default()
+            .with("s1-api-token", "token", "tok\n")
+            .with("s1-hub-tls", "ca.crt", "PEM");
+    let s = stamp(
+        json!({"deviceQuota": 7, "region": "eu", "weight": 3}),
+        ready_status("False"),
+    );
     let info = stamp_info(&s, &secrets).unwrap();
     assert_eq!(
         (info.name.as_str(), info.hub.as_str(), info.api_url.as_str()),
         ("s1", "s1-hub.ns.svc", "https://s1-hub.ns.svc:8443")
     );
-    assert_eq!((info.quota, info.weight, info.region.as_deref()), (7, 3, Some("eu")));
-    assert_eq!((info.token.as_deref(), info.ca_pem.as_deref()), (Some("tok"), Some("PEM")));
+    assert_eq!(
+        (info.quota, info.weight, info.region.as_deref()),
+        (7, 3, Some("eu"))
+    );
+    assert_eq!(
+        (info.token.as_deref(), info.ca_pem.as_deref()),
+        (Some("tok"), Some("PEM"))
+    );
     assert_eq!(info.labels.get("tier").map(String::as_str), Some("gold"));
     assert!(info.usable());
 }
@@ -73,12 +83,19 @@ fn stale_draining_or_unpublished_stamps_are_not_usable() {
     // Ready for an older generation.
     let mut st = ready_status("False");
     st["observedGeneration"] = json!(1);
-    assert!(!stamp_info(&stamp(json!({"deviceQuota": 7}), st), &none).unwrap().ready);
+    assert!(
+        !stamp_info(&stamp(json!({"deviceQuota": 7}), st), &none)
+            .unwrap()
+            .ready
+    );
     // No endpoints yet: not a stamp the router can use at all.
     let s = stamp(json!({"deviceQuota": 7}), json!({}));
     assert_eq!(stamp_info(&s, &none), None);
     // An external host name wins over the Service name.
-    let s = stamp(json!({"deviceQuota": 7, "hub": {"hostNames": ["hub.example.com"]}}), ready_status("False"));
+    let s = stamp(
+        json!({"deviceQuota": 7, "hub": {"hostNames": ["hub.example.com"]}}),
+        ready_status("False"),
+    );
     assert_eq!(stamp_info(&s, &none).unwrap().hub, "hub.example.com");
 }
 
@@ -115,7 +132,10 @@ fn an_enrollment_group_maps_onto_the_router_model() {
         }
     );
     assert_eq!(cfg.reprovision, ReprovisionPolicy::Never);
-    assert_eq!(cfg.selector.match_labels.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(
+        cfg.selector.match_labels.get("tier").map(String::as_str),
+        Some("gold")
+    );
 
     let g = group(json!({
         "idScope": "0ne001", "attestation": {"symmetricKey": {"name": "fleet-key"}},
@@ -128,7 +148,8 @@ fn an_enrollment_group_maps_onto_the_router_model() {
 
 #[test]
 fn a_group_without_its_key_is_refused_naming_the_secret() {
-    let g = group(json!({"idScope": "0ne001", "attestation": {"symmetricKey": {"name": "gone", "key": "k"}}}));
+    let g =
+        group(json!({"idScope": "0ne001", "attestation": {"symmetricKey": {"name": "gone", "key": "k"}}}));
     let err = group_config(&g, &Secrets::default()).unwrap_err();
     assert!(err.contains("Secret `gone` has no key `k`"), "{err}");
 }
