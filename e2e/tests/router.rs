@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use iotstamp_api::{EnrollmentGroup, IoTStamp, OPERATOR_FIELD_MANAGER, ROUTER_FIELD_MANAGER};
+use iotstamp_e2e::audit::AuditLog;
 use iotstamp_e2e::cluster::Cluster;
-use iotstamp_e2e::router::{Device, Pki, RouterProcess, StampProcess, install_router_rbac};
+use iotstamp_e2e::router::{Device, Pki, ROUTER_USER, RouterProcess, StampProcess, install_router_rbac};
 use iotstamp_e2e::stamps::stamp;
 use iotstamp_e2e::wait;
 use k8s_openapi::api::core::v1::Secret;
@@ -299,6 +300,24 @@ async fn devices_provision_onto_ready_iotstamps_and_assigned_counts_land_in_stat
             "operator owns devices: {operator}"
         );
     }
+
+    // The router wrote nothing but that field, and writes nothing while the counts stand still
+    // (it re-reports them every 2 s).
+    let audit = AuditLog::from_env()?;
+    let writes = audit.writes(ROUTER_USER, &ns.name)?;
+    assert!(!writes.is_empty(), "no router write in the audit log");
+    assert!(
+        writes.iter().all(|w| w.verb == "patch"
+            && w.resource == "iotstamps"
+            && w.subresource.as_deref() == Some("status")),
+        "{writes:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        audit.writes(ROUTER_USER, &ns.name)?,
+        writes,
+        "writes without a change"
+    );
 
     // alpha drains, beta stays: new devices all go to beta.
     stamps
