@@ -128,7 +128,11 @@ impl RouterArgs {
     }
 
     pub fn to_config(&self) -> Result<RouterConfig, Error> {
-        let file = self.file()?;
+        self.config_with(self.file()?)
+    }
+
+    /// The configuration from the flags and an already loaded file.
+    fn config_with(&self, file: LocalFile) -> Result<RouterConfig, Error> {
         let tls = iotstamp_net::tls::server_config_from_files(&self.tls_cert, &self.tls_key, &[b"http/1.1"])?;
         let store = match self.store {
             StoreKind::Embedded => StoreConfig::Embedded {
@@ -175,8 +179,10 @@ impl RouterArgs {
 
 /// Runs the router until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn run(args: RouterArgs) -> Result<(), Error> {
-    let config = args.to_config()?;
-    let router = match args.mode(&args.file()?)? {
+    let file = args.file()?;
+    let mode = args.mode(&file)?;
+    let config = args.config_with(file)?;
+    let router = match mode {
         Mode::Local => crate::start(config).await?,
         Mode::Kubernetes => {
             let client = kube::Client::try_default()

@@ -143,59 +143,84 @@ fn trim_secret(s: &mut Secret) {
     s.string_data = None;
 }
 
+/// Watches that abort their tasks when dropped, unless handed to a running router.
+struct Watches {
+    caches: Caches,
+    changed: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+impl Watches {
+    fn start(client: Client, namespace: &str) -> Self {
+        let changed = Arc::new(Notify::new());
+        let (stamps, stamps_w) = reflector::store();
+        let (groups, groups_w) = reflector::store();
+        let (secrets, secrets_w) = reflector::store();
+        let tasks = vec![
+            watch(
+                Api::namespaced(client.clone(), namespace),
+                trim_meta,
+                stamps_w,
+                changed.clone(),
+            ),
+            watch(
+                Api::namespaced(client.clone(), namespace),
+                trim_meta,
+                groups_w,
+                changed.clone(),
+            ),
+            watch(
+                Api::namespaced(client, namespace),
+                trim_secret,
+                secrets_w,
+                changed.clone(),
+            ),
+        ];
+        Self {
+            caches: Caches {
+                stamps,
+                groups,
+                secrets,
+            },
+            changed,
+            tasks,
+        }
+    }
+
+    /// Waits for the first full list of each kind.
+    async fn synced(&self, namespace: &str) -> Result<(), Error> {
+        let c = &self.caches;
+        let all = async {
+            c.stamps.wait_until_ready().await?;
+            c.groups.wait_until_ready().await?;
+            c.secrets.wait_until_ready().await
+        };
+        match tokio::time::timeout(SYNC_TIMEOUT, all).await {
+            Ok(r) => r.map_err(|e| Error::Kubernetes(format!("watch cache closed: {e}"))),
+            Err(_) => Err(Error::Kubernetes(format!(
+                "could not list IoTStamps, EnrollmentGroups and Secrets in namespace `{namespace}` \
+                 within {SYNC_TIMEOUT:?}: are the CRDs installed and may this account read them?"
+            ))),
+        }
+    }
+}
+
 /// Starts the router on the IoTStamps and EnrollmentGroups of `namespace`, once the watch caches
-/// hold their first lists. `config.groups` and `config.stamps` are ignored.
+/// hold their first lists. `config.groups` and `config.stamps` are replaced by what they hold.
 pub async fn start(
     mut config: RouterConfig,
     client: Client,
     namespace: &str,
 ) -> Result<RunningRouter, Error> {
-    let changed = Arc::new(Notify::new());
-    let (stamps, stamps_w) = reflector::store();
-    let (groups, groups_w) = reflector::store();
-    let (secrets, secrets_w) = reflector::store();
-    let stamp_api: Api<IoTStamp> = Api::namespaced(client.clone(), namespace);
-    let mut tasks = vec![
-        watch(stamp_api.clone(), trim_meta, stamps_w, changed.clone()),
-        watch(
-            Api::namespaced(client.clone(), namespace),
-            trim_meta,
-            groups_w,
-            changed.clone(),
-        ),
-        watch(
-            Api::namespaced(client, namespace),
-            trim_secret,
-            secrets_w,
-            changed.clone(),
-        ),
-    ];
-    let caches = Caches {
-        stamps,
-        groups,
-        secrets,
-    };
-    let synced = async {
-        caches.stamps.wait_until_ready().await?;
-        caches.groups.wait_until_ready().await?;
-        caches.secrets.wait_until_ready().await
-    };
-    let fail = |tasks: Vec<JoinHandle<()>>, why: String| {
-        tasks.iter().for_each(JoinHandle::abort);
-        Error::Kubernetes(why)
-    };
-    match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(fail(tasks, format!("watch cache closed: {e}"))),
-        Err(_) => {
-            let why = format!(
-                "could not list IoTStamps, EnrollmentGroups and Secrets in namespace `{namespace}` \
-                 within {SYNC_TIMEOUT:?}: are the CRDs installed and may this account read them?"
-            );
-            return Err(fail(tasks, why));
-        }
-    }
-
+    let mut watches = Watches::start(client.clone(), namespace);
+    watches.synced(namespace).await?;
+    let caches = watches.caches.clone();
     let pending = Arc::new(Pending::default());
     let directory = Arc::new(KubeDirectory {
         list: StaticDirectory::new(caches.stamps()),
@@ -207,16 +232,16 @@ pub async fn start(
     config.groups = groups;
     config.stamps = Vec::new();
     let mut router = start_with(config, directory.clone(), Arc::new(HttpStampClient::new())).await?;
-    let enrollments = router.enrollments();
+    let mut tasks = std::mem::take(&mut watches.tasks);
     tasks.push(tokio::spawn(refresh(
         caches.clone(),
         directory,
-        enrollments,
-        changed,
+        router.enrollments(),
+        watches.changed.clone(),
         refused,
     )));
     tasks.push(tokio::spawn(assigned::writer(
-        stamp_api,
+        Api::namespaced(client, namespace),
         namespace.to_string(),
         caches.stamps,
         pending,
