@@ -6,12 +6,14 @@
 
 pub mod common;
 pub mod conditions;
+pub mod enrollment;
 pub mod pool;
 pub mod stamp;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use enrollment::{EnrollmentGroup, EnrollmentGroupSpec};
 pub use pool::{IoTStampPool, IoTStampPoolSpec, IoTStampPoolStatus};
 pub use stamp::{IoTStamp, IoTStampSpec, IoTStampStatus};
 
@@ -24,7 +26,7 @@ pub const OPERATOR_FIELD_MANAGER: &str = "iotstamp-operator";
 
 /// Every CRD this project ships, in the order `crds/` lists them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![IoTStamp::crd(), IoTStampPool::crd()]
+    vec![IoTStamp::crd(), IoTStampPool::crd(), EnrollmentGroup::crd()]
 }
 
 /// The file name a CRD is written to under `crds/`: `<group>_<plural>.yaml`, as controller-gen does.

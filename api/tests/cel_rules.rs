@@ -2,7 +2,7 @@
 //! `crds/` holds. The same bad objects are sent to a real API server in the e2e suite; here we pin
 //! the messages a person reads.
 
-use iotstamp_api::{IoTStamp, IoTStampPool};
+use iotstamp_api::{EnrollmentGroup, IoTStamp, IoTStampPool};
 use kube::CustomResourceExt;
 use kube_cel::Validator;
 use serde_json::{Value, json};
@@ -183,4 +183,42 @@ fn pool_bounds_are_consistent() {
         "spec",
         "maxStamps must be greater than or equal to minStamps",
     );
+}
+
+fn enrollment(spec: Value) -> Value {
+    json!({"apiVersion": "iotstamp.dev/v1alpha1", "kind": "EnrollmentGroup", "metadata": {"name": "g"}, "spec": spec})
+}
+
+#[test]
+fn enrollment_group_rules_name_their_fields() {
+    let schema = schema_of(EnrollmentGroup::crd());
+    let key = json!({"symmetricKey": {"name": "k", "key": "key"}});
+    let ok = json!({"idScope": "0ne001", "attestation": key,
+                    "allocation": {"policy": "Custom", "webhookUrl": "https://hook.example/allocate"}});
+    assert_eq!(violations(&schema, &enrollment(ok), None), Vec::<String>::new());
+    let cases = [
+        (
+            json!({"idScope": "a/b", "attestation": key}),
+            "idScope",
+            "idScope must be non-empty",
+        ),
+        (
+            json!({"idScope": "s", "attestation": key, "allocation": {"policy": "Static"}}),
+            "allocation",
+            "allocation.stamp is required when allocation.policy is Static",
+        ),
+        (
+            json!({"idScope": "s", "attestation": key, "allocation": {"policy": "Evenly", "webhookUrl": "https://h"}}),
+            "allocation",
+            "allocation.webhookUrl is required when allocation.policy is Custom, and allowed only then",
+        ),
+        (
+            json!({"idScope": "s", "attestation": {"symmetricKey": {"name": "", "key": "key"}}}),
+            "symmetricKey.name",
+            "must name a Secret",
+        ),
+    ];
+    for (spec, field, message) in cases {
+        assert_one_violation(violations(&schema, &enrollment(spec), None), field, message);
+    }
 }

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod operator;
+pub mod router;
 pub mod stamps;
 pub mod volumes;
 pub mod wait;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
-use crate::config::{LocalFile, RouterConfig, StoreConfig, read};
+use crate::config::{LocalFile, Mode, RouterConfig, StoreConfig, read};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -19,9 +19,21 @@ pub enum StoreKind {
 /// device to a stamp within quota, and the service API that routes calls to a device's stamp.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RouterArgs {
-    /// Local-mode file (YAML or JSON) with `groups:` (enrollment groups) and `stamps:` (static stamps).
-    #[arg(long, env = "IOTSTAMP_ROUTER_CONFIG")]
-    pub config: PathBuf,
+    /// Local-mode file (YAML or JSON) with `groups:` (enrollment groups) and `stamps:` (static
+    /// stamps); or `mode: kubernetes` alone. Required unless --kubernetes.
+    #[arg(long, env = "IOTSTAMP_ROUTER_CONFIG", required_unless_present = "kubernetes")]
+    pub config: Option<PathBuf>,
+
+    /// Kubernetes mode: stamps from IoTStamp objects and groups from EnrollmentGroup objects (with
+    /// their key Secrets) in --namespace, through the cluster in KUBECONFIG or in-cluster config;
+    /// assigned counts are written to each IoTStamp's status.devices.assigned.
+    #[arg(long, env = "IOTSTAMP_ROUTER_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// The namespace whose IoTStamps and EnrollmentGroups the router serves (Kubernetes mode);
+    /// default: the client's namespace (the pod's own in a cluster).
+    #[arg(long, env = "IOTSTAMP_ROUTER_NAMESPACE")]
+    pub namespace: Option<String>,
 
     /// PEM certificate chain for the DPS endpoints (HTTPS and MQTT); its SANs must name the host
     /// devices use as provisioning host.
@@ -90,8 +102,37 @@ pub struct RouterArgs {
 }
 
 impl RouterArgs {
+    /// The mode the flags and the file ask for; a file that lists groups or stamps contradicts
+    /// Kubernetes mode, whose groups and stamps are objects.
+    pub fn mode(&self, file: &LocalFile) -> Result<Mode, Error> {
+        let mode = if self.kubernetes {
+            Mode::Kubernetes
+        } else {
+            file.mode
+        };
+        if mode == Mode::Kubernetes && !(file.groups.is_empty() && file.stamps.is_empty()) {
+            return Err(Error::Config(
+                "Kubernetes mode takes groups and stamps from EnrollmentGroup and IoTStamp objects; \
+                 remove `groups:` and `stamps:` from the file"
+                    .into(),
+            ));
+        }
+        Ok(mode)
+    }
+
+    fn file(&self) -> Result<LocalFile, Error> {
+        match &self.config {
+            Some(path) => LocalFile::load(path),
+            None => Ok(LocalFile::default()),
+        }
+    }
+
     pub fn to_config(&self) -> Result<RouterConfig, Error> {
-        let file = LocalFile::load(&self.config)?;
+        self.config_with(self.file()?)
+    }
+
+    /// The configuration from the flags and an already loaded file.
+    fn config_with(&self, file: LocalFile) -> Result<RouterConfig, Error> {
         let tls = iotstamp_net::tls::server_config_from_files(&self.tls_cert, &self.tls_key, &[b"http/1.1"])?;
         let store = match self.store {
             StoreKind::Embedded => StoreConfig::Embedded {
@@ -138,7 +179,22 @@ impl RouterArgs {
 
 /// Runs the router until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn run(args: RouterArgs) -> Result<(), Error> {
-    let router = crate::start(args.to_config()?).await?;
+    let file = args.file()?;
+    let mode = args.mode(&file)?;
+    let config = args.config_with(file)?;
+    let router = match mode {
+        Mode::Local => crate::start(config).await?,
+        Mode::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kubernetes(format!("no cluster configuration: {e}")))?;
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string());
+            crate::kubernetes::start(config, client, &namespace).await?
+        }
+    };
     wait_for_signal().await?;
     tracing::info!("shutting down");
     router.shutdown().await;
@@ -160,4 +216,41 @@ async fn wait_for_signal() -> Result<(), Error> {
 async fn wait_for_signal() -> Result<(), Error> {
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        router: RouterArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RouterArgs, clap::Error> {
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        Cli::try_parse_from(["router"].iter().chain(&tls).chain(args)).map(|c| c.router)
+    }
+
+    #[test]
+    fn kubernetes_mode_needs_no_file_and_local_mode_does() {
+        let args = parse(&["--kubernetes", "--namespace", "iot"]).unwrap();
+        assert_eq!(args.mode(&LocalFile::default()).unwrap(), Mode::Kubernetes);
+        let err = parse(&[]).err().unwrap().to_string();
+        assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn the_file_can_select_kubernetes_mode_but_then_lists_nothing() {
+        let args = parse(&["--config", "r.yaml"]).unwrap();
+        let file: LocalFile = serde_norway::from_str("mode: kubernetes").unwrap();
+        assert_eq!(args.mode(&file).unwrap(), Mode::Kubernetes);
+        assert_eq!(args.mode(&LocalFile::default()).unwrap(), Mode::Local);
+        let file: LocalFile =
+            serde_norway::from_str("mode: kubernetes\ngroups: [{name: g, idScope: s}]").unwrap();
+        assert!(matches!(args.mode(&file), Err(Error::Config(m)) if m.contains("remove `groups:`")));
+    }
 }

@@ -46,10 +46,24 @@ pub enum StoreConfig {
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalFile {
+    /// `kubernetes` takes groups and stamps from the cluster instead of this file.
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default)]
     pub groups: Vec<EnrollmentGroupConfig>,
     #[serde(default)]
     pub stamps: Vec<StaticStamp>,
+}
+
+/// Where stamps and enrollment groups come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// This file.
+    #[default]
+    Local,
+    /// IoTStamp and EnrollmentGroup objects in the cluster.
+    Kubernetes,
 }
 
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]

@@ -3,7 +3,7 @@
 //! and derives, the stamp only ever receives the derived key.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -57,6 +57,13 @@ impl Group {
     }
 }
 
+fn index(by_scope: &mut ByScope, group: Group) {
+    by_scope
+        .entry(group.id_scope.clone())
+        .or_default()
+        .push(Arc::new(group));
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("unknown ID scope `{0}`")]
@@ -71,26 +78,52 @@ pub enum AuthError {
     NoGroupAccepts,
 }
 
-/// All groups, looked up by ID scope (several groups may share one scope).
+type ByScope = HashMap<String, Vec<Arc<Group>>>;
+
+/// All groups, looked up by ID scope (several groups may share one scope). Replaceable while the
+/// router runs: in Kubernetes mode the EnrollmentGroup watch swaps in a new set on every change.
 #[derive(Debug, Default)]
 pub struct Enrollments {
-    by_scope: HashMap<String, Vec<Arc<Group>>>,
+    by_scope: RwLock<Arc<ByScope>>,
 }
 
 impl Enrollments {
+    /// All groups or an error naming the first bad one (local mode: a bad file stops the start).
     pub fn from_config(groups: &[EnrollmentGroupConfig]) -> Result<Self, Error> {
-        let mut by_scope: HashMap<String, Vec<Arc<Group>>> = HashMap::new();
+        let mut by_scope = ByScope::new();
         for cfg in groups {
-            by_scope
-                .entry(cfg.id_scope.clone())
-                .or_default()
-                .push(Arc::new(Group::new(cfg)?));
+            index(&mut by_scope, Group::new(cfg)?);
         }
-        Ok(Self { by_scope })
+        Ok(Self {
+            by_scope: RwLock::new(Arc::new(by_scope)),
+        })
+    }
+
+    /// Replaces every group with `groups`, keeping the good ones and returning why each bad one
+    /// was left out (one broken object must not take the others down).
+    pub fn replace(&self, groups: &[EnrollmentGroupConfig]) -> Vec<Error> {
+        let mut by_scope = ByScope::new();
+        let mut refused = Vec::new();
+        for cfg in groups {
+            match Group::new(cfg) {
+                Ok(g) => index(&mut by_scope, g),
+                Err(e) => refused.push(e),
+            }
+        }
+        *self.by_scope.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_scope);
+        refused
+    }
+
+    fn current(&self) -> Arc<ByScope> {
+        self.by_scope.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn group(&self, name: &str) -> Option<Arc<Group>> {
-        self.by_scope.values().flatten().find(|g| g.name == name).cloned()
+        self.current()
+            .values()
+            .flatten()
+            .find(|g| g.name == name)
+            .cloned()
     }
 
     /// Checks a device's token: parsed, granting `{idScope}/registrations/{regId}` (registration
@@ -104,8 +137,8 @@ impl Enrollments {
         now_unix: u64,
     ) -> Result<(Arc<Group>, DeviceId), AuthError> {
         let device = DeviceId::parse(registration_id)?;
-        let groups = self
-            .by_scope
+        let by_scope = self.current();
+        let groups = by_scope
             .get(id_scope)
             .ok_or_else(|| AuthError::UnknownScope(id_scope.to_string()))?;
         let token = SasToken::parse(token)?;
@@ -175,5 +208,36 @@ mod tests {
             e.authenticate("0ne001", reg, &forged, 1_000).unwrap_err(),
             AuthError::NoGroupAccepts
         );
+    }
+
+    #[test]
+    fn replacing_groups_keeps_the_good_ones_and_drops_the_old() {
+        let e = enrollments();
+        let mut other = EnrollmentGroupConfig {
+            name: "h".into(),
+            id_scope: "0ne002".into(),
+            symmetric_key: Some(GROUP_KEY.into()),
+            symmetric_key_file: None,
+            allocation: AllocationPolicy::Evenly,
+            selector: StampSelector::default(),
+            reprovision: ReprovisionPolicy::Migrate,
+        };
+        let mut broken = other.clone();
+        broken.name = "bad".into();
+        broken.symmetric_key = Some("not base64!".into());
+        let refused = e.replace(&[other.clone(), broken]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].to_string().contains("group `bad`"));
+        assert!(e.group("g").is_none() && e.group("bad").is_none());
+        let reg = "dev-1";
+        let key = e.group("h").unwrap().device_key(reg).unwrap();
+        let token = sign(&format!("0ne002/registrations/{reg}"), &key, 2_000, None).unwrap();
+        assert!(e.authenticate("0ne002", reg, &token, 1_000).is_ok());
+        other.id_scope = "0ne003".into();
+        e.replace(&[other]);
+        assert!(matches!(
+            e.authenticate("0ne002", reg, &token, 1_000),
+            Err(AuthError::UnknownScope(_))
+        ));
     }
 }

@@ -30,6 +30,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("stamp: {0}")]
     Stamp(#[from] StampError),
+    /// Kubernetes mode could not reach or read the API server.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
     #[error("benchmark: {0}")]
     Bench(String),
     #[error("i/o: {0}")]

@@ -3,10 +3,11 @@
 //! quota, and it routes service-side calls to the stamp that holds a device.
 //!
 //! Layout: `config` (what to run), `enrollment` (groups and device authentication), `directory`
-//! (which stamps exist), `store` (durable assignments), `stamp_client` (talking to stamps),
-//! `provision` (the assignment state machine), `operations` (DPS operation ids), `http_dps` and
-//! `mqtt_dps` (the two DPS transports), `service_api` (routing for applications), `metrics`,
-//! `server` (listeners and lifecycle), `cli`, `bench`.
+//! (which stamps exist), `kubernetes` (stamps and groups from IoTStamp and EnrollmentGroup
+//! objects), `store` (durable assignments), `stamp_client` (talking to stamps), `provision` (the
+//! assignment state machine), `operations` (DPS operation ids), `http_dps` and `mqtt_dps` (the two
+//! DPS transports), `service_api` (routing for applications), `metrics`, `server` (listeners and
+//! lifecycle), `cli`, `bench`.
 
 pub mod bench;
 mod candidates;
@@ -17,6 +18,7 @@ pub mod enrollment;
 mod error;
 pub mod http_dps;
 pub mod http_serve;
+pub mod kubernetes;
 pub mod metrics;
 pub mod mqtt_dps;
 pub mod operations;

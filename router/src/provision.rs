@@ -58,7 +58,7 @@ pub struct Assigned {
 }
 
 pub struct Provisioner {
-    pub enrollments: Enrollments,
+    pub enrollments: Arc<Enrollments>,
     pub directory: Arc<dyn StampDirectory>,
     pub store: Arc<dyn AssignmentStore>,
     pub stamps: Arc<dyn StampClient>,
@@ -88,7 +88,7 @@ impl Provisioner {
             .build()
             .unwrap_or_default();
         Self {
-            enrollments,
+            enrollments: Arc::new(enrollments),
             directory,
             store,
             stamps,

@@ -39,12 +39,15 @@ pub struct RunningRouter {
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks that run until stopped (watches, status writers), aborted at shutdown.
+    endless: Vec<JoinHandle<()>>,
 }
 
 impl RunningRouter {
     /// Stops accepting, lets open requests finish (bounded), and returns when all listeners ended.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.endless.iter().for_each(JoinHandle::abort);
         for t in self.tasks {
             let _ = t.await;
         }
@@ -52,6 +55,16 @@ impl RunningRouter {
 
     pub fn is_ready(&self) -> bool {
         self.state.ready.load(Ordering::Acquire)
+    }
+
+    /// The live group set, for sources that replace groups while the router runs.
+    pub fn enrollments(&self) -> Arc<Enrollments> {
+        self.state.dps.provisioner.enrollments.clone()
+    }
+
+    /// Ties tasks that never end on their own to this router's lifetime.
+    pub fn abort_on_shutdown(&mut self, tasks: Vec<JoinHandle<()>>) {
+        self.endless.extend(tasks);
     }
 }
 
@@ -155,6 +168,7 @@ pub async fn start_with(
         state,
         shutdown,
         tasks,
+        endless: Vec::new(),
     })
 }
 

@@ -65,3 +65,28 @@ The operator image; stamps that name no image in spec.image run the same one.
 {{- define "iotstamp.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
+
+{{/*
+Labels that select the router's pods (a different component from the operator's, so neither
+Deployment's selector ever matches the other's pods).
+*/}}
+{{- define "iotstamp.routerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "iotstamp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: router
+{{- end }}
+
+{{- define "iotstamp.routerLabels" -}}
+helm.sh/chart: {{ include "iotstamp.chart" . }}
+{{ include "iotstamp.routerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: iotstamp
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The namespace whose IoTStamps, EnrollmentGroups and Secrets the router reads.
+*/}}
+{{- define "iotstamp.routerNamespace" -}}
+{{- .Values.router.namespace | default .Release.Namespace }}
+{{- end }}
