@@ -272,7 +272,11 @@ async fn operator_phase(cluster: &Cluster, args: &Args) -> anyhow::Result<(Phase
     tokio::time::sleep(Duration::from_secs(5)).await;
     let settled = rss_mib(pid).unwrap_or(0);
     let peak_rss = peak_rss.get().max(settled);
-    binder.cleanup(cluster.client.clone(), &ns.name).await;
+    // The stamps carry the operator's finalizer: remove the namespace while the operator still runs.
+    eprintln!("  operator: removing its namespace…");
+    let name = ns.name.clone();
+    ns.remove(TIMEOUT).await?;
+    binder.cleanup(cluster.client.clone(), &name).await;
     drop(operator);
     let phase = Phase {
         applied: applied.get().unwrap_or(ready),
