@@ -116,6 +116,21 @@ pub struct TestNamespace {
     client: Client,
 }
 
+impl TestNamespace {
+    /// Deletes the namespace and waits until the namespace controller has removed everything in
+    /// it, so a benchmark's next phase does not pay for this one's cleanup.
+    pub async fn remove(self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::background()).await;
+        crate::wait::until(
+            &format!("namespace {} to be gone", self.name),
+            timeout,
+            || async { Ok(api.get_opt(&self.name).await?.is_none().then_some(())) },
+        )
+        .await
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let api: Api<Namespace> = Api::all(self.client.clone());

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod cpu;
 pub mod operator;
 pub mod router;
 pub mod stamps;

@@ -52,6 +52,11 @@ pub fn service_account_kubeconfig(cluster: &Cluster, sa: &str, tag: &str) -> any
 impl Operator {
     /// Starts the operator for one namespace, as `sa`.
     pub fn start(cluster: &Cluster, namespace: &str, sa: &str) -> anyhow::Result<Self> {
+        Self::start_with(cluster, namespace, sa, &[])
+    }
+
+    /// [`Operator::start`] with extra command-line flags (e.g. `--concurrency 32`).
+    pub fn start_with(cluster: &Cluster, namespace: &str, sa: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let kubeconfig = service_account_kubeconfig(cluster, sa, namespace)?;
         let log = std::env::temp_dir().join(format!("iotstamp-e2e-operator-{namespace}.log"));
         let out = std::fs::File::create(&log)?;
@@ -68,6 +73,7 @@ impl Operator {
                 "--stats-interval-secs",
                 "0",
             ])
+            .args(flags)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stamp_object::StampObject;
 use futures::StreamExt;
 use iotstamp_core::pki;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DynamicObject;
 use serde_json::json;
 
 use crate::builders::tls::HubTls;
@@ -58,7 +58,7 @@ pub async fn run(args: BenchArgs) -> Result<String, Error> {
         "operator: no-op pass",
     ] {
         let before = fake.writes().iter().filter(|w| w.is_state_change()).count();
-        let objs: Vec<DynamicObject> = (0..n)
+        let objs: Vec<StampObject> = (0..n)
             .filter_map(|i| serde_json::from_value(fake.object(&path(i))?).ok())
             .collect();
         let started = Instant::now();

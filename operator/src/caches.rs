@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::builders::{APPLIED_HASH, Child};
@@ -74,9 +75,22 @@ impl Caches {
     }
 }
 
+/// What the cache keeps of any child's metadata: its key, what maps it to its stamp (owner
+/// references), what says whether its status is current (generation), and the applied hash. The rest
+/// (managed fields, labels, other annotations) is most of an object's size and is never read.
+pub fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.creation_timestamp = None;
+    meta.uid = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == APPLIED_HASH);
+    }
+}
+
 /// What the cache keeps of a workload: metadata, replicas and status; the pod template is dropped.
 pub fn trim_stateful_set(sts: &mut StatefulSet) {
-    sts.metadata.managed_fields = None;
+    trim_meta(&mut sts.metadata);
     if let Some(spec) = sts.spec.as_mut() {
         spec.template = Default::default();
         spec.volume_claim_templates = None;
@@ -84,7 +98,7 @@ pub fn trim_stateful_set(sts: &mut StatefulSet) {
 }
 
 pub fn trim_deployment(d: &mut Deployment) {
-    d.metadata.managed_fields = None;
+    trim_meta(&mut d.metadata);
     if let Some(spec) = d.spec.as_mut() {
         spec.template = Default::default();
     }

@@ -12,9 +12,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -23,15 +21,12 @@ use tokio::sync::{mpsc, watch};
 use crate::builders::MANAGED_BY;
 use crate::caches::{self, Caches};
 use crate::context::Context;
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::pool::PoolContext;
 use crate::reconcile::{error_policy, reconcile};
+use crate::stamp_object::StampObject;
 use crate::stats::{ConnectedCounts, Poller};
-
-/// The IoTStamp resource, for the untyped watch (see [`run`]).
-pub fn stamp_resource() -> ApiResource {
-    ApiResource::erase::<IoTStamp>(&())
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -65,13 +60,7 @@ fn pool_controller(
 ) -> impl std::future::Future<Output = ()> {
     let ctx = Arc::new(PoolContext {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "iotstamp-pool-controller".into(),
-                instance: Some(instance),
-            },
-        ),
+        recorder: EventPublisher::new(client.clone(), "iotstamp-pool-controller", &instance),
     });
     Controller::new(api::<IoTStampPool>(&client, &ns), watcher::Config::default())
         .owns(
@@ -120,26 +109,28 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         }};
     }
     let (config_maps, cm_s) = cached!(ConfigMap, move |o: &mut ConfigMap| {
-        o.metadata.managed_fields = None;
+        caches::trim_meta(&mut o.metadata);
         o.data = None; // only the applied hash is read back
     });
-    let (secrets, secret_s) = cached!(Secret, move |o: &mut Secret| o.metadata.managed_fields = None);
-    let (service_accounts, sa_s) = cached!(ServiceAccount, move |o: &mut ServiceAccount| o
-        .metadata
-        .managed_fields =
-        None);
+    // Secrets keep their data: the token and certificate are read back, never re-minted.
+    let (secrets, secret_s) = cached!(Secret, move |o: &mut Secret| caches::trim_meta(&mut o.metadata));
+    let (service_accounts, sa_s) = cached!(ServiceAccount, move |o: &mut ServiceAccount| {
+        caches::trim_meta(&mut o.metadata)
+    });
     let (services, svc_s) = cached!(Service, move |o: &mut Service| {
-        o.metadata.managed_fields = None;
+        caches::trim_meta(&mut o.metadata);
         o.spec = None;
+        o.status = None;
     });
     let (stateful_sets, sts_s) = cached!(StatefulSet, caches::trim_stateful_set);
     let (deployments, deploy_s) = cached!(Deployment, caches::trim_deployment);
-    let (pdbs, pdb_s) = cached!(PodDisruptionBudget, move |o: &mut PodDisruptionBudget| o
-        .metadata
-        .managed_fields =
-        None);
+    let (pdbs, pdb_s) = cached!(PodDisruptionBudget, move |o: &mut PodDisruptionBudget| {
+        caches::trim_meta(&mut o.metadata);
+        o.spec = None;
+        o.status = None;
+    });
     let (network_policies, np_s) = cached!(NetworkPolicy, move |o: &mut NetworkPolicy| {
-        o.metadata.managed_fields = None;
+        caches::trim_meta(&mut o.metadata);
         o.spec = None;
     });
     let caches = Caches {
@@ -153,22 +144,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         network_policies,
     };
 
-    let stamps: Api<DynamicObject> = match ns {
-        Some(n) => Api::namespaced_with(client.clone(), n, &stamp_resource()),
-        None => Api::all_with(client.clone(), &stamp_resource()),
-    };
-    // The main watch is untyped on purpose: a typed watch fails the whole list when one object
-    // does not deserialize, which would stop every stamp. Each object is parsed in reconcile.
-    // managedFields are dropped from the cached copies: nothing reads them, and at thousands of
-    // stamps they are a large share of the operator's memory.
-    let writer = reflector::store::Writer::new(stamp_resource());
-    let reader = writer.as_reader();
-    let stamp_stream = watcher(stamps, watcher::Config::default())
+    // The main watch parses each object on its own (see `StampObject`): one object that does not
+    // deserialize gets an event and stops nothing else. managedFields are dropped from the cached
+    // copies: nothing reads them, and at thousands of stamps they are a large share of memory.
+    let (reader, writer) = reflector::store::<StampObject>();
+    let stamp_stream = watcher(api::<StampObject>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+        .modify(|o: &mut StampObject| o.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects();
-    let controller = Controller::for_stream_with(stamp_stream, reader, stamp_resource())
+    let controller = Controller::for_stream(stamp_stream, reader)
         .owns_stream(cm_s)
         .owns_stream(secret_s)
         .owns_stream(sa_s)
@@ -187,7 +172,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         .shutdown_on_signal();
 
     let connected = ConnectedCounts::default();
-    let (changed_tx, changed_rx) = mpsc::channel::<ObjectRef<DynamicObject>>(256);
+    let (changed_tx, changed_rx) = mpsc::channel::<ObjectRef<StampObject>>(256);
     let controller = controller.reconcile_on(futures::stream::unfold(changed_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     }));
@@ -253,13 +238,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let pools = pool_controller(client.clone(), ns.clone(), settings.instance.clone());
 
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "iotstamp-operator".into(),
-                instance: Some(settings.instance.clone()),
-            },
-        ),
+        recorder: EventPublisher::new(client.clone(), "iotstamp-operator", &settings.instance),
+        // Bounds the API requests all reconciles have in flight (and so the client's connections).
+        api_slots: tokio::sync::Semaphore::new(crate::context::API_SLOTS),
         client,
         caches,
         metrics,

@@ -386,13 +386,8 @@ impl FakeCaches {
         // The sender is dropped at once: the receiver keeps its last value, `true`.
         let (_, synced) = tokio::sync::watch::channel(true);
         std::sync::Arc::new(crate::context::Context {
-            recorder: kube::runtime::events::Recorder::new(
-                client.clone(),
-                kube::runtime::events::Reporter {
-                    controller: "iotstamp-operator".into(),
-                    instance: None,
-                },
-            ),
+            recorder: crate::events::EventPublisher::new(client.clone(), "iotstamp-operator", "test"),
+            api_slots: tokio::sync::Semaphore::new(crate::context::API_SLOTS),
             client,
             caches: self.caches.clone(),
             metrics: Default::default(),

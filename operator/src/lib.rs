@@ -1,7 +1,7 @@
 //! The IoTStamp operator: reconciles `IoTStamp` objects into a stamp's workloads.
 //!
 //! Reconcile = read (caches) → validate → build desired children (pure, [`builders`]) → server-side
-//! apply what changed, in order ([`apply`]) → compute conditions ([`conditions`]) → apply status if
+//! apply what changed, in two waves ([`apply`]) → compute conditions ([`conditions`]) → apply status if
 //! it changed. See [`reconcile`] for the flow and [`controller`] for the wiring.
 
 pub mod apply;
@@ -14,11 +14,13 @@ pub mod conditions;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod fake_api;
 pub mod metrics;
 pub mod pool;
 pub mod reconcile;
 pub mod server;
+pub mod stamp_object;
 pub mod stats;
 
 pub use error::Error;

@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
+
+use crate::events::EventPublisher;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::conditions::condition;
@@ -27,7 +29,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 
 pub struct PoolContext {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: EventPublisher,
 }
 
 pub async fn reconcile(pool: Arc<IoTStampPool>, ctx: Arc<PoolContext>) -> Result<Action, Error> {

@@ -11,7 +11,6 @@ use iotstamp_core::pki;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -23,6 +22,7 @@ use crate::builders::{self, Inputs, Names, hash_json};
 use crate::conditions::{self, Blocker, Observed, RoleState, StatusInputs};
 use crate::context::Context;
 use crate::error::Error;
+use crate::stamp_object::StampObject;
 
 /// Holds deletion while the stamp still has devices (see [`finalize`]).
 pub const FINALIZER: &str = "iotstamp.dev/device-protection";
@@ -36,7 +36,7 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// itself once the cause is fixed, without watching every Secret in the cluster.
 const BLOCKED_RETRY: Duration = Duration::from_secs(10);
 
-pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(obj: Arc<StampObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Before the caches are complete, "not cached" would read as "does not exist" (see controller.rs).
     let mut synced = ctx.synced.clone();
     if synced.wait_for(|done| *done).await.is_err() {
@@ -49,7 +49,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<StampObject>, err: &Error, _ctx: Arc<Context>) -> Action {
     let name = obj.metadata.name.as_deref().unwrap_or("?");
     match err.retry_after() {
         Some(after) => {
@@ -63,21 +63,21 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) ->
     }
 }
 
-async fn reconcile_object(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
-    let stamp: IoTStamp = match obj.clone().try_parse() {
+async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Error> {
+    let stamp: IoTStamp = match obj.stamp() {
         Ok(stamp) => stamp,
         Err(e) => {
             // One bad object must not stop the others: say so on the object and move on.
             let message = format!("the operator cannot read this object: {e}");
             publish(
                 ctx,
-                &obj.object_ref(&crate::controller::stamp_resource()),
+                &obj.object_ref(&()),
                 EventType::Warning,
                 "InvalidObject",
                 &message,
             )
             .await;
-            return Err(Error::Unparseable(e.to_string()));
+            return Err(Error::Unparseable(e));
         }
     };
     let key = format!(
@@ -90,22 +90,18 @@ async fn reconcile_object(obj: &DynamicObject, ctx: &Context) -> Result<Action, 
         ctx.metrics.stamp_phase(&key, None);
         return Ok(action);
     }
-    let finalizers = stamp.metadata.finalizers.clone().unwrap_or_default();
-    if !finalizers.iter().any(|f| f == FINALIZER) {
-        let mut with = finalizers;
-        with.push(FINALIZER.into());
-        apply::finalizers(&ctx.client, &stamp, with)
-            .await
-            .map_err(Error::from_kube)?;
-        ctx.metrics.wrote("IoTStamp/finalizers");
-    }
-
     let names = Names::of(&stamp, &ctx.cluster_domain)?;
-    let blocker = if stamp.spec.paused {
-        None
-    } else {
-        converge(&stamp, &names, ctx).await?
-    };
+    // The finalizer and the children are independent writes: send them together.
+    let (finalizer, blocker) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
+        if stamp.spec.paused {
+            Ok(None)
+        } else {
+            converge(&stamp, &names, ctx).await
+        }
+    })
+    .await;
+    finalizer?;
+    let blocker = blocker?;
 
     let status = conditions::status(StatusInputs {
         stamp: &stamp,
@@ -133,32 +129,59 @@ async fn reconcile_object(obj: &DynamicObject, ctx: &Context) -> Result<Action, 
     }))
 }
 
+async fn ensure_finalizer(stamp: &IoTStamp, ctx: &Context) -> Result<(), Error> {
+    let finalizers = stamp.metadata.finalizers.clone().unwrap_or_default();
+    if finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let mut with = finalizers;
+    with.push(FINALIZER.into());
+    apply::finalizers(&ctx.client, stamp, with)
+        .await
+        .map_err(Error::from_kube)?;
+    ctx.metrics.wrote("IoTStamp/finalizers");
+    Ok(())
+}
+
 /// Brings the children in line with the spec. Returns what blocked it, if something a person must
 /// fix did; API failures that time may fix are errors.
 async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Option<Blocker>, Error> {
-    let tls = match hub_tls(stamp, names, ctx).await? {
+    let (tls, api_token) = futures::future::join(hub_tls(stamp, names, ctx), api_token(names, ctx)).await;
+    let tls = match tls? {
         Ok(tls) => tls,
         Err(blocker) => return Ok(Some(blocker)),
     };
     let inputs = Inputs {
         default_image: ctx.default_image.clone(),
         tls,
-        api_token: api_token(names, ctx).await?,
+        api_token: api_token?,
         cluster_domain: ctx.cluster_domain.clone(),
     };
-    for child in builders::desired(stamp, &inputs)? {
-        if ctx.caches.applied_hash(&child).as_deref() == child.applied_hash() {
-            continue;
-        }
-        match apply::child(&ctx.client, &child).await.map_err(Error::from_kube) {
-            Ok(()) => ctx.metrics.wrote(child.kind()),
-            Err(Error::Forbidden(message)) => {
-                return Ok(Some(Blocker {
-                    reason: reasons::FORBIDDEN,
-                    message: format!("cannot apply {} {}: {message}", child.kind(), child.name()),
-                }));
+    for wave in builders::apply_waves(builders::desired(stamp, &inputs)?) {
+        let stale = wave
+            .iter()
+            .filter(|child| ctx.caches.applied_hash(child).as_deref() != child.applied_hash());
+        let results = futures::future::join_all(stale.map(|child| async move {
+            let _slot = ctx.api_slots.acquire().await;
+            let result = apply::child(&ctx.client, child).await.map_err(Error::from_kube);
+            if result.is_ok() {
+                ctx.metrics.wrote(child.kind());
             }
-            Err(e) => return Err(e),
+            (child, result)
+        }))
+        .await;
+        // A failed child stops the next wave: workloads must not start before what they read.
+        for (child, result) in results {
+            match result {
+                Ok(()) => {}
+                Err(Error::Forbidden(message)) => {
+                    return Ok(Some(Blocker {
+                        reason: reasons::FORBIDDEN,
+                        message: format!("cannot apply {} {}: {message}", child.kind(), child.name()),
+                    }));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(None)

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use iotstamp_api::IoTStamp;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
 use crate::builders::config::TOKEN_KEY;
-use crate::controller::stamp_resource;
+use crate::stamp_object::StampObject;
 use k8s_openapi::api::core::v1::Secret;
 
 /// Latest connected-device counts by `namespace/name`.
@@ -43,7 +42,7 @@ struct Stats {
 
 pub struct Poller {
     pub http: reqwest::Client,
-    pub stamps: Store<DynamicObject>,
+    pub stamps: Store<StampObject>,
     pub counts: ConnectedCounts,
     pub interval: Duration,
     /// The operator's Secret cache, which holds each stamp's API token.
@@ -62,7 +61,7 @@ impl Poller {
     }
 
     /// Runs forever, sending the stamps whose count changed.
-    pub async fn run(self, changed: mpsc::Sender<ObjectRef<DynamicObject>>) {
+    pub async fn run(self, changed: mpsc::Sender<ObjectRef<StampObject>>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -72,7 +71,7 @@ impl Poller {
                 .state()
                 .into_iter()
                 .filter_map(|obj| {
-                    let stamp = obj.as_ref().clone().try_parse::<IoTStamp>().ok()?;
+                    let stamp = obj.stamp().ok()?;
                     stamp.is_ready().then_some((obj, stamp))
                 })
                 .collect();
@@ -95,9 +94,7 @@ impl Poller {
                     stamp.metadata.name.as_deref().unwrap_or_default()
                 );
                 if self.counts.set(&key, n) {
-                    let _ = changed
-                        .send(ObjectRef::from_obj_with(obj.as_ref(), stamp_resource()))
-                        .await;
+                    let _ = changed.send(ObjectRef::from_obj(obj.as_ref())).await;
                 }
             }
         }

@@ -11,7 +11,7 @@ use iotstamp_operator::Error;
 use iotstamp_operator::context::Context;
 use iotstamp_operator::fake_api::{FakeApi, FakeCaches, Write};
 use iotstamp_operator::reconcile::{FINALIZER, error_policy, reconcile};
-use kube::api::DynamicObject;
+use iotstamp_operator::stamp_object::StampObject;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
@@ -60,7 +60,7 @@ impl Harness {
     /// Reconciles the stamp as the fake holds it now; returns the result and the writes it made.
     async fn reconcile(&self, name: &str) -> (Result<Action, Error>, Vec<Write>) {
         let before = self.fake.writes().len();
-        let obj: DynamicObject = serde_json::from_value(self.stamp(name)).unwrap();
+        let obj: StampObject = serde_json::from_value(self.stamp(name)).unwrap();
         let result = reconcile(Arc::new(obj), self.ctx.clone()).await;
         (result, self.fake.writes()[before..].to_vec())
     }
@@ -112,27 +112,37 @@ fn child_writes(writes: &[Write]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn create_applies_every_child_in_order_and_a_no_op_writes_nothing() {
+async fn create_applies_every_child_workloads_last_and_a_no_op_writes_nothing() {
     let mut h = Harness::new();
     h.create("s1", json!({"deviceQuota": 100}));
     let (result, writes) = h.reconcile("s1").await;
     assert!(result.is_ok(), "{result:?}");
+    let mut written = child_writes(&writes);
+    // Within a wave the applies run concurrently, so only the waves have an order.
+    let mut workloads = written.split_off(10);
+    written.sort();
+    workloads.sort();
     assert_eq!(
-        child_writes(&writes),
+        written,
         [
             "configmaps/s1-config",
-            "secrets/s1-api-token",
-            "serviceaccounts/s1",
             "networkpolicies/s1",
-            "secrets/s1-hub-tls",
-            "services/s1-storage",
-            "statefulsets/s1-storage",
-            "services/s1-ingest",
-            "deployments/s1-ingest",
-            "services/s1-hub-pods",
-            "services/s1-hub",
-            "statefulsets/s1-hub",
             "poddisruptionbudgets/s1-hub",
+            "secrets/s1-api-token",
+            "secrets/s1-hub-tls",
+            "serviceaccounts/s1",
+            "services/s1-hub",
+            "services/s1-hub-pods",
+            "services/s1-ingest",
+            "services/s1-storage",
+        ]
+    );
+    assert_eq!(
+        workloads,
+        [
+            "deployments/s1-ingest",
+            "statefulsets/s1-hub",
+            "statefulsets/s1-storage"
         ]
     );
     assert_eq!(h.stamp("s1")["metadata"]["finalizers"], json!([FINALIZER]));
@@ -276,7 +286,7 @@ async fn api_errors_are_classified_for_retry() {
     let (result, _) = h.reconcile("s1").await;
     let err = result.expect_err("a 500 must fail the reconcile");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
-    let obj: DynamicObject = serde_json::from_value(h.stamp("s1")).unwrap();
+    let obj: StampObject = serde_json::from_value(h.stamp("s1")).unwrap();
     assert_eq!(
         error_policy(Arc::new(obj), &err, h.ctx.clone()),
         Action::requeue(Duration::from_secs(5))

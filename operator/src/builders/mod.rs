@@ -92,8 +92,27 @@ impl Child {
         }
     }
 
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Child::ConfigMap(o) => &mut o.metadata,
+            Child::Secret(o) => &mut o.metadata,
+            Child::ServiceAccount(o) => &mut o.metadata,
+            Child::Service(o) => &mut o.metadata,
+            Child::StatefulSet(o) => &mut o.metadata,
+            Child::Deployment(o) => &mut o.metadata,
+            Child::PodDisruptionBudget(o) => &mut o.metadata,
+            Child::NetworkPolicy(o) => &mut o.metadata,
+        }
+    }
+
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// Whether this child runs pods. Pods read the config, Secrets and ServiceAccount the other
+    /// children hold, so workloads are applied after them (see [`apply_waves`]).
+    pub fn is_workload(&self) -> bool {
+        matches!(self, Child::StatefulSet(_) | Child::Deployment(_))
     }
 
     /// The hash this child carries in [`APPLIED_HASH`].
@@ -106,8 +125,8 @@ impl Child {
     }
 }
 
-/// The children of one stamp in apply order: config → TLS → storage → ingest → hub. Later groups
-/// read what earlier ones create (the hub mounts the TLS Secret, ingest writes to storage).
+/// The children of one stamp: config → TLS → storage → ingest → hub, the order a person reads them
+/// in. [`apply_waves`] says which must exist before which.
 pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildError> {
     let n = Names::of(stamp, &inputs.cluster_domain)?;
     let owner = stamp
@@ -150,11 +169,20 @@ pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildErr
     Ok(children)
 }
 
+/// The children split into the waves the reconciler applies one after the other, each wave's
+/// objects concurrently: first everything the pods read or are reached through, then the
+/// workloads. Two round trips instead of thirteen is what lets one operator create a thousand
+/// stamps quickly; within a wave, order does not matter to Kubernetes.
+pub fn apply_waves(children: Vec<Child>) -> [Vec<Child>; 2] {
+    let (workloads, first): (Vec<Child>, Vec<Child>) = children.into_iter().partition(Child::is_workload);
+    [first, workloads]
+}
+
 /// Common metadata every child gets: owner reference, managed-by label, and the applied hash
 /// computed over everything else (so the hash changes exactly when the object does).
 fn finish(child: &mut Child, owner: &OwnerReference) {
     let hash = {
-        let meta = meta_mut(child);
+        let meta = child.meta_mut();
         meta.owner_references = Some(vec![owner.clone()]);
         meta.labels
             .get_or_insert_with(BTreeMap::new)
@@ -164,23 +192,11 @@ fn finish(child: &mut Child, owner: &OwnerReference) {
         }
         hash_json(&serialize(child))
     };
-    meta_mut(child)
+    child
+        .meta_mut()
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(APPLIED_HASH.into(), hash);
-}
-
-fn meta_mut(child: &mut Child) -> &mut ObjectMeta {
-    match child {
-        Child::ConfigMap(o) => &mut o.metadata,
-        Child::Secret(o) => &mut o.metadata,
-        Child::ServiceAccount(o) => &mut o.metadata,
-        Child::Service(o) => &mut o.metadata,
-        Child::StatefulSet(o) => &mut o.metadata,
-        Child::Deployment(o) => &mut o.metadata,
-        Child::PodDisruptionBudget(o) => &mut o.metadata,
-        Child::NetworkPolicy(o) => &mut o.metadata,
-    }
 }
 
 fn serialize(child: &Child) -> serde_json::Value {
