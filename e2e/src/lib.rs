@@ -5,6 +5,7 @@
 //! Every helper fails loudly with what to do when the cluster or a tool is missing: an e2e run that
 //! cannot reach its cluster is a failed run, never a skipped one.
 
+pub mod admission;
 pub mod audit;
 pub mod cluster;
 pub mod cpu;

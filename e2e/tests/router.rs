@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use iotstamp_api::{EnrollmentGroup, IoTStamp, OPERATOR_FIELD_MANAGER, ROUTER_FIELD_MANAGER};
+use iotstamp_e2e::admission::{Refusal, expect_refusals};
 use iotstamp_e2e::audit::AuditLog;
 use iotstamp_e2e::cluster::Cluster;
 use iotstamp_e2e::router::{Device, Pki, ROUTER_USER, RouterProcess, StampProcess, install_router_rbac};
@@ -81,22 +82,16 @@ async fn bad_enrollment_groups_are_refused_at_admission_naming_the_field() -> an
             r#"Unsupported value: "Sometimes": supported values: "Migrate", "Reset", "Never""#,
         ),
     ];
-    for (i, (spec, field, message)) in cases.into_iter().enumerate() {
-        let obj: DynamicObject = serde_json::from_value(group(&format!("bad-{i}"), spec.clone()))?;
-        let err = raw
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect_err(&format!("{spec} was accepted"));
-        let text = err.to_string();
-        assert!(
-            text.contains(field),
-            "rejection of {spec} does not name {field}: {text}"
-        );
-        assert!(
-            text.contains(message),
-            "rejection of {spec} lacks `{message}`: {text}"
-        );
-    }
+    let refusals = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (spec, field, message))| Refusal {
+            object: group(&format!("bad-{i}"), spec),
+            field,
+            message,
+        })
+        .collect();
+    expect_refusals(&raw, refusals).await?;
 
     // A minimal group is accepted and defaulted by the API server.
     let obj: DynamicObject =

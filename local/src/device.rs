@@ -161,6 +161,8 @@ fn connect_packet(spec: &DeviceSpec) -> Result<Connect, Failure> {
         )),
         password: Some(token.into()),
         will: None,
+        // MQTT 3.1.1, as the Azure device SDKs speak it.
+        properties: None,
     })
 }
 
@@ -204,7 +206,7 @@ async fn session(
         }
     }
     telemetry(&mut conn, spec, live, out).await?;
-    let _ = conn.send(&Packet::Disconnect).await;
+    let _ = conn.send(&Packet::Disconnect { reason: 0 }).await;
     let _ = conn.io.shutdown().await;
     Ok(())
 }
@@ -249,6 +251,7 @@ async fn telemetry(
                     dup: false,
                     pkid,
                     payload: Bytes::from(payload.to_string()),
+                    properties: Default::default(),
                 };
                 inflight.insert(pkid, Instant::now());
                 conn.send(&Packet::Publish(publish)).await?;
@@ -315,6 +318,7 @@ async fn incoming(
                 dup: false,
                 pkid: 0,
                 payload: Bytes::from(body.to_string()),
+                properties: Default::default(),
             }))
             .await?;
             out.methods += 1;

@@ -84,7 +84,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let running = Running::start(fleet, policy);
     println!("ready; Ctrl-C stops it");
-    wait_for_signal().await?;
+    iotstamp_router::cli::wait_for_signal().await?;
     println!("stopping");
     let _ = web_stop.send(true);
     if let Some(task) = web {
@@ -161,23 +161,6 @@ pub fn banner(file: &FleetFile, state_root: &Path, policy: &PoolPolicy) -> Strin
         ca = ca.display()
     );
     out
-}
-
-#[cfg(unix)]
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -201,8 +201,9 @@ pub async fn run(args: RouterArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before it stops a pod). Local mode shares it.
 #[cfg(unix)]
-async fn wait_for_signal() -> Result<(), Error> {
+pub async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -213,9 +214,8 @@ async fn wait_for_signal() -> Result<(), Error> {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> Result<(), Error> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+pub async fn wait_for_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
 }
 
 #[cfg(test)]
