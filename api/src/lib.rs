@@ -8,6 +8,7 @@ pub mod common;
 pub mod conditions;
 pub mod enrollment;
 pub mod pool;
+pub mod secrets;
 pub mod stamp;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

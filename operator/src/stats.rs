@@ -106,7 +106,7 @@ impl Poller {
         let api = stamp.status.as_ref()?.endpoints.as_ref()?.api.clone();
         let token_secret = self
             .secrets
-            .get(&ObjectRef::new(&format!("{name}-api-token")).within(ns))?;
+            .get(&ObjectRef::new(&iotstamp_api::secrets::token_secret_name(name)).within(ns))?;
         let token = String::from_utf8(token_secret.data.as_ref()?.get(TOKEN_KEY)?.0.clone()).ok()?;
         let resp = self
             .http

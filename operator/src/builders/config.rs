@@ -11,7 +11,7 @@ use super::tls::HubTls;
 use super::{BuildError, Names, child_meta, hash_json};
 
 /// The key of the token in the token Secret, and the file name under the mount.
-pub const TOKEN_KEY: &str = "token";
+pub use iotstamp_api::secrets::TOKEN_KEY;
 
 pub fn stamp_config(stamp: &IoTStamp, n: &Names) -> Result<StampConfig, BuildError> {
     let spec = &stamp.spec;

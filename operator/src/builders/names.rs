@@ -34,10 +34,10 @@ impl Names {
         format!("{}-config", self.stamp)
     }
     pub fn token_secret(&self) -> String {
-        format!("{}-api-token", self.stamp)
+        iotstamp_api::secrets::token_secret_name(&self.stamp)
     }
     pub fn tls_secret(&self) -> String {
-        format!("{}-hub-tls", self.stamp)
+        iotstamp_api::secrets::hub_tls_secret_name(&self.stamp)
     }
     pub fn service_account(&self) -> String {
         self.stamp.clone()

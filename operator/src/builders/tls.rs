@@ -11,7 +11,7 @@ use super::{Names, child_meta, hash_json};
 
 pub const CERT_KEY: &str = "tls.crt";
 pub const KEY_KEY: &str = "tls.key";
-pub const CA_KEY: &str = "ca.crt";
+pub use iotstamp_api::secrets::CA_KEY;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubTls {

@@ -13,16 +13,8 @@ use k8s_openapi::api::core::v1::Secret;
 use crate::config::EnrollmentGroupConfig;
 use crate::directory::StampInfo;
 
-/// The operator's Secret names and keys (operator/src/builders/names.rs and config.rs / tls.rs);
-/// the router reads them and never writes them.
-pub fn token_secret_name(stamp: &str) -> String {
-    format!("{stamp}-api-token")
-}
-pub fn hub_tls_secret_name(stamp: &str) -> String {
-    format!("{stamp}-hub-tls")
-}
-pub const TOKEN_KEY: &str = "token";
-pub const CA_KEY: &str = "ca.crt";
+// The operator's Secrets: the router reads them and never writes them.
+pub use iotstamp_api::secrets::{CA_KEY, TOKEN_KEY, hub_tls_secret_name, token_secret_name};
 
 /// Finds a Secret by namespace and name in the watch cache.
 pub trait SecretLookup {

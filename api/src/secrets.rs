@@ -1,0 +1,17 @@
+//! The Secrets the operator writes for each stamp and the router reads: their names and keys are a
+//! contract between the two, so both take them from here.
+
+/// Holds the bearer token the router and operator present to the stamp API.
+pub fn token_secret_name(stamp: &str) -> String {
+    format!("{stamp}-api-token")
+}
+
+/// Holds the hub's certificate, key and the CA that issued it (when the operator manages it).
+pub fn hub_tls_secret_name(stamp: &str) -> String {
+    format!("{stamp}-hub-tls")
+}
+
+/// Key of the token in the token Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Key of the issuing CA's certificate in the hub TLS Secret.
+pub const CA_KEY: &str = "ca.crt";
