@@ -10,17 +10,17 @@ use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::stats::ConnectedCounts;
 
-/// API writes in flight at once across all reconciles. The client speaks HTTP/1.1, one connection
-/// per request in flight, and each connection holds its own TLS and read buffers: unbounded, a
-/// few hundred new stamps opened 126 connections (heaptrack). 32 is still twice the writes of the
-/// default 16 reconciles each applying one object.
+/// Child applies in flight at once across all reconciles (the bulk of the writes). The client
+/// speaks HTTP/1.1, one connection per request in flight, and each connection holds its own TLS and
+/// read buffers: unbounded, a few hundred new stamps opened 126 connections (heaptrack). 32 is still
+/// twice the writes of the default 16 reconciles each applying one object.
 pub const API_SLOTS: usize = 32;
 
 pub struct Context {
     pub client: Client,
     pub caches: Caches,
     pub recorder: EventPublisher,
-    /// Permits for API writes in flight, shared by every reconcile ([`API_SLOTS`] of them).
+    /// Permits for child applies in flight, shared by every reconcile ([`API_SLOTS`] of them).
     pub api_slots: tokio::sync::Semaphore,
     pub metrics: Arc<Metrics>,
     /// The CA that signs the hubs' certificates (kept in a Secret; see [`crate::ca`]).
