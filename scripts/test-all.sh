@@ -28,6 +28,19 @@ for c in rustfmt clippy; do
 done
 e2e/cluster tools
 
+# Test binaries bake in their checkout's path (env!("CARGO_MANIFEST_DIR")), and cargo does not rebuild
+# them when the same sources sit in another checkout: a target dir last used by another clone would
+# run tests against that clone's files. Dependencies are reused; this workspace's crates are rebuilt.
+checkout_file="$CARGO_TARGET_DIR/.iotstamp-checkout"
+if [[ -f $checkout_file && "$(<"$checkout_file")" != "$PWD" ]]; then
+  step "the build cache was last used by $(<"$checkout_file"); rebuilding this workspace's crates"
+  for package in $(cargo metadata --no-deps --format-version 1 | jq -r '.packages[].name'); do
+    cargo clean --quiet -p "$package"
+  done
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+printf '%s\n' "$PWD" >"$checkout_file"
+
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
