@@ -244,15 +244,7 @@ async fn telemetry(
                     "seq": out.sent,
                     "temperature": 20.0 + (out.sent % 50) as f64 / 10.0,
                 });
-                let publish = Publish {
-                    topic: topic.clone(),
-                    qos: 1,
-                    retain: false,
-                    dup: false,
-                    pkid,
-                    payload: Bytes::from(payload.to_string()),
-                    properties: Default::default(),
-                };
+                let publish = Publish::qos1(topic.clone(), pkid, payload.to_string());
                 inflight.insert(pkid, Instant::now());
                 conn.send(&Packet::Publish(publish)).await?;
                 last_sent = Instant::now();

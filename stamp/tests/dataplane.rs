@@ -276,15 +276,11 @@ async fn a_device_cannot_touch_another_devices_topics() {
 
     // Publishing as the victim: the attacker is disconnected, nothing is stored or delivered.
     attacker
-        .send(&Packet::Publish(Publish {
-            topic: "devices/victim/messages/events/".into(),
-            qos: 1,
-            retain: false,
-            dup: false,
-            pkid: 5,
-            payload: "forged".into(),
-            properties: Default::default(),
-        }))
+        .send(&Packet::Publish(Publish::qos1(
+            "devices/victim/messages/events/",
+            5,
+            "forged",
+        )))
         .await;
     assert_eq!(
         attacker.recv().await,
@@ -294,15 +290,11 @@ async fn a_device_cannot_touch_another_devices_topics() {
 
     // The victim's own telemetry is not seen by anyone else.
     victim
-        .send(&Packet::Publish(Publish {
-            topic: "devices/victim/messages/events/".into(),
-            qos: 1,
-            retain: false,
-            dup: false,
-            pkid: 9,
-            payload: "real".into(),
-            properties: Default::default(),
-        }))
+        .send(&Packet::Publish(Publish::qos1(
+            "devices/victim/messages/events/",
+            9,
+            "real",
+        )))
         .await;
     assert_eq!(victim.recv().await, Some(Packet::PubAck(9)));
     let (_, body) = stamp.api("GET", "/v1/devices/victim/telemetry", None).await;

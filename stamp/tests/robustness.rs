@@ -28,15 +28,7 @@ async fn oversized_and_malformed_packets_close_only_their_connection() {
     let (mut good, _) = stamp.raw_connect(stamp.connect_packet("good", &key)).await;
 
     let (mut bad, _) = stamp.raw_connect(stamp.connect_packet("bad", &bad_key)).await;
-    let big = Publish {
-        topic: "devices/bad/messages/events/".into(),
-        qos: 1,
-        retain: false,
-        dup: false,
-        pkid: 1,
-        payload: vec![b'x'; 4096].into(),
-        properties: Default::default(),
-    };
+    let big = Publish::qos1("devices/bad/messages/events/", 1, vec![b'x'; 4096]);
     bad.send(&Packet::Publish(big)).await;
     assert_eq!(bad.recv().await, None, "oversized publish closes the connection");
     healthy(&stamp, &mut good).await;

@@ -151,15 +151,11 @@ impl Split {
 }
 
 fn telemetry(id: &str, pkid: u16) -> Packet {
-    Packet::Publish(Publish {
-        topic: format!("devices/{id}/messages/events/"),
-        qos: 1,
-        retain: false,
-        dup: false,
+    Packet::Publish(Publish::qos1(
+        format!("devices/{id}/messages/events/"),
         pkid,
-        payload: format!("{{\"n\":{pkid}}}").into(),
-        properties: Default::default(),
-    })
+        format!("{{\"n\":{pkid}}}"),
+    ))
 }
 
 #[tokio::test]

@@ -22,15 +22,11 @@ async fn the_oldest_telemetry_goes_once_storage_holds_more_than_max_bytes() {
     for n in 1..=3000u16 {
         let payload = format!("{{\"n\":{n},\"pad\":\"{padding}\"}}");
         device
-            .send(&Packet::Publish(Publish {
-                topic: "devices/dev1/messages/events/".into(),
-                qos: 1,
-                retain: false,
-                dup: false,
-                pkid: n,
-                payload: payload.into(),
-                properties: Default::default(),
-            }))
+            .send(&Packet::Publish(Publish::qos1(
+                "devices/dev1/messages/events/",
+                n,
+                payload,
+            )))
             .await;
     }
     for _ in 0..3000 {

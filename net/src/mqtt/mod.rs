@@ -144,6 +144,21 @@ pub struct Publish {
     pub properties: Properties,
 }
 
+impl Publish {
+    /// A plain QoS 1 PUBLISH (not retained, not a redelivery, no properties): what devices send.
+    pub fn qos1(topic: impl Into<String>, pkid: u16, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            qos: 1,
+            retain: false,
+            dup: false,
+            pkid,
+            payload: payload.into(),
+            properties: Properties::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("packet of {size} bytes exceeds the limit of {max}")]

@@ -157,15 +157,7 @@ async fn publish_all(
                             .forget();
                     }
                 }
-                let publish = Publish {
-                    topic: topic.clone(),
-                    qos: 1,
-                    retain: false,
-                    dup: false,
-                    pkid: (i % 65_535) as u16 + 1,
-                    payload: payload.clone(),
-                    properties: Default::default(),
-                };
+                let publish = Publish::qos1(topic.clone(), (i % 65_535) as u16 + 1, payload.clone());
                 mqtt::encode(&Packet::Publish(publish), &mut out);
                 sent.lock()
                     .map_err(|_| Error::Bench("poisoned".into()))?

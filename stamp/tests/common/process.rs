@@ -60,15 +60,11 @@ pub async fn stream_qos1(
     let writer = tokio::spawn(async move {
         for pkid in 1..=count {
             let mut out = BytesMut::new();
-            let publish = Publish {
-                topic: topic.clone(),
-                qos: 1,
-                retain: false,
-                dup: false,
+            let publish = Publish::qos1(
+                topic.clone(),
                 pkid,
-                payload: format!("{{\"n\":{}}}", first + u32::from(pkid)).into(),
-                properties: Default::default(),
-            };
+                format!("{{\"n\":{}}}", first + u32::from(pkid)),
+            );
             mqtt::encode(&Packet::Publish(publish), &mut out);
             if wr.write_all(&out).await.is_err() {
                 return;
