@@ -107,6 +107,7 @@ impl Cluster {
         Ok(TestNamespace {
             name,
             client: self.client.clone(),
+            removed: false,
         })
     }
 }
@@ -114,12 +115,15 @@ impl Cluster {
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    /// Set by [`TestNamespace::remove`], so dropping the guard does not delete it a second time.
+    removed: bool,
 }
 
 impl TestNamespace {
     /// Deletes the namespace and waits until the namespace controller has removed everything in
     /// it, so a benchmark's next phase does not pay for this one's cleanup.
-    pub async fn remove(self, timeout: std::time::Duration) -> anyhow::Result<()> {
+    pub async fn remove(mut self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        self.removed = true;
         let api: Api<Namespace> = Api::all(self.client.clone());
         let _ = api.delete(&self.name, &DeleteParams::background()).await;
         crate::wait::until(
@@ -133,6 +137,9 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
         let api: Api<Namespace> = Api::all(self.client.clone());
         let name = self.name.clone();
         // Best effort, in the background: the namespace controller finishes the job.
