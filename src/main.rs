@@ -80,8 +80,9 @@ enum BenchSuite {
     Storage(iotstamp_stamp::bench::cli::StorageArgs),
     /// TLS connections one stamp holds (memory, connects/s), beside mosquitto.
     Connections(iotstamp_stamp::bench::cli::ConnectionsArgs),
-    /// Durable HTTPS provisioning beside the same server answering a static body.
-    Provisioning(iotstamp_router::bench::BenchArgs),
+    /// Durable HTTPS provisioning beside the same server answering a static body, then through a
+    /// local fleet of real stamps.
+    Provisioning(iotstamp_local::bench::ProvisioningArgs),
 }
 
 fn init_tracing(format: LogFormat, default_filter: &str) {
@@ -152,7 +153,7 @@ async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
             let me = std::env::current_exe()?.display().to_string();
             println!("{}", cli::run_connections(args, me).await?)
         }
-        BenchSuite::Provisioning(args) => iotstamp_router::bench::run(args).await?,
+        BenchSuite::Provisioning(args) => print!("{}", iotstamp_local::bench::run(args).await?),
     }
     Ok(())
 }

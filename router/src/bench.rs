@@ -43,6 +43,15 @@ pub struct BenchArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Where a load phase sends its registrations.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: std::net::SocketAddr,
+    pub id_scope: String,
+    /// The enrollment group's key; each registration signs with the key derived from it.
+    pub group_key: String,
+}
+
 /// One load phase's result.
 #[derive(Debug, Clone)]
 pub struct Phase {
@@ -75,34 +84,42 @@ fn bench_err(e: impl std::fmt::Display) -> Error {
 
 /// Runs the benchmark and prints its table.
 pub async fn run(args: BenchArgs) -> Result<(), Error> {
-    let r = provisioning(args).await?;
-    println!(
-        "{:<34} {:>12} {:>8} {:>9} {:>9}",
-        "phase", "req/s", "errors", "p50 ms", "p99 ms"
+    print!("{}", render(&provisioning(args).await?, &[]));
+    Ok(())
+}
+
+/// The report as a table: the baseline, the durable phase, any `extra` phases run beside them
+/// (each with its ratio to the baseline), then the memory and restart figures.
+pub fn render(r: &Report, extra: &[Phase]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:>9} {:>7} {:>8} {:>8} {:>9}",
+        "phase", "req/s", "errors", "p50 ms", "p99 ms", "/ static"
     );
-    for p in [&r.baseline, &r.durable] {
-        println!(
-            "{:<34} {:>12.0} {:>8} {:>9.2} {:>9.2}",
+    for p in [&r.baseline, &r.durable].into_iter().chain(extra) {
+        let _ = writeln!(
+            out,
+            "{:<44} {:>9.0} {:>7} {:>8.2} {:>8.2} {:>9.2}",
             p.name,
             p.rate(),
             p.errors,
             p.p50_ms,
-            p.p99_ms
+            p.p99_ms,
+            p.rate() / r.baseline.rate()
         );
     }
-    println!(
-        "durable / static ratio: {:.2}",
-        r.durable.rate() / r.baseline.rate()
-    );
     if r.held > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "holding {} assignments: RSS {:.0} MB; restart to ready {:.2} s",
             r.held,
             r.rss_mb_holding,
             r.restart_to_ready.as_secs_f64()
         );
     }
-    Ok(())
+    out
 }
 
 pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
@@ -152,30 +169,32 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
         retry_after_secs: 1,
         handshake_timeout: Duration::from_secs(10),
     };
-    let group_key = "YmVuY2gtZ3JvdXAta2V5LWJlbmNoLWdyb3VwLWtleQ==";
+    let target = |addr| Target {
+        addr,
+        id_scope: SCOPE.into(),
+        group_key: "YmVuY2gtZ3JvdXAta2V5LWJlbmNoLWdyb3VwLWtleQ==".into(),
+    };
     let seconds = Duration::from_secs(args.seconds);
 
     // Baseline: the same serving stack (TLS, hyper, axum) answering a static body.
     let (static_stop, static_addr) = static_server(server_tls.clone()).await?;
     let baseline = load(
         "static body (same stack)",
-        static_addr,
+        &target(static_addr),
         &client_tls,
         args.connections,
         seconds,
-        group_key,
     )
     .await?;
     drop(static_stop);
 
     let router = crate::start(config.clone()).await?;
     let durable = load(
-        "DPS register, durable (embedded)",
-        router.https_addr,
+        "DPS register, durable, in-memory stamp stub",
+        &target(router.https_addr),
         &client_tls,
         args.connections,
         seconds,
-        group_key,
     )
     .await?;
 
@@ -203,11 +222,10 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
         // Touch the hot path so the measurement includes a serving router.
         load(
             "warm",
-            router.https_addr,
+            &target(router.https_addr),
             &client_tls,
             4,
             Duration::from_millis(500),
-            group_key,
         )
         .await?;
         rss = rss_mb();
@@ -236,7 +254,8 @@ fn tempfile_dir(args: &BenchArgs) -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
+/// A client that trusts `ca_pem` only.
+pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -301,21 +320,22 @@ async fn serve_on_loopback(
     Ok((tx, addr))
 }
 
-/// `connections` keep-alive clients, each sending one registration after another until `dur`.
-async fn load(
+/// `connections` keep-alive clients, each sending one registration (a new device) after another
+/// until `dur`; every answer but 200 counts as an error.
+pub async fn load(
     name: &'static str,
-    addr: std::net::SocketAddr,
+    target: &Target,
     tls: &Arc<rustls::ClientConfig>,
     connections: usize,
     dur: Duration,
-    group_key: &str,
 ) -> Result<Phase, Error> {
+    let addr = target.addr;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let deadline = started + dur;
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (tls, key, run) = (tls.clone(), group_key.to_string(), run[..8].to_string());
+        let (tls, target, run) = (tls.clone(), target.clone(), run[..8].to_string());
         tasks.push(tokio::spawn(async move {
             let tcp = TcpStream::connect(addr).await.map_err(bench_err)?;
             let _ = tcp.set_nodelay(true);
@@ -334,9 +354,10 @@ async fn load(
             while Instant::now() < deadline {
                 let reg = format!("b-{run}-{c}-{n}");
                 n += 1;
-                let dkey = sas::derive_device_key(&key, &reg).map_err(bench_err)?;
+                let scope = &target.id_scope;
+                let dkey = sas::derive_device_key(&target.group_key, &reg).map_err(bench_err)?;
                 let token = sas::sign(
-                    &format!("{SCOPE}/registrations/{reg}"),
+                    &format!("{scope}/registrations/{reg}"),
                     &dkey,
                     4_000_000_000,
                     None,
@@ -344,7 +365,7 @@ async fn load(
                 .map_err(bench_err)?;
                 let body = format!(r#"{{"registrationId":"{reg}"}}"#);
                 let req = http::Request::put(format!(
-                    "/{SCOPE}/registrations/{reg}/register?api-version=2019-03-31"
+                    "/{scope}/registrations/{reg}/register?api-version=2019-03-31"
                 ))
                 .header("host", "127.0.0.1")
                 .header("authorization", token)

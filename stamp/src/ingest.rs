@@ -230,8 +230,12 @@ mod tests {
             max_messages: 16,
             linger: Duration::from_millis(5),
         };
-        let (ingest, writer) =
-            Ingest::spawn(LocalStore::new(store.clone()), policy, Metrics::new(), shutdown);
+        let (ingest, writer) = Ingest::spawn(
+            LocalStore::new(store.clone()).unwrap(),
+            policy,
+            Metrics::new(),
+            shutdown,
+        );
         let mut live = ingest.live();
         let mut acks = Vec::new();
         for i in 0..40 {

@@ -65,7 +65,7 @@ pub(crate) async fn stop(
 pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let token = read_token(&config)?;
     let store = open_store(&config).await?;
-    let local = LocalStore::new(store.clone());
+    let local = LocalStore::new(store.clone())?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Metrics::new();
     let seams = Seams {

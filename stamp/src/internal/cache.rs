@@ -125,7 +125,7 @@ mod tests {
     async fn writes_through_the_cache_take_effect_at_once_and_others_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone()));
+        let cache = CachedRegistry::new(LocalStore::new(store.clone()).unwrap());
         assert_eq!(cache.get("dev1".into()).await.unwrap(), None);
 
         cache.put(device(DeviceStatus::Enabled), 10).await.unwrap();

@@ -5,19 +5,25 @@ use std::sync::Arc;
 
 use iotstamp_core::registry::DeviceRecord;
 
+use super::registry_writer::RegistryWriter;
 use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery};
 use crate::Error;
 use crate::storage::record::TelemetryRecord;
-use crate::storage::{Page, PutOutcome, Store};
+use crate::storage::{Page, PutOutcome, RegistryWrite, RegistryWritten, Store};
 
-#[derive(Clone)]
 pub struct LocalStore {
     store: Arc<Store>,
+    /// Registry writes go through group commit; reads go straight to the store.
+    registry_writes: RegistryWriter,
 }
 
 impl LocalStore {
-    pub fn new(store: Arc<Store>) -> Arc<Self> {
-        Arc::new(Self { store })
+    pub fn new(store: Arc<Store>) -> Result<Arc<Self>, Error> {
+        let registry_writes = RegistryWriter::start(store.clone())?;
+        Ok(Arc::new(Self {
+            store,
+            registry_writes,
+        }))
     }
 
     fn run<T: Send + 'static>(
@@ -53,10 +59,28 @@ impl Registry for LocalStore {
         self.run(move |s| s.get_device(&device_key))
     }
     fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome> {
-        self.run(move |s| s.put_device(&record, quota))
+        Box::pin(async move {
+            match self
+                .registry_writes
+                .write(RegistryWrite::Put { record, quota })
+                .await?
+            {
+                RegistryWritten::Put(outcome) => Ok(outcome),
+                RegistryWritten::Deleted(_) => unreachable!("a put is answered with a put outcome"),
+            }
+        })
     }
     fn delete(&self, device_key: String) -> Fut<'_, bool> {
-        self.run(move |s| s.delete_device(&device_key))
+        Box::pin(async move {
+            match self
+                .registry_writes
+                .write(RegistryWrite::Delete { device_key })
+                .await?
+            {
+                RegistryWritten::Deleted(existed) => Ok(existed),
+                RegistryWritten::Put(_) => unreachable!("a delete is answered with a delete outcome"),
+            }
+        })
     }
     fn count(&self) -> Fut<'_, u64> {
         self.run(|s| s.device_count())

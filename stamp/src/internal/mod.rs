@@ -20,6 +20,7 @@
 pub mod cache;
 pub mod client;
 pub mod local;
+pub mod registry_writer;
 pub mod server;
 
 use futures::future::BoxFuture;

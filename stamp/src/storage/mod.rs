@@ -11,14 +11,15 @@
 pub mod aggregate;
 mod cap;
 pub mod record;
+mod registry;
 
 use std::path::Path;
 
-use iotstamp_core::registry::DeviceRecord;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::Error;
 use record::{Cursor, TelemetryRecord, telemetry_key};
+pub use registry::{PutOutcome, RegistryWrite, RegistryWritten};
 
 /// Lower-cased device id → JSON `DeviceRecord`.
 const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
@@ -28,12 +29,6 @@ const TELEMETRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("telemetry
 const SERIES: TableDefinition<&str, ()> = TableDefinition::new("series");
 
 pub const DB_FILE: &str = "stamp.redb";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutOutcome {
-    Created,
-    Replaced,
-}
 
 /// One page of a device's series.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,65 +64,6 @@ impl Store {
             db,
             known_series: std::sync::Mutex::new(known),
         })
-    }
-
-    /// Inserts or replaces a device. A new id beyond `quota` is refused; the count and the insert are
-    /// one write transaction, so concurrent PUTs can never overshoot the quota.
-    pub fn put_device(&self, record: &DeviceRecord, quota: u64) -> Result<PutOutcome, Error> {
-        let key = record.device_id.key();
-        let value = to_json(record)?;
-        let tx = self.db.begin_write()?;
-        let outcome = {
-            let mut table = tx.open_table(REGISTRY)?;
-            let exists = table.get(key.as_str())?.is_some();
-            if !exists && table.len()? >= quota {
-                return Err(Error::QuotaExceeded { quota });
-            }
-            table.insert(key.as_str(), value.as_slice())?;
-            if exists {
-                PutOutcome::Replaced
-            } else {
-                PutOutcome::Created
-            }
-        };
-        tx.commit()?;
-        Ok(outcome)
-    }
-
-    /// Registers many devices in one transaction, quota unchecked (benchmarks and bulk restores).
-    pub fn put_devices(&self, records: &[DeviceRecord]) -> Result<(), Error> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(REGISTRY)?;
-            for record in records {
-                table.insert(record.device_id.key().as_str(), to_json(record)?.as_slice())?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn get_device(&self, device_key: &str) -> Result<Option<DeviceRecord>, Error> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(REGISTRY)?;
-        let Some(value) = table.get(device_key)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(|e| Error::Corrupt(format!("registry entry {device_key}: {e}")))
-    }
-
-    /// Removes a device from the registry (its telemetry stays until retention takes it).
-    pub fn delete_device(&self, device_key: &str) -> Result<bool, Error> {
-        let tx = self.db.begin_write()?;
-        let existed = tx.open_table(REGISTRY)?.remove(device_key)?.is_some();
-        tx.commit()?;
-        Ok(existed)
-    }
-
-    pub fn device_count(&self) -> Result<u64, Error> {
-        Ok(self.db.begin_read()?.open_table(REGISTRY)?.len()?)
     }
 
     /// Writes a batch in one durable transaction: when this returns `Ok`, every record survives a crash.
@@ -239,37 +175,9 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iotstamp_core::ids::DeviceId;
-
-    fn device(id: &str) -> DeviceRecord {
-        DeviceRecord {
-            device_id: DeviceId::parse(id).unwrap(),
-            primary_key: "AAAA".into(),
-            status: Default::default(),
-            enrollment_group: None,
-        }
-    }
 
     fn point(id: &str, us: u64, seq: u64) -> TelemetryRecord {
         TelemetryRecord::build(id, "s", us, seq, vec![], format!("{{\"n\":{seq}}}").as_bytes())
-    }
-
-    #[test]
-    fn registry_put_is_idempotent_and_quota_counts_new_ids_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.put_device(&device("A"), 2).unwrap(), PutOutcome::Created);
-        assert_eq!(store.put_device(&device("a"), 2).unwrap(), PutOutcome::Replaced);
-        assert_eq!(store.put_device(&device("b"), 2).unwrap(), PutOutcome::Created);
-        assert!(matches!(
-            store.put_device(&device("c"), 2),
-            Err(Error::QuotaExceeded { quota: 2 })
-        ));
-        assert_eq!(store.put_device(&device("b"), 2).unwrap(), PutOutcome::Replaced);
-        assert_eq!(store.device_count().unwrap(), 2);
-        assert!(store.delete_device("a").unwrap());
-        assert!(store.get_device("a").unwrap().is_none());
-        assert_eq!(store.get_device("b").unwrap(), Some(device("b")));
     }
 
     #[test]
