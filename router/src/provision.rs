@@ -116,7 +116,11 @@ impl Provisioner {
             let (expect, substatus) = match &cur {
                 Some(a) if a.state == AssignmentState::Assigned => {
                     match reprovision(group.reprovision, usable(a)) {
-                        Reprovision::Keep => return self.answer(&stamps, a.clone()),
+                        Reprovision::Keep => {
+                            let answer = self.answer(&stamps, a.clone())?;
+                            self.refresh(group, &a.stamp, &stamps, &a.device_id).await;
+                            return Ok(answer);
+                        }
                         Reprovision::Reassign(sub) => {
                             excluded.push(a.stamp.clone());
                             (Expect::of(cur.as_ref()), sub)
@@ -254,6 +258,40 @@ impl Provisioner {
             }
             Ok(_) => Step::Again,
             Err(e) => Step::Fail(e.into()),
+        }
+    }
+
+    /// A device that keeps its stamp provisions again: make sure the stamp holds it with the key
+    /// its group derives now. A rotated group key gives every device a new key, and without this
+    /// the device would authenticate here and then be refused at its hub. Nothing else of the
+    /// stamp's record changes (a device disabled there stays disabled), and nothing is written when
+    /// the record is current. Best effort: the durable assignment is the answer either way, so a
+    /// stamp API that is briefly away does not fail devices whose keys are fine.
+    async fn refresh(&self, group: &Group, stamp: &str, stamps: &[StampInfo], device_id: &str) {
+        let Some(stamp) = find(stamps, stamp) else {
+            return;
+        };
+        let (Ok(primary_key), Ok(id)) = (group.device_key(device_id), DeviceId::parse(device_id)) else {
+            return;
+        };
+        let status = match self.stamps.registered(stamp, device_id).await {
+            Ok(Some(held)) if held.primary_key == primary_key => return,
+            Ok(held) => held.map_or(DeviceStatus::Enabled, |h| h.status),
+            Err(e) => {
+                tracing::warn!(stamp = %stamp.name, device = device_id, error = %e, "could not check the device's key at its stamp");
+                self.stamp_error(&stamp.name);
+                return;
+            }
+        };
+        let record = DeviceRecord {
+            device_id: id,
+            primary_key,
+            status,
+            enrollment_group: Some(group.name.clone()),
+        };
+        if let Err(e) = self.stamps.register(stamp, &record).await {
+            tracing::warn!(stamp = %stamp.name, device = device_id, error = %e, "could not refresh the device at its stamp");
+            self.stamp_error(&stamp.name);
         }
     }
 

@@ -35,6 +35,13 @@ pub trait StampClient: Send + Sync {
     /// `PUT /v1/registry/devices/{id}`: idempotent, so safe to repeat after a crash.
     async fn register(&self, stamp: &StampInfo, record: &DeviceRecord) -> Result<(), StampError>;
 
+    /// `GET /v1/registry/devices/{id}`: the stamp's record of a device, `None` when it has none.
+    async fn registered(
+        &self,
+        stamp: &StampInfo,
+        device_id: &str,
+    ) -> Result<Option<DeviceRecord>, StampError>;
+
     /// `DELETE /v1/registry/devices/{id}`; a device that is already absent counts as success.
     async fn deregister(&self, stamp: &StampInfo, device_id: &str) -> Result<(), StampError>;
 
@@ -134,6 +141,27 @@ impl StampClient for HttpStampClient {
             200 | 201 | 204 => Ok(()),
             409 => Err(StampError::QuotaExceeded(stamp.name.clone())),
             _ => Err(StampError::Rejected {
+                stamp: stamp.name.clone(),
+                status,
+                body: resp.text().await.unwrap_or_default(),
+            }),
+        }
+    }
+
+    async fn registered(
+        &self,
+        stamp: &StampInfo,
+        device_id: &str,
+    ) -> Result<Option<DeviceRecord>, StampError> {
+        let resp = self
+            .request(stamp, http::Method::GET, &device_path(device_id))?
+            .send()
+            .await
+            .map_err(|e| unreachable(stamp, e))?;
+        match resp.status().as_u16() {
+            200 => resp.json().await.map(Some).map_err(|e| unreachable(stamp, e)),
+            404 => Ok(None),
+            status => Err(StampError::Rejected {
                 stamp: stamp.name.clone(),
                 status,
                 body: resp.text().await.unwrap_or_default(),

@@ -99,6 +99,61 @@ async fn device_is_assigned_registered_with_its_derived_key_and_sticky() {
     s.router.shutdown().await;
 }
 
+/// After the group key is rotated, a device that provisions again with its new derived key gets
+/// that key at its stamp (else its hub would refuse it), and a device disabled at its stamp stays
+/// disabled.
+#[tokio::test]
+async fn a_rotated_group_key_reaches_the_stamp_when_devices_provision_again() {
+    use iotstamp_core::registry::DeviceStatus;
+    const NEW_KEY: &str = "cm90YXRlZC1ncm91cC1rZXktZm9yLXRoZS13aG9sZS1mbGVldA==";
+    let s = setup(&[10], |_| {}).await;
+    for reg in ["rekeyed", "switched-off"] {
+        assert_eq!(s.dps.provision(reg).await.status, 200);
+    }
+    s.stamps[0]
+        .registry
+        .lock()
+        .unwrap()
+        .get_mut("switched-off")
+        .unwrap()
+        .status = DeviceStatus::Disabled;
+    let mut rotated = group("fleet", ReprovisionPolicy::Migrate);
+    rotated.symmetric_key = Some(NEW_KEY.into());
+    let errors = s.router.state.dps.provisioner.enrollments.replace(&[rotated]);
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let new_key = |reg: &str| iotstamp_core::sas::derive_device_key(NEW_KEY, reg).unwrap();
+    for reg in ["rekeyed", "switched-off"] {
+        let token = python_token(reg, &new_key(reg), now() + 600);
+        let reply = s.dps.register_with(reg, &token, Value::Null).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body["registrationState"]["assignedHub"], "hub-0.local");
+        assert_eq!(reply.body["registrationState"]["substatus"], "initialAssignment");
+    }
+    let held = s.stamps[0].holds("rekeyed").unwrap();
+    assert_eq!(held.primary_key, new_key("rekeyed"));
+    assert_eq!(held.status, DeviceStatus::Enabled);
+    let held = s.stamps[0].holds("switched-off").unwrap();
+    assert_eq!(held.primary_key, new_key("switched-off"));
+    assert_eq!(
+        held.status,
+        DeviceStatus::Disabled,
+        "provisioning must not re-enable a device"
+    );
+
+    // Current already: provisioning again writes nothing.
+    let puts = s.stamps[0].puts.load(std::sync::atomic::Ordering::Relaxed);
+    let token = python_token("rekeyed", &new_key("rekeyed"), now() + 600);
+    assert_eq!(
+        s.dps.register_with("rekeyed", &token, Value::Null).await.status,
+        200
+    );
+    assert_eq!(s.stamps[0].puts.load(std::sync::atomic::Ordering::Relaxed), puts);
+    // The old key is refused now.
+    assert_eq!(s.dps.register("rekeyed").await.status, 401);
+    s.router.shutdown().await;
+}
+
 #[tokio::test]
 async fn slow_stamp_gives_202_then_poll_gives_200() {
     let s = setup(&[5], |c| c.assign_wait = Duration::from_millis(50)).await;
