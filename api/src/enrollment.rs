@@ -107,12 +107,39 @@ pub enum AllocationPolicy {
     Custom,
 }
 
-/// Label selector over IoTStamps: every label given must match.
+/// Label selector over IoTStamps, as a Kubernetes label selector: every `matchLabels` pair and
+/// every `matchExpressions` requirement must hold.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StampSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Vec<StampSelectorRequirement>,
+}
+
+/// A label key, an operator, and the values the operator needs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0").message("values must be non-empty for operator In and NotIn, and empty for Exists and DoesNotExist"))]
+pub struct StampSelectorRequirement {
+    #[schemars(length(min = 1, max = 317))]
+    #[x_kube(validation = Rule::new("self.matches('^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')").message("key must be a label key, such as tier or example.com/tier"))]
+    pub key: String,
+    // An enum in the schema: the API server names the supported operators itself.
+    pub operator: SelectorOperator,
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub values: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
 }
 
 /// What happens when a device provisions again and its stamp no longer takes devices.

@@ -194,7 +194,10 @@ fn enrollment_group_rules_name_their_fields() {
     let schema = schema_of(EnrollmentGroup::crd());
     let key = json!({"symmetricKey": {"name": "k", "key": "key"}});
     let ok = json!({"idScope": "0ne001", "attestation": key,
-                    "allocation": {"policy": "Custom", "webhookUrl": "https://hook.example/allocate"}});
+                    "allocation": {"policy": "Custom", "webhookUrl": "https://hook.example/allocate"},
+                    "stampSelector": {"matchLabels": {"tier": "gold"}, "matchExpressions": [
+                        {"key": "example.com/zone", "operator": "In", "values": ["eu-1"]},
+                        {"key": "retired", "operator": "DoesNotExist"}]}});
     assert_eq!(violations(&schema, &enrollment(ok), None), Vec::<String>::new());
     let cases = [
         (
@@ -217,8 +220,64 @@ fn enrollment_group_rules_name_their_fields() {
             "symmetricKey.name",
             "must name a Secret",
         ),
+        (
+            json!({"idScope": "s", "attestation": key,
+                   "stampSelector": {"matchExpressions": [{"key": "zone", "operator": "In"}]}}),
+            "stampSelector.matchExpressions[0]",
+            "values must be non-empty for operator In and NotIn",
+        ),
+        (
+            json!({"idScope": "s", "attestation": key,
+                   "stampSelector": {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ["x"]}]}}),
+            "stampSelector.matchExpressions[0]",
+            "empty for Exists and DoesNotExist",
+        ),
+        (
+            json!({"idScope": "s", "attestation": key,
+                   "stampSelector": {"matchExpressions": [{"key": "bad key", "operator": "Exists"}]}}),
+            "key",
+            "key must be a label key",
+        ),
     ];
     for (spec, field, message) in cases {
         assert_one_violation(violations(&schema, &enrollment(spec), None), field, message);
     }
+}
+
+/// The examples README and the chart point people at: every custom resource in them passes the
+/// shipped schema's rules and reads as its Rust type, so an example cannot drift from the CRDs.
+#[test]
+fn the_chart_examples_are_valid_custom_resources() {
+    use serde::Deserialize;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../helm/iotstamp/examples");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let obj = Value::deserialize(doc).unwrap();
+            let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+            let (schema, typed) = match kind.as_str() {
+                "IoTStamp" => (
+                    schema_of(IoTStamp::crd()),
+                    serde_json::from_value::<IoTStamp>(obj.clone()).map(drop),
+                ),
+                "EnrollmentGroup" => (
+                    schema_of(EnrollmentGroup::crd()),
+                    serde_json::from_value::<EnrollmentGroup>(obj.clone()).map(drop),
+                ),
+                "IoTStampPool" => (
+                    schema_of(IoTStampPool::crd()),
+                    serde_json::from_value::<IoTStampPool>(obj.clone()).map(drop),
+                ),
+                _ => continue,
+            };
+            let name = format!("{}: {kind}", path.display());
+            typed.unwrap_or_else(|e| panic!("{name} does not read as its type: {e}"));
+            assert_eq!(violations(&schema, &obj, None), Vec::<String>::new(), "{name}");
+            seen.push(kind);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["EnrollmentGroup", "IoTStamp"], "examples found");
 }

@@ -57,26 +57,7 @@ pub fn reprovision(policy: ReprovisionPolicy, current_stamp_usable: bool) -> Rep
     }
 }
 
-/// Which stamps an enrollment group may use: all given labels must match, and the region if set.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StampSelector {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub match_labels: BTreeMap<String, String>,
-}
-
-impl StampSelector {
-    pub fn matches(&self, region: Option<&str>, labels: &BTreeMap<String, String>) -> bool {
-        let region_ok = match (&self.region, region) {
-            (None, _) => true,
-            (Some(want), Some(have)) => want.eq_ignore_ascii_case(have),
-            (Some(_), None) => false,
-        };
-        region_ok && self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-}
+pub use crate::selector::StampSelector;
 
 /// A stamp as the allocator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,17 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn selectors_match_region_and_labels() {
-        let mut labels = BTreeMap::new();
-        labels.insert("tier".to_string(), "gold".to_string());
-        let sel = StampSelector {
-            region: Some("EU".into()),
-            match_labels: labels.clone(),
-        };
-        assert!(sel.matches(Some("eu"), &labels));
-        assert!(!sel.matches(Some("us"), &labels));
-        assert!(!sel.matches(Some("eu"), &BTreeMap::new()));
-        assert!(StampSelector::default().matches(None, &BTreeMap::new()));
+    fn only_ready_undrained_stamps_with_room_take_devices() {
         assert!(takes_devices(true, false, 2, 1));
         assert!(!takes_devices(true, true, 2, 1) && !takes_devices(false, false, 2, 1));
         assert!(!takes_devices(true, false, 2, 2));

@@ -9,5 +9,6 @@ pub mod pki;
 pub mod registry;
 pub mod sas;
 pub mod scaling;
+pub mod selector;
 pub mod stamp_config;
 pub mod topics;

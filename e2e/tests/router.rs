@@ -81,6 +81,24 @@ async fn bad_enrollment_groups_are_refused_at_admission_naming_the_field() -> an
             "spec.reprovision",
             r#"Unsupported value: "Sometimes": supported values: "Migrate", "Reset", "Never""#,
         ),
+        (
+            json!({"idScope": "0ne001", "attestation": key,
+                   "stampSelector": {"matchExpressions": [{"key": "zone", "operator": "In"}]}}),
+            "spec.stampSelector.matchExpressions[0]",
+            "values must be non-empty for operator In and NotIn, and empty for Exists and DoesNotExist",
+        ),
+        (
+            json!({"idScope": "0ne001", "attestation": key,
+                   "stampSelector": {"matchExpressions": [{"key": "a b", "operator": "Exists"}]}}),
+            "spec.stampSelector.matchExpressions[0].key",
+            "key must be a label key",
+        ),
+        (
+            json!({"idScope": "0ne001", "attestation": key,
+                   "stampSelector": {"matchExpressions": [{"key": "zone", "operator": "Maybe"}]}}),
+            "spec.stampSelector.matchExpressions[0].operator",
+            r#"supported values: "In", "NotIn", "Exists", "DoesNotExist""#,
+        ),
     ];
     let refusals = cases
         .into_iter()

@@ -8,6 +8,7 @@ use iotstamp_api::conditions;
 use iotstamp_api::enrollment::{AllocationPolicy as CrPolicy, Reprovision};
 use iotstamp_api::{EnrollmentGroup, IoTStamp};
 use iotstamp_core::allocation::{AllocationPolicy, ReprovisionPolicy, StampSelector};
+use iotstamp_core::selector::{LabelOperator, LabelRequirement};
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::config::EnrollmentGroupConfig;
@@ -116,16 +117,35 @@ pub fn group_config(
         symmetric_key: Some(key),
         symmetric_key_file: None,
         allocation,
-        selector: StampSelector {
-            region: None,
-            match_labels: spec.stamp_selector.match_labels.clone(),
-        },
+        selector: selector(&spec.stamp_selector),
         reprovision: match spec.reprovision {
             Reprovision::Migrate => ReprovisionPolicy::Migrate,
             Reprovision::Reset => ReprovisionPolicy::Reset,
             Reprovision::Never => ReprovisionPolicy::Never,
         },
     })
+}
+
+fn selector(s: &iotstamp_api::enrollment::StampSelector) -> StampSelector {
+    use iotstamp_api::enrollment::SelectorOperator as Cr;
+    StampSelector {
+        region: None,
+        match_labels: s.match_labels.clone(),
+        match_expressions: s
+            .match_expressions
+            .iter()
+            .map(|r| LabelRequirement {
+                key: r.key.clone(),
+                operator: match r.operator {
+                    Cr::In => LabelOperator::In,
+                    Cr::NotIn => LabelOperator::NotIn,
+                    Cr::Exists => LabelOperator::Exists,
+                    Cr::DoesNotExist => LabelOperator::DoesNotExist,
+                },
+                values: r.values.clone(),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,9 @@ fn an_enrollment_group_maps_onto_the_router_model() {
     let g = group(json!({
         "idScope": "0ne001", "attestation": {"symmetricKey": {"name": "fleet-key"}},
         "allocation": {"policy": "RegionAffinity"}, "region": "eu",
-        "stampSelector": {"matchLabels": {"tier": "gold"}}, "reprovision": "Never"
+        "stampSelector": {"matchLabels": {"tier": "gold"},
+                          "matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["us-1"]}]},
+        "reprovision": "Never"
     }));
     let cfg = group_config(&g, &secrets).unwrap();
     assert_eq!((cfg.name.as_str(), cfg.id_scope.as_str()), ("fleet", "0ne001"));
@@ -135,6 +137,20 @@ fn an_enrollment_group_maps_onto_the_router_model() {
     assert_eq!(
         cfg.selector.match_labels.get("tier").map(String::as_str),
         Some("gold")
+    );
+    let stamp_labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert!(
+        cfg.selector
+            .matches(None, &stamp_labels(&[("tier", "gold"), ("zone", "eu-1")]))
+    );
+    assert!(
+        !cfg.selector
+            .matches(None, &stamp_labels(&[("tier", "gold"), ("zone", "us-1")]))
     );
 
     let g = group(json!({
