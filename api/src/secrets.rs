@@ -6,7 +6,9 @@ pub fn token_secret_name(stamp: &str) -> String {
     format!("{stamp}-api-token")
 }
 
-/// Holds the hub's certificate, key and the CA that issued it (when the operator manages it).
+/// Holds the certificate the operator issued for the stamp's in-cluster names, its key and the
+/// cluster CA. The stamp API always serves it; the hub's device port too, unless the stamp names the
+/// user's own Secret (`spec.hub.tls.secretName`).
 pub fn hub_tls_secret_name(stamp: &str) -> String {
     format!("{stamp}-hub-tls")
 }

@@ -79,7 +79,8 @@ pub struct HubSpec {
     pub replicas: i32,
     #[serde(default)]
     pub service: ServiceSpec,
-    /// Bring your own certificate; without it the operator issues one from its cluster CA.
+    /// Bring your own certificate for the device port; without it the operator's cluster CA issues
+    /// one. The stamp API always serves the issued certificate (the router and the operator call it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
     /// Extra DNS names or IPs devices use to reach the hub (added to the certificate).

@@ -14,6 +14,9 @@ pub const CONFIG_KEY: &str = "stamp.json";
 /// Where pods mount the ConfigMap, the TLS Secret and the internal token.
 pub const CONFIG_DIR: &str = "/etc/iotstamp/config";
 pub const TLS_DIR: &str = "/etc/iotstamp/tls";
+/// Where the hub pod mounts the operator-issued certificate when the device port serves the
+/// user's own (see [`ApiConfig::tls_cert_file`]).
+pub const API_TLS_DIR: &str = "/etc/iotstamp/api-tls";
 pub const TOKEN_DIR: &str = "/etc/iotstamp/token";
 pub const DATA_DIR: &str = "/var/lib/iotstamp";
 
@@ -135,8 +138,16 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ApiConfig {
-    /// The stamp API (HTTPS, same certificate as the hub).
+    /// The stamp API (HTTPS; the hub's certificate unless `tls_cert_file` names another).
     pub listen: SocketAddr,
+    /// The stamp API's own certificate and key. The operator sets them when the hub's device port
+    /// serves a user's certificate (`spec.hub.tls`): the API, which the router and the operator
+    /// call by in-cluster names, keeps serving the certificate the cluster CA issued, so they
+    /// trust every stamp through one CA. Absent: the hub's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
     pub metrics_listen: SocketAddr,
     /// File holding the bearer token the router and operator present to the stamp API.
     pub token_file: PathBuf,
@@ -148,6 +159,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], ports::API)),
+            tls_cert_file: None,
+            tls_key_file: None,
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], ports::METRICS)),
             token_file: PathBuf::from(TOKEN_DIR).join("token"),
             storage_url: None,

@@ -61,10 +61,26 @@ async fn a_missing_tls_secret_blocks_the_stamp_until_it_appears() -> anyhow::Res
     wait_ready(&api, "t1").await?;
     let hub = sts.get("t1-hub").await?;
     let volumes = hub.spec.unwrap().template.spec.unwrap().volumes.unwrap();
-    assert!(
+    let secret_of = |volume: &str| {
         volumes
             .iter()
-            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("my-cert"))
+            .find(|v| v.name == volume)
+            .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+    };
+    // Devices get the user's certificate; the stamp API keeps the operator's, whose CA the router
+    // and the stats poller trust.
+    assert_eq!(secret_of("tls").as_deref(), Some("my-cert"));
+    assert_eq!(secret_of("api-tls").as_deref(), Some("t1-hub-tls"));
+    let issued = Api::<Secret>::namespaced(cluster.client.clone(), &ns.name)
+        .get("t1-hub-tls")
+        .await?;
+    let data = issued.data.unwrap_or_default();
+    assert!(
+        ["tls.crt", "tls.key", "ca.crt"]
+            .iter()
+            .all(|k| data.contains_key(*k)),
+        "{:?}",
+        data.keys()
     );
     drop(operator);
     binder.cleanup(cluster.client.clone(), &ns.name).await;

@@ -88,9 +88,10 @@ pub async fn run(args: BenchArgs) -> Result<String, Error> {
     let cert = pki::issue_server_cert(&ca, &["bench-hub".into()], now, Duration::from_secs(86_400))?;
     let inputs = Inputs {
         default_image: "iotstamp:bench".into(),
-        tls: HubTls::Managed {
-            cert,
+        tls: HubTls {
+            issued: cert,
             ca_cert_pem: ca.cert_pem.clone(),
+            user: None,
         },
         api_token: "token".into(),
         cluster_domain: "cluster.local".into(),

@@ -17,7 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::apply;
 use crate::builders::config::TOKEN_KEY;
-use crate::builders::tls::{HubTls, read_secret};
+use crate::builders::tls::{HubTls, UserCert, read_secret};
 use crate::builders::{self, Inputs, Names, hash_json};
 use crate::conditions::{self, Blocker, Observed, RoleState, StatusInputs};
 use crate::context::Context;
@@ -187,36 +187,16 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
     Ok(None)
 }
 
-/// The hub certificate: the user's Secret if the spec names one, else ours, renewed when due.
+/// The stamp's certificates: ours (issued, renewed when due), and the user's Secret for the device
+/// port if the spec names one.
 async fn hub_tls(stamp: &IoTStamp, n: &Names, ctx: &Context) -> Result<Result<HubTls, Blocker>, Error> {
-    if let Some(user) = &stamp.spec.hub.tls {
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &n.namespace);
-        let found = api.get_opt(&user.secret_name).await.map_err(Error::from_kube)?;
-        let Some(secret) = found else {
-            return Ok(Err(Blocker {
-                reason: reasons::TLS_SECRET_MISSING,
-                message: format!(
-                    "Secret {}/{} named by spec.hub.tls.secretName does not exist; create it with tls.crt and \
-                     tls.key and the stamp continues by itself",
-                    n.namespace, user.secret_name
-                ),
-            }));
-        };
-        return Ok(match read_secret(&secret) {
-            Some(cert) => Ok(HubTls::User {
-                secret_name: user.secret_name.clone(),
-                fingerprint: hash_json(&serde_json::Value::String(cert.cert_pem)),
-            }),
-            None => Err(Blocker {
-                reason: reasons::TLS_SECRET_INVALID,
-                message: format!(
-                    "Secret {}/{} lacks tls.crt or tls.key",
-                    n.namespace, user.secret_name
-                ),
-            }),
-        });
-    }
-
+    let user = match &stamp.spec.hub.tls {
+        Some(spec) => match user_cert(&spec.secret_name, n, ctx).await? {
+            Ok(user) => Some(user),
+            Err(blocker) => return Ok(Err(blocker)),
+        },
+        None => None,
+    };
     let mut sans = n.hub_dns_names();
     sans.extend(stamp.spec.hub.host_names.iter().cloned());
     let now_unix = Timestamp::now().as_second();
@@ -224,19 +204,51 @@ async fn hub_tls(stamp: &IoTStamp, n: &Names, ctx: &Context) -> Result<Result<Hu
         .await?
         .and_then(|s| read_secret(&s));
     let ca_cert_pem = ctx.ca.cert_pem.clone();
-    if let Some(cert) = existing.filter(|c| !pki::needs_renewal(&c.cert_pem, &sans, now_unix, RENEW_BEFORE)) {
-        return Ok(Ok(HubTls::Managed { cert, ca_cert_pem }));
-    }
-    let cert = pki::issue_server_cert(&ctx.ca, &sans, now_unix, CERT_VALIDITY)?;
-    publish(
-        ctx,
-        &stamp.object_ref(&()),
-        EventType::Normal,
-        "CertificateIssued",
-        &format!("issued the hub certificate for {}", sans.join(", ")),
-    )
-    .await;
-    Ok(Ok(HubTls::Managed { cert, ca_cert_pem }))
+    let issued = match existing.filter(|c| !pki::needs_renewal(&c.cert_pem, &sans, now_unix, RENEW_BEFORE)) {
+        Some(cert) => cert,
+        None => {
+            let cert = pki::issue_server_cert(&ctx.ca, &sans, now_unix, CERT_VALIDITY)?;
+            publish(
+                ctx,
+                &stamp.object_ref(&()),
+                EventType::Normal,
+                "CertificateIssued",
+                &format!("issued the stamp certificate for {}", sans.join(", ")),
+            )
+            .await;
+            cert
+        }
+    };
+    Ok(Ok(HubTls {
+        issued,
+        ca_cert_pem,
+        user,
+    }))
+}
+
+/// The user's certificate Secret, or what blocks the stamp until it is fixed.
+async fn user_cert(secret_name: &str, n: &Names, ctx: &Context) -> Result<Result<UserCert, Blocker>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &n.namespace);
+    let Some(secret) = api.get_opt(secret_name).await.map_err(Error::from_kube)? else {
+        return Ok(Err(Blocker {
+            reason: reasons::TLS_SECRET_MISSING,
+            message: format!(
+                "Secret {}/{secret_name} named by spec.hub.tls.secretName does not exist; create it with \
+                 tls.crt and tls.key and the stamp continues by itself",
+                n.namespace
+            ),
+        }));
+    };
+    Ok(match read_secret(&secret) {
+        Some(cert) => Ok(UserCert {
+            secret_name: secret_name.to_string(),
+            fingerprint: hash_json(&serde_json::Value::String(cert.cert_pem)),
+        }),
+        None => Err(Blocker {
+            reason: reasons::TLS_SECRET_INVALID,
+            message: format!("Secret {}/{secret_name} lacks tls.crt or tls.key", n.namespace),
+        }),
+    })
 }
 
 /// The stamp API token: the one already in the stamp's Secret, or a new random one.

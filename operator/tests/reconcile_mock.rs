@@ -337,12 +337,10 @@ async fn a_missing_tls_secret_blocks_without_touching_children_then_recovers() {
                "type": "kubernetes.io/tls", "data": {"tls.crt": b64(&cert.cert_pem), "tls.key": b64(&cert.key_pem)}}),
     );
     let (_, writes) = h.reconcile("s1").await;
-    assert_eq!(
-        child_writes(&writes).len(),
-        12,
-        "every child but the managed TLS Secret"
-    );
-    assert!(!child_writes(&writes).contains(&"secrets/s1-hub-tls".to_string()));
+    assert_eq!(child_writes(&writes).len(), 13, "every child");
+    // The operator's own certificate stays: the stamp API serves it beside the user's.
+    assert!(child_writes(&writes).contains(&"secrets/s1-hub-tls".to_string()));
+    assert!(!child_writes(&writes).contains(&"secrets/mine".to_string()));
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -200,13 +200,28 @@ pub(crate) async fn start_edge(
         device_quota: config.device_quota,
         token,
     });
-    let api_tls = match iotstamp_net::tls::server_config_from_files(
-        &config.hub.tls_cert_file,
-        &config.hub.tls_key_file,
-        &[b"http/1.1"],
-    ) {
-        Ok(cfg) => Some((TlsAcceptor::from(cfg), handshake_timeout)),
-        Err(_) => None,
+    let api_tls = match (&config.api.tls_cert_file, &config.api.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let cfg = iotstamp_net::tls::server_config_from_files(cert, key, &[b"http/1.1"])?;
+            Some((TlsAcceptor::from(cfg), handshake_timeout))
+        }
+        (None, None) => tls
+            .as_ref()
+            .map(|_| {
+                // The hub's files loaded a moment ago; only the ALPN list differs.
+                let cfg = iotstamp_net::tls::server_config_from_files(
+                    &config.hub.tls_cert_file,
+                    &config.hub.tls_key_file,
+                    &[b"http/1.1"],
+                );
+                cfg.map(|cfg| (TlsAcceptor::from(cfg), handshake_timeout))
+            })
+            .transpose()?,
+        _ => {
+            return Err(Error::Config(
+                "api.tlsCertFile and api.tlsKeyFile must be given together".into(),
+            ));
+        }
     };
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener)?;

@@ -158,3 +158,62 @@ async fn registry_api_is_idempotent_token_protected_and_enforces_the_quota() {
     assert_eq!(status, 200);
     assert!(serde_json::from_str::<serde_json::Value>(&doc).unwrap()["paths"]["/v1/stats"].is_object());
 }
+
+/// With `api.tlsCertFile` set (the operator does it when the device port serves a user's
+/// certificate), the API serves that certificate and the device port keeps the hub's: a client that
+/// trusts only the cluster CA reaches the API and is refused by the device port, and the reverse.
+#[tokio::test]
+async fn the_api_serves_its_own_certificate_when_one_is_configured() {
+    use common::{client_tls, http};
+    use iotstamp_core::pki;
+    use std::time::Duration;
+    let cluster_dir = tempfile::tempdir().unwrap();
+    let now_s = now() as i64;
+    let cluster_ca = pki::new_ca("cluster CA", now_s, Duration::from_secs(86_400)).unwrap();
+    let api_cert = pki::issue_server_cert(
+        &cluster_ca,
+        &["127.0.0.41".into()],
+        now_s,
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let (cert_file, key_file) = (
+        cluster_dir.path().join("tls.crt"),
+        cluster_dir.path().join("tls.key"),
+    );
+    std::fs::write(&cert_file, &api_cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &api_cert.key_pem).unwrap();
+    let stamp = Stamp::start_with(41, 0, |c| {
+        c.api.tls_cert_file = Some(cert_file);
+        c.api.tls_key_file = Some(key_file);
+    })
+    .await;
+
+    let handshake = |addr: std::net::SocketAddr, ca: String| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        tokio_rustls::TlsConnector::from(client_tls(&ca))
+            .connect(name, tcp)
+            .await
+    };
+    let api = handshake(stamp.running().api, cluster_ca.cert_pem.clone())
+        .await
+        .expect("the API presents the cluster CA's certificate");
+    let (status, body) = http(Box::new(api), "GET", "/v1/stats", None, Some(common::TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        handshake(stamp.running().api, stamp.ca_pem.clone())
+            .await
+            .is_err(),
+        "the API no longer presents the hub's certificate"
+    );
+    assert!(
+        handshake(stamp.mqtt(), cluster_ca.cert_pem.clone())
+            .await
+            .is_err(),
+        "the device port does not present the API's certificate"
+    );
+    handshake(stamp.mqtt(), stamp.ca_pem.clone())
+        .await
+        .expect("the device port keeps the hub's certificate");
+}

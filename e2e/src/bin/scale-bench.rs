@@ -126,9 +126,10 @@ fn prebuilt_children(namespace: &str, n: usize) -> anyhow::Result<Vec<[Vec<Child
     let cert = pki::issue_server_cert(&ca, &["scale-bench-hub".into()], now, Duration::from_secs(86_400))?;
     let inputs = Inputs {
         default_image: "iotstamp:scale-bench".into(),
-        tls: HubTls::Managed {
-            cert,
+        tls: HubTls {
+            issued: cert,
             ca_cert_pem: ca.cert_pem.clone(),
+            user: None,
         },
         api_token: "scale-bench".into(),
         cluster_domain: "cluster.local".into(),

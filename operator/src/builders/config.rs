@@ -36,6 +36,12 @@ pub fn stamp_config(stamp: &IoTStamp, n: &Names) -> Result<StampConfig, BuildErr
     cfg.ingest.storage_url = Some(n.storage_url());
     cfg.api.storage_url = Some(n.storage_url());
     cfg.storage.retention_secs = retention_secs;
+    if spec.hub.tls.is_some() {
+        // The device port serves the user's certificate; the API keeps the issued one.
+        let api_tls = std::path::Path::new(stamp_config::API_TLS_DIR);
+        cfg.api.tls_cert_file = Some(api_tls.join(super::tls::CERT_KEY));
+        cfg.api.tls_key_file = Some(api_tls.join(super::tls::KEY_KEY));
+    }
     Ok(cfg)
 }
 

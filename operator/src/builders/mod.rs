@@ -144,7 +144,8 @@ pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildErr
             .clone()
             .unwrap_or_else(|| inputs.default_image.clone()),
         config_hash,
-        tls_secret_name: inputs.tls.secret_name(&n),
+        tls_secret_name: inputs.tls.device_secret_name(&n),
+        api_tls_secret_name: inputs.tls.api_secret_name(&n),
     };
 
     let mut children = vec![
@@ -153,7 +154,7 @@ pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildErr
         Child::ServiceAccount(policy::service_account(&n)),
         Child::NetworkPolicy(policy::network_policy(&n)),
     ];
-    children.extend(tls_secret.map(Child::Secret));
+    children.push(Child::Secret(tls_secret));
     children.push(Child::Service(storage::service(&n)));
     children.push(Child::StatefulSet(storage::stateful_set(stamp, &pods)));
     children.push(Child::Service(ingest::service(&n)));

@@ -24,7 +24,10 @@ pub struct PodInputs<'a> {
     pub names: &'a Names,
     pub image: String,
     pub config_hash: String,
+    /// The device port's certificate (mounted where the hub config expects it).
     pub tls_secret_name: String,
+    /// The stamp API's own certificate, when the device port serves a user's.
+    pub api_tls_secret_name: Option<String>,
 }
 
 /// What differs between roles' pods.
@@ -63,6 +66,10 @@ pub fn template(p: &PodInputs, r: RoleSpec) -> PodTemplateSpec {
     if r.mounts_tls {
         volumes.push(volume_secret("tls", &p.tls_secret_name));
         mounts.push(mount("tls", stamp_config::TLS_DIR));
+        if let Some(api_tls) = &p.api_tls_secret_name {
+            volumes.push(volume_secret("api-tls", api_tls));
+            mounts.push(mount("api-tls", stamp_config::API_TLS_DIR));
+        }
     }
     if let Some(claim) = r.data_claim {
         mounts.push(VolumeMount {

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use iotstamp_api::{IoTStamp, IoTStampSpec};
 use iotstamp_core::pki;
-use iotstamp_core::stamp_config::StampConfig;
+use iotstamp_core::stamp_config::{self, StampConfig};
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use super::tls::HubTls;
+use super::tls::{HubTls, UserCert};
 use super::*;
 
 const NOW: i64 = 1_800_000_000;
@@ -29,9 +29,10 @@ pub(crate) fn fixture_inputs() -> Inputs {
             let ca = pki::new_ca("test CA", NOW, Duration::from_secs(86_400 * 365)).unwrap();
             let cert =
                 pki::issue_server_cert(&ca, &["s1-hub".into()], NOW, Duration::from_secs(86_400)).unwrap();
-            HubTls::Managed {
-                cert,
+            HubTls {
+                issued: cert,
                 ca_cert_pem: ca.cert_pem,
+                user: None,
             }
         })
         .clone();
@@ -182,23 +183,29 @@ fn spec_resources_overrides_and_storage_reach_the_pods() {
     assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"].0, "50Gi");
 }
 
+/// A user's certificate serves the device port; the API keeps serving the issued one (which the
+/// router and the stats poller trust through the cluster CA), from the managed Secret.
 #[test]
-fn user_tls_secret_replaces_the_managed_one() {
+fn a_user_certificate_serves_devices_and_the_api_keeps_the_issued_one() {
     let stamp = fixture_stamp(
         "s1",
         serde_json::json!({"deviceQuota": 1, "hub": {"tls": {"secretName": "mine"}}}),
     );
+    let base = fixture_inputs();
     let inputs = Inputs {
-        tls: HubTls::User {
-            secret_name: "mine".into(),
-            fingerprint: "abc".into(),
+        tls: HubTls {
+            user: Some(UserCert {
+                secret_name: "mine".into(),
+                fingerprint: "abc".into(),
+            }),
+            ..base.tls.clone()
         },
         ..fixture_inputs()
     };
     let children = desired(&stamp, &inputs).unwrap();
     assert!(
-        !children.iter().any(|c| c.name() == "s1-hub-tls"),
-        "no managed Secret with a user Secret"
+        children.iter().any(|c| c.name() == "s1-hub-tls"),
+        "the managed Secret stays: the API serves its certificate"
     );
     let pod = sts(&children, "s1-hub")
         .spec
@@ -207,13 +214,48 @@ fn user_tls_secret_replaces_the_managed_one() {
         .template
         .spec
         .unwrap();
-    let tls = pod
-        .volumes
-        .unwrap()
-        .into_iter()
-        .find(|v| v.name == "tls")
+    let secret_of = |volume: &str| {
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == volume)
+            .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+    };
+    assert_eq!(secret_of("tls").as_deref(), Some("mine"));
+    assert_eq!(secret_of("api-tls").as_deref(), Some("s1-hub-tls"));
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "api-tls" && m.mount_path == stamp_config::API_TLS_DIR)
+    );
+    let cfg = stamp_config_of(&children);
+    assert_eq!(
+        cfg.api.tls_cert_file,
+        Some(std::path::Path::new(stamp_config::API_TLS_DIR).join("tls.crt"))
+    );
+    assert_eq!(
+        cfg.hub.tls_cert_file,
+        std::path::Path::new(stamp_config::TLS_DIR).join("tls.crt")
+    );
+
+    // Without a user certificate both ports serve the issued one: no second mount, no API files.
+    let plain = desired(&fixture_stamp("s1", serde_json::json!({"deviceQuota": 1})), &base).unwrap();
+    let plain_pod = sts(&plain, "s1-hub").spec.clone().unwrap().template.spec.unwrap();
+    assert!(!plain_pod.volumes.unwrap().iter().any(|v| v.name == "api-tls"));
+    assert_eq!(stamp_config_of(&plain).api.tls_cert_file, None);
+}
+
+fn stamp_config_of(children: &[Child]) -> StampConfig {
+    let cm = children
+        .iter()
+        .find_map(|c| match c {
+            Child::ConfigMap(cm) => Some(cm),
+            _ => None,
+        })
         .unwrap();
-    assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("mine"));
+    serde_json::from_str(&cm.data.as_ref().unwrap()[stamp_config::CONFIG_KEY]).unwrap()
 }
 
 fn pod_hash(children: &[Child], name: &str) -> String {

@@ -1,5 +1,5 @@
-//! The hub's TLS certificate: issued by the operator's cluster CA into a Secret it manages, or taken
-//! from the user's own Secret (`spec.hub.tls.secretName`).
+//! The stamp's TLS certificates: one issued by the operator's cluster CA into a Secret it manages,
+//! always, and for the device port optionally the user's own (`spec.hub.tls.secretName`).
 
 use std::collections::BTreeMap;
 
@@ -13,52 +13,70 @@ pub const CERT_KEY: &str = "tls.crt";
 pub const KEY_KEY: &str = "tls.key";
 pub use iotstamp_api::secrets::CA_KEY;
 
+/// The stamp's certificates.
 #[derive(Debug, Clone, PartialEq)]
-pub enum HubTls {
-    /// The operator issued this certificate; it manages the Secret.
-    Managed { cert: CertKeyPem, ca_cert_pem: String },
-    /// The user's Secret, already checked to exist; `fingerprint` identifies its content so a
-    /// rotated certificate rolls the hub.
-    User {
-        secret_name: String,
-        fingerprint: String,
-    },
+pub struct HubTls {
+    /// Issued by the operator's cluster CA for the stamp's Service names (and `spec.hub.hostNames`),
+    /// kept with the CA in the Secret the operator manages (`<stamp>-hub-tls`). The stamp API always
+    /// serves it, so the router and the operator's stats poller trust every stamp through the one
+    /// cluster CA; the hub's device port serves it too unless the user brings their own.
+    pub issued: CertKeyPem,
+    pub ca_cert_pem: String,
+    /// The user's Secret for the device port (`spec.hub.tls.secretName`), if the spec names one.
+    pub user: Option<UserCert>,
+}
+
+/// A user's own certificate Secret, already checked to exist and hold a certificate and key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserCert {
+    pub secret_name: String,
+    /// Identifies the Secret's content, so a rotated certificate rolls the hub.
+    pub fingerprint: String,
 }
 
 impl HubTls {
-    pub fn secret_name(&self, n: &Names) -> String {
-        match self {
-            HubTls::Managed { .. } => n.tls_secret(),
-            HubTls::User { secret_name, .. } => secret_name.clone(),
+    /// The Secret the device port's certificate comes from.
+    pub fn device_secret_name(&self, n: &Names) -> String {
+        match &self.user {
+            Some(u) => u.secret_name.clone(),
+            None => n.tls_secret(),
         }
+    }
+
+    /// The Secret the stamp API's certificate comes from when it differs from the device port's.
+    pub fn api_secret_name(&self, n: &Names) -> Option<String> {
+        self.user.as_ref().map(|_| n.tls_secret())
     }
 
     pub fn fingerprint(&self) -> String {
-        match self {
-            HubTls::Managed { cert, .. } => hash_json(&serde_json::Value::String(cert.cert_pem.clone())),
-            HubTls::User { fingerprint, .. } => fingerprint.clone(),
-        }
+        hash_json(&serde_json::json!({
+            "issued": self.issued.cert_pem,
+            "user": self.user.as_ref().map(|u| &u.fingerprint),
+        }))
     }
 }
 
-/// The managed Secret, or `None` when the user brings their own.
-pub fn managed_secret(n: &Names, tls: &HubTls) -> Option<Secret> {
-    let HubTls::Managed { cert, ca_cert_pem } = tls else {
-        return None;
-    };
-    Some(Secret {
+/// The Secret the operator manages: the issued certificate, its key and the cluster CA.
+pub fn managed_secret(n: &Names, tls: &HubTls) -> Secret {
+    Secret {
         metadata: child_meta(n, n.tls_secret(), "hub"),
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
             (
                 CERT_KEY.to_string(),
-                ByteString(cert.cert_pem.clone().into_bytes()),
+                ByteString(tls.issued.cert_pem.clone().into_bytes()),
             ),
-            (KEY_KEY.to_string(), ByteString(cert.key_pem.clone().into_bytes())),
-            (CA_KEY.to_string(), ByteString(ca_cert_pem.clone().into_bytes())),
+            (
+                KEY_KEY.to_string(),
+                ByteString(tls.issued.key_pem.clone().into_bytes()),
+            ),
+            (
+                CA_KEY.to_string(),
+                ByteString(tls.ca_cert_pem.clone().into_bytes()),
+            ),
         ])),
         ..Default::default()
-    })
+    }
 }
 
 /// The certificate and key held in a TLS Secret, if it has both as UTF-8 PEM.

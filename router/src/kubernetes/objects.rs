@@ -44,11 +44,6 @@ pub fn stamp_info(stamp: &IoTStamp, secrets: &dyn SecretLookup) -> Option<StampI
             .iter()
             .any(|c| c.type_ == conditions::DRAINING && c.status == "True")
     });
-    // A bring-your-own certificate lives in the user's Secret; the CA, if they put one there.
-    let tls_secret = match &stamp.spec.hub.tls {
-        Some(t) => t.secret_name.clone(),
-        None => hub_tls_secret_name(&name),
-    };
     Some(StampInfo {
         region: stamp.spec.region.clone(),
         labels: stamp.metadata.labels.clone().unwrap_or_default(),
@@ -58,7 +53,10 @@ pub fn stamp_info(stamp: &IoTStamp, secrets: &dyn SecretLookup) -> Option<StampI
         draining: stamp.spec.draining || draining_condition,
         hub,
         api_url: endpoints.api.trim_end_matches('/').to_string(),
-        ca_pem: secret_text(secrets, namespace, &tls_secret, CA_KEY).filter(|p| !p.is_empty()),
+        // The stamp API serves the operator-issued certificate even when the device port serves
+        // a user's own, so its CA is always in the operator's Secret.
+        ca_pem: secret_text(secrets, namespace, &hub_tls_secret_name(&name), CA_KEY)
+            .filter(|p| !p.is_empty()),
         token: secret_text(secrets, namespace, &token_secret_name(&name), TOKEN_KEY),
         name,
     })
