@@ -3,11 +3,16 @@
 //! Group commit: every write goes through one writer thread, which takes all operations waiting
 //! in its queue, applies them in order inside one write transaction, commits once (fsync) and only
 //! then answers each caller. Later operations in a batch see the effects of earlier ones, so the
-//! compare-and-set and quota checks are exact. Commits use redb's quick-repair mode so that a
-//! restart after a crash does not have to walk the whole file.
+//! compare-and-set and quota checks are exact.
+//!
+//! Commits leave redb's quick-repair mode off: saving the allocator state cost a third of every
+//! commit (0.82 → 0.55 ms per group commit in `iotstamp bench provisioning`, about 7 % more
+//! registrations/s), while the full repair it avoids after a `kill -9` took 0.4 s with 1.1 million
+//! assignments held (600 MB file), against 0.02 s with it: far inside the 10 s restart budget.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -48,6 +53,8 @@ enum Op {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     ops: mpsc::Sender<Op>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    repaired: bool,
     /// Committed counts per stamp; the writer updates it after each commit.
     counts: Arc<RwLock<HashMap<String, u64>>>,
 }
@@ -57,11 +64,23 @@ fn storage(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `dir/assignments.redb` and starts the writer thread.
+    /// Opens (or creates) `dir/assignments.redb` and starts the writer thread. After an unclean
+    /// shutdown redb first repairs the file, which is logged with its progress.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
+        let repaired = Arc::new(AtomicBool::new(false));
+        let seen = repaired.clone();
         let db = Database::builder()
             .set_cache_size(64 << 20)
+            .set_repair_callback(move |session| {
+                if !seen.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the assignment store was not closed cleanly; repairing it");
+                }
+                tracing::info!(
+                    progress = format!("{:.0}%", session.progress() * 100.0),
+                    "repairing the assignment store"
+                );
+            })
             .create(dir.join("assignments.redb"))
             .map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
@@ -81,17 +100,40 @@ impl EmbeddedStore {
         let counts = Arc::new(RwLock::new(counts));
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let (wdb, wcounts) = (db.clone(), counts.clone());
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("assignment-writer".into())
             .spawn(move || writer(wdb, wcounts, rx))
             .map_err(storage)?;
-        Ok(Self { db, ops: tx, counts })
+        Ok(Self {
+            db,
+            ops: tx,
+            writer: Some(writer),
+            counts,
+            repaired: repaired.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Whether opening had to repair the file (the last process did not close it).
+    pub fn was_repaired(&self) -> bool {
+        self.repaired
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer answer what is queued and waits for it, so that this store's handle on the
+    /// file is the last one and closing it marks the file clean: the next start needs no repair.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.ops, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -247,7 +289,6 @@ fn apply_batch(
 ) -> Result<Vec<Answer>, StoreError> {
     let mut txn: WriteTransaction = db.begin_write().map_err(storage)?;
     txn.set_durability(Durability::Immediate).map_err(storage)?;
-    txn.set_quick_repair(true);
     let answers = {
         let mut t = Tables {
             records: txn.open_table(RECORDS).map_err(storage)?,
