@@ -15,8 +15,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use iotstamp_net::batch_worker::BatchWorker;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Assignment, AssignmentState, AssignmentStore, Expect, ReserveOutcome, StoreError};
 
@@ -52,8 +53,10 @@ enum Op {
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// Owns the writer thread. Fields drop in order: `db` first, then this, which lets the writer
+    /// answer what is queued and waits for it; the writer's handle is then the last one, so the
+    /// file is closed cleanly (the next start needs no repair) before the store's drop returns.
+    writer: BatchWorker<Op>,
     repaired: bool,
     /// Committed counts per stamp; the writer updates it after each commit.
     counts: Arc<RwLock<HashMap<String, u64>>>,
@@ -98,16 +101,14 @@ impl EmbeddedStore {
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let counts = Arc::new(RwLock::new(counts));
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let (wdb, wcounts) = (db.clone(), counts.clone());
-        let writer = std::thread::Builder::new()
-            .name("assignment-writer".into())
-            .spawn(move || writer(wdb, wcounts, rx))
-            .map_err(storage)?;
+        let writer = BatchWorker::start("assignment-writer", MAX_BATCH, move |batch| {
+            write_batch(&wdb, &wcounts, batch)
+        })
+        .map_err(storage)?;
         Ok(Self {
             db,
-            ops: tx,
-            writer: Some(writer),
+            writer,
             counts,
             repaired: repaired.load(Ordering::Relaxed),
         })
@@ -120,20 +121,8 @@ impl EmbeddedStore {
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.writer.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-impl Drop for EmbeddedStore {
-    /// Lets the writer answer what is queued and waits for it, so that this store's handle on the
-    /// file is the last one and closing it marks the file clean: the next start needs no repair.
-    fn drop(&mut self) {
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.ops, closed));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
     }
 }
 
@@ -211,35 +200,26 @@ impl AssignmentStore for EmbeddedStore {
     }
 }
 
-/// The writer loop: batch, apply, commit once, then answer.
-fn writer(db: Arc<Database>, counts: Arc<RwLock<HashMap<String, u64>>>, mut rx: mpsc::Receiver<Op>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// One batch: apply, commit once, then answer.
+fn write_batch(db: &Database, counts: &RwLock<HashMap<String, u64>>, mut batch: Vec<Op>) {
+    let mut deltas: HashMap<String, i64> = HashMap::new();
+    match apply_batch(db, &mut batch, &mut deltas) {
+        Ok(answers) => {
+            {
+                let mut counts = counts.write().unwrap_or_else(|p| p.into_inner());
+                for (stamp, d) in deltas {
+                    let c = counts.entry(stamp).or_default();
+                    *c = c.saturating_add_signed(d);
+                }
+            }
+            for (op, answer) in batch.into_iter().zip(answers) {
+                answer.send(op);
             }
         }
-        let mut deltas: HashMap<String, i64> = HashMap::new();
-        match apply_batch(&db, &mut batch, &mut deltas) {
-            Ok(answers) => {
-                {
-                    let mut counts = counts.write().unwrap_or_else(|p| p.into_inner());
-                    for (stamp, d) in deltas {
-                        let c = counts.entry(stamp).or_default();
-                        *c = c.saturating_add_signed(d);
-                    }
-                }
-                for (op, answer) in batch.into_iter().zip(answers) {
-                    answer.send(op);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "assignment batch failed; callers get an error");
-                for op in batch {
-                    fail(op, e.clone());
-                }
+        Err(e) => {
+            tracing::error!(error = %e, "assignment batch failed; callers get an error");
+            for op in batch {
+                fail(op, e.clone());
             }
         }
     }

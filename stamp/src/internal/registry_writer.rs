@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use iotstamp_net::batch_worker::BatchWorker;
+use tokio::sync::oneshot;
 
 use crate::Error;
 use crate::storage::{RegistryWrite, RegistryWritten, Store};
@@ -22,29 +23,24 @@ const MAX_BATCH: usize = 1024;
 type Reply = oneshot::Sender<Result<RegistryWritten, Error>>;
 
 pub struct RegistryWriter {
-    queue: mpsc::Sender<(RegistryWrite, Reply)>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: BatchWorker<(RegistryWrite, Reply)>,
 }
 
 impl RegistryWriter {
     /// Starts the writer thread. Dropping the writer drains the queue and waits for the thread,
     /// so the store can be opened again as soon as the drop returns.
     pub fn start(store: Arc<Store>) -> Result<Self, Error> {
-        let (queue, rx) = mpsc::channel(MAX_BATCH * 2);
-        let thread = std::thread::Builder::new()
-            .name("registry-writer".into())
-            .spawn(move || write_batches(&store, rx))
-            .map_err(|e| Error::io("starting the registry writer thread", e))?;
-        Ok(Self {
-            queue,
-            thread: Some(thread),
+        let worker = BatchWorker::start("registry-writer", MAX_BATCH, move |batch| {
+            write_batch(&store, batch)
         })
+        .map_err(|e| Error::io("starting the registry writer thread", e))?;
+        Ok(Self { worker })
     }
 
     /// Queues a write and waits until it is durable (or refused).
     pub async fn write(&self, write: RegistryWrite) -> Result<RegistryWritten, Error> {
         let (reply, answer) = oneshot::channel();
-        self.queue
+        self.worker
             .send((write, reply))
             .await
             .map_err(|_| Error::ShuttingDown)?;
@@ -52,40 +48,20 @@ impl RegistryWriter {
     }
 }
 
-impl Drop for RegistryWriter {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread's loop once it has answered what is queued.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.queue, closed));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn write_batches(store: &Store, mut rx: mpsc::Receiver<(RegistryWrite, Reply)>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+fn write_batch(store: &Store, batch: Vec<(RegistryWrite, Reply)>) {
+    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    match store.write_registry(&writes) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A caller that went away (request cancelled) just does not hear it.
+                let _ = reply.send(result);
             }
         }
-        let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match store.write_registry(&writes) {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that went away (request cancelled) just does not hear it.
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = writes.len(), "registry batch failed; nothing of it was written");
-                let why = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(Error::Unavailable(format!("registry write failed: {why}"))));
-                }
+        Err(e) => {
+            tracing::error!(error = %e, writes = writes.len(), "registry batch failed; nothing of it was written");
+            let why = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(Error::Unavailable(format!("registry write failed: {why}"))));
             }
         }
     }
