@@ -71,11 +71,18 @@ impl EmbeddedStore {
     /// shutdown redb first repairs the file, which is logged with its progress.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
+        let file = dir.join("assignments.redb");
+        // redb also runs its (instant) repair when it creates a file; only an existing file that
+        // was not closed cleanly is worth a warning.
+        let existed = file.exists();
         let repaired = Arc::new(AtomicBool::new(false));
         let seen = repaired.clone();
         let db = Database::builder()
             .set_cache_size(64 << 20)
             .set_repair_callback(move |session| {
+                if !existed {
+                    return;
+                }
                 if !seen.swap(true, Ordering::Relaxed) {
                     tracing::warn!("the assignment store was not closed cleanly; repairing it");
                 }
@@ -84,7 +91,7 @@ impl EmbeddedStore {
                     "repairing the assignment store"
                 );
             })
-            .create(dir.join("assignments.redb"))
+            .create(&file)
             .map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(RECORDS).map_err(storage)?;
