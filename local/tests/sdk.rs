@@ -1,20 +1,27 @@
 //! The unmodified Azure IoT Python SDK (azure-iot-device, from the venv .ci/setup-deps builds)
-//! end to end: it provisions through the router, connects to the hub the router assigned (port
-//! 8883 on that stamp's own loopback address) and sends telemetry, which an application then reads
-//! back through the router's service API, routed to the device's stamp.
+//! end to end: devices provision through the router, connect to the hub the router assigned
+//! (port 8883 on that stamp's own loopback address) and send telemetry; an application then uses
+//! only the router's service API, which routes each call to the device's stamp: where the device
+//! is, its stored telemetry, its live stream, a cloud-to-device message and a direct method.
 
 mod common;
 
-use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
 
-use common::{Up, stdout_of_success, venv_python};
+use common::{Up, venv_python};
 use iotstamp_local::dps::https_client;
 use iotstamp_local::state::StateDir;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
 
+/// Provisions, connects to the assigned hub, sends two messages and prints where it went; then,
+/// on a line on stdin, sends one more (for the live stream) and stays until it has received a
+/// cloud-to-device message (printed) and answered a direct method.
 const DEVICE_SCRIPT: &str = r#"
-import base64, hashlib, hmac, json, sys
-from azure.iot.device import IoTHubDeviceClient, Message, ProvisioningDeviceClient
+import base64, hashlib, hmac, json, sys, threading
+from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, ProvisioningDeviceClient
 router, scope, group_key, reg, ca_file = sys.argv[1:6]
 ca = open(ca_file).read()
 key = base64.b64encode(hmac.new(base64.b64decode(group_key), reg.encode(), hashlib.sha256).digest()).decode()
@@ -25,66 +32,131 @@ state = result.registration_state
 client = IoTHubDeviceClient.create_from_symmetric_key(
     symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id, server_verification_cert=ca)
 client.connect()
-for i in range(2):
-    m = Message(json.dumps({"reading": i}))
-    m.message_id = "%s-%d" % (reg, i)
+def send(tag, body):
+    m = Message(json.dumps(body))
+    m.message_id = "%s-%s" % (reg, tag)
     m.content_type = "application/json"
     m.content_encoding = "utf-8"
     client.send_message(m)
+for i in range(2):
+    send(i, {"reading": i})
+got_c2d, answered = threading.Event(), threading.Event()
+def on_message(msg):
+    print("c2d " + msg.data.decode(), flush=True)
+    got_c2d.set()
+def on_method(req):
+    client.send_method_response(MethodResponse.create_from_method_request(req, 200, {"echo": req.payload}))
+    answered.set()
+client.on_message_received = on_message
+client.on_method_request_received = on_method
+print(json.dumps({"status": result.status, "hub": state.assigned_hub, "device": state.device_id}), flush=True)
+sys.stdin.readline()
+send("live", {"live": True})
+ok = got_c2d.wait(30) and answered.wait(30)
 client.shutdown()
-print(json.dumps({"status": result.status, "hub": state.assigned_hub, "device": state.device_id}))
+sys.exit(0 if ok else 3)
 "#;
 
+struct Device {
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Device {
+    async fn next_line(&mut self, what: &str) -> String {
+        match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("the device script gave no {what}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_provisions_through_the_router_and_sends_to_its_stamp() {
+async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reaches_it() {
     let python = venv_python();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
     let up = Up::start(
         &state,
-        &["--address", "127.0.65.10", "--stamps", "2", "--max-stamps", "2"],
+        // Quota 2 per stamp: the four devices fill both, so every call below is routed to each.
+        &[
+            "--address",
+            "127.0.65.10",
+            "--stamps",
+            "2",
+            "--max-stamps",
+            "2",
+            "--quota",
+            "2",
+        ],
     );
     let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
     let ca_file = state.join("ca.crt");
     let script = dir.path().join("device.py");
     std::fs::write(&script, DEVICE_SCRIPT).unwrap();
+    let http = https_client(&std::fs::read_to_string(&ca_file).unwrap()).unwrap();
+    let router = format!("https://{}:8443", fleet.router_ip);
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("{router}{path}"))
+            .bearer_auth(&fleet.app_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move { req.send().await.unwrap() }
+    };
 
-    let mut hubs = Vec::new();
-    for reg in ["sdk-dev-1", "sdk-dev-2", "sdk-dev-3"] {
-        let out = stdout_of_success(
-            Command::new(&python)
-                .arg(&script)
-                .args([
-                    &fleet.router_ip.to_string(),
-                    &fleet.id_scope,
-                    &fleet.group_key,
-                    reg,
-                ])
-                .arg(&ca_file),
+    let mut hubs = std::collections::BTreeSet::new();
+    for reg in ["sdk-dev-1", "sdk-dev-2", "sdk-dev-3", "sdk-dev-4"] {
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .args([
+                &fleet.router_ip.to_string(),
+                &fleet.id_scope,
+                &fleet.group_key,
+                reg,
+            ])
+            .arg(&ca_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut device = Device {
+            stdin: child.stdin.take().unwrap(),
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+        };
+        let said: Value = serde_json::from_str(&device.next_line("assignment").await).unwrap();
+        assert_eq!(
+            (&said["status"], &said["device"]),
+            (&json!("assigned"), &json!(reg)),
+            "{said}"
         );
-        let said: Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(said["status"], "assigned", "{said}");
-        assert_eq!(said["device"], reg, "{said}");
         let hub = said["hub"].as_str().unwrap().to_string();
         assert!(
             fleet.stamps.iter().any(|s| s.ip.to_string() == hub),
             "{reg} was sent to {hub}, which is none of the fleet's hubs"
         );
-        hubs.push((reg, hub));
-    }
+        hubs.insert(hub.clone());
 
-    // The application asks the router: which stamp, and what did the device send?
-    let http = https_client(&std::fs::read_to_string(&ca_file).unwrap()).unwrap();
-    let router = format!("https://{}:8443", fleet.router_ip);
-    for (reg, hub) in &hubs {
-        let get = |path: String| {
-            let req = http.get(format!("{router}{path}")).bearer_auth(&fleet.app_token);
-            async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
-        };
-        let device = get(format!("/v1/devices/{reg}")).await;
-        assert_eq!(device["hub"], hub.as_str(), "{device}");
-        assert_eq!(device["state"], "assigned", "{device}");
-        let page = get(format!("/v1/devices/{reg}/telemetry")).await;
+        // Where the device is, and what it stored.
+        let where_: Value = call(reqwest::Method::GET, format!("/v1/devices/{reg}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (&where_["hub"], &where_["state"]),
+            (&json!(hub), &json!("assigned"))
+        );
+        let page: Value = call(reqwest::Method::GET, format!("/v1/devices/{reg}/telemetry"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
         let ids: Vec<&str> = page["items"]
             .as_array()
             .unwrap_or_else(|| panic!("no telemetry page for {reg}: {page}"))
@@ -92,7 +164,61 @@ async fn the_python_sdk_provisions_through_the_router_and_sends_to_its_stamp() {
             .filter_map(|r| r["messageId"].as_str())
             .collect();
         assert_eq!(ids, [format!("{reg}-0"), format!("{reg}-1")], "{page}");
+
+        // The live stream, opened through the router before the device sends.
+        let mut live = call(reqwest::Method::GET, format!("/v1/devices/{reg}/stream"), None).await;
+        assert_eq!(live.status(), 200);
+        device.stdin.write_all(b"go\n").await.unwrap();
+        let mut seen = String::new();
+        while !seen.contains(&format!("{reg}-live")) {
+            match tokio::time::timeout(Duration::from_secs(30), live.chunk()).await {
+                Ok(Ok(Some(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                other => panic!("the live stream of {reg} ended or stalled ({other:?}); got: {seen}"),
+            }
+        }
+        drop(live);
+
+        // A direct method (the SDK subscribes once its handler is set: retry while 409).
+        let mut answer = (0, Value::Null);
+        for _ in 0..100 {
+            let resp = call(
+                reqwest::Method::POST,
+                format!("/v1/devices/{reg}/methods/echo?timeout=10"),
+                Some(json!({"x": 1})),
+            )
+            .await;
+            answer = (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null));
+            if answer.0 != 409 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            answer,
+            (200, json!({"status": 200, "payload": {"echo": {"x": 1}}})),
+            "{reg}"
+        );
+
+        // A cloud-to-device message.
+        let sent = call(
+            reqwest::Method::POST,
+            format!("/v1/devices/{reg}/messages"),
+            Some(json!({"hello": reg})),
+        )
+        .await;
+        assert!(sent.status().is_success(), "C2D to {reg}: {}", sent.status());
+        let got = device.next_line("C2D message").await;
+        assert_eq!(got, format!("c2d {}", json!({"hello": reg})));
+        let status = tokio::time::timeout(Duration::from_secs(30), device.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the device script for {reg} exited with {status}"
+        );
     }
+    assert_eq!(hubs.len(), 2, "four devices fill both stamps: {hubs:?}");
     let (status, _) = up.terminate();
     assert_eq!(status.code(), Some(0));
 }
