@@ -5,6 +5,7 @@
 #   2. formatting and clippy, warnings as errors
 #   3. tier 1: `cargo test` (pure logic, fixtures, data plane on loopback)
 #   4. tier 2: a real control plane (e2e/cluster up), the Helm chart checks, and the e2e suite
+#   5. the container image, built from scratch and checked by running the demo inside it
 # Any missing tool fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,17 @@ e2e/cluster up
 eval "$(e2e/cluster env)"
 e2e/helm-check.sh
 run_tests cargo test -p iotstamp-e2e
+
+step "container image: scripts/build-image.sh (the debug binary), checked by running it"
+# Debian's engine, started here if none runs. No bridge and no iptables: the image check runs its
+# containers without a network.
+if ! docker info >/dev/null 2>&1; then
+  dockerd_log="$IOTSTAMP_CACHE/dockerd.log"
+  setsid dockerd --iptables=false --ip6tables=false --bridge=none >"$dockerd_log" 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { tail -20 "$dockerd_log" >&2; echo "dockerd did not start (log above)" >&2; exit 1; }
+fi
+scripts/build-image.sh --binary "$IOTSTAMP_BIN" --tag iotstamp:ci-check
 
 step "all tests passed"
 grep '^test result:' "$TEST_LOG" | awk '
