@@ -41,6 +41,14 @@ pub struct BenchArgs {
     /// Where the store goes (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Measure the PostgreSQL store on this server instead of the embedded one (its tables are
+    /// created if missing; the registrations stay in them). The fleet phase stays embedded, and
+    /// the memory and restart measurement (`--hold`) is skipped.
+    #[arg(long, value_name = "URL")]
+    pub postgres_url: Option<String>,
+    /// Connections the PostgreSQL store keeps.
+    #[arg(long, default_value_t = 16)]
+    pub postgres_pool: usize,
 }
 
 /// Where a load phase sends its registrations.
@@ -137,7 +145,13 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
         mqtt_addr: None,
         metrics_addr: None,
         tls: server_tls.clone(),
-        store: StoreConfig::Embedded { dir: tmp.clone() },
+        store: match &args.postgres_url {
+            Some(url) => StoreConfig::Postgres {
+                url: url.clone(),
+                pool_size: args.postgres_pool,
+            },
+            None => StoreConfig::Embedded { dir: tmp.clone() },
+        },
         groups: vec![EnrollmentGroupConfig {
             name: "bench".into(),
             id_scope: SCOPE.into(),
@@ -190,7 +204,10 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
 
     let router = crate::start(config.clone()).await?;
     let durable = load(
-        "DPS register, durable, in-memory stamp stub",
+        match args.postgres_url {
+            Some(_) => "DPS register, durable (PostgreSQL), stamp stub",
+            None => "DPS register, durable, in-memory stamp stub",
+        },
         &target(router.https_addr),
         &client_tls,
         args.connections,
@@ -201,7 +218,7 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
     let mut held = 0;
     let mut rss = 0.0;
     let mut restart = Duration::ZERO;
-    if args.hold > 0 {
+    if args.hold > 0 && args.postgres_url.is_none() {
         held = fill(&router, args.hold).await?;
         router.shutdown().await;
         let started = Instant::now();
