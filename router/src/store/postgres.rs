@@ -106,28 +106,9 @@ impl PostgresStore {
         if !expect.holds(cur.as_ref()) {
             return Ok(ReserveOutcome::Conflict(cur));
         }
-        let moving = cur.as_ref().map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
-        if moving {
-            let quota = i64::try_from(quota).unwrap_or(i64::MAX);
-            let bumped = txn
-                .query_opt(
-                    "INSERT INTO iotstamp_stamp_counts AS c (stamp, assigned) SELECT $1::text, 1::bigint WHERE $2::bigint >= 1
-                     ON CONFLICT (stamp) DO UPDATE SET assigned = c.assigned + 1 WHERE c.assigned < $2::bigint
-                     RETURNING assigned",
-                    &[&next.stamp, &quota],
-                )
-                .await?;
-            if bumped.is_none() {
-                return Ok(ReserveOutcome::Full);
-            }
-            if let Some(c) = &cur {
-                txn.execute(
-                    "UPDATE iotstamp_stamp_counts SET assigned = assigned - 1 WHERE stamp = $1 AND assigned > 0",
-                    &[&c.stamp],
-                )
-                .await?;
-            }
-        }
+        // The record first, the stamp counts last: a count row is locked from its update until
+        // the commit, and every reservation onto that stamp waits for it, so it should be held
+        // for as little as the commit itself.
         let mut rec = next.clone();
         rec.state = AssignmentState::Reserved;
         rec.generation = cur.as_ref().map_or(1, |c| c.generation + 1);
@@ -160,6 +141,28 @@ impl PostgresStore {
         if written == 0 {
             drop(txn);
             return Err(Fail::Unique);
+        }
+        let moving = cur.as_ref().map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
+        if moving {
+            let quota = i64::try_from(quota).unwrap_or(i64::MAX);
+            let bumped = txn
+                .query_opt(
+                    "INSERT INTO iotstamp_stamp_counts AS c (stamp, assigned) SELECT $1::text, 1::bigint WHERE $2::bigint >= 1
+                     ON CONFLICT (stamp) DO UPDATE SET assigned = c.assigned + 1 WHERE c.assigned < $2::bigint
+                     RETURNING assigned",
+                    &[&next.stamp, &quota],
+                )
+                .await?;
+            if bumped.is_none() {
+                return Ok(ReserveOutcome::Full);
+            }
+            if let Some(c) = &cur {
+                txn.execute(
+                    "UPDATE iotstamp_stamp_counts SET assigned = assigned - 1 WHERE stamp = $1 AND assigned > 0",
+                    &[&c.stamp],
+                )
+                .await?;
+            }
         }
         txn.commit().await?;
         Ok(ReserveOutcome::Reserved(rec))
