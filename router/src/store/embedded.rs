@@ -19,7 +19,10 @@ use iotstamp_net::batch_worker::BatchWorker;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::{Assignment, AssignmentState, AssignmentStore, Expect, ReserveOutcome, StoreError};
+use super::{
+    Assignment, AssignmentState, AssignmentStore, Expect, ReserveDecision, ReserveOutcome, StoreError,
+    decide_reserve,
+};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("stamp_counts");
@@ -326,29 +329,25 @@ fn apply(t: &mut Tables<'_>, op: &Op, deltas: &mut HashMap<String, i64>) -> Resu
             ..
         } => {
             let cur = current(t, key)?;
-            if !expect.holds(cur.as_ref()) {
-                return Ok(Answer::Reserve(ReserveOutcome::Conflict(cur)));
-            }
-            let moving = cur.as_ref().map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
-            if moving {
-                let held = t
+            let mut held = Ok(0);
+            let decision = decide_reserve(cur.as_ref(), expect, next, *quota, || {
+                held = t
                     .counts
                     .get(next.stamp.as_str())
-                    .map_err(storage)?
-                    .map(|v| v.value());
-                if held.unwrap_or(0) >= *quota {
-                    return Ok(Answer::Reserve(ReserveOutcome::Full));
-                }
-                bump(t, deltas, &next.stamp, 1)?;
-                if let Some(c) = &cur {
-                    bump(t, deltas, &c.stamp, -1)?;
-                }
+                    .map(|v| v.map_or(0, |v| v.value()));
+                *held.as_ref().unwrap_or(&u64::MAX)
+            });
+            held.map_err(storage)?;
+            let (rec, onto, off) = match decision {
+                ReserveDecision::Conflict => return Ok(Answer::Reserve(ReserveOutcome::Conflict(cur))),
+                ReserveDecision::Full => return Ok(Answer::Reserve(ReserveOutcome::Full)),
+                ReserveDecision::Write { record, onto, off } => (record, onto, off),
+            };
+            if let Some(stamp) = onto {
+                bump(t, deltas, &stamp, 1)?;
             }
-            let mut rec = next.clone();
-            rec.state = AssignmentState::Reserved;
-            rec.generation = cur.as_ref().map_or(1, |c| c.generation + 1);
-            if let Some(c) = &cur {
-                rec.created_ms = c.created_ms;
+            if let Some(stamp) = off {
+                bump(t, deltas, &stamp, -1)?;
             }
             t.records
                 .insert(key.as_str(), encode(&rec)?.as_slice())

@@ -77,6 +77,52 @@ pub enum ReserveOutcome {
     Full,
 }
 
+/// What a reservation does to the device's record and the stamps' counts. Both stores decide with
+/// [`decide_reserve`], so the compare-and-set and quota rules are one piece of code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReserveDecision {
+    /// `expect` no longer holds: nothing is written.
+    Conflict,
+    /// The device would move onto a stamp already at its quota: nothing is written.
+    Full,
+    /// Write `record`; when `onto` is set the device moves onto that stamp (its count goes up)
+    /// and off `off` if it had one (its count goes down).
+    Write {
+        record: Assignment,
+        onto: Option<String>,
+        off: Option<String>,
+    },
+}
+
+/// Decides a reservation from the device's `current` record and how many records the target stamp
+/// holds (`held_on_target`, read only when the device moves).
+pub(crate) fn decide_reserve(
+    current: Option<&Assignment>,
+    expect: &Expect,
+    next: &Assignment,
+    quota: u64,
+    held_on_target: impl FnOnce() -> u64,
+) -> ReserveDecision {
+    if !expect.holds(current) {
+        return ReserveDecision::Conflict;
+    }
+    let moving = current.map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
+    if moving && held_on_target() >= quota {
+        return ReserveDecision::Full;
+    }
+    let mut record = next.clone();
+    record.state = AssignmentState::Reserved;
+    record.generation = current.map_or(1, |c| c.generation + 1);
+    if let Some(c) = current {
+        record.created_ms = c.created_ms;
+    }
+    ReserveDecision::Write {
+        record,
+        onto: moving.then(|| next.stamp.clone()),
+        off: current.filter(|_| moving).map(|c| c.stamp.clone()),
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage failed: {0}")]

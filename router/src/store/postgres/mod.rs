@@ -1,16 +1,20 @@
 //! The PostgreSQL store, for several router replicas sharing one database.
 //!
-//! Quota across replicas: a reservation bumps the stamp's row in `iotstamp_stamp_counts` with a
-//! conditional upsert (`… WHERE assigned < quota`) inside the same transaction that writes the
-//! device's record. The row lock serialises replicas on that stamp, so the count never passes the
-//! quota. The device's record is locked with `SELECT … FOR UPDATE` (or, when absent, guarded by
-//! the primary key on insert), which makes every write a compare-and-set.
+//! Quota across replicas: reservations lock the rows of their stamps in `iotstamp_stamp_counts`
+//! (`SELECT … FOR UPDATE`) in the same transaction that writes the devices' records, and check and
+//! move the counts there. The row locks serialise replicas on a stamp, so a count never passes its
+//! quota. Each device's record is locked the same way (or, when absent, guarded by the primary key
+//! on insert), which makes every write a compare-and-set. Reservations go in batches, one
+//! transaction each ([`reserve`]).
+
+mod reserve;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Config, GenericClient, Pool, PoolConfig, Runtime};
 use iotstamp_core::dps::Substatus;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -39,6 +43,8 @@ const RETRIES: usize = 8;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Reservations go to the batching task ([`reserve::run`]).
+    reserves: mpsc::Sender<reserve::Request>,
 }
 
 fn storage(e: impl std::fmt::Display) -> StoreError {
@@ -84,88 +90,9 @@ impl PostgresStore {
             .map_err(storage)?;
         txn.batch_execute(SCHEMA).await.map_err(storage)?;
         txn.commit().await.map_err(storage)?;
-        Ok(Self { pool })
-    }
-
-    async fn try_reserve(
-        &self,
-        key: &str,
-        expect: &Expect,
-        next: &Assignment,
-        quota: u64,
-    ) -> Result<ReserveOutcome, Fail> {
-        let mut client = self.pool.get().await.map_err(|e| Fail::Store(storage(e)))?;
-        let txn = client.transaction().await?;
-        let sql = format!("SELECT {COLUMNS} FROM iotstamp_assignments WHERE key = $1 FOR UPDATE");
-        let cur = txn
-            .query_opt(&sql, &[&key])
-            .await?
-            .map(|r| row(&r, 0))
-            .transpose()
-            .map_err(Fail::Store)?;
-        if !expect.holds(cur.as_ref()) {
-            return Ok(ReserveOutcome::Conflict(cur));
-        }
-        // The record first, the stamp counts last: a count row is locked from its update until
-        // the commit, and every reservation onto that stamp waits for it, so it should be held
-        // for as little as the commit itself.
-        let mut rec = next.clone();
-        rec.state = AssignmentState::Reserved;
-        rec.generation = cur.as_ref().map_or(1, |c| c.generation + 1);
-        if let Some(c) = &cur {
-            rec.created_ms = c.created_ms;
-        }
-        let written = txn
-            .execute(
-                "INSERT INTO iotstamp_assignments (key, device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation)
-                 VALUES ($1, $2, $3, $4, 'reserved', $5, $6, $7, $8)
-                 ON CONFLICT (key) DO UPDATE SET device_id = EXCLUDED.device_id, grp = EXCLUDED.grp,
-                   stamp = EXCLUDED.stamp, state = EXCLUDED.state, substatus = EXCLUDED.substatus,
-                   updated_ms = EXCLUDED.updated_ms, generation = EXCLUDED.generation
-                 WHERE $9",
-                &[
-                    &key,
-                    &rec.device_id,
-                    &rec.group,
-                    &rec.stamp,
-                    &substatus_str(rec.substatus),
-                    &rec.created_ms,
-                    &rec.updated_ms,
-                    &(rec.generation as i64),
-                    // Updating is only right if we saw (and locked) a row; otherwise a row that
-                    // appeared meanwhile belongs to a concurrent winner.
-                    &cur.is_some(),
-                ],
-            )
-            .await?;
-        if written == 0 {
-            drop(txn);
-            return Err(Fail::Unique);
-        }
-        let moving = cur.as_ref().map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
-        if moving {
-            let quota = i64::try_from(quota).unwrap_or(i64::MAX);
-            let bumped = txn
-                .query_opt(
-                    "INSERT INTO iotstamp_stamp_counts AS c (stamp, assigned) SELECT $1::text, 1::bigint WHERE $2::bigint >= 1
-                     ON CONFLICT (stamp) DO UPDATE SET assigned = c.assigned + 1 WHERE c.assigned < $2::bigint
-                     RETURNING assigned",
-                    &[&next.stamp, &quota],
-                )
-                .await?;
-            if bumped.is_none() {
-                return Ok(ReserveOutcome::Full);
-            }
-            if let Some(c) = &cur {
-                txn.execute(
-                    "UPDATE iotstamp_stamp_counts SET assigned = assigned - 1 WHERE stamp = $1 AND assigned > 0",
-                    &[&c.stamp],
-                )
-                .await?;
-            }
-        }
-        txn.commit().await?;
-        Ok(ReserveOutcome::Reserved(rec))
+        let (reserves, rx) = mpsc::channel(1024);
+        tokio::spawn(reserve::run(pool.clone(), rx));
+        Ok(Self { pool, reserves })
     }
 }
 
@@ -221,18 +148,19 @@ impl AssignmentStore for PostgresStore {
         next: Assignment,
         quota: u64,
     ) -> Result<ReserveOutcome, StoreError> {
-        let mut last = String::new();
-        for _ in 0..RETRIES {
-            match self.try_reserve(key, &expect, &next, quota).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(Fail::Retry(e)) => last = e,
-                Err(Fail::Unique) => return Ok(ReserveOutcome::Conflict(self.get(key).await?)),
-                Err(Fail::Store(e)) => return Err(e),
-            }
-        }
-        Err(StoreError::Storage(format!(
-            "gave up after {RETRIES} attempts: {last}"
-        )))
+        let (reply, answer) = oneshot::channel();
+        let request = reserve::Request {
+            key: key.to_string(),
+            expect,
+            next,
+            quota,
+            reply,
+        };
+        self.reserves
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn commit(&self, key: &str, stamp: &str, now_ms: i64) -> Result<Option<Assignment>, StoreError> {
