@@ -162,3 +162,62 @@ pub trait AssignmentStore: Send + Sync {
     /// All `Reserved` records, for recovery after a restart.
     async fn pending(&self) -> Result<Vec<(String, Assignment)>, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(stamp: &str, state: AssignmentState, generation: u64) -> Assignment {
+        Assignment {
+            device_id: "d".into(),
+            group: "g".into(),
+            stamp: stamp.into(),
+            state,
+            substatus: Substatus::InitialAssignment,
+            created_ms: 7,
+            updated_ms: 9,
+            generation,
+        }
+    }
+
+    #[test]
+    fn a_reservation_is_a_compare_and_set_that_counts_only_moves() {
+        let next = rec("b", AssignmentState::Reserved, 0);
+        // A new device onto a stamp with room: written, counted onto it.
+        let new = decide_reserve(None, &Expect::Absent, &next, 2, || 1);
+        assert!(
+            matches!(&new, ReserveDecision::Write { record, onto: Some(o), off: None }
+                if o == "b" && record.generation == 1 && record.state == AssignmentState::Reserved)
+        );
+        // ... onto a full stamp: nothing.
+        assert_eq!(
+            decide_reserve(None, &Expect::Absent, &next, 2, || 2),
+            ReserveDecision::Full
+        );
+        // Someone else wrote first: nothing, whatever the count.
+        let there = rec("a", AssignmentState::Assigned, 4);
+        assert_eq!(
+            decide_reserve(Some(&there), &Expect::Absent, &next, 2, || 0),
+            ReserveDecision::Conflict
+        );
+        // A move from a to b: counted onto b and off a; created time and generation carry on.
+        let moved = decide_reserve(Some(&there), &Expect::of(Some(&there)), &next, 2, || 0);
+        assert!(
+            matches!(&moved, ReserveDecision::Write { record, onto: Some(o), off: Some(f) }
+                if o == "b" && f == "a" && record.generation == 5 && record.created_ms == 7)
+        );
+        // Staying on the same stamp never reads or checks its count (it is full here).
+        let same = rec("b", AssignmentState::Assigned, 4);
+        let stay = decide_reserve(Some(&same), &Expect::of(Some(&same)), &next, 2, || {
+            panic!("the count of a stamp the device stays on was read")
+        });
+        assert!(matches!(
+            stay,
+            ReserveDecision::Write {
+                onto: None,
+                off: None,
+                ..
+            }
+        ));
+    }
+}
