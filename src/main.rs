@@ -137,10 +137,26 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and each cause it does not already spell out: error types that put their source in
+/// their own message would otherwise print it twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
@@ -160,4 +176,38 @@ async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    /// An error that puts its source in its own message, as `#[error("…: {0}")]` with `#[from]` does.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "assignment store: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// A cause the message already spells out is not printed twice; one it does not is appended.
+    #[test]
+    fn each_cause_is_printed_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Outer(refused));
+        assert_eq!(error_chain(&e), "assignment store: Connection refused");
+        let e = e.context("starting the router");
+        assert_eq!(
+            error_chain(&e),
+            "starting the router: assignment store: Connection refused"
+        );
+    }
 }

@@ -42,7 +42,14 @@ fn write_files(dir: &Path, pki: &Pki, stamps: &[FakeStamp]) {
 }
 
 fn spawn_router(dir: &Path, port: u16, store: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_iotstamp-router-dev"))
+    router_command(dir, port, store)
+        .spawn()
+        .expect("start iotstamp-router-dev")
+}
+
+fn router_command(dir: &Path, port: u16, store: &[String]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iotstamp-router-dev"));
+    command
         .arg("router")
         .arg("--config")
         .arg(dir.join("router.json"))
@@ -59,9 +66,8 @@ fn spawn_router(dir: &Path, port: u16, store: &[String]) -> Child {
         ])
         .args(["--retry-after-secs", "1"])
         .args(store)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start iotstamp-router-dev")
+        .kill_on_drop(true);
+    command
 }
 
 async fn wait_ready(dps: &Dps) {
@@ -230,4 +236,32 @@ async fn kill_9_mid_burst_loses_nothing_postgres() {
         pg.url(),
     ])
     .await;
+}
+
+/// A router pointed at a PostgreSQL that is not there exits at once with an error that says what
+/// to fix, the refused connection, rather than the pool's "error connecting to server" alone.
+#[tokio::test]
+async fn an_unreachable_postgres_is_named_at_startup() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &pki, &[]);
+    let closed = free_port();
+    let url = format!("host=127.0.0.1 port={closed} user=iotstamp dbname=iotstamp");
+    let router = router_command(
+        dir.path(),
+        free_port(),
+        &["--store".into(), "postgres".into(), "--postgres-url".into(), url],
+    )
+    .stderr(std::process::Stdio::piped())
+    .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), router)
+        .await
+        .expect("the router gave up within 30 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("assignment store") && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,6 @@
-//! The router as a standalone process, for local runs, for the crash tests (which must kill -9 a
-//! real process) and for the benchmark, until `iotstamp router` / `iotstamp bench provisioning`
-//! are wired into the main binary. Same arguments.
+//! The router alone as a small process of this crate, so its tests (which kill -9 a real process)
+//! need not build the whole `iotstamp` binary. Same arguments as `iotstamp router` and the router
+//! part of `iotstamp bench provisioning`.
 
 use std::process::ExitCode;
 

@@ -47,8 +47,19 @@ pub struct PostgresStore {
     reserves: mpsc::Sender<reserve::Request>,
 }
 
-fn storage(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(e.to_string())
+/// The error with its causes: the pool's and the driver's messages alone ("error connecting to
+/// server") leave out the one that says what to fix ("Connection refused").
+fn storage(e: impl std::error::Error) -> StoreError {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    StoreError::Storage(message)
 }
 
 /// How one reservation attempt failed.
