@@ -307,3 +307,63 @@ async fn a_split_role_without_its_peer_url_refuses_to_start_and_says_which() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("api.storageUrl"), "{stderr}");
 }
+
+/// Another hub replica (here: a write straight to storage) gives a device a new key, as the router
+/// does after a group key rotation. This hub's cached record refuses the new key for at most a
+/// second, not for the cache's whole lifetime, and the old key stops working then too.
+#[tokio::test]
+async fn a_key_replaced_behind_the_hubs_back_works_a_second_later() {
+    let split = Split::start(75).await;
+    assert_eq!(split.put_device("dev2", "enabled").await.0, 201);
+    assert_eq!(split.connect("dev2").await.1, 0, "the old key, cached now");
+
+    let new_key = common::base64_key("dev2-rotated");
+    let body = serde_json::json!({"deviceId": "dev2", "primaryKey": new_key, "status": "enabled"});
+    let io = Box::new(
+        tokio::net::TcpStream::connect(split.config.storage.listen)
+            .await
+            .unwrap(),
+    );
+    let (status, text) = common::http(
+        io,
+        "PUT",
+        "/internal/v1/registry/dev2?quota=100",
+        Some(&body.to_string()),
+        Some(common::TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+
+    let with_new_key = |key: &str| {
+        let sas = iotstamp_core::sas::sign(
+            &format!("{}/devices/dev2", split.ip),
+            key,
+            common::now() + 3600,
+            None,
+        )
+        .unwrap();
+        Connect {
+            password: Some(sas.into()),
+            ..split.connect_packet("dev2")
+        }
+    };
+    let attempt = async |connect: Connect| {
+        let mut raw = common::Raw::over(split.mqtt().await).await;
+        raw.send(&Packet::Connect(connect)).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck { code, .. }) => code,
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        attempt(with_new_key(&new_key)).await,
+        0,
+        "a second after the hub read it, a refusal looks again"
+    );
+    assert_eq!(
+        attempt(split.connect_packet("dev2")).await,
+        4,
+        "the old key is refused (bad user name or password) once the hub has the new record"
+    );
+}

@@ -165,13 +165,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         connect: &Connect,
     ) -> Result<iotstamp_core::ids::DeviceId, auth::AuthFailure> {
         let (device, token) = auth::precheck(connect, &self.ctx.host_names)?;
-        let record = self.ctx.registry.get(device.key()).await.map_err(|e| {
+        let unavailable = |e: crate::Error| {
             tracing::warn!(error = %e, "registry lookup failed at CONNECT");
             auth::AuthFailure::RegistryUnavailable
-        })?;
+        };
+        let record = self.ctx.registry.get(device.key()).await.map_err(unavailable)?;
         let now = crate::ingest::now_us() / 1_000_000;
-        auth::verify(&token, record.as_ref(), now)?;
-        Ok(device)
+        match auth::verify(&token, record.as_ref(), now) {
+            Ok(()) => Ok(device),
+            // The record may be a cached one that storage has since replaced.
+            Err(refused @ (auth::AuthFailure::UnknownDevice | auth::AuthFailure::BadSignature)) => match self
+                .ctx
+                .registry
+                .recheck(device.key())
+                .await
+                .map_err(unavailable)?
+            {
+                Some(fresher) => auth::verify(&token, fresher.as_ref(), now).map(|()| device),
+                None => Err(refused),
+            },
+            Err(other) => Err(other),
+        }
     }
 
     /// Appends `packet` to the write buffer in the connection's protocol version.

@@ -5,7 +5,10 @@
 //! Staleness is bounded: a device found stays cached for [`FOUND_TTL`], one not found for
 //! [`MISSING_TTL`] (short, so a device registered through another path connects almost at once). A
 //! device disabled through this hub is refused on its next CONNECT; through another hub, within
-//! `FOUND_TTL`.
+//! `FOUND_TTL`. A cached record that refuses a device is read again from storage once it is
+//! [`RECHECK_AFTER`] old, so a key replaced through another hub (a rotated group key, re-provisioned)
+//! works at the device's next attempt, while a stream of bad tokens costs storage at most one read
+//! per device per `RECHECK_AFTER`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,11 +21,13 @@ use crate::storage::PutOutcome;
 
 pub const FOUND_TTL: Duration = Duration::from_secs(5);
 pub const MISSING_TTL: Duration = Duration::from_millis(500);
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// Entries kept at most; beyond it, expired ones go, and if that is not enough, all of them.
 const MAX_ENTRIES: usize = 200_000;
 
 pub struct CachedRegistry {
     inner: Arc<dyn Registry>,
+    /// Device key → (when it was read, the record).
     entries: Mutex<HashMap<String, (Instant, Option<DeviceRecord>)>>,
 }
 
@@ -34,23 +39,30 @@ impl CachedRegistry {
         })
     }
 
-    fn lookup(&self, key: &str) -> Option<Option<DeviceRecord>> {
+    /// The cached record if it is younger than `max_age` (its TTL when `None`).
+    fn lookup(&self, key: &str, max_age: Option<Duration>) -> Option<Option<DeviceRecord>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (expires, record) = entries.get(key)?;
-        (Instant::now() < *expires).then(|| record.clone())
+        let (read_at, record) = entries.get(key)?;
+        let ttl = if record.is_some() { FOUND_TTL } else { MISSING_TTL };
+        (read_at.elapsed() < max_age.unwrap_or(ttl).min(ttl)).then(|| record.clone())
     }
 
     fn remember(&self, key: String, record: Option<DeviceRecord>) {
-        let ttl = if record.is_some() { FOUND_TTL } else { MISSING_TTL };
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (expires, _)| *expires > now);
+            entries.retain(|_, (read_at, _)| now.duration_since(*read_at) < FOUND_TTL);
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }
         }
-        entries.insert(key, (now + ttl, record));
+        entries.insert(key, (now, record));
+    }
+
+    async fn fetch(&self, device_key: String) -> Result<Option<DeviceRecord>, crate::Error> {
+        let record = self.inner.get(device_key.clone()).await?;
+        self.remember(device_key, record.clone());
+        Ok(record)
     }
 
     fn forget(&self, key: &str) {
@@ -70,12 +82,20 @@ impl Ready for CachedRegistry {
 impl Registry for CachedRegistry {
     fn get(&self, device_key: String) -> Fut<'_, Option<DeviceRecord>> {
         Box::pin(async move {
-            if let Some(hit) = self.lookup(&device_key) {
-                return Ok(hit);
+            match self.lookup(&device_key, None) {
+                Some(hit) => Ok(hit),
+                None => self.fetch(device_key).await,
             }
-            let record = self.inner.get(device_key.clone()).await?;
-            self.remember(device_key, record.clone());
-            Ok(record)
+        })
+    }
+
+    fn recheck(&self, device_key: String) -> Fut<'_, Option<Option<DeviceRecord>>> {
+        Box::pin(async move {
+            match self.lookup(&device_key, Some(RECHECK_AFTER)) {
+                // Read (or read again) within the last RECHECK_AFTER: nothing fresher to offer.
+                Some(_) => Ok(None),
+                None => self.fetch(device_key).await.map(Some),
+            }
         })
     }
 
@@ -153,5 +173,43 @@ mod tests {
 
         assert!(cache.delete("dev1".into()).await.unwrap());
         assert_eq!(cache.get("dev1".into()).await.unwrap(), None);
+    }
+
+    /// A record replaced behind the cache's back (a new key through another hub) is seen by the
+    /// recheck after a refusal as soon as the cached one is `RECHECK_AFTER` old, not `FOUND_TTL`;
+    /// before that, and right after, the recheck offers nothing and costs storage nothing.
+    #[tokio::test]
+    async fn a_refusal_rechecks_storage_once_the_cached_record_is_a_second_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let cache = CachedRegistry::new(LocalStore::new(store.clone()).unwrap());
+        store.put_device(&device(DeviceStatus::Enabled), 10).unwrap();
+        assert_eq!(
+            cache.get("dev1".into()).await.unwrap().unwrap().primary_key,
+            "AAAA"
+        );
+        let rekeyed = DeviceRecord {
+            primary_key: "BBBB".into(),
+            ..device(DeviceStatus::Enabled)
+        };
+        store.put_device(&rekeyed, 10).unwrap();
+        assert_eq!(
+            cache.recheck("dev1".into()).await.unwrap(),
+            None,
+            "too soon: nothing fresher than the cache"
+        );
+        tokio::time::sleep(RECHECK_AFTER + Duration::from_millis(50)).await;
+        let fresher = cache.recheck("dev1".into()).await.unwrap().unwrap().unwrap();
+        assert_eq!(fresher.primary_key, "BBBB");
+        assert_eq!(
+            cache.recheck("dev1".into()).await.unwrap(),
+            None,
+            "just read again"
+        );
+        // ... and the cache now holds it for everyone.
+        assert_eq!(
+            cache.get("dev1".into()).await.unwrap().unwrap().primary_key,
+            "BBBB"
+        );
     }
 }

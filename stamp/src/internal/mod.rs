@@ -47,6 +47,11 @@ pub trait BatchWriter: Ready {
 /// The device registry. Keys are lower-cased device ids (`DeviceId::key`).
 pub trait Registry: Ready {
     fn get(&self, device_key: String) -> Fut<'_, Option<DeviceRecord>>;
+    /// After the record `get` gave refused a device: a fresher record if this registry may have
+    /// served an old one (a cache, which should look again), `None` when it has nothing fresher.
+    fn recheck(&self, _device_key: String) -> Fut<'_, Option<Option<DeviceRecord>>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Inserts or replaces; a new device beyond `quota` is refused with `Error::QuotaExceeded`.
     fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome>;
     fn delete(&self, device_key: String) -> Fut<'_, bool>;
