@@ -4,9 +4,11 @@
 //! (`SELECT … FOR UPDATE`) in the same transaction that writes the devices' records, and check and
 //! move the counts there. The row locks serialise replicas on a stamp, so a count never passes its
 //! quota. Each device's record is locked the same way (or, when absent, guarded by the primary key
-//! on insert), which makes every write a compare-and-set. Reservations go in batches, one
-//! transaction each ([`reserve`]).
+//! on insert), which makes every write a compare-and-set. Reservations and commits go in batches,
+//! one transaction each ([`reserve`], [`commit`]).
 
+mod batch;
+mod commit;
 mod reserve;
 
 use std::collections::HashMap;
@@ -43,8 +45,9 @@ const RETRIES: usize = 8;
 
 pub struct PostgresStore {
     pool: Pool,
-    /// Reservations go to the batching task ([`reserve::run`]).
+    /// Reservations and commits go to their batching tasks ([`reserve::run`], [`commit::run`]).
     reserves: mpsc::Sender<reserve::Request>,
+    commits: mpsc::Sender<commit::Request>,
 }
 
 /// The error with its causes: the pool's and the driver's messages alone ("error connecting to
@@ -103,7 +106,13 @@ impl PostgresStore {
         txn.commit().await.map_err(storage)?;
         let (reserves, rx) = mpsc::channel(1024);
         tokio::spawn(reserve::run(pool.clone(), rx));
-        Ok(Self { pool, reserves })
+        let (commits, rx) = mpsc::channel(1024);
+        tokio::spawn(commit::run(pool.clone(), rx));
+        Ok(Self {
+            pool,
+            reserves,
+            commits,
+        })
     }
 }
 
@@ -175,20 +184,15 @@ impl AssignmentStore for PostgresStore {
     }
 
     async fn commit(&self, key: &str, stamp: &str, now_ms: i64) -> Result<Option<Assignment>, StoreError> {
-        let client = self.pool.get().await.map_err(storage)?;
-        let sql = format!(
-            "UPDATE iotstamp_assignments SET state = 'assigned', updated_ms = $3, generation = generation + 1
-             WHERE key = $1 AND stamp = $2 AND state = 'reserved' RETURNING {COLUMNS}"
-        );
-        if let Some(r) = client
-            .query_opt(&sql, &[&key, &stamp, &now_ms])
-            .await
-            .map_err(storage)?
-        {
-            return row(&r, 0).map(Some);
-        }
-        drop(client);
-        self.get(key).await
+        let (reply, answer) = oneshot::channel();
+        let request = commit::Request {
+            key: key.to_string(),
+            stamp: stamp.to_string(),
+            now_ms,
+            reply,
+        };
+        self.commits.send(request).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError> {

@@ -5,7 +5,7 @@
 //! reservation per transaction let only one commit (one WAL flush) per stamp through at a time,
 //! about 800 a second per stamp. A batch holds the row for about as long, for all of them.
 //!
-//! One batch runs at a time per router replica; replicas serialise on the count rows as before, so
+//! One batch runs at a time per router replica ([`batch::run`]); replicas serialise on the count rows, so
 //! the quota holds across them. Locks are taken records first (by key), then count rows (by stamp
 //! name), both sorted, the same order `release` uses: transactions cannot deadlock on them.
 
@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{self, Queued};
 use super::{COLUMNS, Fail, RETRIES, row, storage, substatus_str};
 use crate::store::{Assignment, Expect, ReserveDecision, ReserveOutcome, StoreError, decide_reserve};
 
@@ -28,42 +29,26 @@ pub(super) struct Request {
     pub reply: oneshot::Sender<Result<ReserveOutcome, StoreError>>,
 }
 
-/// Runs batches until every sender is gone.
-pub(super) async fn run(pool: Pool, mut rx: mpsc::Receiver<Request>) {
-    let mut waiting: Vec<Request> = Vec::new();
-    loop {
-        if waiting.is_empty() {
-            match rx.recv().await {
-                Some(r) => waiting.push(r),
-                None => return,
-            }
-        }
-        while waiting.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => waiting.push(r),
-                Err(_) => break,
-            }
-        }
-        // A key once per batch: a second request for the same device waits for the next one,
-        // where it sees what the first wrote.
-        let mut keys = BTreeSet::new();
-        let (batch, later): (Vec<Request>, Vec<Request>) =
-            waiting.drain(..).partition(|r| keys.insert(r.key.clone()));
-        waiting = later;
-        let outcomes = with_retries(&pool, &batch).await;
-        match outcomes {
-            Ok(outcomes) => {
-                for (r, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = r.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                for r in batch {
-                    let _ = r.reply.send(Err(e.clone()));
-                }
-            }
-        }
+impl Queued for Request {
+    type Answer = ReserveOutcome;
+    fn key(&self) -> &str {
+        &self.key
     }
+    fn into_reply(self) -> oneshot::Sender<Result<ReserveOutcome, StoreError>> {
+        self.reply
+    }
+}
+
+/// Runs reservation batches until every sender is gone.
+pub(super) async fn run(pool: Pool, rx: mpsc::Receiver<Request>) {
+    batch::run(rx, MAX_BATCH, |requests| {
+        let pool = pool.clone();
+        async move {
+            let answers = with_retries(&pool, &requests).await;
+            (requests, answers)
+        }
+    })
+    .await
 }
 
 async fn with_retries(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutcome>, StoreError> {
