@@ -32,6 +32,21 @@ pub struct PoolContext {
     pub recorder: EventPublisher,
 }
 
+/// When the pool last added a stamp: the later of what its status says and when its newest stamp
+/// was created. The pool object may come from a watch cache that has not seen our last status
+/// write yet (a reconcile right after a scale-up, triggered by the new stamp); the stamps are
+/// listed fresh, so the time can never go backwards, and the cooldown holds.
+fn last_scale_of(status: Option<&Time>, stamps: &[IoTStamp]) -> Option<Time> {
+    let newest = stamps
+        .iter()
+        .filter_map(|s| s.metadata.creation_timestamp.clone())
+        .max_by_key(|t| t.0);
+    match (status.cloned(), newest) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 pub async fn reconcile(pool: Arc<IoTStampPool>, ctx: Arc<PoolContext>) -> Result<Action, Error> {
     let ns = pool
         .namespace()
@@ -67,10 +82,10 @@ pub async fn reconcile(pool: Arc<IoTStampPool>, ctx: Arc<PoolContext>) -> Result
     };
     let now = Timestamp::now().as_second();
     let previous = pool.status.clone().unwrap_or_default();
-    let last_scale = previous.last_scale_time.as_ref().map(|t| t.0.as_second());
+    let mut last_scale_time = last_scale_of(previous.last_scale_time.as_ref(), &stamps);
+    let last_scale = last_scale_time.as_ref().map(|t| t.0.as_second());
     let decision = decide(&policy, &loads, last_scale, now);
 
-    let mut last_scale_time = previous.last_scale_time.clone();
     let mut stamp_count = loads.len() as i32;
     let (scaling, reason, message) = match &decision {
         Decision::Add { reason } => {
@@ -202,6 +217,27 @@ mod tests {
             next_index("p", &[stamp("p-1"), stamp("p-7"), stamp("other-9"), stamp("p-x")]),
             8
         );
+    }
+
+    /// A stale pool status (no scale time yet, or an older one) never wins over the creation of
+    /// the newest stamp, so a reconcile right after a scale-up neither erases the time nor skips
+    /// the cooldown.
+    #[test]
+    fn the_last_scale_time_never_goes_back() {
+        let at = |secs: i64| Time(Timestamp::from_second(secs).unwrap());
+        let stamp = |secs: i64| {
+            let mut s = IoTStamp::new(
+                "p-1",
+                serde_json::from_value(serde_json::json!({"deviceQuota": 1})).unwrap(),
+            );
+            s.metadata.creation_timestamp = Some(at(secs));
+            s
+        };
+        let stamps = [stamp(100), stamp(300), stamp(200)];
+        assert_eq!(last_scale_of(None, &stamps), Some(at(300)));
+        assert_eq!(last_scale_of(Some(&at(250)), &stamps), Some(at(300)));
+        assert_eq!(last_scale_of(Some(&at(400)), &stamps), Some(at(400)));
+        assert_eq!(last_scale_of(None, &[]), None);
     }
 
     #[test]
