@@ -17,9 +17,9 @@ pub struct BatchWorker<T> {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The worker has stopped (dropped, or its thread panicked); the item comes back.
+/// The worker has stopped (dropped, or its thread panicked): the item was not queued.
 #[derive(Debug)]
-pub struct Stopped<T>(pub T);
+pub struct Stopped;
 
 impl<T: Send + 'static> BatchWorker<T> {
     /// Starts the thread `name`, handing `apply` batches of at most `max_batch` items in the order
@@ -51,8 +51,8 @@ impl<T: Send + 'static> BatchWorker<T> {
     }
 
     /// Queues an item, waiting while the queue is full.
-    pub async fn send(&self, item: T) -> Result<(), Stopped<T>> {
-        self.queue.send(item).await.map_err(|e| Stopped(e.0))
+    pub async fn send(&self, item: T) -> Result<(), Stopped> {
+        self.queue.send(item).await.map_err(|_| Stopped)
     }
 }
 

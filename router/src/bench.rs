@@ -374,7 +374,7 @@ pub async fn load(
                 let scope = &target.id_scope;
                 let dkey = sas::derive_device_key(&target.group_key, &reg).map_err(bench_err)?;
                 let token = sas::sign(
-                    &format!("{scope}/registrations/{reg}"),
+                    &iotstamp_core::dps::registration_resource(scope, &reg),
                     &dkey,
                     4_000_000_000,
                     None,

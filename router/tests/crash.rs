@@ -170,16 +170,7 @@ async fn crash_mid_burst(store: Vec<String>) {
             hub.as_str(),
             "{reg} moved"
         );
-        let info: Value = dps
-            .http
-            .get(format!("{}/v1/devices/{reg}", dps.base))
-            .bearer_auth(APP_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, info) = dps.service_get(&format!("/v1/devices/{reg}")).await;
         assert_eq!(info["hub"], hub.as_str());
     }
     // Everyone else provisions now; capacity (500) covers all.
@@ -197,16 +188,7 @@ async fn crash_mid_burst(store: Vec<String>) {
         let holders = stamps.iter().filter(|s| s.holds(&reg).is_some()).count();
         assert_eq!(holders, 1, "{reg} held by {holders} stamps");
     }
-    let listed: Value = dps
-        .http
-        .get(format!("{}/v1/stamps", dps.base))
-        .bearer_auth(APP_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, listed) = dps.service_get("/v1/stamps").await;
     for (i, s) in stamps.iter().enumerate() {
         assert!(s.len() <= s.quota);
         total += s.len();

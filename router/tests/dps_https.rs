@@ -352,40 +352,16 @@ async fn service_api_needs_a_token_and_routes_to_the_device_stamp() {
     let url = format!("{}/v1/devices/routed-1", s.dps.base);
     let anon = s.dps.http.get(&url).send().await.unwrap();
     assert_eq!(anon.status(), 401);
-    let info: Value = s
-        .dps
-        .http
-        .get(&url)
-        .bearer_auth(APP_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, info) = s.dps.service_get("/v1/devices/routed-1").await;
     assert_eq!(info["stamp"], "stamp-0");
     assert_eq!(info["hub"], "hub-0.local");
     assert_eq!(info["state"], "assigned");
-    let passed: Value = s
+    let (_, passed) = s
         .dps
-        .http
-        .get(format!("{url}/telemetry?from=1&limit=5"))
-        .bearer_auth(APP_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(passed, json!({"deviceId": "routed-1", "query": "from=1&limit=5"}));
-    let missing = s
-        .dps
-        .http
-        .get(format!("{}/v1/devices/nobody", s.dps.base))
-        .bearer_auth(APP_TOKEN)
-        .send()
+        .service_get("/v1/devices/routed-1/telemetry?from=1&limit=5")
         .await;
-    assert_eq!(missing.unwrap().status(), 404);
+    assert_eq!(passed, json!({"deviceId": "routed-1", "query": "from=1&limit=5"}));
+    assert_eq!(s.dps.service_get("/v1/devices/nobody").await.0, 404);
     let openapi: Value = s
         .dps
         .http

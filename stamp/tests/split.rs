@@ -139,10 +139,14 @@ impl Split {
         common::tls_stream(self.config.hub.mqtt_listen, &self.ca_pem).await
     }
 
-    /// CONNECT over TLS; the client and the CONNACK code.
+    /// CONNECT over TLS with the device's registered key; the client and the CONNACK code.
     async fn connect(&self, id: &str) -> (common::Raw, u8) {
+        self.connect_with(self.connect_packet(id)).await
+    }
+
+    async fn connect_with(&self, connect: Connect) -> (common::Raw, u8) {
         let mut raw = common::Raw::over(self.mqtt().await).await;
-        raw.send(&Packet::Connect(self.connect_packet(id))).await;
+        raw.send(&Packet::Connect(connect)).await;
         match raw.recv().await {
             Some(Packet::ConnAck { code, .. }) => (raw, code),
             other => panic!("expected a CONNACK, got {other:?}"),
@@ -347,22 +351,14 @@ async fn a_key_replaced_behind_the_hubs_back_works_a_second_later() {
             ..split.connect_packet("dev2")
         }
     };
-    let attempt = async |connect: Connect| {
-        let mut raw = common::Raw::over(split.mqtt().await).await;
-        raw.send(&Packet::Connect(connect)).await;
-        match raw.recv().await {
-            Some(Packet::ConnAck { code, .. }) => code,
-            other => panic!("expected a CONNACK, got {other:?}"),
-        }
-    };
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        attempt(with_new_key(&new_key)).await,
+        split.connect_with(with_new_key(&new_key)).await.1,
         0,
         "a second after the hub read it, a refusal looks again"
     );
     assert_eq!(
-        attempt(split.connect_packet("dev2")).await,
+        split.connect("dev2").await.1,
         4,
         "the old key is refused (bad user name or password) once the hub has the new record"
     );

@@ -329,16 +329,11 @@ fn apply(t: &mut Tables<'_>, op: &Op, deltas: &mut HashMap<String, i64>) -> Resu
             ..
         } => {
             let cur = current(t, key)?;
-            let mut held = Ok(0);
-            let decision = decide_reserve(cur.as_ref(), expect, next, *quota, || {
-                held = t
-                    .counts
-                    .get(next.stamp.as_str())
-                    .map(|v| v.map_or(0, |v| v.value()));
-                *held.as_ref().unwrap_or(&u64::MAX)
-            });
-            held.map_err(storage)?;
-            let (rec, onto, off) = match decision {
+            let held = || {
+                let found = t.counts.get(next.stamp.as_str()).map_err(storage)?;
+                Ok(found.map_or(0, |v| v.value()))
+            };
+            let (rec, onto, off) = match decide_reserve(cur.as_ref(), expect, next, *quota, held)? {
                 ReserveDecision::Conflict => return Ok(Answer::Reserve(ReserveOutcome::Conflict(cur))),
                 ReserveDecision::Full => return Ok(Answer::Reserve(ReserveOutcome::Full)),
                 ReserveDecision::Write { record, onto, off } => (record, onto, off),

@@ -95,20 +95,20 @@ pub(crate) enum ReserveDecision {
 }
 
 /// Decides a reservation from the device's `current` record and how many records the target stamp
-/// holds (`held_on_target`, read only when the device moves).
-pub(crate) fn decide_reserve(
+/// holds (`held_on_target`, read only when the device moves; its error is returned as is).
+pub(crate) fn decide_reserve<E>(
     current: Option<&Assignment>,
     expect: &Expect,
     next: &Assignment,
     quota: u64,
-    held_on_target: impl FnOnce() -> u64,
-) -> ReserveDecision {
+    held_on_target: impl FnOnce() -> Result<u64, E>,
+) -> Result<ReserveDecision, E> {
     if !expect.holds(current) {
-        return ReserveDecision::Conflict;
+        return Ok(ReserveDecision::Conflict);
     }
     let moving = current.map(|c| c.stamp.as_str()) != Some(next.stamp.as_str());
-    if moving && held_on_target() >= quota {
-        return ReserveDecision::Full;
+    if moving && held_on_target()? >= quota {
+        return Ok(ReserveDecision::Full);
     }
     let mut record = next.clone();
     record.state = AssignmentState::Reserved;
@@ -116,11 +116,11 @@ pub(crate) fn decide_reserve(
     if let Some(c) = current {
         record.created_ms = c.created_ms;
     }
-    ReserveDecision::Write {
+    Ok(ReserveDecision::Write {
         record,
         onto: moving.then(|| next.stamp.clone()),
         off: current.filter(|_| moving).map(|c| c.stamp.clone()),
-    }
+    })
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -184,33 +184,39 @@ mod tests {
     fn a_reservation_is_a_compare_and_set_that_counts_only_moves() {
         let next = rec("b", AssignmentState::Reserved, 0);
         // A new device onto a stamp with room: written, counted onto it.
-        let new = decide_reserve(None, &Expect::Absent, &next, 2, || 1);
+        let count = |n: u64| move || Ok::<_, ()>(n);
+        let new = decide_reserve(None, &Expect::Absent, &next, 2, count(1)).unwrap();
         assert!(
             matches!(&new, ReserveDecision::Write { record, onto: Some(o), off: None }
                 if o == "b" && record.generation == 1 && record.state == AssignmentState::Reserved)
         );
         // ... onto a full stamp: nothing.
         assert_eq!(
-            decide_reserve(None, &Expect::Absent, &next, 2, || 2),
-            ReserveDecision::Full
+            decide_reserve(None, &Expect::Absent, &next, 2, count(2)),
+            Ok(ReserveDecision::Full)
         );
         // Someone else wrote first: nothing, whatever the count.
         let there = rec("a", AssignmentState::Assigned, 4);
         assert_eq!(
-            decide_reserve(Some(&there), &Expect::Absent, &next, 2, || 0),
-            ReserveDecision::Conflict
+            decide_reserve(Some(&there), &Expect::Absent, &next, 2, count(0)),
+            Ok(ReserveDecision::Conflict)
         );
         // A move from a to b: counted onto b and off a; created time and generation carry on.
-        let moved = decide_reserve(Some(&there), &Expect::of(Some(&there)), &next, 2, || 0);
+        let moved = decide_reserve(Some(&there), &Expect::of(Some(&there)), &next, 2, count(0)).unwrap();
         assert!(
             matches!(&moved, ReserveDecision::Write { record, onto: Some(o), off: Some(f) }
                 if o == "b" && f == "a" && record.generation == 5 && record.created_ms == 7)
         );
         // Staying on the same stamp never reads or checks its count (it is full here).
         let same = rec("b", AssignmentState::Assigned, 4);
-        let stay = decide_reserve(Some(&same), &Expect::of(Some(&same)), &next, 2, || {
-            panic!("the count of a stamp the device stays on was read")
-        });
+        let stay = decide_reserve(
+            Some(&same),
+            &Expect::of(Some(&same)),
+            &next,
+            2,
+            || -> Result<u64, ()> { panic!("the count of a stamp the device stays on was read") },
+        )
+        .unwrap();
         assert!(matches!(
             stay,
             ReserveDecision::Write {

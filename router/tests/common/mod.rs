@@ -349,6 +349,18 @@ impl Dps {
         .await
     }
 
+    /// A GET on the router's service API as an application (bearer token): status and JSON body.
+    pub async fn service_get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(APP_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// The whole conversation: register, then poll while "assigning". Returns the final reply.
     pub async fn provision(&self, reg: &str) -> Reply {
         let mut reply = self.register(reg).await;

@@ -5,26 +5,29 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
+use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::StoreError;
 
-/// A queued write: its device key, and where its answer goes.
-pub(super) trait Queued {
+/// A kind of queued write: its device key, where its answer goes, and how a batch is written.
+pub(super) trait Queued: Sized {
     type Answer;
+    /// Most requests one batch carries.
+    const MAX_BATCH: usize;
     fn key(&self) -> &str;
     fn into_reply(self) -> oneshot::Sender<Result<Self::Answer, StoreError>>;
+    /// Writes one batch: one answer per request, in order, or one error for all of them.
+    fn write(
+        pool: &Pool,
+        batch: &[Self],
+    ) -> impl Future<Output = Result<Vec<Self::Answer>, StoreError>> + Send;
 }
 
-/// Runs `apply` on batches of at most `max` requests, in arrival order, until every sender is gone.
-/// A device key appears once per batch: a second request for the same device waits for the next
-/// batch, where it sees what the first one wrote.
-pub(super) async fn run<R, F, Fut>(mut rx: mpsc::Receiver<R>, max: usize, mut apply: F)
-where
-    R: Queued,
-    F: FnMut(Vec<R>) -> Fut,
-    Fut: Future<Output = (Vec<R>, Result<Vec<R::Answer>, StoreError>)>,
-{
+/// Writes batches of `R` in arrival order until every sender is gone. A device key appears once per
+/// batch: a second request for the same device waits for the next batch, where it sees what the
+/// first one wrote.
+pub(super) async fn run<R: Queued>(pool: Pool, mut rx: mpsc::Receiver<R>) {
     let mut waiting: Vec<R> = Vec::new();
     loop {
         if waiting.is_empty() {
@@ -33,7 +36,7 @@ where
                 None => return,
             }
         }
-        while waiting.len() < max {
+        while waiting.len() < R::MAX_BATCH {
             match rx.try_recv() {
                 Ok(r) => waiting.push(r),
                 Err(_) => break,
@@ -43,8 +46,7 @@ where
         let (batch, later): (Vec<R>, Vec<R>) =
             waiting.drain(..).partition(|r| keys.insert(r.key().to_string()));
         waiting = later;
-        let (batch, answers) = apply(batch).await;
-        match answers {
+        match R::write(&pool, &batch).await {
             Ok(answers) => {
                 for (r, answer) in batch.into_iter().zip(answers) {
                     let _ = r.into_reply().send(Ok(answer));

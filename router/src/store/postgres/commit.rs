@@ -2,11 +2,12 @@
 //! WAL flush) for every commit waiting at once, instead of a transaction per device.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::batch::{self, Queued};
+use super::batch::Queued;
 use super::{COLUMNS, row, storage};
 use crate::store::{Assignment, StoreError};
 
@@ -22,24 +23,19 @@ pub(super) struct Request {
 
 impl Queued for Request {
     type Answer = Option<Assignment>;
+    const MAX_BATCH: usize = MAX_BATCH;
     fn key(&self) -> &str {
         &self.key
     }
     fn into_reply(self) -> oneshot::Sender<Result<Option<Assignment>, StoreError>> {
         self.reply
     }
-}
-
-/// Runs commit batches until every sender is gone.
-pub(super) async fn run(pool: Pool, rx: mpsc::Receiver<Request>) {
-    batch::run(rx, MAX_BATCH, |requests| {
-        let pool = pool.clone();
-        async move {
-            let answers = commit_batch(&pool, &requests).await;
-            (requests, answers)
-        }
-    })
-    .await
+    fn write(
+        pool: &Pool,
+        batch: &[Self],
+    ) -> impl Future<Output = Result<Vec<Option<Assignment>>, StoreError>> + Send {
+        commit_batch(pool, batch)
+    }
 }
 
 /// Each request's record as it is afterwards: `Assigned` at its stamp if this commit (or an

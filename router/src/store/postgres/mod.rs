@@ -45,7 +45,7 @@ const RETRIES: usize = 8;
 
 pub struct PostgresStore {
     pool: Pool,
-    /// Reservations and commits go to their batching tasks ([`reserve::run`], [`commit::run`]).
+    /// Reservations and commits go to their batching tasks ([`batch::run`]).
     reserves: mpsc::Sender<reserve::Request>,
     commits: mpsc::Sender<commit::Request>,
 }
@@ -105,9 +105,9 @@ impl PostgresStore {
         txn.batch_execute(SCHEMA).await.map_err(storage)?;
         txn.commit().await.map_err(storage)?;
         let (reserves, rx) = mpsc::channel(1024);
-        tokio::spawn(reserve::run(pool.clone(), rx));
+        tokio::spawn(batch::run::<reserve::Request>(pool.clone(), rx));
         let (commits, rx) = mpsc::channel(1024);
-        tokio::spawn(commit::run(pool.clone(), rx));
+        tokio::spawn(batch::run::<commit::Request>(pool.clone(), rx));
         Ok(Self {
             pool,
             reserves,

@@ -10,11 +10,12 @@
 //! name), both sorted, the same order `release` uses: transactions cannot deadlock on them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 
 use deadpool_postgres::{GenericClient, Pool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::batch::{self, Queued};
+use super::batch::Queued;
 use super::{COLUMNS, Fail, RETRIES, row, storage, substatus_str};
 use crate::store::{Assignment, Expect, ReserveDecision, ReserveOutcome, StoreError, decide_reserve};
 
@@ -31,24 +32,19 @@ pub(super) struct Request {
 
 impl Queued for Request {
     type Answer = ReserveOutcome;
+    const MAX_BATCH: usize = MAX_BATCH;
     fn key(&self) -> &str {
         &self.key
     }
     fn into_reply(self) -> oneshot::Sender<Result<ReserveOutcome, StoreError>> {
         self.reply
     }
-}
-
-/// Runs reservation batches until every sender is gone.
-pub(super) async fn run(pool: Pool, rx: mpsc::Receiver<Request>) {
-    batch::run(rx, MAX_BATCH, |requests| {
-        let pool = pool.clone();
-        async move {
-            let answers = with_retries(&pool, &requests).await;
-            (requests, answers)
-        }
-    })
-    .await
+    fn write(
+        pool: &Pool,
+        batch: &[Self],
+    ) -> impl Future<Output = Result<Vec<ReserveOutcome>, StoreError>> + Send {
+        with_retries(pool, batch)
+    }
 }
 
 async fn with_retries(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutcome>, StoreError> {
@@ -114,9 +110,8 @@ async fn reserve_batch(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutc
     for (i, r) in batch.iter().enumerate() {
         let cur = current.get(&r.key);
         let held = counts.get(&r.next.stamp).copied().unwrap_or(0);
-        match decide_reserve(cur, &r.expect, &r.next, r.quota, || {
-            u64::try_from(held).unwrap_or(0)
-        }) {
+        let held = || Ok::<_, Fail>(u64::try_from(held).unwrap_or(0));
+        match decide_reserve(cur, &r.expect, &r.next, r.quota, held)? {
             ReserveDecision::Conflict => outcomes.push(ReserveOutcome::Conflict(cur.cloned())),
             ReserveDecision::Full => outcomes.push(ReserveOutcome::Full),
             ReserveDecision::Write { record, onto, off } => {
