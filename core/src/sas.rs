@@ -3,7 +3,7 @@
 //! A token is `SharedAccessSignature sr=<resource>&sig=<signature>&se=<expiry>[&skn=<key name>]`.
 //! The signature is `base64(HMAC-SHA256(key, sr + "\n" + se))`, url-encoded in the token.
 //!
-//! Device SDKs disagree on details a server must tolerate (see shared/reference): the Python SDK
+//! Device SDKs disagree on details a server must tolerate (see docs/protocols/azure-iot.md): the Python SDK
 //! url-encodes `sr` and sends no `skn`; the Node SDK sends `sr` raw, signs the raw string, and adds
 //! `skn=registration`; field order differs. So verification signs `sr` exactly as it arrived, parses
 //! fields in any order, and only decodes `sr` to learn which resource the token grants.
@@ -186,7 +186,7 @@ fn decode(field: &'static str, value: &str) -> Result<String, SasError> {
 mod tests {
     use super::*;
 
-    // Vectors from shared/reference/azure-iot-protocols.md, verified against the SDKs.
+    // Vectors from docs/protocols/azure-iot.md, verified against the SDKs.
     const KEY: &str =
         "18RQk/hOPJR9EbsJlk2j8WA6vWaj/yi+oaYg7zmxfQNdOyMSu+SJ8O7TSlZhDJCYmn4rzEiVKIzNiVAWjLxrGA==";
 

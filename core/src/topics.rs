@@ -1,6 +1,6 @@
 //! The IoT Hub MQTT topic dialect, and the per-device access rule over it.
 //!
-//! A device speaks only these topics (see shared/reference/azure-iot-protocols.md):
+//! A device speaks only these topics (see docs/protocols/azure-iot.md):
 //! - telemetry: publish `devices/{id}/messages/events/{property bag}`;
 //! - cloud-to-device: subscribe `devices/{id}/messages/devicebound/#`, delivered on
 //!   `devices/{id}/messages/devicebound/{property bag}`;

@@ -17,7 +17,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-/// The documented group key (derived-key vector in shared/reference).
+/// The documented group key (derived-key vector in docs/protocols/azure-iot.md).
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 const SCOPE: &str = "0ne00E2E001";

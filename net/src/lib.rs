@@ -3,7 +3,7 @@
 //!
 //! Both terminate TLS themselves rather than through a library's accept loop, because a handshake
 //! must never hold up other connections (rumqttd's loop awaits each handshake in line; see
-//! shared/reference/rumqttd.md). Each accepted socket gets its own task and its own deadline.
+//! docs/rumqttd.md). Each accepted socket gets its own task and its own deadline.
 
 pub mod batch_worker;
 pub mod limit;

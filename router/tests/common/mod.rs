@@ -27,7 +27,7 @@ use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, 
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-/// The documented group key (derived-key vector in shared/reference).
+/// The documented group key (derived-key vector in docs/protocols/azure-iot.md).
 pub const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 pub const SCOPE: &str = "0ne00TEST01";
