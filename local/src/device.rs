@@ -2,7 +2,7 @@
 //! and SAS code), telemetry at a fixed period with QoS 1, and answers to cloud-to-device messages
 //! and direct methods, as the Azure device SDKs behave.
 //!
-//! The stamp bench's load generator (`iotstamp_stamp::bench::load`) speaks plain TCP and only
+//! The stamp bench's load generator (`iotstamp_bench::stamp::load`) speaks plain TCP and only
 //! publishes; a device here needs TLS, subscriptions and incoming requests, so the session loop
 //! is its own.
 
