@@ -144,10 +144,7 @@ async fn connect(spec: &DeviceSpec, tls: Arc<rustls::ClientConfig>) -> Result<Co
 }
 
 fn connect_packet(spec: &DeviceSpec) -> Result<Connect, Failure> {
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 3600;
+    let expiry = iotstamp_core::clock::unix_secs() + 3600;
     let resource = format!("{}/devices/{}", spec.hub, spec.device_id);
     let token = sas::sign(&resource, &spec.key, expiry, None)
         .map_err(|e| Failure::new("mqtt: bad device key", e.to_string()))?;
