@@ -73,16 +73,16 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum BenchSuite {
     /// Reconcile N IoTStamps against an in-memory API server, beside a bare-client baseline.
-    Operator(iotstamp_operator::bench::BenchArgs),
+    Operator(iotstamp_bench::operator::BenchArgs),
     /// QoS 1 telemetry persisted and acknowledged by a stamp, beside mosquitto (no persistence).
-    Hub(iotstamp_stamp::bench::cli::HubArgs),
+    Hub(iotstamp_bench::stamp::cli::HubArgs),
     /// Storage ingest (batched, fsync'd) beside a plain fsync'd append-only file.
-    Storage(iotstamp_stamp::bench::cli::StorageArgs),
+    Storage(iotstamp_bench::stamp::cli::StorageArgs),
     /// TLS connections one stamp holds (memory, connects/s), beside mosquitto.
-    Connections(iotstamp_stamp::bench::cli::ConnectionsArgs),
+    Connections(iotstamp_bench::stamp::cli::ConnectionsArgs),
     /// Durable HTTPS provisioning beside the same server answering a static body, then through a
     /// local fleet of real stamps.
-    Provisioning(iotstamp_local::bench::ProvisioningArgs),
+    Provisioning(iotstamp_bench::fleet::ProvisioningArgs),
 }
 
 fn init_tracing(format: LogFormat, default_filter: &str) {
@@ -160,16 +160,16 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
-    use iotstamp_stamp::bench::cli;
+    use iotstamp_bench::stamp::cli;
     match suite {
-        BenchSuite::Operator(args) => print!("{}", iotstamp_operator::bench::run(args).await?),
+        BenchSuite::Operator(args) => print!("{}", iotstamp_bench::operator::run(args).await?),
         BenchSuite::Hub(args) => println!("{}", cli::run_hub(args).await?),
         BenchSuite::Storage(args) => println!("{}", cli::run_storage(args)?),
         BenchSuite::Connections(args) => {
             let me = std::env::current_exe()?.display().to_string();
             println!("{}", cli::run_connections(args, me).await?)
         }
-        BenchSuite::Provisioning(args) => print!("{}", iotstamp_local::bench::run(args).await?),
+        BenchSuite::Provisioning(args) => print!("{}", iotstamp_bench::fleet::run(args).await?),
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! iotstamp's pure domain. Nothing in here does I/O or knows about Kubernetes, so every rule that
 //! the router, the stamp and the operator must agree on lives here once and is tested on vectors.
+//! The one look outside is [`clock`], the wall clock every crate reads.
 
 pub mod allocation;
+pub mod clock;
 pub mod dps;
 pub mod duration;
 pub mod ids;

@@ -2,7 +2,7 @@
 //! and SAS code), telemetry at a fixed period with QoS 1, and answers to cloud-to-device messages
 //! and direct methods, as the Azure device SDKs behave.
 //!
-//! The stamp bench's load generator (`iotstamp_stamp::bench::load`) speaks plain TCP and only
+//! The stamp bench's load generator (`iotstamp_bench::stamp::load`) speaks plain TCP and only
 //! publishes; a device here needs TLS, subscriptions and incoming requests, so the session loop
 //! is its own.
 
@@ -144,10 +144,7 @@ async fn connect(spec: &DeviceSpec, tls: Arc<rustls::ClientConfig>) -> Result<Co
 }
 
 fn connect_packet(spec: &DeviceSpec) -> Result<Connect, Failure> {
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 3600;
+    let expiry = iotstamp_core::clock::unix_secs() + 3600;
     let resource = format!("{}/devices/{}", spec.hub, spec.device_id);
     let token = sas::sign(&resource, &spec.key, expiry, None)
         .map_err(|e| Failure::new("mqtt: bad device key", e.to_string()))?;

@@ -40,12 +40,6 @@ pub fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 enum Step {
     Done(Assigned),
     Poll(String),
@@ -100,8 +94,13 @@ impl Enrollment {
 
     fn token(&self, registration_id: &str, key: &str) -> Result<String, Failure> {
         let resource = registration_resource(&self.id_scope, registration_id);
-        sas::sign(&resource, key, unix_now() + 3600, Some("registration"))
-            .map_err(|e| Failure::new("provision: bad group key", e.to_string()))
+        sas::sign(
+            &resource,
+            key,
+            iotstamp_core::clock::unix_secs() + 3600,
+            Some("registration"),
+        )
+        .map_err(|e| Failure::new("provision: bad group key", e.to_string()))
     }
 
     async fn register(&self, registration_id: &str, key: &str) -> Result<Step, Failure> {

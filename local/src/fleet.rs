@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
+use iotstamp_core::clock;
 use iotstamp_core::pki::CertKeyPem;
 use iotstamp_core::scaling::StampLoad;
 use iotstamp_router::RunningRouter;
@@ -45,12 +46,6 @@ pub struct Fleet {
     pub stamps: Vec<LiveStamp>,
 }
 
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn random_b64(bytes: usize) -> String {
     let mut out = Vec::with_capacity(bytes);
     while out.len() < bytes {
@@ -86,7 +81,7 @@ impl Fleet {
             None => (layout::new_fleet(fresh_seed(opts))?, true),
         };
         state.save_fleet(&file)?;
-        let ca = state.ensure_ca(now_unix())?;
+        let ca = state.ensure_ca(clock::unix_secs() as i64)?;
         let mut stamps = Vec::new();
         for entry in &file.stamps {
             stamps.push(start_stamp(&state, &ca, entry).await?);
@@ -114,7 +109,7 @@ impl Fleet {
         let entry = layout::next_stamp(&self.file, default_quota)?;
         let live = start_stamp(&self.state, &self.ca, &entry).await?;
         self.file.stamps.push(entry);
-        self.file.last_scale_unix = Some(now_unix());
+        self.file.last_scale_unix = Some(clock::unix_secs() as i64);
         self.state.save_fleet(&self.file)?;
         self.directory.set(
             self.file
@@ -152,7 +147,7 @@ impl Fleet {
 
 async fn start_stamp(state: &StateDir, ca: &CertKeyPem, entry: &StampEntry) -> anyhow::Result<LiveStamp> {
     let dir = state.stamp_dir(&entry.name);
-    let (cert, key) = state.ensure_server_cert(&dir, ca, entry.ip, now_unix())?;
+    let (cert, key) = state.ensure_server_cert(&dir, ca, entry.ip, clock::unix_secs() as i64)?;
     let config = layout::stamp_config(entry, &dir, &cert, &key, &state.stamp_token_file());
     let running = iotstamp_stamp::start(config)
         .await
@@ -170,7 +165,7 @@ async fn start_router(
     directory: Arc<StaticDirectory>,
 ) -> anyhow::Result<RunningRouter> {
     let dir = state.router_dir();
-    let (cert, key) = state.ensure_server_cert(&dir, ca, file.router_ip, now_unix())?;
+    let (cert, key) = state.ensure_server_cert(&dir, ca, file.router_ip, clock::unix_secs() as i64)?;
     let tls = iotstamp_net::tls::server_config_from_files(&cert, &key, &[b"http/1.1"])?;
     let config = RouterConfig {
         https_addr: layout::https_addr(file.router_ip),

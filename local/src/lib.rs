@@ -12,9 +12,7 @@
 //! - [`stamp_api`]: reading results back through the stamp and router APIs.
 //! - [`demo`]: `up --demo`.
 //! - [`web`]: the web page (stamps, utilization, live telemetry rate) on its own port.
-//! - [`bench`]: `iotstamp bench provisioning`, with its phase through a fleet of real stamps.
 
-pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod device;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use iotstamp_core::scaling::{Decision, PoolPolicy, decide};
 use tokio::sync::{Mutex, watch};
 
-use crate::fleet::{Fleet, now_unix};
+use crate::fleet::Fleet;
 
 /// How often the pool looks; the router refreshes its counts every 2 s.
 const TICK: Duration = Duration::from_millis(500);
@@ -35,7 +35,12 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         let mut fleet = fleet.lock().await;
-        let decision = decide(&policy, &fleet.loads(), fleet.file.last_scale_unix, now_unix());
+        let decision = decide(
+            &policy,
+            &fleet.loads(),
+            fleet.file.last_scale_unix,
+            iotstamp_core::clock::unix_secs() as i64,
+        );
         let Decision::Add { reason } = decision else {
             continue;
         };

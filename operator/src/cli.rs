@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
-
 use crate::controller::{self, Settings};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -46,7 +44,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         &client,
         &args.ca_namespace,
         &args.ca_secret,
-        Timestamp::now().as_second(),
+        iotstamp_core::clock::unix_secs() as i64,
     )
     .await?;
     let metrics = Arc::new(Metrics::default());

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use iotstamp_api::{IoTStamp, IoTStampPool};
 use iotstamp_core::pki::CertKeyPem;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -92,47 +92,81 @@ async fn tracked<E>(
 }
 
 /// Runs until SIGTERM or Ctrl-C. `ready` turns true once every cache has its first full list.
+///
+/// The steps: watch the children (caches and triggers), build the IoTStamp controller on them,
+/// start the stats poller that feeds it `connected` changes, start the sync watch that opens the
+/// gate for reconciles, then run the IoTStamp and IoTStampPool controllers until the signal.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
-    let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let ns = &settings.namespace;
-
-    // One label-selected watch per child kind feeds both a cache and the controller's triggers.
-    macro_rules! cached {
-        ($kind:ty, $trim:expr) => {{
-            let (reader, writer) = reflector::store::<$kind>();
-            let stream = watcher(api::<$kind>(&client, ns), children.clone())
-                .default_backoff()
-                .modify($trim)
-                .reflect(writer)
-                .applied_objects();
-            (reader, stream)
-        }};
+    let (caches, children) = watch_children(&client, ns);
+    let (changed_tx, changed_rx) = mpsc::channel::<ObjectRef<StampObject>>(256);
+    let controller =
+        stamp_controller(&client, ns, settings.concurrency, children)
+            .reconcile_on(futures::stream::unfold(changed_rx, |mut rx| async move {
+                rx.recv().await.map(|r| (r, rx))
+            }));
+    let connected = ConnectedCounts::default();
+    if let Some(interval) = settings.stats_interval {
+        start_stats_poller(
+            &settings.ca,
+            interval,
+            &controller,
+            &caches,
+            &connected,
+            changed_tx,
+        );
     }
-    let (config_maps, cm_s) = cached!(ConfigMap, move |o: &mut ConfigMap| {
-        caches::trim_meta(&mut o.metadata);
-        o.data = None; // only the applied hash is read back
+    let synced = start_sync_watch(&caches, controller.store(), ready);
+    let pools = pool_controller(client.clone(), ns.clone(), settings.instance.clone());
+    let ctx = Arc::new(Context {
+        recorder: EventPublisher::new(client.clone(), "iotstamp-operator", &settings.instance),
+        // Bounds the API requests all reconciles have in flight (and so the client's connections).
+        api_slots: tokio::sync::Semaphore::new(crate::context::API_SLOTS),
+        client,
+        caches,
+        metrics,
+        ca: settings.ca,
+        default_image: settings.default_image,
+        cluster_domain: settings.cluster_domain,
+        connected,
+        synced,
     });
-    // Secrets keep their data: the token and certificate are read back, never re-minted.
-    let (secrets, secret_s) = cached!(Secret, move |o: &mut Secret| caches::trim_meta(&mut o.metadata));
-    let (service_accounts, sa_s) = cached!(ServiceAccount, move |o: &mut ServiceAccount| {
-        caches::trim_meta(&mut o.metadata)
-    });
-    let (services, svc_s) = cached!(Service, move |o: &mut Service| {
-        caches::trim_meta(&mut o.metadata);
-        o.spec = None;
-        o.status = None;
-    });
-    let (stateful_sets, sts_s) = cached!(StatefulSet, caches::trim_stateful_set);
-    let (deployments, deploy_s) = cached!(Deployment, caches::trim_deployment);
-    let (pdbs, pdb_s) = cached!(PodDisruptionBudget, move |o: &mut PodDisruptionBudget| {
-        caches::trim_meta(&mut o.metadata);
-        o.spec = None;
-        o.status = None;
-    });
-    let (network_policies, np_s) = cached!(NetworkPolicy, move |o: &mut NetworkPolicy| {
-        caches::trim_meta(&mut o.metadata);
-        o.spec = None;
-    });
+    let stamps = controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    futures::future::join(stamps, pools).await;
+    tracing::info!("controller stopped");
+}
+
+type Watch<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The label-selected watch of each child kind, after it fed its cache: the controller's triggers.
+struct ChildWatches {
+    config_maps: Watch<ConfigMap>,
+    secrets: Watch<Secret>,
+    service_accounts: Watch<ServiceAccount>,
+    services: Watch<Service>,
+    stateful_sets: Watch<StatefulSet>,
+    deployments: Watch<Deployment>,
+    pdbs: Watch<PodDisruptionBudget>,
+    network_policies: Watch<NetworkPolicy>,
+}
+
+/// One watch per child kind (only objects this operator manages), each feeding a cache trimmed
+/// to what reconcile reads back.
+fn watch_children(client: &Client, ns: &Option<String>) -> (Caches, ChildWatches) {
+    let (config_maps, config_maps_w) = cached(client, ns, trim_config_map);
+    let (secrets, secrets_w) = cached(client, ns, trim_secret);
+    let (service_accounts, service_accounts_w) = cached(client, ns, trim_service_account);
+    let (services, services_w) = cached(client, ns, trim_service);
+    let (stateful_sets, stateful_sets_w) = cached(client, ns, caches::trim_stateful_set);
+    let (deployments, deployments_w) = cached(client, ns, caches::trim_deployment);
+    let (pdbs, pdbs_w) = cached(client, ns, trim_pdb);
+    let (network_policies, network_policies_w) = cached(client, ns, trim_network_policy);
     let caches = Caches {
         config_maps,
         secrets,
@@ -143,60 +177,149 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         pdbs,
         network_policies,
     };
+    let watches = ChildWatches {
+        config_maps: config_maps_w,
+        secrets: secrets_w,
+        service_accounts: service_accounts_w,
+        services: services_w,
+        stateful_sets: stateful_sets_w,
+        deployments: deployments_w,
+        pdbs: pdbs_w,
+        network_policies: network_policies_w,
+    };
+    (caches, watches)
+}
 
-    // The main watch parses each object on its own (see `StampObject`): one object that does not
-    // deserialize gets an event and stops nothing else. managedFields are dropped from the cached
-    // copies: nothing reads them, and at thousands of stamps they are a large share of memory.
+/// A watch of the children of kind `K`, trimmed by `trim`, reflected into the returned cache.
+fn cached<K>(client: &Client, ns: &Option<String>, trim: fn(&mut K)) -> (reflector::Store<K>, Watch<K>)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(api::<K>(client, ns), children_selector())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .applied_objects()
+        .boxed();
+    (reader, stream)
+}
+
+/// The children this operator manages: what its builders label.
+fn children_selector() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+}
+
+fn trim_config_map(o: &mut ConfigMap) {
+    caches::trim_meta(&mut o.metadata);
+    o.data = None; // only the applied hash is read back
+}
+
+/// Secrets keep their data: the token and certificate are read back, never re-minted.
+fn trim_secret(o: &mut Secret) {
+    caches::trim_meta(&mut o.metadata);
+}
+
+fn trim_service_account(o: &mut ServiceAccount) {
+    caches::trim_meta(&mut o.metadata);
+}
+
+fn trim_service(o: &mut Service) {
+    caches::trim_meta(&mut o.metadata);
+    o.spec = None;
+    o.status = None;
+}
+
+fn trim_pdb(o: &mut PodDisruptionBudget) {
+    caches::trim_meta(&mut o.metadata);
+    o.spec = None;
+    o.status = None;
+}
+
+fn trim_network_policy(o: &mut NetworkPolicy) {
+    caches::trim_meta(&mut o.metadata);
+    o.spec = None;
+}
+
+/// The IoTStamp controller, triggered by the stamps and by every child kind it owns.
+///
+/// The main watch parses each object on its own (see `StampObject`): one object that does not
+/// deserialize gets an event and stops nothing else. managedFields are dropped from the cached
+/// copies: nothing reads them, and at thousands of stamps they are a large share of memory.
+fn stamp_controller(
+    client: &Client,
+    ns: &Option<String>,
+    concurrency: u16,
+    children: ChildWatches,
+) -> Controller<StampObject> {
     let (reader, writer) = reflector::store::<StampObject>();
-    let stamp_stream = watcher(api::<StampObject>(&client, ns), watcher::Config::default())
+    let stamp_stream = watcher(api::<StampObject>(client, ns), watcher::Config::default())
         .default_backoff()
         .modify(|o: &mut StampObject| o.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects();
-    let controller = Controller::for_stream(stamp_stream, reader)
-        .owns_stream(cm_s)
-        .owns_stream(secret_s)
-        .owns_stream(sa_s)
-        .owns_stream(svc_s)
-        .owns_stream(sts_s)
-        .owns_stream(deploy_s)
-        .owns_stream(pdb_s)
-        .owns_stream(np_s)
-        // Applying a stamp's 13 children sends 13 watch events back; a short debounce folds them
-        // into one reconcile instead of a dozen.
-        .with_config(
-            controller::Config::default()
-                .concurrency(settings.concurrency)
-                .debounce(Duration::from_millis(500)),
-        )
-        .shutdown_on_signal();
+    Controller::for_stream(stamp_stream, reader)
+        .owns_stream(children.config_maps)
+        .owns_stream(children.secrets)
+        .owns_stream(children.service_accounts)
+        .owns_stream(children.services)
+        .owns_stream(children.stateful_sets)
+        .owns_stream(children.deployments)
+        .owns_stream(children.pdbs)
+        .owns_stream(children.network_policies)
+        .with_config(controller_config(concurrency))
+        .shutdown_on_signal()
+}
 
-    let connected = ConnectedCounts::default();
-    let (changed_tx, changed_rx) = mpsc::channel::<ObjectRef<StampObject>>(256);
-    let controller = controller.reconcile_on(futures::stream::unfold(changed_rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
-    }));
-    if let Some(interval) = settings.stats_interval {
-        match Poller::client(&settings.ca.cert_pem) {
-            Ok(http) => {
-                let poller = Poller {
-                    http,
-                    stamps: controller.store(),
-                    counts: connected.clone(),
-                    interval,
-                    secrets: caches.secrets.clone(),
-                };
-                tokio::spawn(poller.run(changed_tx));
-            }
-            Err(e) => tracing::warn!(error = %e, "stamp stats are off: cannot build an HTTPS client"),
+/// Applying a stamp's 13 children sends 13 watch events back; a short debounce folds them into
+/// one reconcile instead of a dozen.
+fn controller_config(concurrency: u16) -> controller::Config {
+    controller::Config::default()
+        .concurrency(concurrency)
+        .debounce(Duration::from_millis(500))
+}
+
+/// Polls the ready stamps' `connected` counts every `interval`; a changed count is sent on
+/// `changed` so that stamp is reconciled. Off (with a warning) when no HTTPS client can be built.
+fn start_stats_poller(
+    ca: &CertKeyPem,
+    interval: Duration,
+    controller: &Controller<StampObject>,
+    caches: &Caches,
+    connected: &ConnectedCounts,
+    changed: mpsc::Sender<ObjectRef<StampObject>>,
+) {
+    match Poller::client(&ca.cert_pem) {
+        Ok(http) => {
+            let poller = Poller {
+                http,
+                stamps: controller.store(),
+                counts: connected.clone(),
+                interval,
+                secrets: caches.secrets.clone(),
+            };
+            tokio::spawn(poller.run(changed));
         }
+        Err(e) => tracing::warn!(error = %e, "stamp stats are off: cannot build an HTTPS client"),
     }
+}
 
-    // Reconciling before the caches hold their first full list would read "no token Secret" and
-    // "no certificate" for stamps that have both, and replace them: every stamp's pods would roll
-    // and the router's tokens would go stale after each operator restart. The controller itself
-    // polls the cache streams, so reconciles wait on `Context::synced` rather than the run loop.
-    let main = controller.store();
+/// Reconciling before the caches hold their first full list would read "no token Secret" and
+/// "no certificate" for stamps that have both, and replace them: every stamp's pods would roll
+/// and the router's tokens would go stale after each operator restart. The controller itself
+/// polls the cache streams, so reconciles wait on the returned receiver (`Context::synced`)
+/// rather than the run loop. It turns true, as does `ready`, once every cache is synced.
+fn start_sync_watch(
+    caches: &Caches,
+    stamps: reflector::Store<StampObject>,
+    ready: Arc<AtomicBool>,
+) -> watch::Receiver<bool> {
     let c = caches.clone();
     let (synced_tx, synced_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -211,7 +334,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
             tracked(&pending, "Deployments", c.deployments.wait_until_ready()).boxed(),
             tracked(&pending, "PodDisruptionBudgets", c.pdbs.wait_until_ready()).boxed(),
             tracked(&pending, "NetworkPolicies", c.network_policies.wait_until_ready()).boxed(),
-            tracked(&pending, "IoTStamps", main.wait_until_ready()).boxed(),
+            tracked(&pending, "IoTStamps", stamps.wait_until_ready()).boxed(),
         ]);
         let report = {
             let pending = pending.clone();
@@ -234,29 +357,5 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
             _ = report => {}
         }
     });
-
-    let pools = pool_controller(client.clone(), ns.clone(), settings.instance.clone());
-
-    let ctx = Arc::new(Context {
-        recorder: EventPublisher::new(client.clone(), "iotstamp-operator", &settings.instance),
-        // Bounds the API requests all reconciles have in flight (and so the client's connections).
-        api_slots: tokio::sync::Semaphore::new(crate::context::API_SLOTS),
-        client,
-        caches,
-        metrics,
-        ca: settings.ca,
-        default_image: settings.default_image,
-        cluster_domain: settings.cluster_domain,
-        connected,
-        synced: synced_rx,
-    });
-    let stamps = controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
-    futures::future::join(stamps, pools).await;
-    tracing::info!("controller stopped");
+    synced_rx
 }

@@ -38,7 +38,8 @@ impl EventPublisher {
             regarding,
             &self.controller,
             &self.instance,
-            Timestamp::now(),
+            Timestamp::from_microsecond(iotstamp_core::clock::unix_micros() as i64)
+                .unwrap_or(Timestamp::UNIX_EPOCH),
         );
         Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
             .create(&PostParams::default(), &body)

@@ -5,7 +5,6 @@
 //! it changed. See [`reconcile`] for the flow and [`controller`] for the wiring.
 
 pub mod apply;
-pub mod bench;
 pub mod builders;
 pub mod ca;
 pub mod caches;
@@ -15,7 +14,6 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod events;
-pub mod fake_api;
 pub mod metrics;
 pub mod pool;
 pub mod reconcile;

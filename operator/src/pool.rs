@@ -80,7 +80,7 @@ pub async fn reconcile(pool: Arc<IoTStampPool>, ctx: Arc<PoolContext>) -> Result
         scale_up_percent: spec.scale_up_utilization.clamp(1, 100) as u32,
         cooldown_secs: spec.cooldown_seconds.max(0) as u64,
     };
-    let now = Timestamp::now().as_second();
+    let now = iotstamp_core::clock::unix_secs() as i64;
     let previous = pool.status.clone().unwrap_or_default();
     let mut last_scale_time = last_scale_of(previous.last_scale_time.as_ref(), &stamps);
     let last_scale = last_scale_time.as_ref().map(|t| t.0.as_second());

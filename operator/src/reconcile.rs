@@ -199,7 +199,7 @@ async fn hub_tls(stamp: &IoTStamp, n: &Names, ctx: &Context) -> Result<Result<Hu
     };
     let mut sans = n.hub_dns_names();
     sans.extend(stamp.spec.hub.host_names.iter().cloned());
-    let now_unix = Timestamp::now().as_second();
+    let now_unix = iotstamp_core::clock::unix_secs() as i64;
     let existing = current_secret(n, &n.tls_secret(), ctx)
         .await?
         .and_then(|s| read_secret(&s));
@@ -375,6 +375,6 @@ async fn publish(
 /// Now, to the second: the API server stores condition times in whole seconds, and comparing a
 /// stored time with a finer one would see a change that is not there.
 fn now() -> Time {
-    let secs = Timestamp::now().as_second();
+    let secs = iotstamp_core::clock::unix_secs() as i64;
     Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }

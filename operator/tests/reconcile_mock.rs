@@ -9,9 +9,9 @@ use http::Method;
 use iotstamp_core::pki;
 use iotstamp_operator::Error;
 use iotstamp_operator::context::Context;
-use iotstamp_operator::fake_api::{FakeApi, FakeCaches, Write};
 use iotstamp_operator::reconcile::{FINALIZER, error_policy, reconcile};
 use iotstamp_operator::stamp_object::StampObject;
+use iotstamp_testkit::fake_api::{FakeApi, FakeCaches, Write};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 

@@ -33,8 +33,6 @@ pub enum Error {
     /// Kubernetes mode could not reach or read the API server.
     #[error("kubernetes: {0}")]
     Kubernetes(String),
-    #[error("benchmark: {0}")]
-    Bench(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

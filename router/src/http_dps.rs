@@ -32,10 +32,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-fn unix_now() -> u64 {
-    u64::try_from(crate::provision::now_ms() / 1000).unwrap_or(0)
-}
-
 /// Maps an authentication failure to the DPS answer: a bad id is the request's fault, anything
 /// else about the token is 401.
 pub fn auth_refusal(e: &AuthError) -> ProvisionError {
@@ -60,7 +56,12 @@ fn authenticate(
         .dps
         .provisioner
         .enrollments
-        .authenticate(id_scope, registration_id, token, unix_now())
+        .authenticate(
+            id_scope,
+            registration_id,
+            token,
+            iotstamp_core::clock::unix_secs(),
+        )
         .map_err(|e| auth_refusal(&e))
 }
 

@@ -7,9 +7,8 @@
 //! objects), `store` (durable assignments), `stamp_client` (talking to stamps), `provision` (the
 //! assignment state machine), `operations` (DPS operation ids), `http_dps` and `mqtt_dps` (the two
 //! DPS transports), `service_api` (routing for applications), `metrics`, `server` (listeners and
-//! lifecycle), `cli`, `bench`.
+//! lifecycle), `cli`.
 
-pub mod bench;
 mod candidates;
 pub mod cli;
 pub mod config;

@@ -180,7 +180,7 @@ fn authenticate(
             format!("client id `{}` is not the registration id", c.client_id),
         ));
     }
-    let now = u64::try_from(crate::provision::now_ms() / 1000).unwrap_or(0);
+    let now = iotstamp_core::clock::unix_secs();
     state
         .dps
         .provisioner

@@ -201,7 +201,7 @@ pub fn error_body(kind: ErrorKind, message: &str) -> ErrorBody {
         error_code: kind.error_code(),
         tracking_id,
         message: message.to_string(),
-        timestamp_utc: rfc3339(crate::provision::now_ms()),
+        timestamp_utc: rfc3339(iotstamp_core::clock::unix_millis()),
     }
 }
 

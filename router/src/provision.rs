@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use iotstamp_core::allocation::{Reprovision, reprovision};
+use iotstamp_core::clock;
 use iotstamp_core::dps::{ErrorKind, Substatus};
 use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
@@ -68,13 +69,6 @@ pub struct Provisioner {
     seed: AtomicU64,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl Provisioner {
     pub fn new(
         enrollments: Enrollments,
@@ -95,7 +89,7 @@ impl Provisioner {
             metrics,
             counts: CountsCache::new(),
             webhook,
-            seed: AtomicU64::new(now_ms().unsigned_abs()),
+            seed: AtomicU64::new(clock::unix_millis().unsigned_abs()),
         }
     }
 
@@ -168,7 +162,7 @@ impl Provisioner {
                     return Err(e);
                 }
             };
-            let now = now_ms();
+            let now = clock::unix_millis();
             let next = Assignment {
                 device_id: device.as_str().to_string(),
                 group: group.name.clone(),
@@ -249,7 +243,7 @@ impl Provisioner {
                 ));
             }
         }
-        match self.store.commit(key, &rec.stamp, now_ms()).await {
+        match self.store.commit(key, &rec.stamp, clock::unix_millis()).await {
             Ok(Some(a)) if a.state == AssignmentState::Assigned && a.stamp == rec.stamp => {
                 Step::Done(Assigned {
                     hub: stamp.hub.clone(),

@@ -24,8 +24,6 @@ pub enum Error {
     Unavailable(String),
     #[error("the stamp is shutting down")]
     ShuttingDown,
-    #[error("benchmark: {0}")]
-    Bench(String),
 }
 
 impl Error {

@@ -55,7 +55,7 @@ impl Ingest {
         let (tx, rx) = mpsc::channel(max * 2);
         let (live, _) = broadcast::channel(LIVE_STREAM_BUFFER);
         // Sequence numbers start at the wall clock in µs so that they keep growing across restarts.
-        let seq = AtomicU64::new(now_us());
+        let seq = AtomicU64::new(iotstamp_core::clock::unix_micros());
         let ingest = Arc::new(Self {
             tx,
             budget: Arc::new(Semaphore::new(QUEUED_BYTES_BUDGET >> 10)),
@@ -132,13 +132,6 @@ impl Ingest {
     pub fn live(&self) -> broadcast::Receiver<Arc<TelemetryRecord>> {
         self.live.subscribe()
     }
-}
-
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 fn kib(size: usize) -> u32 {

@@ -8,12 +8,10 @@
 //! - [`storage`]: the redb store (registry + telemetry series), records, aggregates.
 //! - [`internal`]: the seams between roles (one trait each; in-process or HTTP) and the internal API.
 //! - [`api`]: the HTTP API (registry, queries, SSE, commands, stats, metrics, OpenAPI).
-//! - [`bench`]: the `iotstamp bench` load generators and baselines.
 
 // Handlers short-circuit with a ready `Response` as the error; it is built once per failed request.
 #[allow(clippy::result_large_err)]
 pub mod api;
-pub mod bench;
 pub mod cli;
 mod error;
 pub mod hub;

@@ -16,7 +16,7 @@ use crate::Error;
 use crate::api::{self, ApiCtx, Token};
 use crate::hub::sessions::Sessions;
 use crate::hub::{self, HubCtx, Security};
-use crate::ingest::{BatchPolicy, Ingest, now_us};
+use crate::ingest::{BatchPolicy, Ingest};
 use crate::internal::local::LocalStore;
 use crate::internal::server::Probes;
 use crate::internal::{BatchWriter, Ready, Registry, TelemetryQuery};
@@ -313,7 +313,8 @@ pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let cutoff = now_us().saturating_sub(retention_secs.saturating_mul(1_000_000));
+        let cutoff =
+            iotstamp_core::clock::unix_micros().saturating_sub(retention_secs.saturating_mul(1_000_000));
         let store = store.clone();
         let by_age_and_size = move || {
             let by_age = store.expire(cutoff)?;

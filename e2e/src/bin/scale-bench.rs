@@ -119,9 +119,7 @@ where
 /// The operator's children for `n` stamps, two waves each, owner references removed (there is no
 /// IoTStamp behind them, and the garbage collector would delete children of a missing owner).
 fn prebuilt_children(namespace: &str, n: usize) -> anyhow::Result<Vec<[Vec<Child>; 2]>> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs() as i64;
+    let now = iotstamp_core::clock::unix_secs() as i64;
     let ca = pki::new_ca("scale-bench CA", now, Duration::from_secs(86_400))?;
     let cert = pki::issue_server_cert(&ca, &["scale-bench-hub".into()], now, Duration::from_secs(86_400))?;
     let inputs = Inputs {

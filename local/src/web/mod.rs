@@ -97,9 +97,7 @@ async fn sample(
             };
             stats.push(api.stats().await.ok());
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = iotstamp_core::clock::unix_millis().unsigned_abs();
         out.send_replace(fleet_view(now_ms, &stamps, &directory.assigned(), &stats));
     }
 }

@@ -1,11 +1,9 @@
 //! The router alone as a small process of this crate, so its tests (which kill -9 a real process)
-//! need not build the whole `iotstamp` binary. Same arguments as `iotstamp router` and the router
-//! part of `iotstamp bench provisioning`.
+//! need not build the whole `iotstamp` binary. Same arguments as `iotstamp router`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use iotstamp_router::bench::BenchArgs;
 use iotstamp_router::cli::RouterArgs;
 
 #[derive(Parser, Debug)]
@@ -13,15 +11,12 @@ use iotstamp_router::cli::RouterArgs;
 enum Cli {
     /// Run the router until SIGTERM or Ctrl-C.
     Router(Box<RouterArgs>),
-    /// Benchmark HTTPS provisioning against a static-body baseline, then memory and restart time.
-    Bench(BenchArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let result = match Cli::parse() {
         Cli::Router(args) => iotstamp_router::cli::run(*args).await,
-        Cli::Bench(args) => iotstamp_router::bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -170,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             auth::AuthFailure::RegistryUnavailable
         };
         let record = self.ctx.registry.get(device.key()).await.map_err(unavailable)?;
-        let now = crate::ingest::now_us() / 1_000_000;
+        let now = iotstamp_core::clock::unix_secs();
         match auth::verify(&token, record.as_ref(), now) {
             Ok(()) => Ok(device),
             // The record may be a cached one that storage has since replaced.

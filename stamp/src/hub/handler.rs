@@ -125,7 +125,7 @@ impl State<'_> {
                 ctx.metrics.messages_in.inc();
                 ctx.metrics.bytes_in.inc_by(p.payload.len() as u64);
                 let seq = ctx.ingest.next_seq();
-                let now = crate::ingest::now_us();
+                let now = iotstamp_core::clock::unix_micros();
                 let record =
                     TelemetryRecord::build(self.device, &ctx.stamp, now, seq, properties, &p.payload);
                 let size = p.payload.len() + p.topic.len();

@@ -9,7 +9,7 @@ use super::registry_writer::RegistryWriter;
 use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery};
 use crate::Error;
 use crate::storage::record::TelemetryRecord;
-use crate::storage::{Page, PutOutcome, RegistryWrite, RegistryWritten, Store};
+use crate::storage::{Page, PutOutcome, Store};
 
 pub struct LocalStore {
     store: Arc<Store>,
@@ -59,28 +59,10 @@ impl Registry for LocalStore {
         self.run(move |s| s.get_device(&device_key))
     }
     fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome> {
-        Box::pin(async move {
-            match self
-                .registry_writes
-                .write(RegistryWrite::Put { record, quota })
-                .await?
-            {
-                RegistryWritten::Put(outcome) => Ok(outcome),
-                RegistryWritten::Deleted(_) => unreachable!("a put is answered with a put outcome"),
-            }
-        })
+        Box::pin(self.registry_writes.put(record, quota))
     }
     fn delete(&self, device_key: String) -> Fut<'_, bool> {
-        Box::pin(async move {
-            match self
-                .registry_writes
-                .write(RegistryWrite::Delete { device_key })
-                .await?
-            {
-                RegistryWritten::Deleted(existed) => Ok(existed),
-                RegistryWritten::Put(_) => unreachable!("a delete is answered with a delete outcome"),
-            }
-        })
+        Box::pin(self.registry_writes.delete(device_key))
     }
     fn count(&self) -> Fut<'_, u64> {
         self.run(|s| s.device_count())

@@ -6,24 +6,44 @@
 //! (roughly 1,200/s on this project's test machine); a batch costs about the same as one.
 //!
 //! One thread owns the writes. It takes everything queued, applies it in arrival order with
-//! [`Store::write_registry`], commits once, then answers each caller. Callers hear nothing
-//! before their write is durable.
+//! [`Store::write_registry`], commits once, then answers each caller with its own kind of answer
+//! (a put's outcome, a delete's). Callers hear nothing before their write is durable.
 
 use std::sync::Arc;
 
+use iotstamp_core::registry::DeviceRecord;
 use iotstamp_net::batch_worker::BatchWorker;
 use tokio::sync::oneshot;
 
 use crate::Error;
-use crate::storage::{RegistryWrite, RegistryWritten, Store};
+use crate::storage::{PutOutcome, RegistryBatch, Store};
 
 /// Most writes one commit carries; bounds the wait a single batch adds.
 const MAX_BATCH: usize = 1024;
 
-type Reply = oneshot::Sender<Result<RegistryWritten, Error>>;
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// A write waiting for the writer thread, with the caller waiting for its own kind of answer.
+enum Queued {
+    Put {
+        record: DeviceRecord,
+        quota: u64,
+        reply: Reply<PutOutcome>,
+    },
+    Delete {
+        device_key: String,
+        reply: Reply<bool>,
+    },
+}
+
+/// A write applied in the open transaction; its answer waits for the commit.
+enum Applied {
+    Put(Reply<PutOutcome>, Result<PutOutcome, Error>),
+    Delete(Reply<bool>, bool),
+}
 
 pub struct RegistryWriter {
-    worker: BatchWorker<(RegistryWrite, Reply)>,
+    worker: BatchWorker<Queued>,
 }
 
 impl RegistryWriter {
@@ -37,32 +57,95 @@ impl RegistryWriter {
         Ok(Self { worker })
     }
 
-    /// Queues a write and waits until it is durable (or refused).
-    pub async fn write(&self, write: RegistryWrite) -> Result<RegistryWritten, Error> {
+    /// Queues a put and waits until it is durable (or refused: over quota, or storage failed).
+    pub async fn put(&self, record: DeviceRecord, quota: u64) -> Result<PutOutcome, Error> {
         let (reply, answer) = oneshot::channel();
-        self.worker
-            .send((write, reply))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
+        self.queue(Queued::Put { record, quota, reply }).await?;
         answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Queues a delete and waits until it is durable; whether the device was there.
+    pub async fn delete(&self, device_key: String) -> Result<bool, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Queued::Delete { device_key, reply }).await?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn queue(&self, write: Queued) -> Result<(), Error> {
+        self.worker.send(write).await.map_err(|_| Error::ShuttingDown)
     }
 }
 
-fn write_batch(store: &Store, batch: Vec<(RegistryWrite, Reply)>) {
-    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    match store.write_registry(&writes) {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that went away (request cancelled) just does not hear it.
-                let _ = reply.send(result);
+impl Queued {
+    /// Applies the write in `batch`. A storage error fails the whole batch, so the write comes
+    /// back with it, still to be answered.
+    fn apply(self, batch: &mut RegistryBatch<'_>) -> Result<Applied, (Self, Error)> {
+        match self {
+            Queued::Put { record, quota, reply } => match batch.put(&record, quota) {
+                Ok(outcome) => Ok(Applied::Put(reply, outcome)),
+                Err(e) => Err((Queued::Put { record, quota, reply }, e)),
+            },
+            Queued::Delete { device_key, reply } => match batch.delete(&device_key) {
+                Ok(existed) => Ok(Applied::Delete(reply, existed)),
+                Err(e) => Err((Queued::Delete { device_key, reply }, e)),
+            },
+        }
+    }
+
+    fn fail(self, why: &str) {
+        // A caller that went away (request cancelled) just does not hear it.
+        match self {
+            Queued::Put { reply, .. } => drop(reply.send(Err(batch_failed(why)))),
+            Queued::Delete { reply, .. } => drop(reply.send(Err(batch_failed(why)))),
+        }
+    }
+}
+
+impl Applied {
+    fn answer(self) {
+        match self {
+            Applied::Put(reply, outcome) => drop(reply.send(outcome)),
+            Applied::Delete(reply, existed) => drop(reply.send(Ok(existed))),
+        }
+    }
+
+    /// The commit failed after the write was applied: nothing of the batch is stored.
+    fn fail(self, why: &str) {
+        match self {
+            Applied::Put(reply, _) => drop(reply.send(Err(batch_failed(why)))),
+            Applied::Delete(reply, _) => drop(reply.send(Err(batch_failed(why)))),
+        }
+    }
+}
+
+fn batch_failed(why: &str) -> Error {
+    Error::Unavailable(format!("registry write failed: {why}"))
+}
+
+fn write_batch(store: &Store, batch: Vec<Queued>) {
+    let writes = batch.len();
+    let mut queued = batch.into_iter();
+    let mut applied = Vec::with_capacity(writes);
+    let mut unapplied = None;
+    let written = store.write_registry(|registry| {
+        for write in queued.by_ref() {
+            match write.apply(registry) {
+                Ok(done) => applied.push(done),
+                Err((write, e)) => {
+                    unapplied = Some(write);
+                    return Err(e);
+                }
             }
         }
+        Ok(())
+    });
+    match written {
+        Ok(()) => applied.into_iter().for_each(Applied::answer),
         Err(e) => {
-            tracing::error!(error = %e, writes = writes.len(), "registry batch failed; nothing of it was written");
+            tracing::error!(error = %e, writes, "registry batch failed; nothing of it was written");
             let why = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(Error::Unavailable(format!("registry write failed: {why}"))));
-            }
+            applied.into_iter().for_each(|a| a.fail(&why));
+            unapplied.into_iter().chain(queued).for_each(|q| q.fail(&why));
         }
     }
 }
@@ -70,19 +153,14 @@ fn write_batch(store: &Store, batch: Vec<(RegistryWrite, Reply)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::PutOutcome;
     use iotstamp_core::ids::DeviceId;
-    use iotstamp_core::registry::DeviceRecord;
 
-    fn put(id: &str, quota: u64) -> RegistryWrite {
-        RegistryWrite::Put {
-            record: DeviceRecord {
-                device_id: DeviceId::parse(id).unwrap(),
-                primary_key: "AAAA".into(),
-                status: Default::default(),
-                enrollment_group: None,
-            },
-            quota,
+    fn device(id: &str) -> DeviceRecord {
+        DeviceRecord {
+            device_id: DeviceId::parse(id).unwrap(),
+            primary_key: "AAAA".into(),
+            status: Default::default(),
+            enrollment_group: None,
         }
     }
 
@@ -96,13 +174,13 @@ mod tests {
         let tasks: Vec<_> = (0..500)
             .map(|i| {
                 let writer = writer.clone();
-                tokio::spawn(async move { writer.write(put(&format!("dev-{i}"), 300)).await })
+                tokio::spawn(async move { writer.put(device(&format!("dev-{i}")), 300).await })
             })
             .collect();
         let (mut created, mut refused) = (0, 0);
         for t in tasks {
             match t.await.unwrap() {
-                Ok(RegistryWritten::Put(PutOutcome::Created)) => created += 1,
+                Ok(PutOutcome::Created) => created += 1,
                 Err(Error::QuotaExceeded { quota: 300 }) => refused += 1,
                 other => panic!("unexpected answer {other:?}"),
             }

@@ -19,7 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::Error;
 use record::{Cursor, TelemetryRecord, telemetry_key};
-pub use registry::{PutOutcome, RegistryWrite, RegistryWritten};
+pub use registry::{PutOutcome, RegistryBatch};
 
 /// Lower-cased device id → JSON `DeviceRecord`.
 const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");

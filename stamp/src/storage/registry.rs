@@ -1,7 +1,7 @@
 //! The device registry table: reads, and writes applied in batches.
 //!
-//! Every write goes through [`Store::write_registry`], which applies a batch of puts and deletes in
-//! order inside one transaction and commits once. A registration is one small record, so a commit
+//! Every write goes through [`Store::write_registry`], which applies a batch of puts and deletes
+//! ([`RegistryBatch`]) in order inside one transaction and commits once. A registration is one small record, so a commit
 //! (its fsync) costs far more than the write itself: batching concurrent registrations is what
 //! lets a stamp take a provisioning burst (see `internal::registry_writer`).
 
@@ -17,88 +17,66 @@ pub enum PutOutcome {
     Replaced,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegistryWrite {
-    /// Inserts or replaces a device; a new id beyond `quota` is refused.
-    Put { record: DeviceRecord, quota: u64 },
-    /// Removes a device (its telemetry stays until retention takes it).
-    Delete { device_key: String },
+/// The registry inside one open write transaction: the writes of a batch, applied in order and
+/// committed together by [`Store::write_registry`]. Each write returns its own typed outcome.
+pub struct RegistryBatch<'t> {
+    table: redb::Table<'t, &'static str, &'static [u8]>,
+    /// Devices held, as the earlier writes of the batch left it: the quota is checked against it,
+    /// so a batch can never overshoot the quota either.
+    count: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegistryWritten {
-    Put(PutOutcome),
-    /// Whether the device was there.
-    Deleted(bool),
+impl RegistryBatch<'_> {
+    /// Inserts or replaces a device. The inner error refuses only this write (a new id beyond
+    /// `quota`: nothing is written for it); the outer one is storage's and fails the whole batch.
+    pub fn put(&mut self, record: &DeviceRecord, quota: u64) -> Result<Result<PutOutcome, Error>, Error> {
+        let key = record.device_id.key();
+        let exists = self.table.get(key.as_str())?.is_some();
+        if !exists && self.count >= quota {
+            return Ok(Err(Error::QuotaExceeded { quota }));
+        }
+        self.table.insert(key.as_str(), to_json(record)?.as_slice())?;
+        self.count += u64::from(!exists);
+        Ok(Ok(if exists {
+            PutOutcome::Replaced
+        } else {
+            PutOutcome::Created
+        }))
+    }
+
+    /// Removes a device (its telemetry stays until retention takes it); whether it was there.
+    pub fn delete(&mut self, device_key: &str) -> Result<bool, Error> {
+        let existed = self.table.remove(device_key)?.is_some();
+        self.count -= u64::from(existed);
+        Ok(existed)
+    }
 }
 
 impl Store {
-    /// Applies `writes` in order in one durable transaction. The outer error (storage) fails the
-    /// whole batch and nothing of it is written; an inner error (a put over quota) refuses only
-    /// that write. The quota is checked against the count as the earlier writes left it, so a
-    /// batch can never overshoot it either.
-    pub fn write_registry(
+    /// Runs `writes` on the registry in one durable transaction: committed once when it returns
+    /// `Ok`, and nothing of it is written when it (or the commit) fails.
+    pub fn write_registry<T>(
         &self,
-        writes: &[RegistryWrite],
-    ) -> Result<Vec<Result<RegistryWritten, Error>>, Error> {
+        writes: impl FnOnce(&mut RegistryBatch<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let tx = self.db.begin_write()?;
-        let mut results = Vec::with_capacity(writes.len());
-        {
-            let mut table = tx.open_table(REGISTRY)?;
-            let mut count = table.len()?;
-            for write in writes {
-                let result = match write {
-                    RegistryWrite::Put { record, quota } => {
-                        let key = record.device_id.key();
-                        let exists = table.get(key.as_str())?.is_some();
-                        if !exists && count >= *quota {
-                            Err(Error::QuotaExceeded { quota: *quota })
-                        } else {
-                            table.insert(key.as_str(), to_json(record)?.as_slice())?;
-                            count += u64::from(!exists);
-                            Ok(RegistryWritten::Put(if exists {
-                                PutOutcome::Replaced
-                            } else {
-                                PutOutcome::Created
-                            }))
-                        }
-                    }
-                    RegistryWrite::Delete { device_key } => {
-                        let existed = table.remove(device_key.as_str())?.is_some();
-                        count -= u64::from(existed);
-                        Ok(RegistryWritten::Deleted(existed))
-                    }
-                };
-                results.push(result);
-            }
-        }
+        let written = {
+            let table = tx.open_table(REGISTRY)?;
+            let count = table.len()?;
+            writes(&mut RegistryBatch { table, count })?
+        };
         tx.commit()?;
-        Ok(results)
+        Ok(written)
     }
 
     /// One put on its own (tests, tools); the stamp batches through `RegistryWriter`.
     pub fn put_device(&self, record: &DeviceRecord, quota: u64) -> Result<PutOutcome, Error> {
-        let write = RegistryWrite::Put {
-            record: record.clone(),
-            quota,
-        };
-        match self.write_registry(&[write])?.pop() {
-            Some(Ok(RegistryWritten::Put(outcome))) => Ok(outcome),
-            Some(Err(e)) => Err(e),
-            other => unreachable!("one put gives one put outcome, got {other:?}"),
-        }
+        self.write_registry(|batch| batch.put(record, quota))?
     }
 
     /// One delete on its own (tests, tools); the stamp batches through `RegistryWriter`.
     pub fn delete_device(&self, device_key: &str) -> Result<bool, Error> {
-        let write = RegistryWrite::Delete {
-            device_key: device_key.to_string(),
-        };
-        match self.write_registry(&[write])?.pop() {
-            Some(Ok(RegistryWritten::Deleted(existed))) => Ok(existed),
-            Some(Err(e)) => Err(e),
-            other => unreachable!("one delete gives one delete outcome, got {other:?}"),
-        }
+        self.write_registry(|batch| batch.delete(device_key))
     }
 
     /// Registers many devices in one transaction, quota unchecked (benchmarks and bulk restores).
@@ -145,13 +123,6 @@ mod tests {
         }
     }
 
-    fn put(id: &str, quota: u64) -> RegistryWrite {
-        RegistryWrite::Put {
-            record: device(id),
-            quota,
-        }
-    }
-
     #[test]
     fn registry_put_is_idempotent_and_quota_counts_new_ids_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -174,36 +145,29 @@ mod tests {
     fn a_batch_applies_in_order_and_refuses_only_the_writes_over_quota() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let results = store
-            .write_registry(&[
-                put("d1", 2),
-                put("d2", 2),
-                put("d3", 2),
-                RegistryWrite::Delete {
-                    device_key: "d1".into(),
-                },
-                put("d3", 2),
-                RegistryWrite::Delete {
-                    device_key: "d1".into(),
-                },
-            ])
-            .unwrap();
-        let shown: Vec<String> = results
-            .iter()
-            .map(|r| match r {
-                Ok(w) => format!("{w:?}"),
-                Err(e) => e.to_string(),
+        let shown = store
+            .write_registry(|batch| {
+                let refused =
+                    |r: Result<PutOutcome, Error>| r.map_or_else(|e| e.to_string(), |o| format!("{o:?}"));
+                Ok(vec![
+                    refused(batch.put(&device("d1"), 2)?),
+                    refused(batch.put(&device("d2"), 2)?),
+                    refused(batch.put(&device("d3"), 2)?),
+                    format!("deleted {}", batch.delete("d1")?),
+                    refused(batch.put(&device("d3"), 2)?),
+                    format!("deleted {}", batch.delete("d1")?),
+                ])
             })
-            .collect();
+            .unwrap();
         assert_eq!(
             shown,
             [
-                "Put(Created)",
-                "Put(Created)",
+                "Created",
+                "Created",
                 "the stamp already holds its quota of 2 devices",
-                "Deleted(true)",
-                "Put(Created)",
-                "Deleted(false)",
+                "deleted true",
+                "Created",
+                "deleted false",
             ]
         );
         // Durable and whole: a reopened store holds exactly what the batch said.

@@ -20,9 +20,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use crate::Error;
-use crate::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
-use crate::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
+use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
+use iotstamp_router::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
 
 const SCOPE: &str = "0ne00BENCH0";
 const TOKEN: &str = "bench-stamp-token";
@@ -86,12 +85,8 @@ pub struct Report {
     pub restart_to_ready: Duration,
 }
 
-fn bench_err(e: impl std::fmt::Display) -> Error {
-    Error::Bench(e.to_string())
-}
-
 /// Runs the benchmark and prints its table.
-pub async fn run(args: BenchArgs) -> Result<(), Error> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     print!("{}", render(&provisioning(args).await?, &[]));
     Ok(())
 }
@@ -130,18 +125,17 @@ pub fn render(r: &Report, extra: &[Phase]) -> String {
     out
 }
 
-pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
-    let now = crate::provision::now_ms() / 1000 - 60;
-    let ca = pki::new_ca("iotstamp bench CA", now, Duration::from_secs(86_400)).map_err(bench_err)?;
-    let cert = pki::issue_server_cert(&ca, &["127.0.0.1".into()], now, Duration::from_secs(86_400))
-        .map_err(bench_err)?;
+pub async fn provisioning(args: BenchArgs) -> anyhow::Result<Report> {
+    let now = iotstamp_core::clock::unix_secs() as i64 - 60;
+    let ca = pki::new_ca("iotstamp bench CA", now, Duration::from_secs(86_400))?;
+    let cert = pki::issue_server_cert(&ca, &["127.0.0.1".into()], now, Duration::from_secs(86_400))?;
     let server_tls =
         iotstamp_net::tls::server_config_from_pem(&cert.cert_pem, &cert.key_pem, &[b"http/1.1"])?;
     let client_tls = client_config(&ca.cert_pem)?;
     let tmp = tempfile_dir(&args)?;
     let (_stamp_stop, stamp_addr) = bench_stamp(server_tls.clone()).await?;
     let config = RouterConfig {
-        https_addr: "127.0.0.1:0".parse().map_err(bench_err)?,
+        https_addr: "127.0.0.1:0".parse()?,
         mqtt_addr: None,
         metrics_addr: None,
         tls: server_tls.clone(),
@@ -202,7 +196,7 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
     .await?;
     drop(static_stop);
 
-    let router = crate::start(config.clone()).await?;
+    let router = iotstamp_router::start(config.clone()).await?;
     let durable = load(
         match args.postgres_url {
             Some(_) => "DPS register, durable (PostgreSQL), stamp stub",
@@ -224,12 +218,12 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
         let started = Instant::now();
         let router = loop {
             // The old writer thread releases the file a moment after shutdown.
-            match crate::start(config.clone()).await {
+            match iotstamp_router::start(config.clone()).await {
                 Ok(r) => break r,
-                Err(Error::Store(_)) if started.elapsed() < Duration::from_secs(10) => {
+                Err(iotstamp_router::Error::Store(_)) if started.elapsed() < Duration::from_secs(10) => {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         };
         while !router.is_ready() {
@@ -262,7 +256,7 @@ pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
     })
 }
 
-fn tempfile_dir(args: &BenchArgs) -> Result<PathBuf, Error> {
+fn tempfile_dir(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("iotstamp-bench-{}", uuid::Uuid::new_v4().simple())),
@@ -272,17 +266,16 @@ fn tempfile_dir(args: &BenchArgs) -> Result<PathBuf, Error> {
 }
 
 /// A client that trusts `ca_pem` only.
-pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
+pub fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(bench_err)?).map_err(bench_err)?;
+        roots.add(cert?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(bench_err)?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -291,7 +284,7 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
 /// A minimal stamp registry (PUT only) so the durable phase does the real stamp call.
 async fn bench_stamp(
     tls: Arc<rustls::ServerConfig>,
-) -> Result<(watch::Sender<bool>, std::net::SocketAddr), Error> {
+) -> anyhow::Result<(watch::Sender<bool>, std::net::SocketAddr)> {
     type Registry = Arc<Mutex<HashMap<String, DeviceRecord>>>;
     async fn put_device(
         State(r): State<Registry>,
@@ -311,7 +304,7 @@ const STATIC_BODY: &str = r#"{"operationId":"4.0000000000000000","status":"assig
 
 async fn static_server(
     tls: Arc<rustls::ServerConfig>,
-) -> Result<(watch::Sender<bool>, std::net::SocketAddr), Error> {
+) -> anyhow::Result<(watch::Sender<bool>, std::net::SocketAddr)> {
     let app = axum::Router::new().route(
         "/{scope}/registrations/{reg}/register",
         put(|| async { ([("content-type", "application/json; charset=utf-8")], STATIC_BODY) }),
@@ -322,12 +315,12 @@ async fn static_server(
 async fn serve_on_loopback(
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
-) -> Result<(watch::Sender<bool>, std::net::SocketAddr), Error> {
+) -> anyhow::Result<(watch::Sender<bool>, std::net::SocketAddr)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(crate::http_serve::serve(
+    tokio::spawn(iotstamp_router::http_serve::serve(
         listener,
         Some(acceptor),
         app,
@@ -345,7 +338,7 @@ pub async fn load(
     tls: &Arc<rustls::ClientConfig>,
     connections: usize,
     dur: Duration,
-) -> Result<Phase, Error> {
+) -> anyhow::Result<Phase> {
     let addr = target.addr;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
@@ -354,17 +347,12 @@ pub async fn load(
     for c in 0..connections {
         let (tls, target, run) = (tls.clone(), target.clone(), run[..8].to_string());
         tasks.push(tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.map_err(bench_err)?;
+            let tcp = TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
             let name = rustls::pki_types::ServerName::from(addr.ip());
-            let stream = TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await
-                .map_err(bench_err)?;
+            let stream = TlsConnector::from(tls).connect(name, tcp).await?;
             let io = hyper_util::rt::TokioIo::new(stream);
-            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(bench_err)?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
             let (mut lat, mut errors) = (Vec::new(), 0u64);
             let mut n = 0u64;
@@ -372,14 +360,13 @@ pub async fn load(
                 let reg = format!("b-{run}-{c}-{n}");
                 n += 1;
                 let scope = &target.id_scope;
-                let dkey = sas::derive_device_key(&target.group_key, &reg).map_err(bench_err)?;
+                let dkey = sas::derive_device_key(&target.group_key, &reg)?;
                 let token = sas::sign(
                     &iotstamp_core::dps::registration_resource(scope, &reg),
                     &dkey,
                     4_000_000_000,
                     None,
-                )
-                .map_err(bench_err)?;
+                )?;
                 let body = format!(r#"{{"registrationId":"{reg}"}}"#);
                 let req = http::Request::put(format!(
                     "/{scope}/registrations/{reg}/register?api-version=2019-03-31"
@@ -387,21 +374,20 @@ pub async fn load(
                 .header("host", "127.0.0.1")
                 .header("authorization", token)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(bench_err)?;
+                .body(Full::new(Bytes::from(body)))?;
                 let t = Instant::now();
-                let resp = send.send_request(req).await.map_err(bench_err)?;
+                let resp = send.send_request(req).await?;
                 let ok = resp.status() == 200;
-                resp.into_body().collect().await.map_err(bench_err)?;
+                resp.into_body().collect().await?;
                 lat.push(t.elapsed().as_micros() as u32);
                 errors += u64::from(!ok);
             }
-            Ok::<_, Error>((lat, errors))
+            Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
     let (mut lat, mut errors) = (Vec::new(), 0);
     for t in tasks {
-        let (l, e) = t.await.map_err(bench_err)??;
+        let (l, e) = t.await??;
         lat.extend(l);
         errors += e;
     }
@@ -422,7 +408,7 @@ pub async fn load(
 }
 
 /// Puts `target` assignments in the router's store (directly: the HTTP path was measured above).
-async fn fill(router: &crate::RunningRouter, target: u64) -> Result<u64, Error> {
+async fn fill(router: &iotstamp_router::RunningRouter, target: u64) -> anyhow::Result<u64> {
     let store = router.state.dps.provisioner.store.clone();
     let have: u64 = store.counts().await?.values().sum();
     let todo = target.saturating_sub(have);
@@ -434,7 +420,7 @@ async fn fill(router: &crate::RunningRouter, target: u64) -> Result<u64, Error> 
             let mut i = w;
             while i < todo {
                 let key = format!("hold-{i:08}");
-                let now = crate::provision::now_ms();
+                let now = iotstamp_core::clock::unix_millis();
                 let rec = Assignment {
                     device_id: key.clone(),
                     group: "bench".into(),
@@ -453,11 +439,11 @@ async fn fill(router: &crate::RunningRouter, target: u64) -> Result<u64, Error> 
                 }
                 i += workers;
             }
-            Ok::<_, Error>(())
+            Ok::<_, anyhow::Error>(())
         }));
     }
     for t in tasks {
-        t.await.map_err(bench_err)??;
+        t.await??;
     }
     Ok(store.counts().await?.values().sum())
 }

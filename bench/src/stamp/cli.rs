@@ -6,7 +6,6 @@ use super::BenchReport;
 use super::connections::{ConnBenchOptions, connections};
 use super::hub::{HubBenchOptions, hub};
 use super::storage::{StorageBenchOptions, storage};
-use crate::Error;
 
 /// QoS 1 telemetry persisted and acknowledged, beside Debian's mosquitto relaying the same load.
 #[derive(clap::Args, Debug, Clone)]
@@ -58,7 +57,7 @@ pub struct ConnectionsArgs {
     pub mosquitto: String,
 }
 
-pub async fn run_hub(a: HubArgs) -> Result<BenchReport, Error> {
+pub async fn run_hub(a: HubArgs) -> anyhow::Result<BenchReport> {
     hub(HubBenchOptions {
         connections: a.connections,
         messages_per_connection: a.messages,
@@ -72,7 +71,7 @@ pub async fn run_hub(a: HubArgs) -> Result<BenchReport, Error> {
     .await
 }
 
-pub fn run_storage(a: StorageArgs) -> Result<BenchReport, Error> {
+pub fn run_storage(a: StorageArgs) -> anyhow::Result<BenchReport> {
     storage(StorageBenchOptions {
         points: a.points,
         devices: a.devices,
@@ -82,7 +81,7 @@ pub fn run_storage(a: StorageArgs) -> Result<BenchReport, Error> {
 }
 
 /// `self_exe` runs the stamp under test as `<self_exe> stamp --config FILE`.
-pub async fn run_connections(a: ConnectionsArgs, self_exe: String) -> Result<BenchReport, Error> {
+pub async fn run_connections(a: ConnectionsArgs, self_exe: String) -> anyhow::Result<BenchReport> {
     connections(ConnBenchOptions {
         connections: a.connections,
         concurrency: a.concurrency,

@@ -14,7 +14,7 @@ use iotstamp_core::stamp_config::StampConfig;
 use super::load::{self, Client, Load, LoadResult};
 use super::split::SplitStamp;
 use super::{BenchReport, quantile};
-use crate::Error;
+use anyhow::Context;
 
 #[derive(Debug, Clone)]
 pub struct HubBenchOptions {
@@ -47,12 +47,11 @@ impl Default for HubBenchOptions {
 }
 
 /// A stamp config for benchmarks in `dir`: listeners on `ip`, any port; plain MQTT unless `tls`.
-pub fn bench_config(dir: &Path, ip: Ipv4Addr, quota: u64) -> Result<StampConfig, Error> {
+pub fn bench_config(dir: &Path, ip: Ipv4Addr, quota: u64) -> anyhow::Result<StampConfig> {
     let token = dir.join("token");
-    std::fs::write(&token, "bench-token").map_err(|e| Error::io("writing the bench token", e))?;
+    std::fs::write(&token, "bench-token").context("writing the bench token")?;
     let mut config: StampConfig =
-        serde_json::from_value(serde_json::json!({"stamp": "bench", "deviceQuota": quota}))
-            .map_err(|e| Error::Bench(e.to_string()))?;
+        serde_json::from_value(serde_json::json!({"stamp": "bench", "deviceQuota": quota}))?;
     let any = |port| SocketAddr::new(IpAddr::V4(ip), port);
     config.hub.mqtt_listen = any(0);
     config.hub.plain_listen = Some(any(0));
@@ -68,15 +67,14 @@ pub fn bench_config(dir: &Path, ip: Ipv4Addr, quota: u64) -> Result<StampConfig,
     Ok(config)
 }
 
-pub fn bench_devices(n: usize) -> Result<Vec<(DeviceRecord, Client)>, Error> {
+pub fn bench_devices(n: usize) -> anyhow::Result<Vec<(DeviceRecord, Client)>> {
     let key = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMDE=";
-    let expiry = crate::ingest::now_us() / 1_000_000 + 24 * 3600;
+    let expiry = iotstamp_core::clock::unix_secs() + 24 * 3600;
     (0..n)
         .map(|i| {
             let id = format!("bench-{i:05}");
-            let device_id = DeviceId::parse(&id).map_err(|e| Error::Bench(e.to_string()))?;
-            let password = iotstamp_core::sas::sign(&format!("bench/devices/{id}"), key, expiry, None)
-                .map_err(|e| Error::Bench(e.to_string()))?;
+            let device_id = DeviceId::parse(&id)?;
+            let password = iotstamp_core::sas::sign(&format!("bench/devices/{id}"), key, expiry, None)?;
             let record = DeviceRecord {
                 device_id,
                 primary_key: key.into(),
@@ -94,9 +92,9 @@ pub fn bench_devices(n: usize) -> Result<Vec<(DeviceRecord, Client)>, Error> {
         .collect()
 }
 
-pub async fn hub(opts: HubBenchOptions) -> Result<BenchReport, Error> {
+pub async fn hub(opts: HubBenchOptions) -> anyhow::Result<BenchReport> {
     let dir = std::env::temp_dir().join(format!("iotstamp-bench-hub-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the bench dir", e))?;
+    std::fs::create_dir_all(&dir).context("creating the bench dir")?;
     let devices = bench_devices(opts.connections)?;
     let clients: Vec<Client> = devices.iter().map(|(_, c)| c.clone()).collect();
     let load = Load {
@@ -113,15 +111,13 @@ pub async fn hub(opts: HubBenchOptions) -> Result<BenchReport, Error> {
     let batch = config.ingest.batch_max_messages;
     let records: Vec<DeviceRecord> = devices.into_iter().map(|(r, _)| r).collect();
     let mut split_config = config.clone();
-    let stamp = crate::start(config).await?;
+    let stamp = iotstamp_stamp::start(config).await?;
     let store = stamp.store.clone();
     let registered = records.clone();
-    tokio::task::spawn_blocking(move || store.put_devices(&registered))
-        .await
-        .map_err(|e| Error::Bench(e.to_string()))??;
+    tokio::task::spawn_blocking(move || store.put_devices(&registered)).await??;
     let addr = stamp
         .mqtt_plain
-        .ok_or_else(|| Error::Bench("no plain listener".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("no plain listener"))?;
     let (stamp_max, stamp_paced) = measure(addr, &clients, load).await;
     stamp.shutdown().await;
 
@@ -217,7 +213,7 @@ async fn measure(
     addr: SocketAddr,
     clients: &[Client],
     load: Load,
-) -> (Result<LoadResult, Error>, Result<LoadResult, Error>) {
+) -> (anyhow::Result<LoadResult>, anyhow::Result<LoadResult>) {
     let max = load::run(addr, clients, load).await;
     let paced = match &max {
         Ok(m) => {
@@ -231,7 +227,7 @@ async fn measure(
             )
             .await
         }
-        Err(e) => Err(Error::Bench(format!("skipped: the max run failed: {e}"))),
+        Err(e) => Err(anyhow::anyhow!("skipped: the max run failed: {e}")),
     };
     (max, paced)
 }
@@ -253,13 +249,13 @@ impl Drop for TempDir {
 
 impl Mosquitto {
     /// `extra` lines go into the listener section (e.g. TLS files).
-    pub async fn start_with(binary: &str, ip: Ipv4Addr, port: u16, extra: &str) -> Result<Self, Error> {
+    pub async fn start_with(binary: &str, ip: Ipv4Addr, port: u16, extra: &str) -> anyhow::Result<Self> {
         let dir =
             std::env::temp_dir().join(format!("iotstamp-bench-mosquitto-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the mosquitto dir", e))?;
+        std::fs::create_dir_all(&dir).context("creating the mosquitto dir")?;
         let conf = dir.join("mosquitto.conf");
         let text = format!("listener {port} {ip}\nallow_anonymous true\npersistence false\n{extra}\n");
-        std::fs::write(&conf, text).map_err(|e| Error::io("writing mosquitto.conf", e))?;
+        std::fs::write(&conf, text).context("writing mosquitto.conf")?;
         let child = tokio::process::Command::new(binary)
             .arg("-c")
             .arg(&conf)
@@ -267,11 +263,8 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| {
-                Error::io(
-                    format!("starting `{binary}` (Debian package mosquitto; .ci/setup-deps installs it)"),
-                    e,
-                )
+            .with_context(|| {
+                format!("starting `{binary}` (Debian package mosquitto; .ci/setup-deps installs it)")
             })?;
         let addr = SocketAddr::new(IpAddr::V4(ip), port);
         for _ in 0..100 {
@@ -284,10 +277,10 @@ impl Mosquitto {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(Error::Bench(format!("mosquitto did not listen on {addr}")))
+        Err(anyhow::anyhow!("mosquitto did not listen on {addr}"))
     }
 
-    pub async fn start(binary: &str, ip: Ipv4Addr) -> Result<Self, Error> {
+    pub async fn start(binary: &str, ip: Ipv4Addr) -> anyhow::Result<Self> {
         Self::start_with(binary, ip, 18830, "").await
     }
 }

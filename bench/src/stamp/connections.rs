@@ -20,8 +20,8 @@ use tokio_rustls::client::TlsStream;
 use super::hub::{Mosquitto, bench_config, bench_devices};
 use super::load::Client;
 use super::{BenchReport, quantile, raise_fd_limit, rss_bytes};
-use crate::Error;
-use crate::storage::Store;
+use anyhow::Context;
+use iotstamp_stamp::storage::Store;
 
 #[derive(Debug, Clone)]
 pub struct ConnBenchOptions {
@@ -55,21 +55,19 @@ struct Wave {
     held: Vec<TlsStream<TcpStream>>,
 }
 
-pub async fn connections(mut opts: ConnBenchOptions) -> Result<BenchReport, Error> {
+pub async fn connections(mut opts: ConnBenchOptions) -> anyhow::Result<BenchReport> {
     let limit = raise_fd_limit((opts.connections as u64) * 2 + 2_000);
     // The clients live in this process: each holds one descriptor. Stay under the limit rather than
     // fail half-way, and say so in the report.
     let wanted = opts.connections;
     opts.connections = opts.connections.min((limit as usize).saturating_sub(1_000));
     let dir = std::env::temp_dir().join(format!("iotstamp-bench-conns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the bench dir", e))?;
-    let now = (crate::ingest::now_us() / 1_000_000) as i64;
-    let ca =
-        pki::new_ca("bench CA", now, Duration::from_secs(86_400)).map_err(|e| Error::Bench(e.to_string()))?;
-    let cert = pki::issue_server_cert(&ca, &[opts.ip.to_string()], now, Duration::from_secs(86_400))
-        .map_err(|e| Error::Bench(e.to_string()))?;
-    std::fs::write(dir.join("tls.crt"), &cert.cert_pem).map_err(|e| Error::io("writing cert", e))?;
-    std::fs::write(dir.join("tls.key"), &cert.key_pem).map_err(|e| Error::io("writing key", e))?;
+    std::fs::create_dir_all(&dir).context("creating the bench dir")?;
+    let now = iotstamp_core::clock::unix_secs() as i64;
+    let ca = pki::new_ca("bench CA", now, Duration::from_secs(86_400))?;
+    let cert = pki::issue_server_cert(&ca, &[opts.ip.to_string()], now, Duration::from_secs(86_400))?;
+    std::fs::write(dir.join("tls.crt"), &cert.cert_pem).context("writing cert")?;
+    std::fs::write(dir.join("tls.key"), &cert.key_pem).context("writing key")?;
 
     let mut config = bench_config(&dir, opts.ip, opts.connections as u64)?;
     let at = |port| SocketAddr::new(IpAddr::V4(opts.ip), port);
@@ -83,23 +81,23 @@ pub async fn connections(mut opts: ConnBenchOptions) -> Result<BenchReport, Erro
         store.put_devices(&devices.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>())?;
     }
     let config_file = dir.join("stamp.json");
-    let json = serde_json::to_string(&config).map_err(|e| Error::Bench(e.to_string()))?;
-    std::fs::write(&config_file, json).map_err(|e| Error::io("writing the config", e))?;
+    let json = serde_json::to_string(&config)?;
+    std::fs::write(&config_file, json).context("writing the config")?;
 
     let (program, args) = opts
         .stamp_command
         .split_first()
-        .ok_or_else(|| Error::Bench("empty stamp command".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("empty stamp command"))?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .arg("--config")
         .arg(&config_file)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::io(format!("starting the stamp `{program}`"), e))?;
+        .with_context(|| format!("starting the stamp `{program}`"))?;
     let stamp_pid = child
         .id()
-        .ok_or_else(|| Error::Bench("stamp exited at once".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("stamp exited at once"))?;
     wait_listening(config.hub.mqtt_listen).await?;
     let tls = client_tls(&ca.cert_pem)?;
 
@@ -120,7 +118,7 @@ pub async fn connections(mut opts: ConnBenchOptions) -> Result<BenchReport, Erro
     let mosq_pid = mosq
         .child
         .id()
-        .ok_or_else(|| Error::Bench("mosquitto exited at once".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("mosquitto exited at once"))?;
     let anonymous: Vec<Client> = clients
         .iter()
         .map(|c| Client {
@@ -189,26 +187,25 @@ fn rate(w: &Wave) -> f64 {
     w.connected as f64 / w.elapsed.as_secs_f64().max(1e-9)
 }
 
-async fn wait_listening(addr: SocketAddr) -> Result<(), Error> {
+async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..400 {
         if TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(Error::Bench(format!("nothing listens on {addr}")))
+    Err(anyhow::anyhow!("nothing listens on {addr}"))
 }
 
-fn client_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
+fn client_tls(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| Error::Bench(e.to_string()))?;
-        roots.add(cert).map_err(|e| Error::Bench(e.to_string()))?;
+        let cert = cert?;
+        roots.add(cert)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Bench(e.to_string()))?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -222,7 +219,7 @@ async fn connect_all(
 ) -> Wave {
     let connector = TlsConnector::from(tls);
     let started = Instant::now();
-    let results: Vec<(f64, Result<TlsStream<TcpStream>, Error>)> =
+    let results: Vec<(f64, anyhow::Result<TlsStream<TcpStream>>)> =
         futures::stream::iter(clients.iter().cloned())
             .map(|c| {
                 let connector = connector.clone();
@@ -230,7 +227,7 @@ async fn connect_all(
                     let t = Instant::now();
                     let r = tokio::time::timeout(Duration::from_secs(20), connect_one(addr, &c, &connector))
                         .await;
-                    let r = r.unwrap_or_else(|_| Err(Error::Bench("no CONNACK within 20 s".into())));
+                    let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no CONNACK within 20 s")));
                     (t.elapsed().as_secs_f64() * 1000.0, r)
                 }
             })
@@ -266,34 +263,24 @@ async fn connect_one(
     addr: SocketAddr,
     c: &Client,
     connector: &TlsConnector,
-) -> Result<TlsStream<TcpStream>, Error> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| Error::io("connect", e))?;
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await.context("connect")?;
     let name = ServerName::IpAddress(addr.ip().into());
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| Error::io("TLS", e))?;
+    let mut tls = connector.connect(name, tcp).await.context("TLS")?;
     let out = c.connect_packet();
-    tls.write_all(&out).await.map_err(|e| Error::io("CONNECT", e))?;
+    tls.write_all(&out).await.context("CONNECT")?;
     // tokio-rustls may keep written records buffered until flushed.
-    tls.flush().await.map_err(|e| Error::io("CONNECT", e))?;
+    tls.flush().await.context("CONNECT")?;
     let mut buf = BytesMut::new();
     loop {
-        if let Some(p) = mqtt::decode(&mut buf, 1 << 16).map_err(|e| Error::Bench(e.to_string()))? {
+        if let Some(p) = mqtt::decode(&mut buf, 1 << 16)? {
             return match p {
                 Packet::ConnAck { code: 0, .. } => Ok(tls),
-                other => Err(Error::Bench(format!("refused: {other:?}"))),
+                other => Err(anyhow::anyhow!("refused: {other:?}")),
             };
         }
-        if tls
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| Error::io("CONNACK", e))?
-            == 0
-        {
-            return Err(Error::Bench("closed before CONNACK".into()));
+        if tls.read_buf(&mut buf).await.context("CONNACK")? == 0 {
+            return Err(anyhow::anyhow!("closed before CONNACK"));
         }
     }
 }

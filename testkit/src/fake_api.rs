@@ -21,7 +21,8 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use crate::caches::{self, Caches};
+use iotstamp_operator::caches::{self, Caches};
+use iotstamp_operator::{context, events};
 
 /// One recorded write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,13 +382,13 @@ impl FakeCaches {
         &self,
         fake: &FakeApi,
         ca: iotstamp_core::pki::CertKeyPem,
-    ) -> std::sync::Arc<crate::context::Context> {
+    ) -> std::sync::Arc<context::Context> {
         let client = fake.client();
         // The sender is dropped at once: the receiver keeps its last value, `true`.
         let (_, synced) = tokio::sync::watch::channel(true);
-        std::sync::Arc::new(crate::context::Context {
-            recorder: crate::events::EventPublisher::new(client.clone(), "iotstamp-operator", "test"),
-            api_slots: tokio::sync::Semaphore::new(crate::context::API_SLOTS),
+        std::sync::Arc::new(context::Context {
+            recorder: events::EventPublisher::new(client.clone(), "iotstamp-operator", "test"),
+            api_slots: tokio::sync::Semaphore::new(context::API_SLOTS),
             client,
             caches: self.caches.clone(),
             metrics: Default::default(),

@@ -5,16 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::stamp_object::StampObject;
+use anyhow::Context;
 use futures::StreamExt;
 use iotstamp_core::pki;
-use k8s_openapi::jiff::Timestamp;
+use iotstamp_operator::builders::tls::HubTls;
+use iotstamp_operator::builders::{self, Inputs};
+use iotstamp_operator::stamp_object::StampObject;
+use iotstamp_operator::{apply, reconcile};
+use iotstamp_testkit::fake_api::{FakeApi, FakeCaches};
 use serde_json::json;
-
-use crate::builders::tls::HubTls;
-use crate::builders::{self, Inputs};
-use crate::fake_api::{FakeApi, FakeCaches};
-use crate::{Error, apply};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -32,9 +31,9 @@ struct Row {
     writes: usize,
 }
 
-pub async fn run(args: BenchArgs) -> Result<String, Error> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let n = args.stamps.max(1);
-    let now = Timestamp::now().as_second();
+    let now = iotstamp_core::clock::unix_secs() as i64;
     let ca = pki::new_ca("bench CA", now, Duration::from_secs(86_400 * 365))?;
     let ns = "bench";
     let path = |i: usize| format!("/apis/iotstamp.dev/v1alpha1/namespaces/{ns}/iotstamps/stamp-{i}");
@@ -63,13 +62,13 @@ pub async fn run(args: BenchArgs) -> Result<String, Error> {
             .collect();
         let started = Instant::now();
         let results: Vec<_> = futures::stream::iter(objs)
-            .map(|o| crate::reconcile::reconcile(Arc::new(o), ctx.clone()))
+            .map(|o| reconcile::reconcile(Arc::new(o), ctx.clone()))
             .buffer_unordered(args.concurrency)
             .collect()
             .await;
         let took = started.elapsed();
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            return Err(e);
+            return Err(e.into());
         }
         caches.refresh(&fake);
         let writes = fake.writes().iter().filter(|w| w.is_state_change()).count() - before;
@@ -98,7 +97,8 @@ pub async fn run(args: BenchArgs) -> Result<String, Error> {
     };
     let mut children = Vec::with_capacity(n * 13);
     for i in 0..n {
-        let stamp = serde_json::from_value(stamp_json(i)).map_err(|e| Error::Unparseable(e.to_string()))?;
+        let stamp =
+            serde_json::from_value(stamp_json(i)).context("the bench stamp does not parse as an IoTStamp")?;
         children.extend(builders::desired(&stamp, &inputs)?);
     }
     let started = Instant::now();

@@ -11,7 +11,7 @@ pub mod storage;
 
 use std::fmt;
 
-use crate::Error;
+use anyhow::Context;
 
 /// One measured quantity, with the baseline's figure beside it when there is one.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -114,15 +114,15 @@ pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
 }
 
 /// Resident set size of a process in bytes, from /proc.
-pub fn rss_bytes(pid: u32) -> Result<u64, Error> {
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| Error::io(format!("reading /proc/{pid}/status"), e))?;
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| Error::Bench(format!("no VmRSS for process {pid}")))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
 }
 
 /// Raises this process's open-file limit to `want` (children inherit it); returns the limit in force.

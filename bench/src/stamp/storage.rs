@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::BenchReport;
-use crate::Error;
-use crate::storage::Store;
-use crate::storage::record::TelemetryRecord;
+use anyhow::Context;
+use iotstamp_stamp::storage::Store;
+use iotstamp_stamp::storage::record::TelemetryRecord;
 
 #[derive(Debug, Clone)]
 pub struct StorageBenchOptions {
@@ -55,9 +55,9 @@ fn points(opts: &StorageBenchOptions, start_us: u64) -> Vec<TelemetryRecord> {
         .collect()
 }
 
-pub fn storage(opts: StorageBenchOptions) -> Result<BenchReport, Error> {
+pub fn storage(opts: StorageBenchOptions) -> anyhow::Result<BenchReport> {
     let _ = std::fs::remove_dir_all(&opts.dir);
-    let records = points(&opts, crate::ingest::now_us());
+    let records = points(&opts, iotstamp_core::clock::unix_micros());
     let mut redb_rates = Vec::new();
     for (i, &batch) in opts.batches.iter().enumerate() {
         let store = Store::open(&opts.dir.join(format!("redb-{i}")))?;
@@ -85,17 +85,17 @@ pub fn storage(opts: StorageBenchOptions) -> Result<BenchReport, Error> {
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        .with_context(|| format!("opening {}", path.display()))?;
     let started = Instant::now();
     let mut buf = Vec::with_capacity(batch * 300);
     for chunk in records.chunks(batch) {
         buf.clear();
         for r in chunk {
-            serde_json::to_writer(&mut buf, r).map_err(|e| Error::Bench(e.to_string()))?;
+            serde_json::to_writer(&mut buf, r)?;
             buf.push(b'\n');
         }
-        file.write_all(&buf).map_err(|e| Error::io("appending", e))?;
-        file.sync_data().map_err(|e| Error::io("fsync", e))?;
+        file.write_all(&buf).context("appending")?;
+        file.sync_data().context("fsync")?;
     }
     let file_rate = records.len() as f64 / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&opts.dir);

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::stamp_config::StampConfig;
 
-use crate::cli::Role;
-use crate::storage::Store;
-use crate::{Error, RunningRole, start_role};
+use iotstamp_stamp::cli::Role;
+use iotstamp_stamp::storage::Store;
+use iotstamp_stamp::{RunningRole, start_role};
 
 pub struct SplitStamp {
     /// Hub first: shutting down in this order drains each queue into the next role.
@@ -19,11 +19,9 @@ pub struct SplitStamp {
 
 impl SplitStamp {
     /// Registers `devices` in a fresh store under `config.storage.dataDir`, then starts the roles.
-    pub async fn start(mut config: StampConfig, devices: Vec<DeviceRecord>) -> Result<Self, Error> {
+    pub async fn start(mut config: StampConfig, devices: Vec<DeviceRecord>) -> anyhow::Result<Self> {
         let dir = config.storage.data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir)?.put_devices(&devices))
-            .await
-            .map_err(|e| Error::Bench(e.to_string()))??;
+        tokio::task::spawn_blocking(move || Store::open(&dir)?.put_devices(&devices)).await??;
         let storage = start_role(config.clone(), Role::Storage).await?;
         let storage_url = internal_url(&storage)?;
         config.ingest.storage_url = Some(storage_url.clone());
@@ -33,7 +31,7 @@ impl SplitStamp {
         let hub = start_role(config, Role::Hub).await?;
         let mqtt_plain = hub
             .mqtt_plain
-            .ok_or_else(|| Error::Bench("the hub has no plain listener".into()))?;
+            .ok_or_else(|| anyhow::anyhow!("the hub has no plain listener"))?;
         Ok(Self {
             roles: vec![hub, ingest, storage],
             mqtt_plain,
@@ -47,8 +45,8 @@ impl SplitStamp {
     }
 }
 
-fn internal_url(role: &RunningRole) -> Result<String, Error> {
+fn internal_url(role: &RunningRole) -> anyhow::Result<String> {
     role.internal
         .map(|addr| format!("http://{addr}"))
-        .ok_or_else(|| Error::Bench(format!("{:?} has no internal listener", role.role)))
+        .ok_or_else(|| anyhow::anyhow!("{:?} has no internal listener", role.role))
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::Error;
+use anyhow::Context;
 
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -64,7 +64,7 @@ impl LoadResult {
     }
 }
 
-pub async fn run(addr: SocketAddr, clients: &[Client], load: Load) -> Result<LoadResult, Error> {
+pub async fn run(addr: SocketAddr, clients: &[Client], load: Load) -> anyhow::Result<LoadResult> {
     let mut conns = Vec::new();
     for c in clients {
         conns.push(connect(addr, c).await?);
@@ -84,7 +84,7 @@ pub async fn run(addr: SocketAddr, clients: &[Client], load: Load) -> Result<Loa
     }
     let mut result = LoadResult::default();
     for t in tasks {
-        let (acked, mut lat) = t.await.map_err(|e| Error::Bench(e.to_string()))??;
+        let (acked, mut lat) = t.await??;
         result.acked += acked;
         result.latencies_ms.append(&mut lat);
     }
@@ -92,31 +92,23 @@ pub async fn run(addr: SocketAddr, clients: &[Client], load: Load) -> Result<Loa
     Ok(result)
 }
 
-async fn connect(addr: SocketAddr, c: &Client) -> Result<TcpStream, Error> {
+async fn connect(addr: SocketAddr, c: &Client) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
+        .with_context(|| format!("connecting to {addr}"))?;
     let _ = stream.set_nodelay(true);
     let out = c.connect_packet();
-    stream
-        .write_all(&out)
-        .await
-        .map_err(|e| Error::io("sending CONNECT", e))?;
+    stream.write_all(&out).await.context("sending CONNECT")?;
     let mut buf = BytesMut::new();
     loop {
-        if let Some(p) = mqtt::decode(&mut buf, 1 << 16).map_err(|e| Error::Bench(e.to_string()))? {
+        if let Some(p) = mqtt::decode(&mut buf, 1 << 16)? {
             return match p {
                 Packet::ConnAck { code: 0, .. } => Ok(stream),
-                other => Err(Error::Bench(format!("{} refused: {other:?}", c.client_id))),
+                other => Err(anyhow::anyhow!("{} refused: {other:?}", c.client_id)),
             };
         }
-        if stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| Error::io("reading CONNACK", e))?
-            == 0
-        {
-            return Err(Error::Bench(format!("{} closed before CONNACK", c.client_id)));
+        if stream.read_buf(&mut buf).await.context("reading CONNACK")? == 0 {
+            return Err(anyhow::anyhow!("{} closed before CONNACK", c.client_id));
         }
     }
 }
@@ -126,7 +118,7 @@ async fn publish_all(
     topic: String,
     load: Load,
     period: Option<Duration>,
-) -> Result<(u64, Vec<f64>), Error> {
+) -> anyhow::Result<(u64, Vec<f64>)> {
     let (mut rd, mut wr) = stream.into_split();
     let window = Arc::new(Semaphore::new(load.window.max(1)));
     let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
@@ -150,24 +142,20 @@ async fn publish_all(
                     Ok(permit) => permit.forget(),
                     Err(_) => {
                         flush(&mut wr, &mut out).await?;
-                        window
-                            .acquire()
-                            .await
-                            .map_err(|e| Error::Bench(e.to_string()))?
-                            .forget();
+                        window.acquire().await?.forget();
                     }
                 }
                 let publish = Publish::qos1(topic.clone(), (i % 65_535) as u16 + 1, payload.clone());
                 mqtt::encode(&Packet::Publish(publish), &mut out);
                 sent.lock()
-                    .map_err(|_| Error::Bench("poisoned".into()))?
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
                     .push_back(Instant::now());
                 if out.len() >= 16 * 1024 {
                     flush(&mut wr, &mut out).await?;
                 }
             }
             flush(&mut wr, &mut out).await?;
-            Ok::<_, Error>(wr)
+            Ok::<_, anyhow::Error>(wr)
         })
     };
 
@@ -175,12 +163,9 @@ async fn publish_all(
     let mut acked = 0u64;
     let mut latencies = Vec::with_capacity(n);
     while (acked as usize) < n {
-        while let Some(p) = mqtt::decode(&mut buf, 1 << 20).map_err(|e| Error::Bench(e.to_string()))? {
+        while let Some(p) = mqtt::decode(&mut buf, 1 << 20)? {
             if let Packet::PubAck(_) = p {
-                let at = sent
-                    .lock()
-                    .map_err(|_| Error::Bench("poisoned".into()))?
-                    .pop_front();
+                let at = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop_front();
                 if let Some(at) = at {
                     latencies.push(at.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -195,9 +180,7 @@ async fn publish_all(
         match read {
             Ok(Ok(r)) if r > 0 => {}
             _ => {
-                return Err(Error::Bench(format!(
-                    "connection stalled or closed after {acked} acks"
-                )));
+                return Err(anyhow::anyhow!("connection stalled or closed after {acked} acks"));
             }
         }
     }
@@ -205,9 +188,9 @@ async fn publish_all(
     Ok((acked, latencies))
 }
 
-async fn flush(wr: &mut tokio::net::tcp::OwnedWriteHalf, out: &mut BytesMut) -> Result<(), Error> {
+async fn flush(wr: &mut tokio::net::tcp::OwnedWriteHalf, out: &mut BytesMut) -> anyhow::Result<()> {
     if !out.is_empty() {
-        wr.write_all(out).await.map_err(|e| Error::io("publishing", e))?;
+        wr.write_all(out).await.context("publishing")?;
         out.clear();
     }
     Ok(())

@@ -7,11 +7,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context;
-use iotstamp_router::bench::{self, BenchArgs, Phase, Target};
+use iotstamp_local::fleet::{Fleet, FleetOptions};
+use iotstamp_local::layout;
+use iotstamp_local::state::StateDir;
 
-use crate::fleet::{Fleet, FleetOptions};
-use crate::layout;
-use crate::state::StateDir;
+use crate::provisioning::{self as bench, BenchArgs, Phase, Target};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProvisioningArgs {
@@ -66,5 +66,5 @@ async fn through_fleet(args: &ProvisioningArgs) -> anyhow::Result<Phase> {
     .await;
     fleet.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(phase?)
+    phase
 }

@@ -1,0 +1,8 @@
+//! Test support shared by iotstamp's crates, so each crate's tests use one copy of it. A dev-only
+//! crate (`publish = false`): production crates list it under `[dev-dependencies]` only; the
+//! `iotstamp bench` crate uses the in-memory API server too.
+//!
+//! - [`fake_api`] (feature `fake-api`): an in-memory Kubernetes API server for the operator.
+
+#[cfg(feature = "fake-api")]
+pub mod fake_api;
