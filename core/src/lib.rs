@@ -2,6 +2,7 @@
 //! the router, the stamp and the operator must agree on lives here once and is tested on vectors.
 
 pub mod allocation;
+pub mod causes;
 pub mod dps;
 pub mod duration;
 pub mod ids;

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use crate::Error;
+use crate::adapters::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
 use crate::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
-use crate::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
 
 const SCOPE: &str = "0ne00BENCH0";
 const TOKEN: &str = "bench-stamp-token";
@@ -131,7 +131,7 @@ pub fn render(r: &Report, extra: &[Phase]) -> String {
 }
 
 pub async fn provisioning(args: BenchArgs) -> Result<Report, Error> {
-    let now = crate::provision::now_ms() / 1000 - 60;
+    let now = crate::assignment::now_ms() / 1000 - 60;
     let ca = pki::new_ca("iotstamp bench CA", now, Duration::from_secs(86_400)).map_err(bench_err)?;
     let cert = pki::issue_server_cert(&ca, &["127.0.0.1".into()], now, Duration::from_secs(86_400))
         .map_err(bench_err)?;
@@ -327,7 +327,7 @@ async fn serve_on_loopback(
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(crate::http_serve::serve(
+    tokio::spawn(crate::app::http_serve::serve(
         listener,
         Some(acceptor),
         app,
@@ -434,7 +434,7 @@ async fn fill(router: &crate::RunningRouter, target: u64) -> Result<u64, Error> 
             let mut i = w;
             while i < todo {
                 let key = format!("hold-{i:08}");
-                let now = crate::provision::now_ms();
+                let now = crate::assignment::now_ms();
                 let rec = Assignment {
                     device_id: key.clone(),
                     group: "bench".into(),

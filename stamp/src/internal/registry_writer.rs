@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use iotstamp_core::causes::Causes;
 use iotstamp_net::batch_worker::BatchWorker;
 use tokio::sync::oneshot;
 
@@ -58,8 +59,8 @@ fn write_batch(store: &Store, batch: Vec<(RegistryWrite, Reply)>) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, writes = writes.len(), "registry batch failed; nothing of it was written");
-            let why = e.to_string();
+            let why = Causes(&e).to_string();
+            tracing::error!(error = %why, writes = writes.len(), "registry batch failed; nothing of it was written");
             for reply in replies {
                 let _ = reply.send(Err(Error::Unavailable(format!("registry write failed: {why}"))));
             }
