@@ -137,26 +137,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            // `{:#}` is the error and its causes, `: `-separated; every error type of the
+            // workspace keeps its cause out of its own message, so each is printed once.
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and each cause it does not already spell out: error types that put their source in
-/// their own message would otherwise print it twice.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            if !message.is_empty() {
-                message.push_str(": ");
-            }
-            message.push_str(&text);
-        }
-    }
-    message
 }
 
 async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
@@ -180,34 +166,45 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 #[cfg(test)]
 mod tests {
-    use super::error_chain;
+    use std::io::{Error as IoError, ErrorKind};
 
-    /// An error that puts its source in its own message, as `#[error("…: {0}")]` with `#[from]` does.
-    #[derive(Debug)]
-    struct Outer(std::io::Error);
-
-    impl std::fmt::Display for Outer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "assignment store: {}", self.0)
-        }
+    /// What a person reads when a command fails with `e`.
+    fn shown(e: impl Into<anyhow::Error>) -> String {
+        format!("error: {:#}", e.into())
     }
 
-    impl std::error::Error for Outer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    /// A cause the message already spells out is not printed twice; one it does not is appended.
+    /// The errors that reach the command line, as each crate builds them: every cause is printed
+    /// once, after the step that met it.
     #[test]
     fn each_cause_is_printed_once() {
-        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
-        let e = anyhow::Error::new(Outer(refused));
-        assert_eq!(error_chain(&e), "assignment store: Connection refused");
-        let e = e.context("starting the router");
+        let refused = || IoError::new(ErrorKind::ConnectionRefused, "Connection refused");
+        let bind = iotstamp_router::Error::Bind {
+            addr: "127.0.0.1:8443".parse().unwrap(),
+            source: refused(),
+        };
         assert_eq!(
-            error_chain(&e),
-            "starting the router: assignment store: Connection refused"
+            shown(bind),
+            "error: cannot listen on 127.0.0.1:8443: Connection refused"
+        );
+        let read = iotstamp_router::Error::from(iotstamp_router::config::ConfigError::Read {
+            path: "router.yaml".into(),
+            source: IoError::new(ErrorKind::NotFound, "No such file or directory"),
+        });
+        assert_eq!(
+            shown(read),
+            "error: configuration: cannot read router.yaml: No such file or directory"
+        );
+        let stamp = iotstamp_stamp::Error::io("opening the data folder", refused());
+        assert_eq!(shown(stamp), "error: opening the data folder: Connection refused");
+        let store = iotstamp_router::Error::from(iotstamp_router::adapters::store::StoreError::Closed);
+        assert_eq!(
+            shown(store),
+            "error: assignment store: the store is shutting down"
+        );
+        let pki = iotstamp_operator::Error::Pki(iotstamp_core::pki::PkiError::BadName("*".into()));
+        assert_eq!(
+            shown(pki),
+            "error: certificate: `*` is not a valid DNS name or IP address for a certificate"
         );
     }
 }

@@ -43,7 +43,7 @@ pub struct EnrollmentGroupSpec {
     // An enum in the schema: the API server itself refuses other values, naming the field and the
     // supported values (a CEL rule would never run on such an object).
     #[serde(default)]
-    pub reprovision: Reprovision,
+    pub reprovision: ReprovisionPolicy,
     /// The group's region: region-affinity allocation uses it for devices that send none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
@@ -144,7 +144,7 @@ pub enum SelectorOperator {
 
 /// What happens when a device provisions again and its stamp no longer takes devices.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum Reprovision {
+pub enum ReprovisionPolicy {
     /// Move to a usable stamp; the device's data migrates with it.
     #[default]
     Migrate,

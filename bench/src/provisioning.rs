@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
-use iotstamp_router::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
+use iotstamp_router::adapters::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
 
 const SCOPE: &str = "0ne00BENCH0";
 const TOKEN: &str = "bench-stamp-token";
@@ -320,7 +320,7 @@ async fn serve_on_loopback(
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(iotstamp_router::http_serve::serve(
+    tokio::spawn(iotstamp_router::app::http_serve::serve(
         listener,
         Some(acceptor),
         app,

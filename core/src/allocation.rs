@@ -40,20 +40,21 @@ pub enum ReprovisionPolicy {
     Never,
 }
 
-/// The decision for a device that already holds a stamp.
+/// What happens to a device that provisions again and already holds a stamp: the decision its
+/// group's [`ReprovisionPolicy`] makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reprovision {
+pub enum ReprovisionDecision {
     Keep,
     Reassign(Substatus),
 }
 
 /// Sticky by default: a device keeps a stamp that still takes devices. Only when the stamp is gone,
 /// draining or not ready does the reprovision policy say whether it moves.
-pub fn reprovision(policy: ReprovisionPolicy, current_stamp_usable: bool) -> Reprovision {
+pub fn reprovision(policy: ReprovisionPolicy, current_stamp_usable: bool) -> ReprovisionDecision {
     match (current_stamp_usable, policy) {
-        (true, _) | (false, ReprovisionPolicy::Never) => Reprovision::Keep,
-        (false, ReprovisionPolicy::Migrate) => Reprovision::Reassign(Substatus::DeviceDataMigrated),
-        (false, ReprovisionPolicy::Reset) => Reprovision::Reassign(Substatus::DeviceDataReset),
+        (true, _) | (false, ReprovisionPolicy::Never) => ReprovisionDecision::Keep,
+        (false, ReprovisionPolicy::Migrate) => ReprovisionDecision::Reassign(Substatus::DeviceDataMigrated),
+        (false, ReprovisionPolicy::Reset) => ReprovisionDecision::Reassign(Substatus::DeviceDataReset),
     }
 }
 
@@ -341,17 +342,20 @@ mod tests {
             ReprovisionPolicy::Reset,
             ReprovisionPolicy::Never,
         ] {
-            assert_eq!(reprovision(p, true), Reprovision::Keep);
+            assert_eq!(reprovision(p, true), ReprovisionDecision::Keep);
         }
         assert_eq!(
             reprovision(ReprovisionPolicy::Migrate, false),
-            Reprovision::Reassign(Substatus::DeviceDataMigrated)
+            ReprovisionDecision::Reassign(Substatus::DeviceDataMigrated)
         );
         assert_eq!(
             reprovision(ReprovisionPolicy::Reset, false),
-            Reprovision::Reassign(Substatus::DeviceDataReset)
+            ReprovisionDecision::Reassign(Substatus::DeviceDataReset)
         );
-        assert_eq!(reprovision(ReprovisionPolicy::Never, false), Reprovision::Keep);
+        assert_eq!(
+            reprovision(ReprovisionPolicy::Never, false),
+            ReprovisionDecision::Keep
+        );
     }
 
     #[test]

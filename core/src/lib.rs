@@ -4,6 +4,7 @@
 
 pub mod allocation;
 pub mod clock;
+pub mod causes;
 pub mod dps;
 pub mod duration;
 pub mod ids;

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
     #[error("`{0}` is not a valid DNS name or IP address for a certificate")]
     BadName(String),

@@ -10,10 +10,10 @@ use iotstamp_core::clock;
 use iotstamp_core::pki::CertKeyPem;
 use iotstamp_core::scaling::StampLoad;
 use iotstamp_router::RunningRouter;
+use iotstamp_router::adapters::directory::{StampDirectory, StaticDirectory};
+use iotstamp_router::adapters::stamp_client::HttpStampClient;
 use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StoreConfig};
-use iotstamp_router::directory::{StampDirectory, StaticDirectory};
-use iotstamp_router::server::start_with;
-use iotstamp_router::stamp_client::HttpStampClient;
+use iotstamp_router::start_with;
 use iotstamp_stamp::RunningStamp;
 
 use crate::layout::{self, FleetSeed};

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use iotstamp_core::scaling::StampLoad;
 use iotstamp_core::stamp_config::{StampConfig, ports};
-use iotstamp_router::directory::StampInfo;
+use iotstamp_router::adapters::directory::StampInfo;
 
 use crate::state::{FleetFile, StampEntry};
 

@@ -17,7 +17,7 @@ pub enum TlsError {
     Cert { path: String, reason: String },
     #[error("cannot read private key from {path}: {reason}")]
     Key { path: String, reason: String },
-    #[error("certificate and key do not make a TLS configuration: {0}")]
+    #[error("certificate and key do not make a TLS configuration")]
     Config(#[from] rustls::Error),
     #[error("TLS handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),

@@ -7,15 +7,15 @@ use crate::builders::BuildError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API")]
     Kube(#[from] kube::Error),
     #[error("the operator lacks permission: {0}")]
     Forbidden(String),
-    #[error("cannot build the stamp's objects: {0}")]
+    #[error("cannot build the stamp's objects")]
     Build(#[from] BuildError),
     #[error("the object cannot be read as an IoTStamp: {0}")]
     Unparseable(String),
-    #[error("certificate: {0}")]
+    #[error("certificate")]
     Pki(#[from] iotstamp_core::pki::PkiError),
 }
 

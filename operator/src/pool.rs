@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use iotstamp_api::pool::IoTStampPoolStatus;
 use iotstamp_api::{IoTStamp, IoTStampPool, OPERATOR_FIELD_MANAGER};
+use iotstamp_core::causes::Causes;
 use iotstamp_core::scaling::{Decision, PoolPolicy, StampLoad, Utilization, decide};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -151,7 +152,7 @@ pub async fn reconcile(pool: Arc<IoTStampPool>, ctx: Arc<PoolContext>) -> Result
 }
 
 pub fn error_policy(pool: Arc<IoTStampPool>, err: &Error, _ctx: Arc<PoolContext>) -> Action {
-    tracing::warn!(pool = %pool.name_any(), reason = err.reason(), error = %err, "pool reconcile failed");
+    tracing::warn!(pool = %pool.name_any(), reason = err.reason(), error = %Causes(err), "pool reconcile failed");
     Action::requeue(err.retry_after().unwrap_or(Duration::from_secs(60)))
 }
 

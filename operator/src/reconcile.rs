@@ -7,6 +7,7 @@ use base64::Engine;
 use iotstamp_api::conditions::{self as cond, reasons};
 use iotstamp_api::stamp::StampEndpoints;
 use iotstamp_api::{IoTStamp, IoTStampStatus};
+use iotstamp_core::causes::Causes;
 use iotstamp_core::pki;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -53,11 +54,11 @@ pub fn error_policy(obj: Arc<StampObject>, err: &Error, _ctx: Arc<Context>) -> A
     let name = obj.metadata.name.as_deref().unwrap_or("?");
     match err.retry_after() {
         Some(after) => {
-            tracing::warn!(stamp = name, reason = err.reason(), error = %err, "reconcile failed; retrying");
+            tracing::warn!(stamp = name, reason = err.reason(), error = %Causes(err), "reconcile failed; retrying");
             Action::requeue(after)
         }
         None => {
-            tracing::error!(stamp = name, reason = err.reason(), error = %err, "reconcile failed; waiting for a change to the object");
+            tracing::error!(stamp = name, reason = err.reason(), error = %Causes(err), "reconcile failed; waiting for a change to the object");
             Action::await_change()
         }
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
-use crate::config::{LocalFile, Mode, RouterConfig, StoreConfig, read};
+use crate::config::{ConfigError, LocalFile, Mode, RouterConfig, StoreConfig, read};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -104,14 +104,14 @@ pub struct RouterArgs {
 impl RouterArgs {
     /// The mode the flags and the file ask for; a file that lists groups or stamps contradicts
     /// Kubernetes mode, whose groups and stamps are objects.
-    pub fn mode(&self, file: &LocalFile) -> Result<Mode, Error> {
+    pub fn mode(&self, file: &LocalFile) -> Result<Mode, ConfigError> {
         let mode = if self.kubernetes {
             Mode::Kubernetes
         } else {
             file.mode
         };
         if mode == Mode::Kubernetes && !(file.groups.is_empty() && file.stamps.is_empty()) {
-            return Err(Error::Config(
+            return Err(ConfigError::Invalid(
                 "Kubernetes mode takes groups and stamps from EnrollmentGroup and IoTStamp objects; \
                  remove `groups:` and `stamps:` from the file"
                     .into(),
@@ -120,7 +120,7 @@ impl RouterArgs {
         Ok(mode)
     }
 
-    fn file(&self) -> Result<LocalFile, Error> {
+    fn file(&self) -> Result<LocalFile, ConfigError> {
         match &self.config {
             Some(path) => LocalFile::load(path),
             None => Ok(LocalFile::default()),
@@ -142,7 +142,7 @@ impl RouterArgs {
                 url: self
                     .postgres_url
                     .clone()
-                    .ok_or_else(|| Error::Config("--store postgres needs --postgres-url".into()))?,
+                    .ok_or_else(|| ConfigError::Invalid("--store postgres needs --postgres-url".into()))?,
                 pool_size: self.postgres_pool,
             },
         };
@@ -185,14 +185,12 @@ pub async fn run(args: RouterArgs) -> Result<(), Error> {
     let router = match mode {
         Mode::Local => crate::start(config).await?,
         Mode::Kubernetes => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| Error::Kubernetes(format!("no cluster configuration: {e}")))?;
+            let client = kube::Client::try_default().await.map_err(Error::KubeConfig)?;
             let namespace = args
                 .namespace
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_string());
-            crate::kubernetes::start(config, client, &namespace).await?
+            crate::app::kubernetes::start(config, client, &namespace).await?
         }
     };
     wait_for_signal().await?;
@@ -251,6 +249,6 @@ mod tests {
         assert_eq!(args.mode(&LocalFile::default()).unwrap(), Mode::Local);
         let file: LocalFile =
             serde_norway::from_str("mode: kubernetes\ngroups: [{name: g, idScope: s}]").unwrap();
-        assert!(matches!(args.mode(&file), Err(Error::Config(m)) if m.contains("remove `groups:`")));
+        assert!(matches!(args.mode(&file), Err(ConfigError::Invalid(m)) if m.contains("remove `groups:`")));
     }
 }

@@ -10,7 +10,25 @@ use std::time::Duration;
 
 use iotstamp_core::allocation::{AllocationPolicy, ReprovisionPolicy, StampSelector};
 
-use crate::Error;
+/// A configuration the router cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The message names the field and what is wrong with it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_norway::Error,
+    },
+}
 
 /// Everything [`crate::start`] needs.
 #[derive(Clone)]
@@ -86,11 +104,11 @@ pub struct EnrollmentGroupConfig {
 
 impl EnrollmentGroupConfig {
     /// The group key, read from the file when one is named.
-    pub fn key(&self) -> Result<String, Error> {
+    pub fn key(&self) -> Result<String, ConfigError> {
         match (&self.symmetric_key, &self.symmetric_key_file) {
             (Some(k), None) => Ok(k.trim().to_string()),
             (None, Some(path)) => Ok(read(path)?.trim().to_string()),
-            _ => Err(Error::Config(format!(
+            _ => Err(ConfigError::Invalid(format!(
                 "group `{}`: give exactly one of symmetricKey and symmetricKeyFile",
                 self.name
             ))),
@@ -138,14 +156,17 @@ pub struct StaticStamp {
 }
 
 impl LocalFile {
-    pub fn load(path: &Path) -> Result<Self, Error> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        serde_norway::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        serde_norway::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
-pub(crate) fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::Read {
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })
@@ -183,7 +204,7 @@ stamps:
 
         let json = r#"{"groups":[{"name":"g","idScope":"s"}],"stamps":[]}"#;
         let f: LocalFile = serde_norway::from_str(json).unwrap();
-        assert!(matches!(f.groups[0].key(), Err(Error::Config(m)) if m.contains("exactly one")));
+        assert!(matches!(f.groups[0].key(), Err(ConfigError::Invalid(m)) if m.contains("exactly one")));
         assert!(serde_norway::from_str::<LocalFile>("groups: [{name: g, idScope: s, bogus: 1}]").is_err());
     }
 }

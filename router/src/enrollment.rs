@@ -12,8 +12,7 @@ use iotstamp_core::dps;
 use iotstamp_core::ids::{DeviceId, IdError};
 use iotstamp_core::sas::{SasError, SasToken, derive_device_key};
 
-use crate::Error;
-use crate::config::EnrollmentGroupConfig;
+use crate::config::{ConfigError, EnrollmentGroupConfig};
 
 /// One enrollment group, ready to authenticate devices.
 #[derive(Debug)]
@@ -27,16 +26,16 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn new(cfg: &EnrollmentGroupConfig) -> Result<Self, Error> {
+    pub fn new(cfg: &EnrollmentGroupConfig) -> Result<Self, ConfigError> {
         let key_b64 = cfg.key()?;
         if B64.decode(&key_b64).map(|k| k.is_empty()).unwrap_or(true) {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::Invalid(format!(
                 "group `{}`: symmetric key is not non-empty base64",
                 cfg.name
             )));
         }
         if cfg.id_scope.is_empty() || cfg.id_scope.contains('/') {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::Invalid(format!(
                 "group `{}`: idScope `{}` is invalid",
                 cfg.name, cfg.id_scope
             )));
@@ -68,9 +67,9 @@ fn index(by_scope: &mut ByScope, group: Group) {
 pub enum AuthError {
     #[error("unknown ID scope `{0}`")]
     UnknownScope(String),
-    #[error("invalid registration id: {0}")]
+    #[error("invalid registration id")]
     BadRegistrationId(#[from] IdError),
-    #[error("{0}")]
+    #[error(transparent)]
     Token(#[from] SasError),
     #[error("token grants `{0}`, not this registration")]
     WrongResource(String),
@@ -89,7 +88,7 @@ pub struct Enrollments {
 
 impl Enrollments {
     /// All groups or an error naming the first bad one (local mode: a bad file stops the start).
-    pub fn from_config(groups: &[EnrollmentGroupConfig]) -> Result<Self, Error> {
+    pub fn from_config(groups: &[EnrollmentGroupConfig]) -> Result<Self, ConfigError> {
         let mut by_scope = ByScope::new();
         for cfg in groups {
             index(&mut by_scope, Group::new(cfg)?);
@@ -101,7 +100,7 @@ impl Enrollments {
 
     /// Replaces every group with `groups`, keeping the good ones and returning why each bad one
     /// was left out (one broken object must not take the others down).
-    pub fn replace(&self, groups: &[EnrollmentGroupConfig]) -> Vec<Error> {
+    pub fn replace(&self, groups: &[EnrollmentGroupConfig]) -> Vec<ConfigError> {
         let mut by_scope = ByScope::new();
         let mut refused = Vec::new();
         for cfg in groups {

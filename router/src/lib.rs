@@ -2,30 +2,32 @@
 //! Service protocol (HTTPS and MQTT), it assigns each one to a stamp once, durably and within
 //! quota, and it routes service-side calls to the stamp that holds a device.
 //!
-//! Layout: `config` (what to run), `enrollment` (groups and device authentication), `directory`
-//! (which stamps exist), `kubernetes` (stamps and groups from IoTStamp and EnrollmentGroup
-//! objects), `store` (durable assignments), `stamp_client` (talking to stamps), `provision` (the
-//! assignment state machine), `operations` (DPS operation ids), `http_dps` and `mqtt_dps` (the two
-//! DPS transports), `service_api` (routing for applications), `metrics`, `server` (listeners and
-//! lifecycle), `cli`.
+//! The modules follow the data, in layers (a module uses only the layers below it, so there are no
+//! import cycles):
+//!
+//! - [`cli`]: the command line, turned into a [`config::RouterConfig`];
+//! - [`app`]: wires everything from that configuration and runs the listeners and the background
+//!   work ([`app::AppState`] holds the handlers' states);
+//! - [`dps`] (the two DPS transports and their shared conversation) and [`service_api`] (routing
+//!   applications' calls to a device's stamp);
+//! - [`assignment`]: the state machine that assigns a device to a stamp (pure decisions) and the
+//!   provisioner that performs its steps;
+//! - [`metrics`];
+//! - [`adapters`]: the assignment store, the stamp client, the stamp directory, Kubernetes;
+//! - [`enrollment`] (groups and device authentication) and [`config`].
+//!
+//! `router/README.md` has the module map and the walk of one registration through the files.
 
-mod candidates;
+pub mod adapters;
+pub mod app;
+pub mod assignment;
 pub mod cli;
 pub mod config;
-pub mod directory;
+pub mod dps;
 pub mod enrollment;
 mod error;
-pub mod http_dps;
-pub mod http_serve;
-pub mod kubernetes;
 pub mod metrics;
-pub mod mqtt_dps;
-pub mod operations;
-pub mod provision;
-pub mod server;
 pub mod service_api;
-pub mod stamp_client;
-pub mod store;
 
+pub use app::{RunningRouter, start, start_with};
 pub use error::Error;
-pub use server::{RunningRouter, start};

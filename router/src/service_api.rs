@@ -3,7 +3,7 @@
 //! OpenAPI document.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -14,20 +14,33 @@ use axum::routing::{any, get};
 use iotstamp_core::ids::DeviceId;
 use serde_json::json;
 
-use crate::directory::find;
-use crate::operations::rfc3339;
-use crate::server::AppState;
-use crate::store::AssignmentState;
+use crate::adapters::directory::{StampDirectory, find};
+use crate::adapters::stamp_client::StampClient;
+use crate::adapters::store::{AssignmentState, AssignmentStore};
+use crate::dps::operations::rfc3339;
+use crate::metrics::Metrics;
+use iotstamp_core::causes::Causes;
+
+/// What the service API reads: the adapters the assignments live in, and its own access rule.
+pub struct ServiceState {
+    pub store: Arc<dyn AssignmentStore>,
+    pub directory: Arc<dyn StampDirectory>,
+    pub stamps: Arc<dyn StampClient>,
+    pub metrics: Arc<Metrics>,
+    pub api_tokens: Vec<String>,
+    /// False until the store is open and interrupted reservations were finished.
+    pub ready: AtomicBool,
+}
 
 /// Health, readiness and metrics: served on the HTTPS port and on the plain metrics port.
-pub fn health_routes() -> Router<Arc<AppState>> {
+pub fn health_routes() -> Router<Arc<ServiceState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<ServiceState>> {
     health_routes()
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .route("/v1/stamps", get(stamps))
@@ -35,7 +48,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/devices/{id}/{*rest}", any(forward))
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+async fn readyz(State(state): State<Arc<ServiceState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -43,13 +56,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<ServiceState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.dps.provisioner.metrics.render(),
+        state.metrics.render(),
     )
         .into_response()
 }
@@ -63,7 +76,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
+fn authorised(state: &ServiceState, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -79,16 +92,21 @@ fn unauthorised() -> Response {
     )
 }
 
-async fn stamps(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn stamps(State(state): State<Arc<ServiceState>>, headers: HeaderMap) -> Response {
     if !authorised(&state, &headers) {
         return unauthorised();
     }
-    let p = &state.dps.provisioner;
-    let counts = match p.store.counts().await {
+    let counts = match state.store.counts().await {
         Ok(c) => c,
-        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, "storeUnavailable", e.to_string()),
+        Err(e) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storeUnavailable",
+                Causes(&e).to_string(),
+            );
+        }
     };
-    let list: Vec<_> = p
+    let list: Vec<_> = state
         .directory
         .snapshot()
         .iter()
@@ -100,7 +118,11 @@ async fn stamps(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     Json(json!({ "stamps": list })).into_response()
 }
 
-async fn device(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn device(
+    State(state): State<Arc<ServiceState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorised(&state, &headers) {
         return unauthorised();
     }
@@ -111,10 +133,9 @@ async fn device(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id)
             format!("`{id}` is not a device id"),
         );
     };
-    let p = &state.dps.provisioner;
-    match p.store.get(&device.key()).await {
+    match state.store.get(&device.key()).await {
         Ok(Some(a)) => {
-            let hub = find(&p.directory.snapshot(), &a.stamp).map(|s| s.hub.clone());
+            let hub = find(&state.directory.snapshot(), &a.stamp).map(|s| s.hub.clone());
             let state = match a.state {
                 AssignmentState::Reserved => "assigning",
                 AssignmentState::Assigned => "assigned",
@@ -131,12 +152,16 @@ async fn device(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id)
             "deviceNotFound",
             format!("device `{id}` is not assigned"),
         ),
-        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "storeUnavailable", e.to_string()),
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storeUnavailable",
+            Causes(&e).to_string(),
+        ),
     }
 }
 
 async fn forward(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<ServiceState>>,
     method: Method,
     headers: HeaderMap,
     Path((id, rest)): Path<(String, String)>,
@@ -153,8 +178,7 @@ async fn forward(
             format!("`{id}` is not a device id"),
         );
     };
-    let p = &state.dps.provisioner;
-    let assignment = match p.store.get(&device.key()).await {
+    let assignment = match state.store.get(&device.key()).await {
         Ok(Some(a)) if a.state == AssignmentState::Assigned => a,
         Ok(_) => {
             return problem(
@@ -163,9 +187,15 @@ async fn forward(
                 format!("device `{id}` is not assigned"),
             );
         }
-        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, "storeUnavailable", e.to_string()),
+        Err(e) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storeUnavailable",
+                Causes(&e).to_string(),
+            );
+        }
     };
-    let stamps = p.directory.snapshot();
+    let stamps = state.directory.snapshot();
     let Some(stamp) = find(&stamps, &assignment.stamp) else {
         return problem(
             StatusCode::BAD_GATEWAY,
@@ -182,9 +212,17 @@ async fn forward(
         path.push_str(&q);
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    match p.stamps.forward(stamp, method, &path, content_type, body).await {
+    match state
+        .stamps
+        .forward(stamp, method, &path, content_type, body)
+        .await
+    {
         Ok(resp) => resp.map(Body::new),
-        Err(e) => problem(StatusCode::BAD_GATEWAY, "stampUnavailable", e.to_string()),
+        Err(e) => problem(
+            StatusCode::BAD_GATEWAY,
+            "stampUnavailable",
+            Causes(&e).to_string(),
+        ),
     }
 }
 

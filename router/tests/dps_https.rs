@@ -9,8 +9,8 @@ use iotstamp_core::allocation::ReprovisionPolicy;
 use iotstamp_router::config::StoreConfig;
 use std::sync::Arc;
 
-use iotstamp_router::directory::{StampDirectory, StaticDirectory};
-use iotstamp_router::stamp_client::HttpStampClient;
+use iotstamp_router::adapters::directory::{StampDirectory, StaticDirectory};
+use iotstamp_router::adapters::stamp_client::HttpStampClient;
 use serde_json::{Value, json};
 
 struct Setup {
@@ -44,10 +44,9 @@ async fn setup(quotas: &[usize], tweak: impl FnOnce(&mut iotstamp_router::config
     );
     tweak(&mut config);
     let directory = Arc::new(StaticDirectory::from_config(&config.stamps).unwrap());
-    let router =
-        iotstamp_router::server::start_with(config, directory.clone(), Arc::new(HttpStampClient::new()))
-            .await
-            .unwrap();
+    let router = iotstamp_router::start_with(config, directory.clone(), Arc::new(HttpStampClient::new()))
+        .await
+        .unwrap();
     let dps = Dps::new(&pki, router.https_addr);
     Setup {
         _pki: pki,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use iotstamp_core::dps::Substatus;
-use iotstamp_router::store::{
+use iotstamp_router::adapters::store::{
     Assignment, AssignmentState, AssignmentStore, EmbeddedStore, Expect, PostgresStore, ReserveOutcome,
 };
 

@@ -1,21 +1,22 @@
 //! The crate's one error type. Variants say what a caller can do about them: fix the config, look at
-//! the disk, retry later.
+//! the disk, retry later. A message names the step; its cause is the `source`, shown with
+//! [`iotstamp_core::causes::Causes`].
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("storage: {0}")]
+    #[error("storage")]
     Storage(#[from] redb::Error),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] iotstamp_net::tls::TlsError),
     #[error("the stamp already holds its quota of {quota} devices")]
     QuotaExceeded { quota: u64 },

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use iotstamp_core::causes::Causes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -195,7 +196,7 @@ async fn commit(
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, "telemetry batch not written; its publishers get no PUBACK");
+            tracing::error!(error = %Causes(&e), "telemetry batch not written; its publishers get no PUBACK");
             false
         }
     };

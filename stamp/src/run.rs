@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iotstamp_core::causes::Causes;
 use iotstamp_core::stamp_config::{StampConfig, StorageConfig};
 use iotstamp_net::limit::ConnectionLimit;
 use tokio::net::TcpListener;
@@ -139,7 +140,7 @@ pub(crate) async fn start_edge(
         // Nagle-enabled client waits for before sending CONNECT).
         Ok(cfg) => Some(cfg),
         Err(e) if config.hub.plain_listen.is_some() => {
-            tracing::warn!(error = %e, "no TLS certificate: serving MQTT and the API without TLS");
+            tracing::warn!(error = %Causes(&e), "no TLS certificate: serving MQTT and the API without TLS");
             None
         }
         Err(e) => return Err(e.into()),
@@ -324,7 +325,7 @@ pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig) {
         match tokio::task::spawn_blocking(by_age_and_size).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(removed = n, "retention removed old telemetry"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+            Ok(Err(e)) => tracing::warn!(error = %Causes(&e), "retention failed"),
             Err(e) => tracing::warn!(error = %e, "retention task failed"),
         }
     }

@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use futures::Stream;
-use iotstamp_router::directory::{StampDirectory, StaticDirectory};
+use iotstamp_router::adapters::directory::{StampDirectory, StaticDirectory};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,7 +38,7 @@ pub async fn start(
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("binding the web page on {addr}: {e}"))?;
+        .with_context(|| format!("binding the web page on {addr}"))?;
     let bound = listener.local_addr()?;
     let (tx, views) = watch::channel(FleetView::default());
     let sampler = tokio::spawn(sample(directory, http, tx, stop.clone()));

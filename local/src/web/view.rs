@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use iotstamp_router::directory::StampInfo;
+use iotstamp_router::adapters::directory::StampInfo;
 
 use crate::stamp_api::StampStats;
 

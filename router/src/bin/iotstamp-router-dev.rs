@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iotstamp-router-dev: {e}");
+            eprintln!("iotstamp-router-dev: {}", iotstamp_core::causes::Causes(&e));
             ExitCode::FAILURE
         }
     }

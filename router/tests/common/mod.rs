@@ -166,7 +166,7 @@ impl FakeStamp {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.tls());
-        tokio::spawn(iotstamp_router::http_serve::serve(
+        tokio::spawn(iotstamp_router::app::http_serve::serve(
             listener,
             Some(acceptor),
             app,

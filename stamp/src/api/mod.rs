@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use iotstamp_core::causes::Causes;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -159,6 +160,7 @@ pub fn storage_error(e: crate::Error) -> Response {
             error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e)
         }
         e => {
+            let e = Causes(&e);
             tracing::error!(error = %e, "stamp API storage error");
             error(StatusCode::INTERNAL_SERVER_ERROR, "storage", e)
         }

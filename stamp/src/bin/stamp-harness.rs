@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
     match run(cli.args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("stamp-harness: {e}");
+            eprintln!("stamp-harness: {}", iotstamp_core::causes::Causes(&e));
             ExitCode::FAILURE
         }
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use iotstamp_core::causes::Causes;
 use iotstamp_net::mqtt::{self, Connect, DecodeError, Packet, Properties, Publish, Version, connack, reason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -166,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     ) -> Result<iotstamp_core::ids::DeviceId, auth::AuthFailure> {
         let (device, token) = auth::precheck(connect, &self.ctx.host_names)?;
         let unavailable = |e: crate::Error| {
-            tracing::warn!(error = %e, "registry lookup failed at CONNECT");
+            tracing::warn!(error = %Causes(&e), "registry lookup failed at CONNECT");
             auth::AuthFailure::RegistryUnavailable
         };
         let record = self.ctx.registry.get(device.key()).await.map_err(unavailable)?;

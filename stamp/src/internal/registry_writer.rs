@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use iotstamp_core::registry::DeviceRecord;
+use iotstamp_core::causes::Causes;
 use iotstamp_net::batch_worker::BatchWorker;
 use tokio::sync::oneshot;
 
@@ -142,8 +143,8 @@ fn write_batch(store: &Store, batch: Vec<Queued>) {
     match written {
         Ok(()) => applied.into_iter().for_each(Applied::answer),
         Err(e) => {
-            tracing::error!(error = %e, writes, "registry batch failed; nothing of it was written");
-            let why = e.to_string();
+            let why = Causes(&e).to_string();
+            tracing::error!(error = %why, writes, "registry batch failed; nothing of it was written");
             applied.into_iter().for_each(|a| a.fail(&why));
             unapplied.into_iter().chain(queued).for_each(|q| q.fail(&why));
         }

@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use iotstamp_core::causes::Causes;
 use iotstamp_core::registry::DeviceRecord;
 
 use super::local::LocalStore;
@@ -51,7 +52,7 @@ async fn ready(State(probes): State<Arc<Probes>>) -> Response {
     let failures: Vec<String> = futures::future::join_all(checks)
         .await
         .into_iter()
-        .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
+        .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {}", Causes(&e))))
         .collect();
     if failures.is_empty() {
         "ready".into_response()

@@ -8,7 +8,7 @@ use std::future::Future;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::StoreError;
+use crate::adapters::store::StoreError;
 
 /// A kind of queued write: its device key, where its answer goes, and how a batch is written.
 pub(super) trait Queued: Sized {

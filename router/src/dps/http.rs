@@ -11,16 +11,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, put};
+use iotstamp_core::causes::Causes;
 use iotstamp_core::dps::{ErrorKind, RegistrationRequest};
 use iotstamp_core::ids::DeviceId;
 use serde_json::Value;
 
+use super::operations::{Answer, Dps, render};
+use crate::assignment::ProvisionError;
 use crate::enrollment::{AuthError, Group};
-use crate::operations::{Answer, render};
-use crate::provision::ProvisionError;
-use crate::server::AppState;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<Dps>> {
     Router::new()
         .route(
             "/{id_scope}/registrations/{registration_id}/register",
@@ -39,11 +39,11 @@ pub fn auth_refusal(e: &AuthError) -> ProvisionError {
         AuthError::BadRegistrationId(_) => ErrorKind::BadRequest,
         _ => ErrorKind::Unauthorized,
     };
-    ProvisionError::new(kind, e.to_string())
+    ProvisionError::new(kind, Causes(e).to_string())
 }
 
 fn authenticate(
-    state: &AppState,
+    dps: &Dps,
     headers: &HeaderMap,
     id_scope: &str,
     registration_id: &str,
@@ -52,9 +52,7 @@ fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ProvisionError::new(ErrorKind::Unauthorized, "Authorization header is missing"))?;
-    state
-        .dps
-        .provisioner
+    dps.provisioner
         .enrollments
         .authenticate(
             id_scope,
@@ -65,8 +63,8 @@ fn authenticate(
         .map_err(|e| auth_refusal(&e))
 }
 
-fn respond(state: &AppState, answer: &Answer) -> Response {
-    let (status, body, retry_after) = render(answer, state.dps.retry_after_secs);
+fn respond(dps: &Dps, answer: &Answer) -> Response {
+    let (status, body, retry_after) = render(answer, dps.retry_after_secs);
     let mut resp = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8");
@@ -86,22 +84,22 @@ pub fn outcome(answer: &Answer) -> &'static str {
 }
 
 async fn register(
-    State(state): State<Arc<AppState>>,
+    State(dps): State<Arc<Dps>>,
     Path((id_scope, registration_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let answer = match authenticate(&state, &headers, &id_scope, &registration_id) {
+    let answer = match authenticate(&dps, &headers, &id_scope, &registration_id) {
         Err(e) => Answer::Error(e),
         Ok((group, device)) => match parse_body(&body, &registration_id) {
             Err(e) => Answer::Error(e),
-            Ok(payload) => state.dps.register(group, device, payload).await,
+            Ok(payload) => dps.register(group, device, payload).await,
         },
     };
-    let metrics = &state.dps.provisioner.metrics;
+    let metrics = &dps.provisioner.metrics;
     metrics.observe("https", outcome(&answer), started.elapsed().as_secs_f64());
-    respond(&state, &answer)
+    respond(&dps, &answer)
 }
 
 /// The register body: optional, and if it names a registration id it must be the URL's one.
@@ -121,13 +119,13 @@ pub fn parse_body(body: &[u8], registration_id: &str) -> Result<Option<Value>, P
 }
 
 async fn operation(
-    State(state): State<Arc<AppState>>,
+    State(dps): State<Arc<Dps>>,
     Path((id_scope, registration_id, operation_id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let answer = match authenticate(&state, &headers, &id_scope, &registration_id) {
+    let answer = match authenticate(&dps, &headers, &id_scope, &registration_id) {
         Err(e) => Answer::Error(e),
-        Ok((_, device)) => state.dps.poll(&device, &operation_id).await,
+        Ok((_, device)) => dps.poll(&device, &operation_id).await,
     };
-    respond(&state, &answer)
+    respond(&dps, &answer)
 }

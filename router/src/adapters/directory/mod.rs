@@ -1,5 +1,5 @@
 //! Which stamps exist and what state they are in. Local mode reads a static list; Kubernetes mode
-//! (later) watches `IoTStamp` objects. Provisioning reads a cheap snapshot on every request.
+//! watches `IoTStamp` objects. Provisioning reads a cheap snapshot on every request.
 
 mod static_list;
 
@@ -36,12 +36,12 @@ impl StampInfo {
 }
 
 /// The source of stamps. Implementations must make `snapshot` cheap: it runs per request.
-#[async_trait::async_trait]
 pub trait StampDirectory: Send + Sync {
     fn snapshot(&self) -> Arc<Vec<StampInfo>>;
 
-    /// Publishes how many devices each stamp holds (Kubernetes: `status.devices.assigned`).
-    async fn report_assigned(&self, counts: &HashMap<String, u64>) -> Result<(), crate::Error>;
+    /// Publishes how many devices each stamp holds (Kubernetes: `status.devices.assigned`). Only
+    /// hands the counts over: whatever writes them elsewhere retries on its own.
+    fn report_assigned(&self, counts: &HashMap<String, u64>);
 }
 
 pub fn find<'a>(stamps: &'a [StampInfo], name: &str) -> Option<&'a StampInfo> {

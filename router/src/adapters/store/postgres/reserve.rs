@@ -11,13 +11,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 
 use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::oneshot;
 
 use super::batch::Queued;
 use super::{COLUMNS, Fail, RETRIES, row, storage, substatus_str};
-use crate::store::{Assignment, Expect, ReserveDecision, ReserveOutcome, StoreError, decide_reserve};
+use crate::adapters::store::{
+    Assignment, Expect, ReserveDecision, ReserveOutcome, StoreError, decide_reserve,
+};
 
 /// Most reservations one transaction carries.
 const MAX_BATCH: usize = 512;
@@ -48,22 +51,25 @@ impl Queued for Request {
 }
 
 async fn with_retries(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutcome>, StoreError> {
-    let mut last = String::new();
-    for _ in 0..RETRIES {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
         match reserve_batch(pool, batch).await {
             Ok(outcomes) => return Ok(outcomes),
-            Err(Fail::Retry(e)) => last = e,
-            Err(Fail::Unique) => last = "a concurrent insert won a key".into(),
             Err(Fail::Store(e)) => return Err(e),
+            Err(Fail::Contended(e)) if attempts == RETRIES => {
+                return Err(StoreError::Contended {
+                    attempts,
+                    source: Arc::new(e),
+                });
+            }
+            Err(Fail::Contended(_)) => {}
         }
     }
-    Err(StoreError::Storage(format!(
-        "gave up after {RETRIES} attempts: {last}"
-    )))
 }
 
 async fn reserve_batch(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutcome>, Fail> {
-    let mut client = pool.get().await.map_err(|e| Fail::Store(storage(e)))?;
+    let mut client = pool.get().await.map_err(|e| Fail::Store(super::pool(e)))?;
     let txn = client.transaction().await?;
 
     // 1. Lock the records that exist.

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::batch::Queued;
 use super::{COLUMNS, row, storage};
-use crate::store::{Assignment, StoreError};
+use crate::adapters::store::{Assignment, StoreError};
 
 /// Most commits one statement carries.
 const MAX_BATCH: usize = 512;
@@ -41,7 +41,7 @@ impl Queued for Request {
 /// Each request's record as it is afterwards: `Assigned` at its stamp if this commit (or an
 /// earlier identical one) won; otherwise whatever the record is now, or `None`.
 async fn commit_batch(pool: &Pool, batch: &[Request]) -> Result<Vec<Option<Assignment>>, StoreError> {
-    let client = pool.get().await.map_err(storage)?;
+    let client = pool.get().await.map_err(super::pool)?;
     let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
     let stamps: Vec<&str> = batch.iter().map(|r| r.stamp.as_str()).collect();
     let nows: Vec<i64> = batch.iter().map(|r| r.now_ms).collect();

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use iotstamp_core::causes::Causes;
 use iotstamp_net::batch_worker::BatchWorker;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
@@ -65,9 +66,14 @@ pub struct EmbeddedStore {
     counts: Arc<RwLock<HashMap<String, u64>>>,
 }
 
-fn storage(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(e.to_string())
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Storage(Arc::new(e))
 }
+
+/// The writer answered an operation with another operation's kind of answer (a bug).
+#[derive(Debug, thiserror::Error)]
+#[error("internal: the writer's answer does not match its operation")]
+struct Mismatch;
 
 impl EmbeddedStore {
     /// Opens (or creates) `dir/assignments.redb` and starts the writer thread. After an unclean
@@ -139,7 +145,7 @@ impl EmbeddedStore {
 fn decode(key: &str, bytes: &[u8]) -> Result<Assignment, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
-        reason: e.to_string(),
+        source: Arc::new(e),
     })
 }
 
@@ -227,7 +233,7 @@ fn write_batch(db: &Database, counts: &RwLock<HashMap<String, u64>>, mut batch: 
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "assignment batch failed; callers get an error");
+            tracing::error!(error = %Causes(&e), "assignment batch failed; callers get an error");
             for op in batch {
                 fail(op, e.clone());
             }
@@ -250,10 +256,7 @@ impl Answer {
             (Op::Reserve { reply, .. }, Answer::Reserve(v)) => drop(reply.send(Ok(v))),
             (Op::Commit { reply, .. }, Answer::Commit(v)) => drop(reply.send(Ok(v))),
             (Op::Release { reply, .. }, Answer::Release(v)) => drop(reply.send(Ok(v))),
-            (op, _) => fail(
-                op,
-                StoreError::Storage("internal: answer does not match operation".into()),
-            ),
+            (op, _) => fail(op, storage(Mismatch)),
         }
     }
 }

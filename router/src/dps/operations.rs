@@ -14,9 +14,9 @@ use iotstamp_core::dps::{
 use iotstamp_core::ids::DeviceId;
 use serde_json::Value;
 
+use crate::adapters::store::AssignmentState;
+use crate::assignment::{Assigned, ProvisionError, Provisioner};
 use crate::enrollment::Group;
-use crate::provision::{Assigned, ProvisionError, Provisioner};
-use crate::store::AssignmentState;
 
 /// How long a finished operation stays pollable.
 const KEEP: Duration = Duration::from_secs(300);
@@ -123,7 +123,7 @@ impl Dps {
         let p = &self.provisioner;
         match p.store.get(&key).await {
             Ok(Some(a)) if a.state == AssignmentState::Assigned => {
-                match crate::directory::find(&p.directory.snapshot(), &a.stamp) {
+                match crate::adapters::directory::find(&p.directory.snapshot(), &a.stamp) {
                     Some(s) => Answer::Assigned {
                         operation_id: operation_id.to_string(),
                         assigned: Assigned {

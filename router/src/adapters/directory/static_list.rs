@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::{StampDirectory, StampInfo};
-use crate::Error;
-use crate::config::{StaticStamp, read};
+use crate::config::{ConfigError, StaticStamp, read};
 
 #[derive(Default)]
 pub struct StaticDirectory {
@@ -22,15 +21,18 @@ impl StaticDirectory {
         }
     }
 
-    pub fn from_config(stamps: &[StaticStamp]) -> Result<Self, Error> {
+    pub fn from_config(stamps: &[StaticStamp]) -> Result<Self, ConfigError> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(stamps.len());
         for s in stamps {
             if !seen.insert(s.name.clone()) {
-                return Err(Error::Config(format!("stamp `{}` is listed twice", s.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "stamp `{}` is listed twice",
+                    s.name
+                )));
             }
             if s.device_quota == 0 {
-                return Err(Error::Config(format!(
+                return Err(ConfigError::Invalid(format!(
                     "stamp `{}`: deviceQuota must be > 0",
                     s.name
                 )));
@@ -73,14 +75,12 @@ impl StaticDirectory {
     }
 }
 
-#[async_trait::async_trait]
 impl StampDirectory for StaticDirectory {
     fn snapshot(&self) -> Arc<Vec<StampInfo>> {
         self.stamps.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn report_assigned(&self, counts: &HashMap<String, u64>) -> Result<(), Error> {
+    fn report_assigned(&self, counts: &HashMap<String, u64>) {
         *self.assigned.write().unwrap_or_else(|p| p.into_inner()) = counts.clone();
-        Ok(())
     }
 }

@@ -13,10 +13,10 @@ use iotstamp_core::allocation::{
 use iotstamp_core::dps::ErrorKind;
 use serde_json::Value;
 
-use crate::directory::StampInfo;
+use super::refusal::ProvisionError;
+use crate::adapters::directory::StampInfo;
+use crate::adapters::store::{AssignmentStore, StoreError};
 use crate::enrollment::Group;
-use crate::provision::ProvisionError;
-use crate::store::{AssignmentStore, StoreError};
 
 /// How stale the allocator's view of the counts may get. The store enforces quota exactly; the
 /// counts only steer the choice, so a little staleness costs at most a retry.

@@ -23,17 +23,26 @@ use tokio::task::JoinHandle;
 
 use self::assigned::Pending;
 use self::objects::{SecretLookup, group_config, stamp_info};
-use crate::Error;
-use crate::config::{EnrollmentGroupConfig, RouterConfig};
-use crate::directory::{StampDirectory, StampInfo, StaticDirectory};
+use crate::adapters::directory::{StampDirectory, StampInfo, StaticDirectory};
+use crate::config::EnrollmentGroupConfig;
 use crate::enrollment::{Enrollments, Group};
-use crate::server::{RunningRouter, start_with};
-use crate::stamp_client::HttpStampClient;
 
 /// How long the first list of each kind may take before the router gives up starting.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changes arriving within this window are folded into one rebuild.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why the watches could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("watch cache closed")]
+    Closed(#[source] reflector::store::WriterDropped),
+    #[error(
+        "could not list IoTStamps, EnrollmentGroups and Secrets in namespace `{namespace}` within \
+         {SYNC_TIMEOUT:?}: are the CRDs installed and may this account read them?"
+    )]
+    SyncTimeout { namespace: String },
+}
 
 #[derive(Clone)]
 struct Caches {
@@ -66,8 +75,11 @@ impl Caches {
         let mut refused = BTreeSet::new();
         for g in self.groups.state() {
             // Checked here as the router will, so a bad key leaves out only its own group.
-            let checked = group_config(&g, &self.secrets)
-                .and_then(|c| Group::new(&c).map(|_| c).map_err(|e| e.to_string()));
+            let checked = group_config(&g, &self.secrets).and_then(|c| {
+                Group::new(&c)
+                    .map(|_| c)
+                    .map_err(|e| iotstamp_core::causes::Causes(&e).to_string())
+            });
             match checked {
                 Ok(c) => ok.push(c),
                 Err(e) => {
@@ -87,16 +99,14 @@ pub struct KubeDirectory {
     pending: Arc<Pending>,
 }
 
-#[async_trait::async_trait]
 impl StampDirectory for KubeDirectory {
     fn snapshot(&self) -> Arc<Vec<StampInfo>> {
         self.list.snapshot()
     }
 
     /// Hands the counts to the status writer, which coalesces and throttles them.
-    async fn report_assigned(&self, counts: &HashMap<String, u64>) -> Result<(), Error> {
+    fn report_assigned(&self, counts: &HashMap<String, u64>) {
         self.pending.set(counts, &self.stamps);
-        Ok(())
     }
 }
 
@@ -194,7 +204,7 @@ impl Watches {
     }
 
     /// Waits for the first full list of each kind.
-    async fn synced(&self, namespace: &str) -> Result<(), Error> {
+    async fn synced(&self, namespace: &str) -> Result<(), WatchError> {
         let c = &self.caches;
         let all = async {
             c.stamps.wait_until_ready().await?;
@@ -202,53 +212,79 @@ impl Watches {
             c.secrets.wait_until_ready().await
         };
         match tokio::time::timeout(SYNC_TIMEOUT, all).await {
-            Ok(r) => r.map_err(|e| Error::Kubernetes(format!("watch cache closed: {e}"))),
-            Err(_) => Err(Error::Kubernetes(format!(
-                "could not list IoTStamps, EnrollmentGroups and Secrets in namespace `{namespace}` \
-                 within {SYNC_TIMEOUT:?}: are the CRDs installed and may this account read them?"
-            ))),
+            Ok(r) => r.map_err(WatchError::Closed),
+            Err(_) => Err(WatchError::SyncTimeout {
+                namespace: namespace.to_string(),
+            }),
         }
     }
 }
 
-/// Starts the router on the IoTStamps and EnrollmentGroups of `namespace`, once the watch caches
-/// hold their first lists. `config.groups` and `config.stamps` are replaced by what they hold.
-pub async fn start(
-    mut config: RouterConfig,
+/// The watches of one namespace after their first full lists: a directory and a group set to
+/// start a router on, and the tasks that keep both current once it runs.
+pub struct Synced {
+    watches: Watches,
     client: Client,
-    namespace: &str,
-) -> Result<RunningRouter, Error> {
-    let mut watches = Watches::start(client.clone(), namespace);
-    watches.synced(namespace).await?;
-    let caches = watches.caches.clone();
-    let pending = Arc::new(Pending::default());
-    let directory = Arc::new(KubeDirectory {
-        list: StaticDirectory::new(caches.stamps()),
-        stamps: caches.stamps.clone(),
-        pending: pending.clone(),
-    });
-    let (groups, refused) = caches.groups();
-    log_refused(&refused, &BTreeSet::new());
-    config.groups = groups;
-    config.stamps = Vec::new();
-    let mut router = start_with(config, directory.clone(), Arc::new(HttpStampClient::new())).await?;
-    let mut tasks = std::mem::take(&mut watches.tasks);
-    tasks.push(tokio::spawn(refresh(
-        caches.clone(),
-        directory,
-        router.enrollments(),
-        watches.changed.clone(),
-        refused,
-    )));
-    tasks.push(tokio::spawn(assigned::writer(
-        Api::namespaced(client, namespace),
-        namespace.to_string(),
-        caches.stamps,
-        pending,
-    )));
-    router.abort_on_shutdown(tasks);
-    tracing::info!(namespace, "router in Kubernetes mode");
-    Ok(router)
+    namespace: String,
+    directory: Arc<KubeDirectory>,
+    pending: Arc<Pending>,
+    refused: BTreeSet<String>,
+}
+
+impl Synced {
+    /// Starts the watches on `namespace` and waits for the first list of each kind.
+    pub async fn start(client: Client, namespace: &str) -> Result<Self, WatchError> {
+        let watches = Watches::start(client.clone(), namespace);
+        watches.synced(namespace).await?;
+        let pending = Arc::new(Pending::default());
+        let directory = Arc::new(KubeDirectory {
+            list: StaticDirectory::new(watches.caches.stamps()),
+            stamps: watches.caches.stamps.clone(),
+            pending: pending.clone(),
+        });
+        Ok(Self {
+            watches,
+            client,
+            namespace: namespace.to_string(),
+            directory,
+            pending,
+            refused: BTreeSet::new(),
+        })
+    }
+
+    /// The directory the IoTStamp watch fills.
+    pub fn directory(&self) -> Arc<KubeDirectory> {
+        self.directory.clone()
+    }
+
+    /// The groups the EnrollmentGroups make now (each one left out is logged with why).
+    pub fn groups(&mut self) -> Vec<EnrollmentGroupConfig> {
+        let (groups, refused) = self.watches.caches.groups();
+        log_refused(&refused, &self.refused);
+        self.refused = refused;
+        groups
+    }
+
+    /// The tasks that keep `enrollments` and the directory current and write the assigned counts
+    /// back to the IoTStamps; they run until aborted.
+    pub fn run(mut self, enrollments: Arc<Enrollments>) -> Vec<JoinHandle<()>> {
+        let caches = self.watches.caches.clone();
+        let mut tasks = std::mem::take(&mut self.watches.tasks);
+        tasks.push(tokio::spawn(refresh(
+            caches.clone(),
+            self.directory.clone(),
+            enrollments,
+            self.watches.changed.clone(),
+            std::mem::take(&mut self.refused),
+        )));
+        tasks.push(tokio::spawn(assigned::writer(
+            Api::namespaced(self.client.clone(), &self.namespace),
+            self.namespace.clone(),
+            caches.stamps,
+            self.pending.clone(),
+        )));
+        tasks
+    }
 }
 
 /// Rebuilds the stamp list and the group set after every (debounced) change.

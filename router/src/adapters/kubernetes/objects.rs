@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use iotstamp_api::conditions;
-use iotstamp_api::enrollment::{AllocationPolicy as CrPolicy, Reprovision};
+use iotstamp_api::enrollment::{AllocationPolicy as CrPolicy, ReprovisionPolicy as CrReprovision};
 use iotstamp_api::{EnrollmentGroup, IoTStamp};
 use iotstamp_core::allocation::{AllocationPolicy, ReprovisionPolicy, StampSelector};
 use iotstamp_core::selector::{LabelOperator, LabelRequirement};
 use k8s_openapi::api::core::v1::Secret;
 
+use crate::adapters::directory::StampInfo;
 use crate::config::EnrollmentGroupConfig;
-use crate::directory::StampInfo;
 
 // The operator's Secrets: the router reads them and never writes them.
 pub use iotstamp_api::secrets::{CA_KEY, TOKEN_KEY, hub_tls_secret_name, token_secret_name};
@@ -117,9 +117,9 @@ pub fn group_config(
         allocation,
         selector: selector(&spec.stamp_selector),
         reprovision: match spec.reprovision {
-            Reprovision::Migrate => ReprovisionPolicy::Migrate,
-            Reprovision::Reset => ReprovisionPolicy::Reset,
-            Reprovision::Never => ReprovisionPolicy::Never,
+            CrReprovision::Migrate => ReprovisionPolicy::Migrate,
+            CrReprovision::Reset => ReprovisionPolicy::Reset,
+            CrReprovision::Never => ReprovisionPolicy::Never,
         },
     })
 }

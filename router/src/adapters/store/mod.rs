@@ -18,6 +18,7 @@ mod embedded;
 mod postgres;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use embedded::EmbeddedStore;
 use iotstamp_core::dps::Substatus;
@@ -123,15 +124,31 @@ pub(crate) fn decide_reserve<E>(
     })
 }
 
+/// Why a store call failed. Cloneable, because one failed batch answers every request in it, so the
+/// cause is shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage failed: {0}")]
-    Storage(String),
-    #[error("stored record for `{key}` is unreadable: {reason}")]
-    Corrupt { key: String, reason: String },
+    #[error("storage failed")]
+    Storage(#[source] Cause),
+    #[error("stored record for `{key}` is unreadable")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: Cause,
+    },
+    /// Reservations kept meeting deadlocks or concurrent inserts; the last one is the cause.
+    #[error("gave up after {attempts} contended attempts")]
+    Contended {
+        attempts: usize,
+        #[source]
+        source: Cause,
+    },
     #[error("the store is shutting down")]
     Closed,
 }
+
+/// The cause of a [`StoreError`], shared by the requests of one batch.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 #[async_trait::async_trait]
 pub trait AssignmentStore: Send + Sync {

@@ -1,34 +1,43 @@
-//! Building a router from its configuration and running its listeners until shut down.
+//! The app: builds a router from its configuration (the store, the directory, the stamp client, the
+//! provisioner, the DPS conversation and the service API's state), serves the DPS transports and
+//! the service API on their listeners, and runs the background work (recovery, count reports)
+//! until shut down.
+//!
+//! Data model: [`AppState`] holds the two states the handlers run on, [`Dps`] for the DPS
+//! transports and [`ServiceState`] for the service API; both share one [`Provisioner`]'s adapters.
+
+pub mod http_serve;
+pub mod kubernetes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use iotstamp_core::causes::Causes;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::Error;
+use crate::adapters::directory::{StampDirectory, StaticDirectory};
+use crate::adapters::stamp_client::{HttpStampClient, StampClient};
+use crate::adapters::store::{AssignmentStore, EmbeddedStore, PostgresStore};
+use crate::assignment::Provisioner;
 use crate::config::{RouterConfig, StoreConfig};
-use crate::directory::{StampDirectory, StaticDirectory};
+use crate::dps::Dps;
 use crate::enrollment::Enrollments;
 use crate::metrics::Metrics;
-use crate::operations::Dps;
-use crate::provision::Provisioner;
-use crate::stamp_client::{HttpStampClient, StampClient};
-use crate::store::{AssignmentStore, EmbeddedStore, PostgresStore};
+use crate::service_api::ServiceState;
 
 /// How often counts go to metrics and to the directory (IoTStamp status in Kubernetes mode).
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// What every handler shares.
+/// What the handlers run on.
 pub struct AppState {
-    pub dps: Dps,
-    pub api_tokens: Vec<String>,
-    /// False until the store is open and interrupted reservations were finished.
-    pub ready: AtomicBool,
+    pub dps: Arc<Dps>,
+    pub service: Arc<ServiceState>,
 }
 
 /// A started router: the addresses it actually bound, and a way to stop it.
@@ -54,7 +63,7 @@ impl RunningRouter {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.state.ready.load(Ordering::Acquire)
+        self.state.service.ready.load(Ordering::Acquire)
     }
 
     /// The live group set, for sources that replace groups while the router runs.
@@ -80,7 +89,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn AssignmentStore>
             let dir = dir.clone();
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
                 .await
-                .map_err(|e| Error::Config(format!("store open task failed: {e}")))??;
+                .map_err(Error::StoreOpen)??;
             Arc::new(store)
         }
         StoreConfig::Postgres { url, pool_size } => Arc::new(PostgresStore::connect(url, *pool_size).await?),
@@ -110,9 +119,19 @@ pub async fn start_with(
         metrics.clone(),
     ));
     let state = Arc::new(AppState {
-        dps: Dps::new(provisioner.clone(), config.assign_wait, config.retry_after_secs),
-        api_tokens: config.api_tokens.clone(),
-        ready: AtomicBool::new(false),
+        dps: Arc::new(Dps::new(
+            provisioner.clone(),
+            config.assign_wait,
+            config.retry_after_secs,
+        )),
+        service: Arc::new(ServiceState {
+            store: store.clone(),
+            directory: directory.clone(),
+            stamps: provisioner.stamps.clone(),
+            metrics: metrics.clone(),
+            api_tokens: config.api_tokens.clone(),
+            ready: AtomicBool::new(false),
+        }),
     });
 
     let https = bind(config.https_addr).await?;
@@ -130,10 +149,10 @@ pub async fn start_with(
 
     let (shutdown, rx) = watch::channel(false);
     let acceptor = TlsAcceptor::from(config.tls.clone());
-    let app = crate::http_dps::routes()
-        .merge(crate::service_api::routes())
-        .with_state(state.clone());
-    let mut tasks = vec![tokio::spawn(crate::http_serve::serve(
+    let app = crate::dps::http::routes()
+        .with_state(state.dps.clone())
+        .merge(crate::service_api::routes().with_state(state.service.clone()));
+    let mut tasks = vec![tokio::spawn(http_serve::serve(
         https,
         Some(acceptor.clone()),
         app,
@@ -141,8 +160,8 @@ pub async fn start_with(
         rx.clone(),
     ))];
     if let Some(listener) = plain {
-        let app = crate::service_api::health_routes().with_state(state.clone());
-        tasks.push(tokio::spawn(crate::http_serve::serve(
+        let app = crate::service_api::health_routes().with_state(state.service.clone());
+        tasks.push(tokio::spawn(http_serve::serve(
             listener,
             None,
             app,
@@ -151,10 +170,10 @@ pub async fn start_with(
         )));
     }
     if let Some(listener) = mqtt {
-        tasks.push(tokio::spawn(crate::mqtt_dps::serve(
+        tasks.push(tokio::spawn(crate::dps::mqtt::serve(
             listener,
             acceptor,
-            state.clone(),
+            state.dps.clone(),
             config.handshake_timeout,
             rx.clone(),
         )));
@@ -182,9 +201,9 @@ async fn background(
     match state.dps.provisioner.recover().await {
         Ok(n) => tracing::info!(completed = n, "recovered interrupted reservations"),
         // Not fatal: each device's next attempt finishes its own reservation.
-        Err(e) => tracing::warn!(error = %e, "recovery could not list reservations"),
+        Err(e) => tracing::warn!(error = %Causes(&e), "recovery could not list reservations"),
     }
-    state.ready.store(true, Ordering::Release);
+    state.service.ready.store(true, Ordering::Release);
     loop {
         match store.counts().await {
             Ok(counts) => {
@@ -193,11 +212,9 @@ async fn background(
                     .provisioner
                     .metrics
                     .set_capacity(&directory.snapshot(), &counts);
-                if let Err(e) = directory.report_assigned(&counts).await {
-                    tracing::warn!(error = %e, "could not report assigned counts");
-                }
+                directory.report_assigned(&counts);
             }
-            Err(e) => tracing::warn!(error = %e, "could not read counts"),
+            Err(e) => tracing::warn!(error = %Causes(&e), "could not read counts"),
         }
         tokio::select! {
             _ = tokio::time::sleep(REPORT_EVERY) => {}

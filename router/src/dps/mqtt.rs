@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use iotstamp_core::causes::Causes;
 use iotstamp_core::dps::{self, DpsRequest};
 use iotstamp_core::ids::DeviceId;
 use rumqttc::mqttbytes::v4::{
@@ -19,11 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
+use super::http::{outcome, parse_body};
+use super::operations::{Answer, Dps, render};
+use crate::assignment::ProvisionError;
 use crate::enrollment::{AuthError, Group};
-use crate::http_dps::{outcome, parse_body};
-use crate::operations::{Answer, render};
-use crate::provision::ProvisionError;
-use crate::server::AppState;
 
 /// DPS messages are small; anything bigger is not a DPS client.
 const MAX_PACKET: usize = 64 * 1024;
@@ -33,7 +33,7 @@ const MAX_IDLE: Duration = Duration::from_secs(600);
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    state: Arc<AppState>,
+    dps: Arc<Dps>,
     handshake_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -50,9 +50,9 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let _ = sock.set_nodelay(true);
-        let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
+        let (acceptor, dps, shutdown) = (acceptor.clone(), dps.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, acceptor, state, handshake_timeout, shutdown).await {
+            if let Err(e) = connection(sock, acceptor, dps, handshake_timeout, shutdown).await {
                 tracing::debug!(%peer, error = %e, "MQTT connection closed");
             }
         });
@@ -82,7 +82,7 @@ type Conn = Framed<tokio_rustls::server::TlsStream<TcpStream>, Codec>;
 async fn connection(
     sock: TcpStream,
     acceptor: TlsAcceptor,
-    state: Arc<AppState>,
+    dps: Arc<Dps>,
     handshake_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
@@ -99,7 +99,7 @@ async fn connection(
         Ok(None) => return Ok(()),
         Err(_) => return Err(ConnError::Idle),
     };
-    let (group, device) = match authenticate(&state, &connect) {
+    let (group, device) = match authenticate(&dps, &connect) {
         Ok(ok) => ok,
         Err((code, why)) => {
             conn.send(Packet::ConnAck(ConnAck::new(code, false))).await?;
@@ -147,9 +147,9 @@ async fn connection(
                             QoS::AtLeastOnce => conn.send(Packet::PubAck(PubAck::new(p.pkid))).await?,
                             QoS::ExactlyOnce => return Err(ConnError::Protocol("QoS 2 is not supported".into())),
                         }
-                        let (state, group, device, tx) = (state.clone(), group.clone(), device.clone(), tx.clone());
+                        let (dps, group, device, tx) = (dps.clone(), group.clone(), device.clone(), tx.clone());
                         tokio::spawn(async move {
-                            if let Some(answer) = request(&state, group, device, &p).await {
+                            if let Some(answer) = request(&dps, group, device, &p).await {
                                 let _ = tx.send(answer).await;
                             }
                         });
@@ -164,10 +164,7 @@ async fn connection(
 }
 
 /// Checks the CONNECT: user name shape, client id = registration id, and the SAS password.
-fn authenticate(
-    state: &AppState,
-    c: &Connect,
-) -> Result<(Arc<Group>, DeviceId), (ConnectReturnCode, String)> {
+fn authenticate(dps: &Dps, c: &Connect) -> Result<(Arc<Group>, DeviceId), (ConnectReturnCode, String)> {
     let bad = |why: String| (ConnectReturnCode::BadUserNamePassword, why);
     let login = c
         .login
@@ -181,34 +178,32 @@ fn authenticate(
         ));
     }
     let now = iotstamp_core::clock::unix_secs();
-    state
-        .dps
-        .provisioner
+    dps.provisioner
         .enrollments
         .authenticate(&user.id_scope, &user.registration_id, &login.password, now)
         .map_err(|e| match e {
             AuthError::Token(iotstamp_core::sas::SasError::NotSas)
             | AuthError::Token(iotstamp_core::sas::SasError::MissingField(_))
-            | AuthError::Token(iotstamp_core::sas::SasError::Malformed { .. }) => bad(e.to_string()),
-            other => (ConnectReturnCode::NotAuthorized, other.to_string()),
+            | AuthError::Token(iotstamp_core::sas::SasError::Malformed { .. }) => bad(Causes(&e).to_string()),
+            other => (ConnectReturnCode::NotAuthorized, Causes(&other).to_string()),
         })
 }
 
 /// One request publish → the answer publish (None for topics we do not serve, which DPS ignores).
-async fn request(state: &AppState, group: Arc<Group>, device: DeviceId, p: &Publish) -> Option<Publish> {
+async fn request(dps: &Dps, group: Arc<Group>, device: DeviceId, p: &Publish) -> Option<Publish> {
     let started = std::time::Instant::now();
     let (rid, answer) = match dps::parse_request_topic(&p.topic) {
         Ok(DpsRequest::Register { rid }) => {
             let answer = match parse_body(&p.payload, device.as_str()) {
-                Ok(payload) => state.dps.register(group, device, payload).await,
+                Ok(payload) => dps.register(group, device, payload).await,
                 Err(e) => Answer::Error(e),
             };
-            let metrics = &state.dps.provisioner.metrics;
+            let metrics = &dps.provisioner.metrics;
             metrics.observe("mqtt", outcome(&answer), started.elapsed().as_secs_f64());
             (rid, answer)
         }
         Ok(DpsRequest::OperationStatus { rid, operation_id }) => {
-            (rid, state.dps.poll(&device, &operation_id).await)
+            (rid, dps.poll(&device, &operation_id).await)
         }
         Err(dps::TopicError::Missing { .. }) => {
             let e = ProvisionError::new(dps::ErrorKind::BadRequest, "request topic lacks $rid");
@@ -219,7 +214,7 @@ async fn request(state: &AppState, group: Arc<Group>, device: DeviceId, p: &Publ
             return None;
         }
     };
-    let (status, body, retry_after) = render(&answer, state.dps.retry_after_secs);
+    let (status, body, retry_after) = render(&answer, dps.retry_after_secs);
     Some(Publish::new(
         dps::response_topic(status, &rid, retry_after),
         QoS::AtMostOnce,

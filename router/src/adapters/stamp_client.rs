@@ -9,9 +9,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use iotstamp_core::registry::DeviceRecord;
 
-use crate::directory::StampInfo;
+use crate::adapters::directory::StampInfo;
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StampError {
     /// The stamp's own registry is full: try another stamp.
     #[error("stamp `{0}` reports its quota exceeded")]
@@ -23,11 +23,28 @@ pub enum StampError {
         status: u16,
         body: String,
     },
-    /// No answer (connect, TLS, timeout): the call may or may not have happened. Retry later.
-    #[error("stamp `{stamp}` unreachable: {reason}")]
-    Unreachable { stamp: String, reason: String },
-    #[error("stamp `{stamp}` is misconfigured: {reason}")]
-    Config { stamp: String, reason: String },
+    /// No answer (connect, TLS, timeout) or an unreadable one: the call may or may not have
+    /// happened. Retry later.
+    #[error("stamp `{stamp}` unreachable")]
+    Unreachable {
+        stamp: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The stamp's CA certificate does not make an HTTPS client.
+    #[error("stamp `{stamp}` is misconfigured")]
+    Config {
+        stamp: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The stamp's answer cannot be passed on to the caller.
+    #[error("stamp `{stamp}` answered something that cannot be passed on")]
+    Relay {
+        stamp: String,
+        #[source]
+        source: http::Error,
+    },
 }
 
 #[async_trait::async_trait]
@@ -74,9 +91,9 @@ impl HttpStampClient {
         {
             return Ok(c.clone());
         }
-        let config = |reason: String| StampError::Config {
+        let config = |source| StampError::Config {
             stamp: stamp.name.clone(),
-            reason,
+            source,
         };
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
@@ -86,13 +103,11 @@ impl HttpStampClient {
             // registration would cost more than the registration itself.
             .pool_max_idle_per_host(1024);
         if let Some(pem) = &stamp.ca_pem {
-            for cert in
-                reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| config(e.to_string()))?
-            {
+            for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(config)? {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| config(e.to_string()))?;
+        let client = builder.build().map_err(config)?;
         clients.insert(stamp.name.clone(), (stamp.ca_pem.clone(), client.clone()));
         Ok(client)
     }
@@ -113,10 +128,10 @@ impl HttpStampClient {
     }
 }
 
-fn unreachable(stamp: &StampInfo, e: reqwest::Error) -> StampError {
+fn unreachable(stamp: &StampInfo, source: reqwest::Error) -> StampError {
     StampError::Unreachable {
         stamp: stamp.name.clone(),
-        reason: e.to_string(),
+        source,
     }
 }
 
@@ -209,9 +224,9 @@ impl StampClient for HttpStampClient {
             }
         }
         out.body(Body::from_stream(resp.bytes_stream()))
-            .map_err(|e| StampError::Config {
+            .map_err(|source| StampError::Relay {
                 stamp: stamp.name.clone(),
-                reason: e.to_string(),
+                source,
             })
     }
 }

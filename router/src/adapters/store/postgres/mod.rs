@@ -12,15 +12,16 @@ mod commit;
 mod reserve;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Config, GenericClient, Pool, PoolConfig, Runtime};
+use deadpool_postgres::{Config, GenericClient, Pool, PoolConfig, PoolError, Runtime};
 use iotstamp_core::dps::Substatus;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use super::{Assignment, AssignmentState, AssignmentStore, Expect, ReserveOutcome, StoreError};
+use super::{Assignment, AssignmentState, AssignmentStore, Cause, Expect, ReserveOutcome, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS iotstamp_assignments (
@@ -50,41 +51,49 @@ pub struct PostgresStore {
     commits: mpsc::Sender<commit::Request>,
 }
 
-/// The error with its causes: the pool's and the driver's messages alone ("error connecting to
-/// server") leave out the one that says what to fix ("Connection refused").
-fn storage(e: impl std::error::Error) -> StoreError {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        cause = c.source();
+/// A driver error (or any other) as the cause of a store error; the driver's causes (the refused
+/// connection) follow it in the chain.
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Storage(Arc::new(e))
+}
+
+/// A pool error as a store error. When the pool could not connect, its message already contains
+/// the driver's error, which is also its source: the driver's error is then the cause, so the chain
+/// names each step once.
+fn pool(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(driver) => storage(driver),
+        other => storage(other),
     }
-    StoreError::Storage(message)
 }
 
 /// How one reservation attempt failed.
 enum Fail {
-    /// Deadlock or serialisation failure: the transaction rolled back; run it again.
-    Retry(String),
-    /// A concurrent insert of the same device won the primary key.
-    Unique,
+    /// A deadlock or serialisation failure (the transaction rolled back), or a concurrent insert
+    /// of the same device won the primary key: run it again.
+    Contended(tokio_postgres::Error),
     Store(StoreError),
 }
 
 impl From<tokio_postgres::Error> for Fail {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.code() {
-            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE => {
-                Fail::Retry(e.to_string())
+            Some(c)
+                if *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::UNIQUE_VIOLATION =>
+            {
+                Fail::Contended(e)
             }
-            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Fail::Unique,
             _ => Fail::Store(storage(e)),
         }
     }
 }
+
+/// A stored state that is neither `reserved` nor `assigned`.
+#[derive(Debug, thiserror::Error)]
+#[error("state `{0}` is neither reserved nor assigned")]
+struct UnknownState(String);
 
 impl PostgresStore {
     /// Connects and creates the schema if needed (under an advisory lock, so replicas starting
@@ -97,7 +106,7 @@ impl PostgresStore {
         pool_cfg.timeouts.create = Some(Duration::from_secs(10));
         cfg.pool = Some(pool_cfg);
         let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls).map_err(storage)?;
-        let mut client = pool.get().await.map_err(storage)?;
+        let mut client = pool.get().await.map_err(self::pool)?;
         let txn = client.transaction().await.map_err(storage)?;
         txn.execute("SELECT pg_advisory_xact_lock(7243901)", &[])
             .await
@@ -127,19 +136,19 @@ fn substatus_str(s: Substatus) -> &'static str {
 
 /// An assignment from the `COLUMNS` of a row, starting at column `at`.
 fn row(r: &tokio_postgres::Row, at: usize) -> Result<Assignment, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
+    let corrupt = |source: Cause| StoreError::Corrupt {
         key: r.try_get::<_, String>(at).unwrap_or_default(),
-        reason,
+        source,
     };
-    let get_s = |i: usize| r.try_get::<_, String>(at + i).map_err(|e| corrupt(e.to_string()));
-    let get_i = |i: usize| r.try_get::<_, i64>(at + i).map_err(|e| corrupt(e.to_string()));
+    let get_s = |i: usize| r.try_get::<_, String>(at + i).map_err(|e| corrupt(Arc::new(e)));
+    let get_i = |i: usize| r.try_get::<_, i64>(at + i).map_err(|e| corrupt(Arc::new(e)));
     let state = match get_s(3)?.as_str() {
         "reserved" => AssignmentState::Reserved,
         "assigned" => AssignmentState::Assigned,
-        other => return Err(corrupt(format!("state `{other}`"))),
+        other => return Err(corrupt(Arc::new(UnknownState(other.to_string())))),
     };
     let substatus =
-        serde_json::from_value(serde_json::Value::String(get_s(4)?)).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_value(serde_json::Value::String(get_s(4)?)).map_err(|e| corrupt(Arc::new(e)))?;
     Ok(Assignment {
         device_id: get_s(0)?,
         group: get_s(1)?,
@@ -155,7 +164,7 @@ fn row(r: &tokio_postgres::Row, at: usize) -> Result<Assignment, StoreError> {
 #[async_trait::async_trait]
 impl AssignmentStore for PostgresStore {
     async fn get(&self, key: &str) -> Result<Option<Assignment>, StoreError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let sql = format!("SELECT {COLUMNS} FROM iotstamp_assignments WHERE key = $1");
         let found = client.query_opt(&sql, &[&key]).await.map_err(storage)?;
         found.map(|r| row(&r, 0)).transpose()
@@ -196,7 +205,7 @@ impl AssignmentStore for PostgresStore {
     }
 
     async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError> {
-        let mut client = self.pool.get().await.map_err(storage)?;
+        let mut client = self.pool.get().await.map_err(pool)?;
         let txn = client.transaction().await.map_err(storage)?;
         let deleted = txn
             .execute(
@@ -218,7 +227,7 @@ impl AssignmentStore for PostgresStore {
     }
 
     async fn counts(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let rows = client
             .query("SELECT stamp, assigned FROM iotstamp_stamp_counts", &[])
             .await
@@ -233,7 +242,7 @@ impl AssignmentStore for PostgresStore {
     }
 
     async fn pending(&self) -> Result<Vec<(String, Assignment)>, StoreError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool)?;
         let sql = format!("SELECT key, {COLUMNS} FROM iotstamp_assignments WHERE state = 'reserved'");
         let rows = client.query(&sql, &[]).await.map_err(storage)?;
         rows.iter()

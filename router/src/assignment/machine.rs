@@ -1,0 +1,430 @@
+//! The assignment state machine, decisions only. One provisioning request is a walk:
+//!
+//! read the device's record → keep it (sticky), or choose a stamp and reserve it (durable, within
+//! quota) → register the device at that stamp → commit the reservation (durable) → answer
+//! "assigned". A reservation found on the way (an earlier attempt, maybe before a crash) is
+//! finished at its own stamp, so a device is never registered at two stamps by accident. A stamp
+//! that refuses the device gets its slot back and is left out of the rest of the request; a stamp
+//! that does not answer keeps the reservation, for the next attempt or for recovery to finish.
+//!
+//! [`Machine::step`] takes what the last action observed and returns the next action, with the
+//! bookkeeping ([`Note`]) that goes with it; [`super::provisioner::Provisioner`] performs them. No
+//! I/O and no clock here (the time comes in with each step), so every transition is in the table
+//! test below.
+
+use std::sync::Arc;
+
+use iotstamp_core::allocation::{ReprovisionDecision, reprovision};
+use iotstamp_core::dps::{ErrorKind, Substatus};
+use iotstamp_core::ids::DeviceId;
+use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
+
+use super::refusal::{Assigned, ProvisionError};
+use crate::adapters::directory::{StampInfo, find};
+use crate::adapters::stamp_client::StampError;
+use crate::adapters::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
+use crate::enrollment::Group;
+
+/// Reads of the record per request before telling the device to retry (each further attempt
+/// means another request won a race or a stamp refused; both are rare).
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// What a request is about; fixed for its whole walk.
+pub struct Request<'a> {
+    pub group: &'a Group,
+    /// The device id as the device spells it.
+    pub device_id: &'a str,
+    /// The store's key for the device (its lower-cased id).
+    pub key: &'a str,
+}
+
+/// What the last action found out.
+#[derive(Debug)]
+pub enum Observation {
+    /// The device's record and the directory's snapshot, read together at the start of an attempt.
+    Record {
+        current: Option<Assignment>,
+        stamps: Arc<Vec<StampInfo>>,
+    },
+    /// The stamp the group's allocation policy chose, or why none can take the device.
+    Chosen(Result<StampInfo, ProvisionError>),
+    Reserved(ReserveOutcome),
+    Registered(Result<(), StampError>),
+    /// Whether the release deleted the reservation.
+    Released(bool),
+    /// The record after the commit.
+    Committed(Option<Assignment>),
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start an attempt: read the device's record and a directory snapshot.
+    Read,
+    /// Choose a stamp from the snapshot, leaving out `excluded`.
+    Choose { excluded: Vec<String> },
+    /// Reserve `next.stamp` if the record is still `expect` and the stamp holds fewer than `quota`.
+    Reserve {
+        expect: Expect,
+        next: Assignment,
+        quota: u64,
+    },
+    /// Write the device into the stamp's registry (idempotent).
+    Register { stamp: StampInfo, record: DeviceRecord },
+    /// Delete the reservation at `stamp`: the stamp refused the device.
+    Release { stamp: String },
+    /// Turn the reservation at `stamp` into an assignment.
+    Commit { stamp: String },
+    /// End: the device keeps its assignment. Check its key at the stamp (best effort), then answer.
+    Keep { stamp: StampInfo, answer: Assigned },
+    /// End: assigned, durably.
+    Done(Assigned),
+    /// End: refused (in recovery: left for the device's next attempt).
+    Fail(ProvisionError),
+}
+
+/// Bookkeeping that goes with an action and needs no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// The store's record count of `stamp` changed by `delta`.
+    Counted { stamp: String, delta: i64 },
+    /// The store found a stamp full: the cached counts are wrong.
+    CountsStale,
+    /// The device left `stamp`: it should not stay in that stamp's registry.
+    Forget { stamp: StampInfo },
+    /// A call to `stamp` failed.
+    StampFailed { stamp: String },
+    /// No stamp had room for a device of the group.
+    Shortage,
+}
+
+/// The next action and its bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Next {
+    pub notes: Vec<Note>,
+    pub action: Action,
+}
+
+impl Next {
+    fn to(action: Action) -> Self {
+        Self {
+            notes: Vec::new(),
+            action,
+        }
+    }
+
+    fn noting(mut self, notes: impl IntoIterator<Item = Note>) -> Self {
+        let mut all: Vec<Note> = notes.into_iter().collect();
+        all.append(&mut self.notes);
+        self.notes = all;
+        self
+    }
+}
+
+/// Which observation the machine waits for.
+#[derive(Debug)]
+enum Phase {
+    Reading,
+    Choosing {
+        current: Option<Assignment>,
+        substatus: Substatus,
+    },
+    Reserving {
+        current: Option<Assignment>,
+    },
+    Registering {
+        stamp: String,
+        hub: String,
+    },
+    Releasing {
+        stamp: String,
+    },
+    Committing {
+        stamp: String,
+        hub: String,
+    },
+    Ended,
+}
+
+/// One request's progress.
+#[derive(Debug)]
+pub struct Machine {
+    /// Recovery after a restart only finishes the reservation it starts with.
+    recovering: bool,
+    attempts: usize,
+    /// Stamps that refused the device or that it is moving off, in this request.
+    excluded: Vec<String>,
+    /// The directory snapshot of the current attempt.
+    stamps: Arc<Vec<StampInfo>>,
+    phase: Phase,
+}
+
+impl Machine {
+    /// A provisioning request; its first action is [`Action::Read`].
+    pub fn provision() -> (Self, Next) {
+        let mut machine = Self {
+            recovering: false,
+            attempts: 0,
+            excluded: Vec::new(),
+            stamps: Arc::default(),
+            phase: Phase::Ended,
+        };
+        let first = machine.read();
+        (machine, first)
+    }
+
+    /// Recovery of one reservation found after a restart: finished if its stamp is usable, else
+    /// left for the device's next attempt.
+    pub fn recover(req: &Request<'_>, reservation: Assignment, stamps: Arc<Vec<StampInfo>>) -> (Self, Next) {
+        let mut machine = Self {
+            recovering: true,
+            attempts: 0,
+            excluded: Vec::new(),
+            stamps,
+            phase: Phase::Ended,
+        };
+        let first = if find(&machine.stamps, &reservation.stamp).is_some_and(StampInfo::usable) {
+            machine.complete(req, reservation)
+        } else {
+            machine.end(Action::Fail(left()))
+        };
+        (machine, first)
+    }
+
+    /// The directory snapshot the current attempt decides on.
+    pub fn stamps(&self) -> &Arc<Vec<StampInfo>> {
+        &self.stamps
+    }
+
+    /// The next action, from what the last one observed at time `now_ms`.
+    pub fn step(&mut self, req: &Request<'_>, seen: Observation, now_ms: i64) -> Next {
+        match (std::mem::replace(&mut self.phase, Phase::Ended), seen) {
+            (Phase::Reading, Observation::Record { current, stamps }) => {
+                self.stamps = stamps;
+                self.on_record(req, current)
+            }
+            (Phase::Choosing { current, substatus }, Observation::Chosen(chosen)) => match chosen {
+                Err(e) => {
+                    let shortage = (e.kind == ErrorKind::Throttled).then_some(Note::Shortage);
+                    self.end(Action::Fail(e)).noting(shortage)
+                }
+                Ok(stamp) => {
+                    let next = Assignment {
+                        device_id: req.device_id.to_string(),
+                        group: req.group.name.clone(),
+                        stamp: stamp.name.clone(),
+                        state: AssignmentState::Reserved,
+                        substatus,
+                        created_ms: now_ms,
+                        updated_ms: now_ms,
+                        generation: 0,
+                    };
+                    let expect = Expect::of(current.as_ref());
+                    self.phase = Phase::Reserving { current };
+                    Next::to(Action::Reserve {
+                        expect,
+                        next,
+                        quota: stamp.quota,
+                    })
+                }
+            },
+            (Phase::Reserving { current }, Observation::Reserved(outcome)) => match outcome {
+                ReserveOutcome::Reserved(reservation) => {
+                    let mut notes = vec![Note::Counted {
+                        stamp: reservation.stamp.clone(),
+                        delta: 1,
+                    }];
+                    if let Some(old) = current.filter(|old| old.stamp != reservation.stamp) {
+                        notes.push(Note::Counted {
+                            stamp: old.stamp.clone(),
+                            delta: -1,
+                        });
+                        if let Some(info) = find(&self.stamps, &old.stamp) {
+                            notes.push(Note::Forget { stamp: info.clone() });
+                        }
+                    }
+                    self.complete(req, reservation).noting(notes)
+                }
+                ReserveOutcome::Conflict(_) => self.read(),
+                ReserveOutcome::Full => self.read().noting([Note::CountsStale]),
+            },
+            (Phase::Registering { stamp, hub }, Observation::Registered(result)) => {
+                let failed = Note::StampFailed { stamp: stamp.clone() };
+                match result {
+                    Ok(()) => {
+                        self.phase = Phase::Committing {
+                            stamp: stamp.clone(),
+                            hub,
+                        };
+                        Next::to(Action::Commit { stamp })
+                    }
+                    // The stamp definitely did not take the device: give the slot back.
+                    Err(StampError::QuotaExceeded(_) | StampError::Rejected { .. }) => {
+                        self.phase = Phase::Releasing { stamp: stamp.clone() };
+                        Next::to(Action::Release { stamp }).noting([failed])
+                    }
+                    // The registration may or may not have happened: keep the reservation so the
+                    // next attempt (or recovery) finishes it at the same stamp.
+                    Err(_) => self
+                        .end(Action::Fail(ProvisionError::new(
+                            ErrorKind::Unavailable,
+                            format!("stamp `{stamp}` is unreachable; retry later"),
+                        )))
+                        .noting([failed]),
+                }
+            }
+            (Phase::Releasing { stamp }, Observation::Released(released)) => {
+                let count = released.then(|| Note::Counted {
+                    stamp: stamp.clone(),
+                    delta: -1,
+                });
+                self.refused(stamp).noting(count)
+            }
+            (Phase::Committing { stamp, hub }, Observation::Committed(record)) => match record {
+                Some(a) if a.state == AssignmentState::Assigned && a.stamp == stamp => {
+                    self.end(Action::Done(Assigned { assignment: a, hub }))
+                }
+                // Another request changed the record first: look again.
+                _ => self.again(),
+            },
+            (phase, seen) => self.end(Action::Fail(ProvisionError::new(
+                ErrorKind::Internal,
+                format!("provisioning got {} while {phase:?}", observation_name(&seen)),
+            ))),
+        }
+    }
+
+    fn on_record(&mut self, req: &Request<'_>, current: Option<Assignment>) -> Next {
+        let usable = |a: &Assignment| find(&self.stamps, &a.stamp).is_some_and(StampInfo::usable);
+        match current {
+            Some(a) if a.state == AssignmentState::Assigned => {
+                match reprovision(req.group.reprovision, usable(&a)) {
+                    ReprovisionDecision::Keep => match find(&self.stamps, &a.stamp).cloned() {
+                        Some(stamp) => {
+                            let answer = Assigned {
+                                hub: stamp.hub.clone(),
+                                assignment: a,
+                            };
+                            self.end(Action::Keep { stamp, answer })
+                        }
+                        None => self.end(Action::Fail(ProvisionError::new(
+                            ErrorKind::Unavailable,
+                            format!(
+                                "stamp `{}` is unknown and the reprovision policy keeps the device there",
+                                a.stamp
+                            ),
+                        ))),
+                    },
+                    ReprovisionDecision::Reassign(substatus) => {
+                        self.excluded.push(a.stamp.clone());
+                        self.choose(Some(a), substatus)
+                    }
+                }
+            }
+            // A reservation from an earlier attempt (maybe before a crash): finish it at the same
+            // stamp, so the device is never registered at two stamps by accident.
+            Some(a) if usable(&a) && !self.excluded.contains(&a.stamp) => self.complete(req, a),
+            Some(a) => {
+                let substatus = a.substatus;
+                self.choose(Some(a), substatus)
+            }
+            None => self.choose(None, Substatus::InitialAssignment),
+        }
+    }
+
+    fn choose(&mut self, current: Option<Assignment>, substatus: Substatus) -> Next {
+        self.phase = Phase::Choosing { current, substatus };
+        Next::to(Action::Choose {
+            excluded: self.excluded.clone(),
+        })
+    }
+
+    /// Registers a reserved device at its stamp (the commit follows).
+    fn complete(&mut self, req: &Request<'_>, reservation: Assignment) -> Next {
+        let Some(stamp) = find(&self.stamps, &reservation.stamp).cloned() else {
+            return self.refused(reservation.stamp);
+        };
+        let primary_key = match req.group.device_key(&reservation.device_id) {
+            Ok(k) => k,
+            Err(e) => {
+                return self.end(Action::Fail(ProvisionError::new(
+                    ErrorKind::Internal,
+                    e.to_string(),
+                )));
+            }
+        };
+        let device_id = match DeviceId::parse(&reservation.device_id) {
+            Ok(d) => d,
+            Err(e) => {
+                return self.end(Action::Fail(ProvisionError::new(
+                    ErrorKind::BadRequest,
+                    e.to_string(),
+                )));
+            }
+        };
+        let record = DeviceRecord {
+            device_id,
+            primary_key,
+            status: DeviceStatus::Enabled,
+            enrollment_group: Some(req.group.name.clone()),
+        };
+        self.phase = Phase::Registering {
+            stamp: stamp.name.clone(),
+            hub: stamp.hub.clone(),
+        };
+        Next::to(Action::Register { stamp, record })
+    }
+
+    /// `stamp` will not take the device: leave it out and try again.
+    fn refused(&mut self, stamp: String) -> Next {
+        self.excluded.push(stamp);
+        self.again()
+    }
+
+    fn again(&mut self) -> Next {
+        if self.recovering {
+            self.end(Action::Fail(left()))
+        } else {
+            self.read()
+        }
+    }
+
+    fn read(&mut self) -> Next {
+        if self.attempts == MAX_ATTEMPTS {
+            return self.end(Action::Fail(ProvisionError::new(
+                ErrorKind::Throttled,
+                "could not settle an assignment under contention; retry later",
+            )));
+        }
+        self.attempts += 1;
+        self.phase = Phase::Reading;
+        Next::to(Action::Read)
+    }
+
+    fn end(&mut self, action: Action) -> Next {
+        self.phase = Phase::Ended;
+        Next::to(action)
+    }
+}
+
+/// How recovery ends when it cannot finish a reservation.
+fn left() -> ProvisionError {
+    ProvisionError::new(
+        ErrorKind::Unavailable,
+        "the reservation is left for the device's next attempt",
+    )
+}
+
+fn observation_name(seen: &Observation) -> &'static str {
+    match seen {
+        Observation::Record { .. } => "a record",
+        Observation::Chosen(_) => "a choice",
+        Observation::Reserved(_) => "a reservation",
+        Observation::Registered(_) => "a registration",
+        Observation::Released(_) => "a release",
+        Observation::Committed(_) => "a commit",
+    }
+}
+
+#[cfg(test)]
+mod tests;
