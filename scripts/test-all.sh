@@ -66,7 +66,10 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { tail -20 "$dockerd_log" >&2; echo "dockerd did not start (log above)" >&2; exit 1; }
 fi
 image_tar="$IOTSTAMP_CACHE/iotstamp-ci-check.tar"
-scripts/build-image.sh --binary "$IOTSTAMP_BIN" --tag iotstamp:ci-check --save "$image_tar"
+scripts/build-image.sh --binary "$IOTSTAMP_BIN" --tag iotstamp:ci-check
+# A second tag of the same image: the system test's `helm upgrade` rolls every pod to it.
+docker tag iotstamp:ci-check iotstamp:ci-check-upgrade
+docker save -o "$image_tar" iotstamp:ci-check iotstamp:ci-check-upgrade
 
 step "tier 2: control plane, kwok nodes and a real node"
 cleanup() { e2e/cluster down >/dev/null 2>&1 || true; rm -f "$image_tar"; }
@@ -75,7 +78,7 @@ e2e/cluster up
 eval "$(e2e/cluster env)"
 # The system test runs this image in real pods (imagePullPolicy Never: there is no registry).
 e2e/cluster load-image "$image_tar"
-export IOTSTAMP_E2E_IMAGE=iotstamp:ci-check
+export IOTSTAMP_E2E_IMAGE=iotstamp:ci-check IOTSTAMP_E2E_IMAGE_UPGRADE_TAG=ci-check-upgrade
 e2e/helm-check.sh
 run_tests cargo test -p iotstamp-e2e
 
