@@ -117,10 +117,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let (service_accounts, sa_s) = cached!(ServiceAccount, move |o: &mut ServiceAccount| {
         caches::trim_meta(&mut o.metadata)
     });
+    // Of a Service's status only the load balancer's addresses are kept: they become the hub's
+    // advertised endpoint and certificate SANs.
     let (services, svc_s) = cached!(Service, move |o: &mut Service| {
         caches::trim_meta(&mut o.metadata);
         o.spec = None;
-        o.status = None;
+        if let Some(status) = o.status.as_mut() {
+            status.conditions = None;
+        }
     });
     let (stateful_sets, sts_s) = cached!(StatefulSet, caches::trim_stateful_set);
     let (deployments, deploy_s) = cached!(Deployment, caches::trim_deployment);

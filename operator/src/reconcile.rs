@@ -91,6 +91,10 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
         return Ok(action);
     }
     let names = Names::of(&stamp, &ctx.cluster_domain)?;
+    // A LoadBalancer hub is advertised (and certified) at its load balancer's address once the
+    // cloud has assigned one; the Service's status change triggers this reconcile.
+    let hub_addresses = ctx.caches.load_balancer_addresses(&names.namespace, &names.hub());
+    let names = names.with_hub_addresses(hub_addresses);
     // The finalizer and the children are independent writes: send them together.
     let (finalizer, blocker) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
         if stamp.spec.paused {
@@ -156,6 +160,7 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
         tls,
         api_token: api_token?,
         cluster_domain: ctx.cluster_domain.clone(),
+        hub_addresses: names.hub_addresses.clone(),
     };
     for wave in builders::apply_waves(builders::desired(stamp, &inputs)?) {
         let stale = wave
