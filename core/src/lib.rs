@@ -5,6 +5,7 @@ pub mod allocation;
 pub mod dps;
 pub mod duration;
 pub mod ids;
+pub mod methods;
 pub mod pki;
 pub mod registry;
 pub mod sas;

@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::pool::PoolContext;
+use crate::quota::QuotaSync;
 use crate::reconcile::{error_policy, reconcile};
 use crate::stamp_object::StampObject;
 use crate::stats::{ConnectedCounts, Poller};
@@ -35,7 +36,8 @@ pub struct Settings {
     pub default_image: String,
     pub cluster_domain: String,
     pub concurrency: u16,
-    /// How often to read `connected` from ready stamps; `None` turns it off.
+    /// How often to read `connected` and the quota from ready stamps; `None` turns it off, and
+    /// pushing quota changes to running stamps too.
     pub stats_interval: Option<Duration>,
     pub ca: CertKeyPem,
     /// Shown as the reporting instance of events (the pod name).
@@ -180,20 +182,25 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     let controller = controller.reconcile_on(futures::stream::unfold(changed_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     }));
-    if let Some(interval) = settings.stats_interval {
-        match Poller::client(&settings.ca.cert_pem) {
-            Ok(http) => {
-                let poller = Poller {
-                    http,
-                    stamps: controller.store(),
-                    counts: connected.clone(),
-                    interval,
-                    secrets: caches.secrets.clone(),
-                };
-                tokio::spawn(poller.run(changed_tx));
-            }
-            Err(e) => tracing::warn!(error = %e, "stamp stats are off: cannot build an HTTPS client"),
-        }
+    // Stats and quota pushes both talk to stamp Services: both or neither.
+    let stamp_http = settings.stats_interval.and_then(|_| {
+        Poller::client(&settings.ca.cert_pem)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "stamp stats and quota pushes are off: cannot build an HTTPS client")
+            })
+            .ok()
+    });
+    let quota = Arc::new(QuotaSync::new(stamp_http.clone()));
+    if let (Some(interval), Some(http)) = (settings.stats_interval, stamp_http) {
+        let poller = Poller {
+            http,
+            stamps: controller.store(),
+            counts: connected.clone(),
+            quota: quota.clone(),
+            interval,
+            secrets: caches.secrets.clone(),
+        };
+        tokio::spawn(poller.run(changed_tx));
     }
 
     // Reconciling before the caches hold their first full list would read "no token Secret" and
@@ -252,6 +259,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         default_image: settings.default_image,
         cluster_domain: settings.cluster_domain,
         connected,
+        quota,
         synced: synced_rx,
     });
     let stamps = controller

@@ -18,6 +18,7 @@ pub mod events;
 pub mod fake_api;
 pub mod metrics;
 pub mod pool;
+pub mod quota;
 pub mod reconcile;
 pub mod server;
 pub mod stamp_object;

@@ -106,10 +106,14 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
     .await;
     finalizer?;
     let blocker = blocker?;
+    let observed = observe(&names, ctx);
+    let quota_owed = blocker.is_none()
+        && !stamp.spec.paused
+        && crate::quota::sync(ctx, &stamp, &names, &key, &observed).await;
 
     let status = conditions::status(StatusInputs {
         stamp: &stamp,
-        observed: &observe(&names, ctx),
+        observed: &observed,
         blocker: blocker.as_ref(),
         endpoints: StampEndpoints {
             mqtt: names.mqtt_endpoint(),
@@ -126,7 +130,7 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
         announce_transitions(ctx, &stamp, &status).await;
     }
     ctx.metrics.stamp_phase(&key, status.phase);
-    Ok(Action::requeue(if blocker.is_some() {
+    Ok(Action::requeue(if blocker.is_some() || quota_owed {
         BLOCKED_RETRY
     } else {
         RESYNC
