@@ -688,6 +688,9 @@ async fn upgrade_and_uninstall(sys: &System, devices: &mut [(SdkDevice, Assignme
         .filter(|l| !l.is_empty())
         .filter(|l| *l != format!("persistentvolumeclaim/{RELEASE}-router-data"))
         .filter(|l| !l.starts_with("configmap/kube-root-ca.crt"))
+        // The cluster CA is kept on uninstall on purpose: every stamp certificate and device
+        // trust bundle chains to it, so a reinstall must go on issuing under the same CA.
+        .filter(|l| *l != "secret/iotstamp-ca")
         .filter(|l| {
             ![
                 "secret/app-tokens",

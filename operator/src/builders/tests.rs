@@ -179,6 +179,9 @@ fn spec_resources_overrides_and_storage_reach_the_pods() {
     assert_eq!(c.args.as_ref().unwrap().last().map(String::as_str), Some("hub"));
 
     let storage = sts(&children, "s1-storage").spec.clone().unwrap();
+    // Deleting the stamp deletes its volume: a retired stamp leaves no claim behind.
+    let retention = storage.persistent_volume_claim_retention_policy.clone().unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
     let claim = storage.volume_claim_templates.unwrap()[0].spec.clone().unwrap();
     assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
     assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"].0, "50Gi");
