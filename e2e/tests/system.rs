@@ -26,7 +26,6 @@ use kube::discovery::ApiResource;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-const RELEASE: &str = "iotstamp-sys";
 const POOL: &str = "fleet";
 /// Devices per stamp: small, so the pool fills with a handful of devices.
 const QUOTA: i64 = 2;
@@ -41,6 +40,9 @@ const POD_TIMEOUT: Duration = Duration::from_secs(240);
 struct System {
     cluster: Cluster,
     ns: String,
+    /// The Helm release: named after the namespace, so a run whose namespace was kept for a look
+    /// leaves cluster-scoped objects (ClusterRoles) that do not clash with the next run's.
+    release: String,
     /// The router's LoadBalancer address: DPS (HTTPS 443, MQTT 8883) and the service API.
     router: String,
     /// The router's DPS CA and the operator's cluster CA, for the devices.
@@ -163,7 +165,9 @@ fn stamp_spec() -> Value {
 async fn install(cluster: Cluster) -> anyhow::Result<System> {
     let (repo, tag) = image()?;
     let client = cluster.client.clone();
-    let ns = format!("e2e-system-{:04x}", rand::random::<u16>());
+    let id = format!("{:04x}", rand::random::<u16>());
+    let ns = format!("e2e-system-{id}");
+    let release = format!("iotstamp-sys-{id}");
     cluster.run("kubectl", &["create", "namespace", &ns])?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
@@ -191,7 +195,7 @@ async fn install(cluster: Cluster) -> anyhow::Result<System> {
         "helm",
         &[
             "install",
-            RELEASE,
+            &release,
             "helm/iotstamp",
             "--namespace",
             &ns,
@@ -204,7 +208,7 @@ async fn install(cluster: Cluster) -> anyhow::Result<System> {
     let router = load_balancer_ip(
         &client,
         &ns,
-        &format!("{RELEASE}-router"),
+        &format!("{release}-router"),
         Duration::from_secs(60),
     )
     .await?;
@@ -243,6 +247,7 @@ async fn install(cluster: Cluster) -> anyhow::Result<System> {
     Ok(System {
         cluster,
         ns,
+        release,
         router,
         ca_bundle,
         http,
@@ -250,7 +255,8 @@ async fn install(cluster: Cluster) -> anyhow::Result<System> {
     })
 }
 
-/// Step 2: an EnrollmentGroup and an IoTStampPool (min 1, max 3, quota 2); its first stamp Ready
+/// Step 2: an EnrollmentGroup and an IoTStampPool (min 1, max 3, quota 2); its first stamp (stamps
+/// are numbered from 1: `<pool>-1`) Ready
 /// with real pods.
 async fn pool(sys: &System) -> anyhow::Result<()> {
     let client = sys.client();
@@ -268,7 +274,7 @@ async fn pool(sys: &System) -> anyhow::Result<()> {
         (
             "pinned",
             json!({"idScope": PINNED_SCOPE, "attestation": {"symmetricKey": {"name": "group-key"}},
-                   "allocation": {"policy": "Static", "stamp": format!("{POOL}-0")}}),
+                   "allocation": {"policy": "Static", "stamp": format!("{POOL}-1")}}),
         ),
     ] {
         let g: DynamicObject = serde_json::from_value(json!({
@@ -286,9 +292,9 @@ async fn pool(sys: &System) -> anyhow::Result<()> {
     }))?;
     pools.create(&pp, &p).await?;
     let started = Instant::now();
-    let first = stamp_ready_with_pods(sys, &format!("{POOL}-0")).await?;
+    let first = stamp_ready_with_pods(sys, &format!("{POOL}-1")).await?;
     println!(
-        "system: pool's first stamp {POOL}-0 Ready with real pods in {:.1}s ({first} pods)",
+        "system: pool's first stamp {POOL}-1 Ready with real pods in {:.1}s ({first} pods)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -330,14 +336,14 @@ async fn stamp_ready_with_pods(sys: &System, name: &str) -> anyhow::Result<usize
 /// were given, and an application reads their telemetry, sends a C2D message and calls a direct
 /// method through the router's service API.
 async fn devices_and_service_api(sys: &System) -> anyhow::Result<Vec<(SdkDevice, Assignment)>> {
-    let hub0 = sys.hub_address(&format!("{POOL}-0")).await?;
+    let hub0 = sys.hub_address(&format!("{POOL}-1")).await?;
     let mut devices = Vec::new();
     for reg in ["sys-dev-1", "sys-dev-2"] {
         let (mut device, said) = sys.device(SCOPE, reg).await?;
         ensure!(said.status == "assigned" && said.device == reg, "{reg}: {said:?}");
         ensure!(
             said.hub == hub0,
-            "{reg} was sent to {}, not to {POOL}-0's hub at {hub0}",
+            "{reg} was sent to {}, not to {POOL}-1's hub at {hub0}",
             said.hub
         );
         device.send("0").await?;
@@ -398,7 +404,7 @@ async fn devices_and_service_api(sys: &System) -> anyhow::Result<Vec<(SdkDevice,
 
 /// Step 5: the pool is full, the pool controller adds a stamp, its pods run, new devices land on it.
 async fn pool_grows(sys: &System) -> anyhow::Result<(SdkDevice, Assignment)> {
-    let second = format!("{POOL}-1");
+    let second = format!("{POOL}-2");
     let stamps = sys.stamps();
     let created = wait::until(
         &format!("the pool to add {second}"),
@@ -433,7 +439,7 @@ async fn pool_grows(sys: &System) -> anyhow::Result<(SdkDevice, Assignment)> {
 /// Step 6: a stamp's quota raised with kubectl patch; a device beyond the old quota is accepted
 /// by the running hub, without a pod restart.
 async fn quota_raised(sys: &System) -> anyhow::Result<(SdkDevice, Assignment)> {
-    let first = format!("{POOL}-0");
+    let first = format!("{POOL}-1");
     let selector = format!("iotstamp.dev/stamp={first}");
     let before = pods_ready(&sys.client(), &sys.ns, Some(&selector), 3)
         .await?
@@ -445,7 +451,7 @@ async fn quota_raised(sys: &System) -> anyhow::Result<(SdkDevice, Assignment)> {
             "-n",
             &sys.ns,
             "patch",
-            "iotstamp",
+            "iotstamps.iotstamp.dev",
             &first,
             "--type=merge",
             "-p",
@@ -473,7 +479,7 @@ async fn quota_raised(sys: &System) -> anyhow::Result<(SdkDevice, Assignment)> {
 /// Step 7: storage, then ingest, killed with --force --grace-period=0 during a QoS 1 stream; every
 /// PUBACKed message is stored once the pod is back.
 async fn pods_killed_during_a_stream(sys: &System, device: &mut SdkDevice) -> anyhow::Result<()> {
-    let stamp = format!("{POOL}-1");
+    let stamp = format!("{POOL}-2");
     let reg = device.registration_id.clone();
     const N: usize = 400;
     device.command(&format!("stream {N}")).await?;
@@ -533,7 +539,7 @@ async fn pods_killed_during_a_stream(sys: &System, device: &mut SdkDevice) -> an
 /// Step 8: NetworkPolicy enforced: from a pod in another namespace the hub's MQTT port and the
 /// stamp API answer; ingest and storage do not.
 async fn network_policy(sys: &System) -> anyhow::Result<()> {
-    let stamp = format!("{POOL}-0");
+    let stamp = format!("{POOL}-1");
     let other = format!("{}-outside", sys.ns);
     sys.cluster.run("kubectl", &["create", "namespace", &other])?;
     let pods: Api<Pod> = Api::namespaced(sys.client(), &other);
@@ -611,7 +617,7 @@ async fn upgrade_and_uninstall(sys: &System, devices: &mut [(SdkDevice, Assignme
         "helm",
         &[
             "upgrade",
-            RELEASE,
+            &sys.release,
             "helm/iotstamp",
             "--namespace",
             &sys.ns,
@@ -626,9 +632,7 @@ async fn upgrade_and_uninstall(sys: &System, devices: &mut [(SdkDevice, Assignme
         let Some(ready) = pods_ready(&sys.client(), &sys.ns, None, before.len()).await? else {
             return Ok(None);
         };
-        if ready.keys().any(|p| before.contains_key(p)) {
-            return Ok(None);
-        }
+        // StatefulSet pods keep their names: a pod has rolled when it runs the new tag.
         for p in ready.keys() {
             let images: Vec<String> = pods
                 .get(p)
@@ -657,19 +661,37 @@ async fn upgrade_and_uninstall(sys: &System, devices: &mut [(SdkDevice, Assignme
         );
     }
 
-    sys.cluster
-        .run("helm", &["uninstall", RELEASE, "--namespace", &sys.ns, "--wait"])?;
-    sys.cluster.run(
-        "kubectl",
-        &[
-            "-n",
-            &sys.ns,
+    // Stamps first, while the operator runs: its finalizer holds a stamp with devices until the
+    // user confirms (the annotation); the pool goes first so it does not replace them.
+    for args in [
+        vec![
             "delete",
-            "iotstamppools,iotstamps,enrollmentgroups",
+            "iotstamppools.iotstamp.dev",
+            "--all",
+            "--wait=true",
+            "--timeout=60s",
+        ],
+        vec![
+            "annotate",
+            "iotstamps.iotstamp.dev",
+            "--all",
+            "iotstamp.dev/allow-delete-with-devices=true",
+        ],
+        vec![
+            "delete",
+            "iotstamps.iotstamp.dev,enrollmentgroups.iotstamp.dev",
             "--all",
             "--wait=true",
             "--timeout=120s",
         ],
+    ] {
+        let mut full = vec!["-n", sys.ns.as_str()];
+        full.extend(args);
+        sys.cluster.run("kubectl", &full)?;
+    }
+    sys.cluster.run(
+        "helm",
+        &["uninstall", &sys.release, "--namespace", &sys.ns, "--wait"],
     )?;
     // The router's store is kept on uninstall on purpose (helm.sh/resource-policy: keep).
     let left = sys.cluster.run(
@@ -686,7 +708,7 @@ async fn upgrade_and_uninstall(sys: &System, devices: &mut [(SdkDevice, Assignme
     let left: Vec<&str> = left
         .lines()
         .filter(|l| !l.is_empty())
-        .filter(|l| *l != format!("persistentvolumeclaim/{RELEASE}-router-data"))
+        .filter(|l| *l != format!("persistentvolumeclaim/{}-router-data", sys.release))
         .filter(|l| !l.starts_with("configmap/kube-root-ca.crt"))
         // The cluster CA is kept on uninstall on purpose: every stamp certificate and device
         // trust bundle chains to it, so a reinstall must go on issuing under the same CA.
@@ -718,10 +740,10 @@ async fn the_whole_product_runs_on_a_real_node() -> anyhow::Result<()> {
     // 6-10 report on their own, so a fault in one does not hide the others.
     let mut failed: Vec<String> = Vec::new();
     let mut connected: BTreeMap<String, i64> =
-        BTreeMap::from([(format!("{POOL}-0"), 2), (format!("{POOL}-1"), 1)]);
+        BTreeMap::from([(format!("{POOL}-1"), 2), (format!("{POOL}-2"), 1)]);
     match quota_raised(&sys).await {
         Ok(pinned) => {
-            *connected.entry(format!("{POOL}-0")).or_default() += 1;
+            *connected.entry(format!("{POOL}-1")).or_default() += 1;
             devices.push(pinned);
         }
         Err(e) => failed.push(format!("step 6 (raised quota reaches the running stamp): {e:#}")),
