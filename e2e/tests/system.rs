@@ -36,6 +36,8 @@ const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 const APP_TOKEN: &str = "system-test-app-token";
 const POD_TIMEOUT: Duration = Duration::from_secs(240);
+/// Longer than a pod's 30 s grace period, so only what uninstall really leaves fails step 10.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(90);
 
 struct System {
     cluster: Cluster,
@@ -693,37 +695,57 @@ async fn upgrade_and_uninstall(sys: &System, devices: &mut [(SdkDevice, Assignme
         "helm",
         &["uninstall", &sys.release, "--namespace", &sys.ns, "--wait"],
     )?;
-    // The router's store is kept on uninstall on purpose (helm.sh/resource-policy: keep).
-    let left = sys.cluster.run(
-        "kubectl",
-        &[
-            "-n",
-            &sys.ns,
-            "get",
-            "all,pvc,configmaps,secrets,networkpolicies,poddisruptionbudgets",
-            "-o",
-            "name",
-        ],
-    )?;
-    let left: Vec<&str> = left
-        .lines()
-        .filter(|l| !l.is_empty())
-        .filter(|l| *l != format!("persistentvolumeclaim/{}-router-data", sys.release))
-        .filter(|l| !l.starts_with("configmap/kube-root-ca.crt"))
-        // The cluster CA is kept on uninstall on purpose: every stamp certificate and device
-        // trust bundle chains to it, so a reinstall must go on issuing under the same CA.
-        .filter(|l| *l != "secret/iotstamp-ca")
-        .filter(|l| {
-            ![
-                "secret/app-tokens",
-                "secret/group-key",
-                "secret/iotstamp-router-tls",
-            ]
-            .contains(l)
-        })
-        .collect();
-    ensure!(left.is_empty(), "left behind after uninstall: {left:?}");
+    // Pods end after their grace period and a StatefulSet's PVCs go once its pod has (the
+    // retention policy deletes them, PVC protection holds them while mounted), so what counts
+    // is what is still there once every pod had its grace period, not the instant helm returns.
+    let uninstalled = Instant::now();
+    let mut left = Vec::new();
+    let gone = wait::until("every object of the release to go", TEARDOWN_TIMEOUT, || {
+        let listed = sys.cluster.run(
+            "kubectl",
+            &[
+                "-n",
+                &sys.ns,
+                "get",
+                "all,pvc,configmaps,secrets,networkpolicies,poddisruptionbudgets",
+                "-o",
+                "name",
+            ],
+        );
+        left = listed
+            .map(|l| release_leftovers(&l, &sys.release))
+            .unwrap_or_default();
+        let done = left.is_empty();
+        async move { Ok(done.then_some(())) }
+    })
+    .await;
+    ensure!(gone.is_ok(), "left behind after uninstall: {left:?}");
+    println!(
+        "system: helm uninstall -> every pod and stamp PVC gone: {:.1}s",
+        uninstalled.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// What `kubectl get -o name` still lists in the namespace that uninstall should have removed.
+/// Kept on purpose: the router's store (helm.sh/resource-policy: keep); the cluster CA, since
+/// every stamp certificate and device trust bundle chains to it and a reinstall must go on
+/// issuing under it; the Secrets this test made itself; the namespace's own root CA ConfigMap.
+fn release_leftovers(listed: &str, release: &str) -> Vec<String> {
+    let kept = [
+        format!("persistentvolumeclaim/{release}-router-data"),
+        "configmap/kube-root-ca.crt".to_string(),
+        "secret/iotstamp-ca".to_string(),
+        "secret/app-tokens".to_string(),
+        "secret/group-key".to_string(),
+        "secret/iotstamp-router-tls".to_string(),
+    ];
+    listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !kept.iter().any(|k| k == l))
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
