@@ -4,8 +4,10 @@
 #      module proxy; all cached, so a warm run skips this in seconds)
 #   2. formatting and clippy, warnings as errors
 #   3. tier 1: `cargo test` (pure logic, fixtures, data plane on loopback)
-#   4. tier 2: a real control plane (e2e/cluster up), the Helm chart checks, and the e2e suite
-#   5. the container image, built from scratch and checked by running the demo inside it
+#   4. the container image, built from scratch and checked by running the demo inside it
+#   5. tier 2: a real control plane with kwok nodes and one real node (e2e/cluster up), the image
+#      imported into that node's containerd, the Helm chart checks, and the e2e suite, whose
+#      system test installs the chart with that image and runs the whole product in real pods
 # Any missing tool fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,14 +56,6 @@ cargo build --all-targets
 step "tier 1: cargo test"
 run_tests cargo test
 
-step "tier 2: control plane"
-cleanup() { e2e/cluster down >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-e2e/cluster up
-eval "$(e2e/cluster env)"
-e2e/helm-check.sh
-run_tests cargo test -p iotstamp-e2e
-
 step "container image: scripts/build-image.sh (the debug binary), checked by running it"
 # Debian's engine, started here if none runs. No bridge and no iptables: the image check runs its
 # containers without a network.
@@ -71,7 +65,22 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { tail -20 "$dockerd_log" >&2; echo "dockerd did not start (log above)" >&2; exit 1; }
 fi
+image_tar="$IOTSTAMP_CACHE/iotstamp-ci-check.tar"
 scripts/build-image.sh --binary "$IOTSTAMP_BIN" --tag iotstamp:ci-check
+# A second tag of the same image: the system test's `helm upgrade` rolls every pod to it.
+docker tag iotstamp:ci-check iotstamp:ci-check-upgrade
+docker save -o "$image_tar" iotstamp:ci-check iotstamp:ci-check-upgrade
+
+step "tier 2: control plane, kwok nodes and a real node"
+cleanup() { e2e/cluster down >/dev/null 2>&1 || true; rm -f "$image_tar"; }
+trap cleanup EXIT
+e2e/cluster up
+eval "$(e2e/cluster env)"
+# The system test runs this image in real pods (imagePullPolicy Never: there is no registry).
+e2e/cluster load-image "$image_tar"
+export IOTSTAMP_E2E_IMAGE=iotstamp:ci-check IOTSTAMP_E2E_IMAGE_UPGRADE_TAG=ci-check-upgrade
+e2e/helm-check.sh
+run_tests cargo test -p iotstamp-e2e
 
 step "all tests passed"
 grep '^test result:' "$TEST_LOG" | awk '

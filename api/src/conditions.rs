@@ -10,9 +10,20 @@ pub const STORAGE_READY: &str = "StorageReady";
 pub const PAUSED: &str = "Paused";
 /// `spec.draining` is set: the router assigns no new devices here.
 pub const DRAINING: &str = "Draining";
+/// More devices are assigned than `spec.deviceQuota` (it was lowered): the stamp keeps them and
+/// takes no new ones.
+pub const OVER_QUOTA: &str = "OverQuota";
 
 /// Every condition the operator maintains, in the order `kubectl describe` shows them.
-pub const ALL: [&str; 6] = [READY, HUB_READY, INGEST_READY, STORAGE_READY, PAUSED, DRAINING];
+pub const ALL: [&str; 7] = [
+    READY,
+    HUB_READY,
+    INGEST_READY,
+    STORAGE_READY,
+    PAUSED,
+    DRAINING,
+    OVER_QUOTA,
+];
 
 pub mod reasons {
     pub const ALL_READY: &str = "AllRolesReady";
@@ -28,5 +39,7 @@ pub mod reasons {
     pub const NOT_PAUSED: &str = "NotPaused";
     pub const DRAINING: &str = "DrainingBySpec";
     pub const NOT_DRAINING: &str = "NotDraining";
+    pub const ASSIGNED_ABOVE_QUOTA: &str = "AssignedAboveQuota";
+    pub const WITHIN_QUOTA: &str = "WithinQuota";
     pub const STAMP_PAUSED: &str = "StampPaused";
 }

@@ -94,6 +94,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         },
         api_token: "token".into(),
         cluster_domain: "cluster.local".into(),
+        hub_addresses: Vec::new(),
     };
     let mut children = Vec::with_capacity(n * 13);
     for i in 0..n {

@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
 use iotstamp_router::adapters::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
+use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
 
 const SCOPE: &str = "0ne00BENCH0";
 const TOKEN: &str = "bench-stamp-token";

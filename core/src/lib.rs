@@ -3,11 +3,12 @@
 //! The one look outside is [`clock`], the wall clock every crate reads.
 
 pub mod allocation;
-pub mod clock;
 pub mod causes;
+pub mod clock;
 pub mod dps;
 pub mod duration;
 pub mod ids;
+pub mod methods;
 pub mod pki;
 pub mod registry;
 pub mod sas;

@@ -9,6 +9,11 @@
 K8S_VERSION=v1.34.4      # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 KWOK_VERSION=v0.7.0      # kwok (fake nodes / pod readiness) and kwokctl
 HELM_VERSION=v3.21.4     # helm v3; v3.21+ needs Go >= 1.26
+# The real node (e2e/lib/node.sh); kubelet and kube-proxy are K8S_VERSION.
+# Pinned to what the Go module proxy serves.
+COREDNS_VERSION=v1.15.0      # cluster DNS, a host process on the node address
+KUBE_ROUTER_VERSION=v2.1.0   # NetworkPolicy enforcement (firewall only)
+CRI_TOOLS_VERSION=v1.34.0    # crictl, to remove the node's pods at teardown
 
 # --- locations ------------------------------------------------------------
 # E2E_DIR is the e2e/ folder of the repo; REPO_DIR its parent.
@@ -21,7 +26,10 @@ CACHE_DIR=${IOTSTAMP_CACHE:-$HOME/.cache/iotstamp}
 K8S_BIN=$CACHE_DIR/k8s/$K8S_VERSION/bin
 KWOK_BIN=$CACHE_DIR/kwok/$KWOK_VERSION/bin
 HELM_BIN=$CACHE_DIR/helm/$HELM_VERSION/bin
-TOOLS_PATH=$K8S_BIN:$KWOK_BIN:$HELM_BIN
+COREDNS_BIN=$CACHE_DIR/coredns/$COREDNS_VERSION/bin
+KUBE_ROUTER_BIN=$CACHE_DIR/kube-router/$KUBE_ROUTER_VERSION/bin
+CRI_TOOLS_BIN=$CACHE_DIR/cri-tools/$CRI_TOOLS_VERSION/bin
+TOOLS_PATH=$K8S_BIN:$KWOK_BIN:$HELM_BIN:$CRI_TOOLS_BIN
 
 STATE_DIR=${IOTSTAMP_CLUSTER_DIR:-$HOME/.cache/iotstamp/cluster}
 

@@ -58,8 +58,9 @@ pid_of() {
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     [[ -r /proc/$pid/cmdline ]] || return 1
-    bin=$(tr '\0' '\n' <"/proc/$pid/cmdline" | head -n1)
-    [[ ${bin##*/} == "$name" ]] || return 1
+    bin=$(tr '\0' '\n' <"/proc/$pid/cmdline" | head -n2)
+    # A script's first word is its interpreter; its second, the script.
+    [[ ${bin%%$'\n'*} == */"$name" || ${bin%%$'\n'*} == "$name" || ${bin#*$'\n'} == */"$name" ]] || return 1
     printf '%s\n' "$pid"
 }
 
@@ -156,6 +157,9 @@ default_sa_exists() { kubectl_ -n default get serviceaccount default; }
 local_healthy() {
     local c
     for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null || return 1; done
+    if node_enabled; then
+        for c in "${NODE_COMPONENTS[@]}"; do pid_of "$c" >/dev/null || return 1; done
+    fi
     [[ -f $KUBECONFIG_FILE ]] && apiserver_ready
 }
 
@@ -193,7 +197,7 @@ generate_pki() {
     server_ext="basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:${SERVICE_CIDR%.*/*}.1"
+subjectAltName=IP:127.0.0.1,IP:$(api_addr),DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:${SERVICE_CIDR%.*/*}.1"
     client_ext="basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
@@ -236,7 +240,7 @@ kind: Config
 clusters:
 - name: iotstamp-e2e
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$(api_addr):$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
 users:
 - name: $user
@@ -309,12 +313,16 @@ start_apiserver() {
     # away only every half minute. Off, those watches behave as before 1.32.
     # Audit log: blocking mode, so a line is written per request as it
     # completes; no rotation, so tests can count lines in one file.
+    # With the real node the API server binds and advertises the node
+    # address instead (pods reach it through the `kubernetes` Service), and
+    # kubelets are authorized by the Node authorizer; see apiserver_node_flags.
+    local addr_flags=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none
+        --authorization-mode=RBAC)
+    node_enabled && mapfile -t addr_flags < <(apiserver_node_flags)
     start_component kube-apiserver "$K8S_BIN/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-        --bind-address=127.0.0.1 \
-        --advertise-address=127.0.0.1 \
+        "${addr_flags[@]}" \
         --secure-port="$APISERVER_PORT" \
-        --endpoint-reconciler-type=none \
         --tls-cert-file="$PKI/apiserver.crt" \
         --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" \
@@ -325,7 +333,6 @@ start_apiserver() {
         --requestheader-extra-headers-prefix=X-Remote-Extra- \
         --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
         --proxy-client-key-file="$PKI/front-proxy-client.key" \
-        --authorization-mode=RBAC \
         --allow-privileged=true \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
@@ -450,15 +457,18 @@ local_up() {
         return 0
     fi
     local c
-    for c in "${COMPONENTS[@]}"; do
-        if pid_of "$c" >/dev/null; then
+    for c in "${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}"; do
+        if pid_of "$c" >/dev/null || [[ -d $NODE_DIR ]]; then
             warn "cluster in $STATE_DIR is only partly running; restarting it from scratch"
             local_down_locked
             break
         fi
     done
 
+    # The choice of E2E_NODE is made now, and kept in the state dir.
+    rm -f "$STATE_DIR/node-enabled"
     tools_present || cmd_tools
+    node_enabled && { node_tools_present || node_tools; }
     need_cmd curl "apt-get install curl"
     need_cmd setsid "apt-get install util-linux"
 
@@ -473,8 +483,12 @@ local_up() {
     done
     mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR"
     echo "$ETCD_PORT" >"$STATE_DIR/ports"
+    if [[ ${E2E_NODE:-1} != 0 ]]; then echo 1; else echo 0; fi >"$STATE_DIR/node-enabled"
+    # The node address must exist before the API server binds it.
+    node_enabled && node_host_up
 
     generate_pki
+    node_enabled && node_pki
     write_kubeconfig "$KUBECONFIG_FILE" admin iotstamp-admin
     write_kubeconfig "$STATE_DIR/kube-controller-manager.kubeconfig" kube-controller-manager system:kube-controller-manager
     write_kubeconfig "$STATE_DIR/kube-scheduler.kubeconfig" kube-scheduler system:kube-scheduler
@@ -497,11 +511,16 @@ local_up() {
     await kwok 60 "making the $NODE_COUNT fake nodes Ready" \
         kubectl_ wait --for=condition=Ready node -l type=kwok --timeout=2s
     await kube-controller-manager 60 "creating the default ServiceAccount" default_sa_exists
+    local nodes="$NODE_COUNT kwok nodes"
+    if node_enabled; then
+        node_up
+        nodes+=", real node $NODE_NAME (pods: $NODE_POD_CIDR, LoadBalancers: $NODE_LB_RANGE)"
+    fi
 
     log "cluster up in $(fmt_secs $((SECONDS - start)))"
     cat >&2 <<EOF
 
-  API server   https://127.0.0.1:$APISERVER_PORT  (Kubernetes $K8S_VERSION, $NODE_COUNT kwok nodes)
+  API server   https://$(api_addr):$APISERVER_PORT  (Kubernetes $K8S_VERSION, $nodes)
   kubeconfig   $KUBECONFIG_FILE   (admin, client certificate)
   audit log    $AUDIT_LOG
   logs         $LOG_DIR/
@@ -514,6 +533,10 @@ EOF
 
 local_down_locked() {
     set_ports
+    # The node first: kubelet must not see its API server go, and its
+    # teardown undoes host changes (interface, rules, mounts) before the
+    # state dir that records them is deleted.
+    node_down
     # All at once: an orderly shutdown (clients, then API server, then etcd)
     # would only spare logs that are about to be deleted, and costs seconds.
     stop_components "${COMPONENTS[@]}"
@@ -538,24 +561,15 @@ local_env() {
     printf 'export IOTSTAMP_AUDIT_LOG=%q\n' "$AUDIT_LOG"
 }
 
-local_status() {
-    set_ports
-    if [[ ! -d $STATE_DIR ]]; then
-        echo "local cluster: not running (no $STATE_DIR)"
-        return 1
-    fi
-    local c pid health check
-    local -A checks=(
-        [etcd]="etcd_healthy 127.0.0.1:$ETCD_PORT"
-        [kube-apiserver]="apiserver_ready https://127.0.0.1:$APISERVER_PORT"
-        [kube-controller-manager]="kcm_healthy 127.0.0.1:$KCM_PORT"
-        [kube-scheduler]="scheduler_healthy 127.0.0.1:$SCHEDULER_PORT"
-        [kwok]="kwok_healthy 127.0.0.1:$KWOK_PORT"
-    )
-    local all=0
-    echo "local cluster in $STATE_DIR:"
-    for c in "${COMPONENTS[@]}"; do
-        check=${checks[$c]}
+# component_status_lines CHECKS NAME...: one line per component: running or
+# not, and whether its check passes. CHECKS names an associative array of
+# "check_function what-it-checks" by component. Fails if any is not healthy.
+component_status_lines() {
+    local -n _checks=$1
+    shift
+    local c pid health check all=0
+    for c in "$@"; do
+        check=${_checks[$c]}
         if pid=$(pid_of "$c"); then
             if ${check%% *} >/dev/null 2>&1; then health=healthy; else health=UNHEALTHY all=1; fi
             printf '  %-24s running  pid %-7s %-30s %s\n' "$c" "$pid" "${check#* }" "$health"
@@ -564,6 +578,29 @@ local_status() {
             all=1
         fi
     done
+    return "$all"
+}
+
+local_status() {
+    set_ports
+    if [[ ! -d $STATE_DIR ]]; then
+        echo "local cluster: not running (no $STATE_DIR)"
+        return 1
+    fi
+    local -A checks=(
+        [etcd]="etcd_healthy 127.0.0.1:$ETCD_PORT"
+        [kube-apiserver]="apiserver_ready https://$(api_addr):$APISERVER_PORT"
+        [kube-controller-manager]="kcm_healthy 127.0.0.1:$KCM_PORT"
+        [kube-scheduler]="scheduler_healthy 127.0.0.1:$SCHEDULER_PORT"
+        [kwok]="kwok_healthy 127.0.0.1:$KWOK_PORT"
+    )
+    local all=0
+    echo "local cluster in $STATE_DIR:"
+    component_status_lines checks "${COMPONENTS[@]}" || all=1
+    if node_enabled; then
+        echo "real node $NODE_NAME ($NODE_IFACE $NODE_ADDR):"
+        node_status || all=1
+    fi
     if apiserver_ready; then
         echo
         kubectl_ get nodes -o wide 2>&1 | sed 's/^/  /'

@@ -6,7 +6,7 @@
 K8S_MODULE_DIR=$E2E_DIR/k8s-tools
 
 # The control-plane binaries we build from the wrapper module, in build order.
-K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 # setup_go: find a Go toolchain and point every Go cache at CACHE_DIR, so that
 # a bare machine needs nothing but `go` and the module proxy, and so that the

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod operator;
 pub mod router;
 pub mod stamps;
+pub mod system;
 pub mod volumes;
 pub mod wait;
 

@@ -73,6 +73,14 @@ impl Caches {
     pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
         self.deployments.get(&key(ns, name))
     }
+
+    /// The addresses a load balancer gave the Service `ns/name` (none if it has no such status).
+    pub fn load_balancer_addresses(&self, ns: &str, name: &str) -> Vec<String> {
+        self.services
+            .get(&key(ns, name))
+            .map(|svc| load_balancer_addresses(&svc))
+            .unwrap_or_default()
+    }
 }
 
 /// What the cache keeps of any child's metadata: its key, what maps it to its stamp (owner
@@ -102,4 +110,17 @@ pub fn trim_deployment(d: &mut Deployment) {
     if let Some(spec) = d.spec.as_mut() {
         spec.template = Default::default();
     }
+}
+
+/// `status.loadBalancer.ingress` of a Service, each entry's IP or else its host name, in order.
+pub fn load_balancer_addresses(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .filter(|a| !a.is_empty())
+        .collect()
 }

@@ -32,8 +32,9 @@ pub struct OperatorArgs {
     /// The cluster's DNS domain, for the hub certificate's names.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Seconds between reads of connected-device counts from ready stamps; 0 turns it off (when the
-    /// operator runs outside the cluster and cannot reach stamp Services).
+    /// Seconds between reads of connected-device counts and quotas from ready stamps; 0 turns it
+    /// off, and with it pushing quota changes to running stamps (when the operator runs outside the
+    /// cluster and cannot reach stamp Services: running stamps then take a new quota at restart).
     #[arg(long, default_value_t = 30)]
     pub stats_interval_secs: u64,
 }

@@ -142,6 +142,7 @@ pub fn status(i: StatusInputs) -> IoTStampStatus {
                 "the stamp takes new devices".into(),
             )
         },
+        quota_condition(i.stamp),
     ];
     let conditions = want
         .into_iter()
@@ -212,6 +213,36 @@ fn role_condition(
             reasons::WAITING_FOR_PODS,
             format!("{ready} of {want} {role} replicas ready at the current revision"),
         ),
+    }
+}
+
+/// Whether the router's `status.devices.assigned` exceeds `spec.deviceQuota` (a lowered quota).
+fn quota_condition(stamp: &IoTStamp) -> (&'static str, bool, &'static str, String) {
+    let quota = stamp.spec.device_quota;
+    let assigned = stamp
+        .status
+        .as_ref()
+        .and_then(|s| s.devices.as_ref()?.assigned)
+        .unwrap_or(0);
+    if assigned > quota {
+        (
+            c::OVER_QUOTA,
+            true,
+            reasons::ASSIGNED_ABOVE_QUOTA,
+            format!(
+                "{assigned} devices are assigned, more than deviceQuota {quota}: the stamp keeps them \
+                 and refuses new ones until devices leave or the quota is raised"
+            ),
+        )
+    } else {
+        (
+            c::OVER_QUOTA,
+            false,
+            reasons::WITHIN_QUOTA,
+            // No counts here: the router moves `assigned` all the time, and a message that followed
+            // it would rewrite the status with every assignment.
+            "no more devices are assigned than spec.deviceQuota".into(),
+        )
     }
 }
 
@@ -338,6 +369,40 @@ mod tests {
         assert_eq!(cond(&s, c::READY).status, "False");
         assert_eq!(cond(&s, c::READY).reason, reasons::TLS_SECRET_MISSING);
         assert_eq!(s.phase, Some(StampPhase::Failed));
+    }
+
+    #[test]
+    fn a_quota_lowered_below_the_assigned_devices_says_so() {
+        let mut stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 5}));
+        stamp.status = Some(IoTStampStatus {
+            devices: Some(DeviceCounts {
+                assigned: Some(8),
+                connected: None,
+            }),
+            ..Default::default()
+        });
+        let s = run(&stamp, &all(RoleState::Ready), None, 100);
+        let over = cond(&s, c::OVER_QUOTA);
+        assert_eq!(
+            (over.status.as_str(), over.reason.as_str()),
+            ("True", reasons::ASSIGNED_ABOVE_QUOTA)
+        );
+        assert!(
+            over.message
+                .starts_with("8 devices are assigned, more than deviceQuota 5"),
+            "{}",
+            over.message
+        );
+        assert_eq!(
+            cond(&s, c::READY).status,
+            "True",
+            "the stamp still serves the devices it has"
+        );
+
+        stamp.spec.device_quota = 8;
+        let s = run(&stamp, &all(RoleState::Ready), None, 100);
+        assert_eq!(cond(&s, c::OVER_QUOTA).status, "False");
+        assert_eq!(cond(&s, c::OVER_QUOTA).reason, reasons::WITHIN_QUOTA);
     }
 
     #[test]

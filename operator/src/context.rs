@@ -8,6 +8,7 @@ use kube::Client;
 use crate::caches::Caches;
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
+use crate::quota::QuotaSync;
 use crate::stats::ConnectedCounts;
 
 /// Child applies in flight at once across all reconciles (the bulk of the writes). The client
@@ -28,6 +29,8 @@ pub struct Context {
     pub default_image: String,
     pub cluster_domain: String,
     pub connected: ConnectedCounts,
+    /// The device quota each running stamp enforces; reconciles push changes ([`crate::quota`]).
+    pub quota: Arc<QuotaSync>,
     /// Turns true once every cache has its first full list; reconciles wait for it.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }

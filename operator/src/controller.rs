@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::pool::PoolContext;
+use crate::quota::QuotaSync;
 use crate::reconcile::{error_policy, reconcile};
 use crate::stamp_object::StampObject;
 use crate::stats::{ConnectedCounts, Poller};
@@ -94,7 +95,8 @@ async fn tracked<E>(
 /// Runs until SIGTERM or Ctrl-C. `ready` turns true once every cache has its first full list.
 ///
 /// The steps: watch the children (caches and triggers), build the IoTStamp controller on them,
-/// start the stats poller that feeds it `connected` changes, start the sync watch that opens the
+/// start the stats poller that feeds it `connected` changes and keeps running stamps'
+/// quotas in step, start the sync watch that opens the
 /// gate for reconciles, then run the IoTStamp and IoTStampPool controllers until the signal.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     let ns = &settings.namespace;
@@ -106,16 +108,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
                 rx.recv().await.map(|r| (r, rx))
             }));
     let connected = ConnectedCounts::default();
-    if let Some(interval) = settings.stats_interval {
-        start_stats_poller(
-            &settings.ca,
-            interval,
-            &controller,
-            &caches,
-            &connected,
-            changed_tx,
-        );
-    }
+    let quota = start_stats_poller(&settings, &controller, &caches, &connected, changed_tx);
     let synced = start_sync_watch(&caches, controller.store(), ready);
     let pools = pool_controller(client.clone(), ns.clone(), settings.instance.clone());
     let ctx = Arc::new(Context {
@@ -129,6 +122,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         default_image: settings.default_image,
         cluster_domain: settings.cluster_domain,
         connected,
+        quota,
         synced,
     });
     let stamps = controller
@@ -230,10 +224,14 @@ fn trim_service_account(o: &mut ServiceAccount) {
     caches::trim_meta(&mut o.metadata);
 }
 
+/// Of a Service's status only the load balancer's addresses are kept: they become the hub's
+/// advertised endpoint and certificate SANs.
 fn trim_service(o: &mut Service) {
     caches::trim_meta(&mut o.metadata);
     o.spec = None;
-    o.status = None;
+    if let Some(status) = o.status.as_mut() {
+        status.conditions = None;
+    }
 }
 
 fn trim_pdb(o: &mut PodDisruptionBudget) {
@@ -288,26 +286,33 @@ fn controller_config(concurrency: u16) -> controller::Config {
 /// Polls the ready stamps' `connected` counts every `interval`; a changed count is sent on
 /// `changed` so that stamp is reconciled. Off (with a warning) when no HTTPS client can be built.
 fn start_stats_poller(
-    ca: &CertKeyPem,
-    interval: Duration,
+    settings: &Settings,
     controller: &Controller<StampObject>,
     caches: &Caches,
     connected: &ConnectedCounts,
     changed: mpsc::Sender<ObjectRef<StampObject>>,
-) {
-    match Poller::client(&ca.cert_pem) {
-        Ok(http) => {
-            let poller = Poller {
-                http,
-                stamps: controller.store(),
-                counts: connected.clone(),
-                interval,
-                secrets: caches.secrets.clone(),
-            };
-            tokio::spawn(poller.run(changed));
-        }
-        Err(e) => tracing::warn!(error = %e, "stamp stats are off: cannot build an HTTPS client"),
+) -> Arc<QuotaSync> {
+    // Stats and quota pushes both talk to stamp Services: both or neither.
+    let stamp_http = settings.stats_interval.and_then(|_| {
+        Poller::client(&settings.ca.cert_pem)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "stamp stats and quota pushes are off: cannot build an HTTPS client")
+            })
+            .ok()
+    });
+    let quota = Arc::new(QuotaSync::new(stamp_http.clone()));
+    if let (Some(interval), Some(http)) = (settings.stats_interval, stamp_http) {
+        let poller = Poller {
+            http,
+            stamps: controller.store(),
+            counts: connected.clone(),
+            quota: quota.clone(),
+            interval,
+            secrets: caches.secrets.clone(),
+        };
+        tokio::spawn(poller.run(changed));
     }
+    quota
 }
 
 /// Reconciling before the caches hold their first full list would read "no token Secret" and

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod pool;
+pub mod quota;
 pub mod reconcile;
 pub mod server;
 pub mod stamp_object;

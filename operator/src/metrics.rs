@@ -39,6 +39,7 @@ pub struct Metrics {
     duration: Histogram,
     writes: Family<KindLabel, Counter>,
     stamps: Family<PhaseLabel, Gauge>,
+    quota_pushes: Family<ResultLabel, Counter>,
     /// Last phase of each stamp (namespace/name), to keep the per-phase gauge exact.
     phases: Mutex<HashMap<String, StampPhase>>,
 }
@@ -68,6 +69,12 @@ impl Default for Metrics {
             writes.clone(),
         );
         registry.register("stamps", "IoTStamps by phase", stamps.clone());
+        let quota_pushes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "quota_pushes",
+            "Device quotas pushed to running stamps, by result",
+            quota_pushes.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -75,6 +82,7 @@ impl Default for Metrics {
             duration,
             writes,
             stamps,
+            quota_pushes,
             phases: Mutex::default(),
         }
     }
@@ -96,6 +104,15 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    pub fn quota_pushed(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.quota_pushes
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn wrote(&self, kind: &str) {

@@ -92,6 +92,10 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
         return Ok(action);
     }
     let names = Names::of(&stamp, &ctx.cluster_domain)?;
+    // A LoadBalancer hub is advertised (and certified) at its load balancer's address once the
+    // cloud has assigned one; the Service's status change triggers this reconcile.
+    let hub_addresses = ctx.caches.load_balancer_addresses(&names.namespace, &names.hub());
+    let names = names.with_hub_addresses(hub_addresses);
     // The finalizer and the children are independent writes: send them together.
     let (finalizer, blocker) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
         if stamp.spec.paused {
@@ -103,10 +107,14 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
     .await;
     finalizer?;
     let blocker = blocker?;
+    let observed = observe(&names, ctx);
+    let quota_owed = blocker.is_none()
+        && !stamp.spec.paused
+        && crate::quota::sync(ctx, &stamp, &names, &key, &observed).await;
 
     let status = conditions::status(StatusInputs {
         stamp: &stamp,
-        observed: &observe(&names, ctx),
+        observed: &observed,
         blocker: blocker.as_ref(),
         endpoints: StampEndpoints {
             mqtt: names.mqtt_endpoint(),
@@ -123,7 +131,7 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
         announce_transitions(ctx, &stamp, &status).await;
     }
     ctx.metrics.stamp_phase(&key, status.phase);
-    Ok(Action::requeue(if blocker.is_some() {
+    Ok(Action::requeue(if blocker.is_some() || quota_owed {
         BLOCKED_RETRY
     } else {
         RESYNC
@@ -157,6 +165,7 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
         tls,
         api_token: api_token?,
         cluster_domain: ctx.cluster_domain.clone(),
+        hub_addresses: names.hub_addresses.clone(),
     };
     for wave in builders::apply_waves(builders::desired(stamp, &inputs)?) {
         let stale = wave

@@ -1,6 +1,8 @@
 //! `devices.connected` comes from each stamp's API (`GET /v1/stats`). Fetching it inside reconcile
 //! would make every reconcile wait on a network call, so a poller refreshes a shared map in the
-//! background and asks for a reconcile of the stamps whose count changed.
+//! background and asks for a reconcile of the stamps whose count changed. The same answer carries
+//! the device quota the stamp enforces; a stamp that enforces another than its spec's (a storage
+//! pod restarted before its ConfigMap caught up) is reconciled too, which pushes the right one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
 use crate::builders::config::TOKEN_KEY;
+use crate::quota::QuotaSync;
 use crate::stamp_object::StampObject;
 use k8s_openapi::api::core::v1::Secret;
 
@@ -36,14 +39,18 @@ impl ConnectedCounts {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Stats {
     connected: i64,
+    device_quota: Option<u64>,
 }
 
 pub struct Poller {
     pub http: reqwest::Client,
     pub stamps: Store<StampObject>,
     pub counts: ConnectedCounts,
+    /// Where the quota each stamp reports goes.
+    pub quota: Arc<QuotaSync>,
     pub interval: Duration,
     /// The operator's Secret cache, which holds each stamp's API token.
     pub secrets: Store<Secret>,
@@ -80,27 +87,31 @@ impl Poller {
                 .map(|(obj, stamp)| {
                     let this = &self;
                     async move {
-                        let n = this.fetch(&stamp).await;
-                        (obj, stamp, n)
+                        let stats = this.fetch(&stamp).await;
+                        (obj, stamp, stats)
                     }
                 })
                 .buffer_unordered(16)
                 .collect()
                 .await;
-            for (obj, stamp, n) in results {
+            for (obj, stamp, stats) in results {
                 let key = format!(
                     "{}/{}",
                     stamp.metadata.namespace.as_deref().unwrap_or_default(),
                     stamp.metadata.name.as_deref().unwrap_or_default()
                 );
-                if self.counts.set(&key, n) {
+                let quota = stats.as_ref().and_then(|s| s.device_quota);
+                self.quota.reported(&key, quota);
+                let quota_differs = quota.is_some_and(|q| q != stamp.spec.device_quota.max(0) as u64);
+                let count_changed = self.counts.set(&key, stats.map(|s| s.connected));
+                if count_changed || quota_differs {
                     let _ = changed.send(ObjectRef::from_obj(obj.as_ref())).await;
                 }
             }
         }
     }
 
-    async fn fetch(&self, stamp: &IoTStamp) -> Option<i64> {
+    async fn fetch(&self, stamp: &IoTStamp) -> Option<Stats> {
         let ns = stamp.metadata.namespace.as_deref()?;
         let name = stamp.metadata.name.as_deref()?;
         let api = stamp.status.as_ref()?.endpoints.as_ref()?.api.clone();
@@ -115,7 +126,6 @@ impl Poller {
             .send()
             .await
             .ok()?;
-        let stats: Stats = resp.error_for_status().ok()?.json().await.ok()?;
-        Some(stats.connected)
+        resp.error_for_status().ok()?.json().await.ok()
     }
 }

@@ -9,6 +9,7 @@ use http::Method;
 use iotstamp_core::pki;
 use iotstamp_operator::Error;
 use iotstamp_operator::context::Context;
+use iotstamp_operator::quota::QuotaSync;
 use iotstamp_operator::reconcile::{FINALIZER, error_policy, reconcile};
 use iotstamp_operator::stamp_object::StampObject;
 use iotstamp_testkit::fake_api::{FakeApi, FakeCaches, Write};
@@ -390,4 +391,193 @@ async fn a_lagging_cache_never_mints_a_second_token_or_certificate() {
     assert_eq!(secret("s1-api-token"), token, "the API token changed");
     assert_eq!(secret("s1-hub-tls"), cert, "a second certificate was issued");
     assert_eq!(pod_hash(), hash, "the pods would roll");
+}
+
+/// The stamp API's `PUT /v1/quota` over HTTPS, as far as the operator's push needs it: records
+/// each request (path, bearer, body) and answers with the status in `answer`.
+struct FakeStampApi {
+    requests: Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
+    answer: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl FakeStampApi {
+    /// Serves `host` (the stamp's API Service name) on `addr`, with a certificate from `ca`.
+    async fn start(addr: std::net::SocketAddr, host: &str, ca: &pki::CertKeyPem) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let now = k8s_openapi::jiff::Timestamp::now().as_second() - 60;
+        let cert = pki::issue_server_cert(ca, &[host.to_string()], now, Duration::from_secs(3600)).unwrap();
+        let tls =
+            iotstamp_net::tls::server_config_from_pem(&cert.cert_pem, &cert.key_pem, &[b"http/1.1"]).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let api = Self {
+            requests: Arc::default(),
+            answer: Arc::new(200.into()),
+        };
+        let (requests, answer) = (api.requests.clone(), api.answer.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut io) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = io.read(&mut chunk).await.unwrap_or(0);
+                    assert!(n > 0, "the push ended before its request did");
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break (head.to_string(), body.to_string());
+                        }
+                    }
+                };
+                let mut lines = head.lines();
+                let path = lines.next().unwrap_or_default().to_string();
+                let bearer = lines
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("authorization:")
+                            .then(|| l[14..].trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                requests.lock().unwrap().push((path, bearer, body.clone()));
+                let status = answer.load(std::sync::atomic::Ordering::SeqCst);
+                let reply = body.to_string();
+                let _ = io
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                            reply.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = io.shutdown().await;
+            }
+        });
+        api
+    }
+
+    fn take(&self) -> Vec<(String, String, Value)> {
+        std::mem::take(&mut self.requests.lock().unwrap())
+    }
+}
+
+/// A quota change reaches the running stamp in the reconcile that sees it: one authenticated
+/// `PUT /v1/quota` through the stamp's API Service, none while the stamp already enforces it or no
+/// hub pod serves, and a failed push is retried soon instead of at the next resync.
+#[tokio::test]
+async fn a_quota_change_is_pushed_to_the_running_stamp_and_retried_until_it_lands() {
+    let mut h = Harness::new();
+    let host = format!("s1-hub.{NS}.svc");
+    let addr: std::net::SocketAddr = "127.0.0.150:8443".parse().unwrap();
+    let stamp_api = FakeStampApi::start(addr, &host, &h.ctx.ca).await;
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(h.ctx.ca.cert_pem.as_bytes()).unwrap())
+        .resolve(&host, addr)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    Arc::get_mut(&mut h.ctx).unwrap().quota = Arc::new(QuotaSync::new(Some(http)));
+    let key = format!("{NS}/s1");
+
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    assert_eq!(
+        stamp_api.take(),
+        vec![],
+        "no hub pod serves yet: nothing to push to"
+    );
+
+    // A hub pod is ready and the stamp reports the quota of its spec (what the poller would see).
+    let path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/s1-hub");
+    let mut sts = h.fake.object(&path).unwrap();
+    sts["metadata"]["generation"] = json!(1);
+    sts["status"] = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                           "currentRevision": "r1", "updateRevision": "r1"});
+    h.fake.put(&path, sts);
+    h.caches.refresh(&h.fake);
+    h.ctx.quota.reported(&key, Some(100));
+    h.reconcile("s1").await.0.unwrap();
+    assert_eq!(
+        stamp_api.take(),
+        vec![],
+        "the stamp enforces its spec's quota already"
+    );
+
+    let token = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            h.fake
+                .object(&format!("/api/v1/namespaces/{NS}/secrets/s1-api-token"))
+                .unwrap()["data"]["token"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    h.edit("s1", |s| {
+        s["spec"]["deviceQuota"] = json!(250);
+        s["metadata"]["generation"] = json!(2);
+    });
+    let started = std::time::Instant::now();
+    let (result, writes) = h.reconcile("s1").await;
+    eprintln!("reconcile with a quota push took {:?}", started.elapsed());
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(600)));
+    assert_eq!(
+        stamp_api.take(),
+        vec![(
+            "PUT /v1/quota HTTP/1.1".to_string(),
+            format!("Bearer {token}"),
+            json!({"deviceQuota": 250})
+        )]
+    );
+    assert_eq!(
+        child_writes(&writes),
+        ["configmaps/s1-config"],
+        "and no pod rolls"
+    );
+    assert_eq!(h.ctx.quota.in_force(&key), Some(250));
+    h.reconcile("s1").await.0.unwrap();
+    assert_eq!(stamp_api.take(), vec![], "pushed once");
+
+    // The stamp cannot take it now: the reconcile still succeeds, and comes back in 10 s.
+    stamp_api.answer.store(503, std::sync::atomic::Ordering::SeqCst);
+    h.edit("s1", |s| {
+        s["spec"]["deviceQuota"] = json!(40);
+        s["metadata"]["generation"] = json!(3);
+    });
+    let (result, _) = h.reconcile("s1").await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
+    assert_eq!(stamp_api.take().len(), 1);
+    stamp_api.answer.store(200, std::sync::atomic::Ordering::SeqCst);
+    h.reconcile("s1").await.0.unwrap();
+    assert_eq!(stamp_api.take()[0].2, json!({"deviceQuota": 40}));
+
+    // After an operator restart nothing is known: the first reconcile pushes once.
+    h.ctx.quota.reported(&key, None);
+    h.reconcile("s1").await.0.unwrap();
+    h.reconcile("s1").await.0.unwrap();
+    assert_eq!(stamp_api.take().len(), 1);
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("iotstamp_operator_quota_pushes_total{result=\"error\"} 1"),
+        "{}",
+        h.ctx.metrics.encode()
+    );
 }

@@ -225,7 +225,7 @@ mod tests {
             linger: Duration::from_millis(5),
         };
         let (ingest, writer) = Ingest::spawn(
-            LocalStore::new(store.clone()).unwrap(),
+            LocalStore::new(store.clone(), 100).unwrap(),
             policy,
             Metrics::new(),
             shutdown,

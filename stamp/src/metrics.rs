@@ -20,6 +20,7 @@ pub struct Metrics {
     pub refused_connections: Family<Labels, Counter>,
     pub acl_refusals: Family<Labels, Counter>,
     pub protocol_errors: Family<Labels, Counter>,
+    pub token_expirations: Counter,
     pub messages_in: Counter,
     pub bytes_in: Counter,
     pub messages_out: Counter,
@@ -42,6 +43,7 @@ impl Metrics {
             refused_connections: Family::default(),
             acl_refusals: Family::default(),
             protocol_errors: Family::default(),
+            token_expirations: Counter::default(),
             messages_in: Counter::default(),
             bytes_in: Counter::default(),
             messages_out: Counter::default(),
@@ -79,6 +81,11 @@ impl Metrics {
             "hub_protocol_errors",
             "Connections closed for bad MQTT",
             m.protocol_errors.clone(),
+        );
+        r.register(
+            "hub_token_expirations",
+            "Sessions the hub ended because the device's SAS token expired",
+            m.token_expirations.clone(),
         );
         r.register(
             "hub_messages_in",

@@ -101,7 +101,7 @@ fn peer_url<'a>(url: &'a Option<String>, field: &str, role: &str) -> Result<&'a 
 async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
     let config = role.config;
     let store = run::open_store(config).await?;
-    let local = LocalStore::new(store.clone())?;
+    let local = LocalStore::new(store.clone(), config.device_quota)?;
     let probes = Probes {
         metrics: role.metrics,
         dependencies: vec![local.clone()],

@@ -66,7 +66,7 @@ pub(crate) async fn stop(
 pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let token = read_token(&config)?;
     let store = open_store(&config).await?;
-    let local = LocalStore::new(store.clone())?;
+    let local = LocalStore::new(store.clone(), config.device_quota)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Metrics::new();
     let seams = Seams {
@@ -198,7 +198,6 @@ pub(crate) async fn start_edge(
         ingest,
         metrics: metrics.clone(),
         probes: probes.clone(),
-        device_quota: config.device_quota,
         token,
     });
     let api_tls = match (&config.api.tls_cert_file, &config.api.tls_key_file) {

@@ -396,6 +396,8 @@ impl FakeCaches {
             default_image: "iotstamp:test".into(),
             cluster_domain: "cluster.local".into(),
             connected: Default::default(),
+            // No stamp API to reach; a test that wants pushes puts its own client here.
+            quota: std::sync::Arc::new(iotstamp_operator::quota::QuotaSync::new(None)),
             synced,
         })
     }

@@ -69,8 +69,9 @@ pub fn token_secret(n: &Names, token: &str) -> Secret {
 }
 
 /// What the pods' config hash covers: everything a running stamp reads only at start. The device
-/// quota is left out on purpose: the router enforces it, the stamp re-reads it, and raising a quota
-/// must not restart every pod of the stamp.
+/// quota is left out on purpose: changing it must not restart every pod of the stamp. Pods that
+/// start read it from the ConfigMap; running ones are told through the stamp API
+/// ([`crate::quota`]), since a mounted ConfigMap reaches them only after about a minute.
 pub fn pod_config_hash(cfg: &StampConfig, tls: &HubTls, token: &str) -> String {
     let restart_relevant = StampConfig {
         device_quota: 0,

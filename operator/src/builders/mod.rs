@@ -42,6 +42,8 @@ pub struct Inputs {
     pub api_token: String,
     /// Cluster DNS suffix, normally `cluster.local`.
     pub cluster_domain: String,
+    /// The hub load balancer's addresses, as observed (see [`Names::hub_addresses`]).
+    pub hub_addresses: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -128,7 +130,7 @@ impl Child {
 /// The children of one stamp: config → TLS → storage → ingest → hub, the order a person reads them
 /// in. [`apply_waves`] says which must exist before which.
 pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildError> {
-    let n = Names::of(stamp, &inputs.cluster_domain)?;
+    let n = Names::of(stamp, &inputs.cluster_domain)?.with_hub_addresses(inputs.hub_addresses.clone());
     let owner = stamp
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMeta("uid"))?;

@@ -11,6 +11,9 @@ pub struct Names {
     pub stamp: String,
     pub namespace: String,
     pub cluster_domain: String,
+    /// Addresses a load balancer gave the hub Service (its `status.loadBalancer.ingress`), as
+    /// observed; empty until one is assigned, and always for ClusterIP and NodePort hubs.
+    pub hub_addresses: Vec<String>,
 }
 
 impl Names {
@@ -27,7 +30,14 @@ impl Names {
                 .clone()
                 .ok_or(BuildError::MissingMeta("namespace"))?,
             cluster_domain: cluster_domain.to_string(),
+            hub_addresses: Vec::new(),
         })
+    }
+
+    /// The same names, with the addresses the hub's load balancer was given.
+    pub fn with_hub_addresses(mut self, addresses: Vec<String>) -> Self {
+        self.hub_addresses = addresses;
+        self
     }
 
     pub fn config_map(&self) -> String {
@@ -61,19 +71,29 @@ impl Names {
         format!("{service}.{}.svc", self.namespace)
     }
 
-    /// DNS names devices and the router may use for the hub: the certificate's SANs.
+    /// DNS names and addresses devices and the router may use for the hub: the certificate's
+    /// SANs, and the host names the hub accepts in a device's user name and token.
     pub fn hub_dns_names(&self) -> Vec<String> {
         let hub = self.hub();
-        vec![
+        let mut names = vec![
             hub.clone(),
             format!("{hub}.{}", self.namespace),
             self.svc_host(&hub),
             format!("{}.{}", self.svc_host(&hub), self.cluster_domain),
-        ]
+        ];
+        names.extend(self.hub_addresses.iter().cloned());
+        names
     }
 
+    /// Where devices connect: the load balancer's address once it has one (a device outside the
+    /// cluster cannot resolve the Service name), the in-cluster Service name otherwise.
     pub fn mqtt_endpoint(&self) -> String {
-        format!("{}:{}", self.svc_host(&self.hub()), ports::MQTT_TLS)
+        let host = match self.hub_addresses.first() {
+            Some(address) if address.contains(':') => format!("[{address}]"),
+            Some(address) => address.clone(),
+            None => self.svc_host(&self.hub()),
+        };
+        format!("{host}:{}", ports::MQTT_TLS)
     }
     pub fn api_endpoint(&self) -> String {
         format!("https://{}:{}", self.svc_host(&self.hub()), ports::API)

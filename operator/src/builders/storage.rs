@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use iotstamp_api::IoTStamp;
 use iotstamp_core::stamp_config::ports;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec,
     VolumeResourceRequirements,
@@ -75,6 +77,14 @@ pub fn stateful_set(stamp: &IoTStamp, p: &PodInputs) -> StatefulSet {
                 }),
                 ..Default::default()
             }]),
+            // The volume is the stamp's: deleting the stamp (which waits while devices are
+            // assigned to it) deletes its data too, so a retired stamp leaves nothing behind.
+            // Scaling never happens (one replica), and a resize orphans the StatefulSet, which
+            // keeps the claims.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".into()),
+                when_scaled: Some("Retain".into()),
+            }),
             ..Default::default()
         }),
         ..Default::default()

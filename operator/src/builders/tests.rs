@@ -41,6 +41,7 @@ pub(crate) fn fixture_inputs() -> Inputs {
         tls,
         api_token: "t0ken".into(),
         cluster_domain: "cluster.local".into(),
+        hub_addresses: Vec::new(),
     }
 }
 
@@ -178,6 +179,9 @@ fn spec_resources_overrides_and_storage_reach_the_pods() {
     assert_eq!(c.args.as_ref().unwrap().last().map(String::as_str), Some("hub"));
 
     let storage = sts(&children, "s1-storage").spec.clone().unwrap();
+    // Deleting the stamp deletes its volume: a retired stamp leaves no claim behind.
+    let retention = storage.persistent_volume_claim_retention_policy.clone().unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
     let claim = storage.volume_claim_templates.unwrap()[0].spec.clone().unwrap();
     assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
     assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"].0, "50Gi");
@@ -272,7 +276,7 @@ fn pod_hash(children: &[Child], name: &str) -> String {
 }
 
 #[test]
-fn config_changes_roll_pods_and_quota_changes_do_not() {
+fn config_changes_roll_pods_and_quota_changes_reach_only_the_config_map() {
     let inputs = fixture_inputs();
     let base = desired(
         &fixture_stamp("s1", serde_json::json!({"deviceQuota": 10})),
@@ -294,11 +298,15 @@ fn config_changes_roll_pods_and_quota_changes_do_not() {
     .unwrap();
     assert_eq!(pod_hash(&base, "s1-hub"), pod_hash(&more_quota, "s1-hub"));
     assert_ne!(pod_hash(&base, "s1-hub"), pod_hash(&new_retention, "s1-hub"));
-    // The quota still reaches the ConfigMap, which the stamp re-reads.
-    assert_ne!(
-        find(&base, "ConfigMap", "s1-config").applied_hash(),
-        find(&more_quota, "ConfigMap", "s1-config").applied_hash()
-    );
+    // The new quota is in the ConfigMap, for pods that start. Running pods never re-read it: the
+    // operator pushes it to them (tests/reconcile_mock.rs), and the stamp enforcing it at once is
+    // stamp/tests/quota.rs.
+    let Child::ConfigMap(cm) = find(&more_quota, "ConfigMap", "s1-config") else {
+        unreachable!()
+    };
+    let cfg: iotstamp_core::stamp_config::StampConfig =
+        serde_json::from_str(&cm.data.as_ref().unwrap()[iotstamp_core::stamp_config::CONFIG_KEY]).unwrap();
+    assert_eq!(cfg.device_quota, 20);
     // Only the ConfigMap changes for a quota change: nothing else churns.
     let changed: Vec<_> = base
         .iter()
@@ -331,4 +339,66 @@ fn node_port_only_on_node_port_services() {
     let spec = svc.spec.as_ref().unwrap();
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
     assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30883));
+}
+
+#[test]
+fn a_load_balancer_address_is_advertised_accepted_and_pods_roll() {
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({"deviceQuota": 1, "hub": {"service": {"type": "LoadBalancer"}}}),
+    );
+    let before = Names::of(&stamp, "cluster.local").unwrap();
+    assert_eq!(before.mqtt_endpoint(), "s1-hub.fleet.svc:8883");
+    let after = before.clone().with_hub_addresses(vec!["10.213.1.7".into()]);
+    // Devices outside the cluster are sent to the address, and the certificate names it.
+    assert_eq!(after.mqtt_endpoint(), "10.213.1.7:8883");
+    assert!(after.hub_dns_names().contains(&"10.213.1.7".to_string()));
+    assert!(after.hub_dns_names().contains(&"s1-hub.fleet.svc".to_string()));
+    let v6 = before.with_hub_addresses(vec!["fd00::7".into()]);
+    assert_eq!(v6.mqtt_endpoint(), "[fd00::7]:8883");
+
+    // The hub accepts the address as a host name, and its pods restart to learn it.
+    let config_of = |inputs: &Inputs| {
+        let children = desired(&stamp, inputs).unwrap();
+        let Child::ConfigMap(cm) = find(&children, "ConfigMap", "s1-config") else {
+            unreachable!()
+        };
+        let cfg: StampConfig = serde_json::from_str(&cm.data.as_ref().unwrap()["stamp.json"]).unwrap();
+        let Child::StatefulSet(hub) = find(&children, "StatefulSet", "s1-hub") else {
+            unreachable!()
+        };
+        let hash = hub
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone();
+        (cfg.hub.host_names, hash)
+    };
+    let (plain_names, plain_hash) = config_of(&fixture_inputs());
+    let (lb_names, lb_hash) = config_of(&Inputs {
+        hub_addresses: vec!["10.213.1.7".into()],
+        ..fixture_inputs()
+    });
+    assert!(!plain_names.contains(&"10.213.1.7".to_string()));
+    assert!(lb_names.contains(&"10.213.1.7".to_string()));
+    assert_ne!(plain_hash, lb_hash);
+}
+
+#[test]
+fn load_balancer_addresses_are_read_in_order_ip_before_host_name() {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.213.1.7"}, {"hostname": "lb.example.com"}, {"ip": ""}]}}
+    }))
+    .unwrap();
+    assert_eq!(
+        crate::caches::load_balancer_addresses(&svc),
+        vec!["10.213.1.7".to_string(), "lb.example.com".to_string()]
+    );
+    let none: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({})).unwrap();
+    assert!(crate::caches::load_balancer_addresses(&none).is_empty());
 }

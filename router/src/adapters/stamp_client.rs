@@ -31,6 +31,13 @@ pub enum StampError {
         #[source]
         source: reqwest::Error,
     },
+    /// The stamp did not answer within the call's deadline (a direct method's own timeout, or the
+    /// default): the call may or may not have happened.
+    #[error("stamp `{stamp}` gave no answer within {deadline:?}")]
+    NoAnswer {
+        stamp: String,
+        deadline: std::time::Duration,
+    },
     /// The stamp's CA certificate does not make an HTTPS client.
     #[error("stamp `{stamp}` is misconfigured")]
     Config {
@@ -73,15 +80,44 @@ pub trait StampClient: Send + Sync {
     ) -> Result<http::Response<Body>, StampError>;
 }
 
+/// How long a call waits for a stamp's answer when nothing longer applies: registrations whole,
+/// and the response headers of a passed-through call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a passed-through direct method gets beyond the device's own timeout: the stamp answers 504
+/// at that timeout, and that answer must still reach the caller.
+const METHOD_MARGIN: Duration = Duration::from_secs(5);
+/// TCP keep-alive on stamp connections: a stamp that vanished (node gone, partition) ends a live
+/// stream passed through it instead of leaving it open forever. A stamp that is there but quiet
+/// sends SSE keep-alives, so the stream is never cut for being idle.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// The HTTPS client for real stamps: one connection pool per stamp, trusting that stamp's CA only.
-#[derive(Default)]
+///
+/// No total timeout on the client: a passed-through live stream lasts as long as both ends stay.
+/// Registrations get [`CALL_TIMEOUT`] whole; a passed-through call waits for the answer's headers
+/// for as long as [`answer_deadline`] says and streams the body after that without a limit.
 pub struct HttpStampClient {
     clients: Mutex<HashMap<String, (Option<String>, reqwest::Client)>>,
+    call_timeout: Duration,
+}
+
+impl Default for HttpStampClient {
+    fn default() -> Self {
+        Self::with_call_timeout(CALL_TIMEOUT)
+    }
 }
 
 impl HttpStampClient {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// As [`Self::new`] with another [`CALL_TIMEOUT`] (tests use a short one).
+    pub fn with_call_timeout(call_timeout: Duration) -> Self {
+        Self {
+            clients: Mutex::default(),
+            call_timeout,
+        }
     }
 
     fn client(&self, stamp: &StampInfo) -> Result<reqwest::Client, StampError> {
@@ -98,7 +134,7 @@ impl HttpStampClient {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            .tcp_keepalive(TCP_KEEPALIVE)
             // Enough idle connections for every concurrent registration: a new TLS handshake per
             // registration would cost more than the registration itself.
             .pool_max_idle_per_host(1024);
@@ -126,6 +162,35 @@ impl HttpStampClient {
         }
         Ok(req)
     }
+
+    /// A registry call: the whole exchange within the call timeout.
+    fn registry_call(
+        &self,
+        stamp: &StampInfo,
+        method: http::Method,
+        device_id: &str,
+    ) -> Result<reqwest::RequestBuilder, StampError> {
+        Ok(self
+            .request(stamp, method, &device_path(device_id))?
+            .timeout(self.call_timeout))
+    }
+}
+
+/// How long a passed-through call waits for the stamp's response headers: a direct method as long
+/// as the stamp waits for the device ([`iotstamp_core::methods`]) plus a margin, anything else
+/// `call_timeout`. The body (a live stream) then has no deadline.
+pub fn answer_deadline(path_and_query: &str, call_timeout: Duration) -> Duration {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let is_method = path
+        .strip_prefix("/v1/devices/")
+        .and_then(|rest| rest.split('/').nth(1))
+        == Some("methods");
+    if is_method {
+        let wait = iotstamp_core::methods::response_timeout(iotstamp_core::methods::requested_timeout(query));
+        (wait + METHOD_MARGIN).max(call_timeout)
+    } else {
+        call_timeout
+    }
 }
 
 fn unreachable(stamp: &StampInfo, source: reqwest::Error) -> StampError {
@@ -146,7 +211,7 @@ fn device_path(device_id: &str) -> String {
 impl StampClient for HttpStampClient {
     async fn register(&self, stamp: &StampInfo, record: &DeviceRecord) -> Result<(), StampError> {
         let resp = self
-            .request(stamp, http::Method::PUT, &device_path(record.device_id.as_str()))?
+            .registry_call(stamp, http::Method::PUT, record.device_id.as_str())?
             .json(record)
             .send()
             .await
@@ -169,7 +234,7 @@ impl StampClient for HttpStampClient {
         device_id: &str,
     ) -> Result<Option<DeviceRecord>, StampError> {
         let resp = self
-            .request(stamp, http::Method::GET, &device_path(device_id))?
+            .registry_call(stamp, http::Method::GET, device_id)?
             .send()
             .await
             .map_err(|e| unreachable(stamp, e))?;
@@ -186,7 +251,7 @@ impl StampClient for HttpStampClient {
 
     async fn deregister(&self, stamp: &StampInfo, device_id: &str) -> Result<(), StampError> {
         let resp = self
-            .request(stamp, http::Method::DELETE, &device_path(device_id))?
+            .registry_call(stamp, http::Method::DELETE, device_id)?
             .send()
             .await
             .map_err(|e| unreachable(stamp, e))?;
@@ -216,7 +281,14 @@ impl StampClient for HttpStampClient {
         if !body.is_empty() {
             req = req.body(body);
         }
-        let resp = req.send().await.map_err(|e| unreachable(stamp, e))?;
+        let deadline = answer_deadline(path_and_query, self.call_timeout);
+        let resp = tokio::time::timeout(deadline, req.send())
+            .await
+            .map_err(|_| StampError::NoAnswer {
+                stamp: stamp.name.clone(),
+                deadline,
+            })?
+            .map_err(|e| unreachable(stamp, e))?;
         let mut out = http::Response::builder().status(resp.status().as_u16());
         for name in [http::header::CONTENT_TYPE, http::header::CACHE_CONTROL] {
             if let Some(v) = resp.headers().get(name.as_str()) {
@@ -228,5 +300,32 @@ impl StampClient for HttpStampClient {
                 stamp: stamp.name.clone(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_waits_for_its_own_timeout_and_other_calls_for_the_call_timeout() {
+        let call = Duration::from_secs(30);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            answer_deadline("/v1/devices/d1/methods/reboot?timeout=200", call),
+            secs(205)
+        );
+        assert_eq!(
+            answer_deadline("/v1/devices/d1/methods/reboot?timeout=9999", call),
+            secs(305)
+        );
+        assert_eq!(answer_deadline("/v1/devices/d1/methods/reboot", call), secs(35));
+        assert_eq!(
+            answer_deadline("/v1/devices/d1/methods/reboot?timeout=1", call),
+            call
+        );
+        assert_eq!(answer_deadline("/v1/devices/d1/messages?timeout=200", call), call);
+        assert_eq!(answer_deadline("/v1/devices/d1/stream", call), call);
+        assert_eq!(answer_deadline("/v1/devices/methods/telemetry", call), call);
     }
 }

@@ -149,6 +149,17 @@ async fn telemetry(h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) 
 
 impl FakeStamp {
     pub async fn start(name: &str, ip: &str, quota: usize, pki: &Pki) -> Self {
+        Self::start_with_routes(name, ip, quota, pki, axum::Router::new()).await
+    }
+
+    /// As [`Self::start`], serving `extra` beside the registry (calls the router passes through).
+    pub async fn start_with_routes(
+        name: &str,
+        ip: &str,
+        quota: usize,
+        pki: &Pki,
+        extra: axum::Router,
+    ) -> Self {
         let state = StampState {
             quota,
             registry: Arc::default(),
@@ -161,7 +172,8 @@ impl FakeStamp {
                 put(put_device).get(get_device).delete(delete_device),
             )
             .route("/v1/devices/{id}/telemetry", get(telemetry))
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .merge(extra);
         let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);

@@ -2,8 +2,6 @@
 //! message's property bag; `sent`, or `queued` until the device connects and subscribes) and `POST /v1/devices/{id}/methods/{name}` (direct method; waits for the
 //! device's answer up to `?timeout=` seconds, default 30).
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -12,9 +10,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::{Ctx, error, storage_error};
 use crate::hub::sessions::{C2dOutcome, CommandError};
-
-const DEFAULT_METHOD_TIMEOUT_S: u64 = 30;
-const MAX_METHOD_TIMEOUT_S: u64 = 300;
 
 fn command_error(e: CommandError) -> Response {
     let (status, code) = match e {
@@ -70,11 +65,7 @@ pub async fn method(
     Query(q): Query<MethodQuery>,
     body: Bytes,
 ) -> Response {
-    let timeout = Duration::from_secs(
-        q.timeout
-            .unwrap_or(DEFAULT_METHOD_TIMEOUT_S)
-            .clamp(1, MAX_METHOD_TIMEOUT_S),
-    );
+    let timeout = iotstamp_core::methods::response_timeout(q.timeout);
     match ctx
         .sessions
         .invoke(&id.to_ascii_lowercase(), &name, body, timeout)

@@ -3,6 +3,7 @@
 
 mod commands;
 mod live;
+mod quota;
 mod registry;
 mod telemetry;
 
@@ -38,11 +39,11 @@ pub struct ApiCtx {
     pub metrics: Arc<Metrics>,
     /// `/readyz` and `/metrics`: ready when storage and ingest are.
     pub probes: Arc<Probes>,
-    pub device_quota: u64,
     pub token: Token,
 }
 
 pub type Ctx = Arc<ApiCtx>;
+pub use quota::parse_quota;
 /// The internal bearer token (the same Secret for the stamp API and the internal API).
 pub type Token = Arc<str>;
 
@@ -63,6 +64,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/devices/{id}/messages", post(commands::c2d))
         .route("/v1/devices/{id}/methods/{name}", post(commands::method))
         .route("/v1/stats", get(stats))
+        .route("/v1/quota", put(quota::put))
         .route_layer(axum::middleware::from_fn_with_state(
             ctx.token.clone(),
             require_token,
@@ -168,15 +170,15 @@ pub fn storage_error(e: crate::Error) -> Response {
 }
 
 async fn stats(State(ctx): State<Ctx>) -> Response {
-    let registered = match ctx.registry.count().await {
-        Ok(n) => n,
+    let (registered, quota) = match futures::try_join!(ctx.registry.count(), ctx.registry.quota()) {
+        Ok(both) => both,
         Err(e) => return storage_error(e),
     };
     axum::Json(serde_json::json!({
         "registered": registered,
         "connected": ctx.sessions.connected(),
         "messagesPerSecond": ctx.metrics.messages_per_second(),
-        "deviceQuota": ctx.device_quota,
+        "deviceQuota": quota,
     }))
     .into_response()
 }

@@ -36,7 +36,7 @@ pub async fn put(
             format!("the path names `{id}`, the body `{}`", record.device_id),
         );
     }
-    let result = ctx.registry.put(record.clone(), ctx.device_quota).await;
+    let result = ctx.registry.put(record.clone()).await;
     if result.is_ok() && record.status == DeviceStatus::Disabled {
         ctx.sessions.disconnect(&id.key());
     }

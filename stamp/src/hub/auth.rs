@@ -8,7 +8,8 @@
 //! CONNACK codes (MQTT 3.1.1; MQTT 5 uses 0x85, 0x86, 0x87 and 0x88 for the same cases): a bad client id gets 2 (identifier rejected); anything wrong with the
 //! credentials themselves gets 4 (bad user name or password); a device that is unknown or disabled
 //! gets 5 (not authorized); when the registry cannot be read (storage down), 3 (server unavailable).
-//! A refused device is always told, never silently dropped.
+//! A refused device is always told, never silently dropped. An accepted session lasts until the
+//! token's `se` ([`expiry_instant`]); then the hub ends it (MQTT 5: DISCONNECT 0x87 Not authorized).
 
 use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
@@ -105,6 +106,15 @@ pub fn verify(token: &SasToken, record: Option<&DeviceRecord>, now_unix: u64) ->
         SasError::Expired { .. } => AuthFailure::Expired,
         _ => AuthFailure::BadSignature,
     })
+}
+
+/// When a session authenticated with `token` must end: at its `se`, measured from `now_us` (µs since
+/// the epoch) read at `now`. A far-off `se` (they are up to the device) is capped at a year, which
+/// outlives any connection and keeps the timer arithmetic from overflowing.
+pub fn expiry_instant(token: &SasToken, now_us: u64, now: tokio::time::Instant) -> tokio::time::Instant {
+    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+    let left_us = token.expiry().saturating_mul(1_000_000).saturating_sub(now_us);
+    now + std::time::Duration::from_micros(left_us).min(YEAR)
 }
 
 fn check_host(host: &str, host_names: &[String]) -> Result<(), AuthFailure> {

@@ -48,6 +48,8 @@ pub(super) enum Close {
     TakenOver,
     Shutdown,
     Storage,
+    /// The SAS token the device connected with reached its `se`.
+    TokenExpired,
 }
 
 impl Close {
@@ -63,6 +65,8 @@ impl Close {
             Close::TopicAlias => reason::TOPIC_ALIAS_INVALID,
             Close::KeepAlive => reason::KEEP_ALIVE_TIMEOUT,
             Close::TakenOver => reason::SESSION_TAKEN_OVER,
+            // Its credentials are no longer valid: the client must connect again with a new token.
+            Close::TokenExpired => reason::NOT_AUTHORIZED,
             Close::Shutdown => reason::SERVER_SHUTTING_DOWN,
             // Storage could not take the message: the client should come back and resend.
             Close::Storage => reason::SERVER_BUSY,
@@ -110,6 +114,9 @@ where
                 .get_or_create(&vec![("kind", "keep_alive")])
                 .inc();
         }
+        Close::TokenExpired => {
+            m.token_expirations.inc();
+        }
         _ => {}
     }
     tracing::debug!(reason = ?result, "device connection closed");
@@ -141,8 +148,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         self.version = connect.version();
         self.client_max_packet = v5::client_max_packet(&connect);
-        let device = match self.authenticate(&connect).await {
-            Ok(device) => device,
+        let (device, token_expiry) = match self.authenticate(&connect).await {
+            Ok(authenticated) => authenticated,
             Err(failure) => {
                 let m = &self.ctx.metrics;
                 m.auth_failures
@@ -155,24 +162,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 return self.refuse(code, failure.reason()).await;
             }
         };
-        match self.session(&device, connect.keep_alive).await {
+        match self.session(&device, connect.keep_alive, token_expiry).await {
             Ok(()) => Close::PeerClosed,
             Err(close) => close,
         }
     }
 
+    /// The device, and when its token expires (the instant the session must end, as IoT Hub does).
     async fn authenticate(
         &self,
         connect: &Connect,
-    ) -> Result<iotstamp_core::ids::DeviceId, auth::AuthFailure> {
+    ) -> Result<(iotstamp_core::ids::DeviceId, Instant), auth::AuthFailure> {
         let (device, token) = auth::precheck(connect, &self.ctx.host_names)?;
         let unavailable = |e: crate::Error| {
             tracing::warn!(error = %Causes(&e), "registry lookup failed at CONNECT");
             auth::AuthFailure::RegistryUnavailable
         };
         let record = self.ctx.registry.get(device.key()).await.map_err(unavailable)?;
-        let now = iotstamp_core::clock::unix_secs();
-        match auth::verify(&token, record.as_ref(), now) {
+        let now_us = iotstamp_core::clock::unix_micros();
+        let now = now_us / 1_000_000;
+        let expiry = auth::expiry_instant(&token, now_us, Instant::now());
+        let device = match auth::verify(&token, record.as_ref(), now) {
             Ok(()) => Ok(device),
             // The record may be a cached one that storage has since replaced.
             Err(refused @ (auth::AuthFailure::UnknownDevice | auth::AuthFailure::BadSignature)) => match self
@@ -186,7 +196,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 None => Err(refused),
             },
             Err(other) => Err(other),
-        }
+        }?;
+        Ok((device, expiry))
     }
 
     /// Appends `packet` to the write buffer in the connection's protocol version.
@@ -206,7 +217,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Close::Refused(why)
     }
 
-    async fn session(&mut self, device: &iotstamp_core::ids::DeviceId, keep_alive: u16) -> Result<(), Close> {
+    async fn session(
+        &mut self,
+        device: &iotstamp_core::ids::DeviceId,
+        keep_alive: u16,
+        token_expiry: Instant,
+    ) -> Result<(), Close> {
         let device_key = device.key();
         let mut guard = self.ctx.sessions.register(&device_key, device.as_str());
         self.ctx.metrics.connects.inc();
@@ -245,6 +261,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 _ = guard.kick.notified() => return Err(Close::TakenOver),
                 _ = crate::stopped(&mut shutdown) => return Err(Close::Shutdown),
                 _ = tokio::time::sleep_until(deadline) => return Err(Close::KeepAlive),
+                // The token was checked at CONNECT only; IoT Hub ends the session when it expires.
+                _ = tokio::time::sleep_until(token_expiry) => return Err(Close::TokenExpired),
                 Some(out) = guard.rx.recv() => {
                     next_pkid = next_pkid.checked_add(1).unwrap_or(1);
                     let size = out.payload.len();

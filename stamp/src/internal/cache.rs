@@ -99,11 +99,11 @@ impl Registry for CachedRegistry {
         })
     }
 
-    fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome> {
+    fn put(&self, record: DeviceRecord) -> Fut<'_, PutOutcome> {
         Box::pin(async move {
             let key = record.device_id.key();
             self.forget(&key);
-            let outcome = self.inner.put(record, quota).await;
+            let outcome = self.inner.put(record).await;
             // A CONNECT may have cached the old record while the write was in flight.
             self.forget(&key);
             outcome
@@ -121,6 +121,13 @@ impl Registry for CachedRegistry {
 
     fn count(&self) -> Fut<'_, u64> {
         self.inner.count()
+    }
+    // The quota is storage's, never cached: a change must hold at once for every hub pod.
+    fn quota(&self) -> Fut<'_, u64> {
+        self.inner.quota()
+    }
+    fn set_quota(&self, quota: u64) -> Fut<'_, ()> {
+        self.inner.set_quota(quota)
     }
 }
 
@@ -145,15 +152,15 @@ mod tests {
     async fn writes_through_the_cache_take_effect_at_once_and_others_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone()).unwrap());
+        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10).unwrap());
         assert_eq!(cache.get("dev1".into()).await.unwrap(), None);
 
-        cache.put(device(DeviceStatus::Enabled), 10).await.unwrap();
+        cache.put(device(DeviceStatus::Enabled)).await.unwrap();
         assert_eq!(
             cache.get("dev1".into()).await.unwrap(),
             Some(device(DeviceStatus::Enabled))
         );
-        cache.put(device(DeviceStatus::Disabled), 10).await.unwrap();
+        cache.put(device(DeviceStatus::Disabled)).await.unwrap();
         assert_eq!(
             cache.get("dev1".into()).await.unwrap(),
             Some(device(DeviceStatus::Disabled))
@@ -182,7 +189,7 @@ mod tests {
     async fn a_refusal_rechecks_storage_once_the_cached_record_is_a_second_old() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone()).unwrap());
+        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10).unwrap());
         store.put_device(&device(DeviceStatus::Enabled), 10).unwrap();
         assert_eq!(
             cache.get("dev1".into()).await.unwrap().unwrap().primary_key,

@@ -108,6 +108,8 @@ impl InternalClient {
     }
 }
 
+const QUOTA_PATH: &str = "/internal/v1/quota";
+
 fn device_path(device_key: &str) -> String {
     utf8_percent_encode(device_key, NON_ALPHANUMERIC).to_string()
 }
@@ -153,17 +155,16 @@ impl Registry for InternalClient {
         })
     }
 
-    fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome> {
+    fn put(&self, record: DeviceRecord) -> Fut<'_, PutOutcome> {
         Box::pin(async move {
-            let path = format!(
-                "/internal/v1/registry/{}?quota={quota}",
-                device_path(&record.device_id.key())
-            );
+            let path = format!("/internal/v1/registry/{}", device_path(&record.device_id.key()));
             let body = serde_json::to_vec(&record).map_err(|e| Error::Corrupt(e.to_string()))?;
             match self.call(Method::PUT, &path, Some(body), READ_TIMEOUT).await? {
                 (StatusCode::CREATED, _) => Ok(PutOutcome::Created),
                 (StatusCode::OK, _) => Ok(PutOutcome::Replaced),
-                (StatusCode::CONFLICT, _) => Err(Error::QuotaExceeded { quota }),
+                (StatusCode::CONFLICT, body) => Err(Error::QuotaExceeded {
+                    quota: self.decode::<super::server::QuotaBody>(&body)?.device_quota,
+                }),
                 (status, body) => Err(self.unexpected(status, &body)),
             }
         })
@@ -187,6 +188,28 @@ impl Registry for InternalClient {
                 .await?
             {
                 (StatusCode::OK, body) => Ok(self.decode::<super::server::Count>(&body)?.count),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+    fn quota(&self) -> Fut<'_, u64> {
+        Box::pin(async move {
+            match self.call(Method::GET, QUOTA_PATH, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => Ok(self.decode::<super::server::QuotaBody>(&body)?.device_quota),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+
+    fn set_quota(&self, quota: u64) -> Fut<'_, ()> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&super::server::QuotaBody { device_quota: quota })
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            match self
+                .call(Method::PUT, QUOTA_PATH, Some(body), READ_TIMEOUT)
+                .await?
+            {
+                (StatusCode::OK, _) => Ok(()),
                 (status, body) => Err(self.unexpected(status, &body)),
             }
         })

@@ -2,6 +2,7 @@
 //! `spawn_blocking`, off the async workers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use iotstamp_core::registry::DeviceRecord;
 
@@ -15,14 +16,19 @@ pub struct LocalStore {
     store: Arc<Store>,
     /// Registry writes go through group commit; reads go straight to the store.
     registry_writes: RegistryWriter,
+    /// The device quota in force: `deviceQuota` from the config at start, then what the stamp API
+    /// was last told (the operator pushes every change; see `api::quota`). Not stored: a restarted
+    /// storage reads its config again, which by then carries the operator's current value.
+    quota: AtomicU64,
 }
 
 impl LocalStore {
-    pub fn new(store: Arc<Store>) -> Result<Arc<Self>, Error> {
+    pub fn new(store: Arc<Store>, quota: u64) -> Result<Arc<Self>, Error> {
         let registry_writes = RegistryWriter::start(store.clone())?;
         Ok(Arc::new(Self {
             store,
             registry_writes,
+            quota: AtomicU64::new(quota),
         }))
     }
 
@@ -58,7 +64,8 @@ impl Registry for LocalStore {
     fn get(&self, device_key: String) -> Fut<'_, Option<DeviceRecord>> {
         self.run(move |s| s.get_device(&device_key))
     }
-    fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome> {
+    fn put(&self, record: DeviceRecord) -> Fut<'_, PutOutcome> {
+        let quota = self.quota.load(Ordering::Acquire);
         Box::pin(self.registry_writes.put(record, quota))
     }
     fn delete(&self, device_key: String) -> Fut<'_, bool> {
@@ -66,6 +73,15 @@ impl Registry for LocalStore {
     }
     fn count(&self) -> Fut<'_, u64> {
         self.run(|s| s.device_count())
+    }
+    fn quota(&self) -> Fut<'_, u64> {
+        let quota = self.quota.load(Ordering::Acquire);
+        Box::pin(async move { Ok(quota) })
+    }
+    fn set_quota(&self, quota: u64) -> Fut<'_, ()> {
+        self.quota.store(quota, Ordering::Release);
+        tracing::info!(quota, "device quota changed");
+        Box::pin(async { Ok(()) })
     }
 }
 

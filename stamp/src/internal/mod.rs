@@ -14,8 +14,13 @@
 //! Wire format ([`server`] serves it, [`client`] speaks it), all under the internal bearer token:
 //! `POST /internal/v1/telemetry` (JSON array of records; 204 after the commit),
 //! `GET /internal/v1/telemetry/{device}?from=&to=&limit=&after=` (µs; a page),
-//! `GET|PUT|DELETE /internal/v1/registry/{device}` (`PUT ?quota=N`), `GET /internal/v1/registry`
-//! (`{"count": n}`), and `/healthz`, `/readyz` without a token for the kubelet.
+//! `GET|PUT|DELETE /internal/v1/registry/{device}`, `GET /internal/v1/registry` (`{"count": n}`),
+//! `GET|PUT /internal/v1/quota` (`{"deviceQuota": n}`), and `/healthz`, `/readyz` without a token
+//! for the kubelet.
+//!
+//! The device quota lives where the registry writes are checked: with the store (storage's registry
+//! writer). A hub pod that receives a new quota through the stamp API passes it to storage, so every
+//! hub pod's registrations are held to it at once, whichever pod the operator's push reached.
 
 pub mod cache;
 pub mod client;
@@ -52,10 +57,15 @@ pub trait Registry: Ready {
     fn recheck(&self, _device_key: String) -> Fut<'_, Option<Option<DeviceRecord>>> {
         Box::pin(async { Ok(None) })
     }
-    /// Inserts or replaces; a new device beyond `quota` is refused with `Error::QuotaExceeded`.
-    fn put(&self, record: DeviceRecord, quota: u64) -> Fut<'_, PutOutcome>;
+    /// Inserts or replaces; a new device beyond the quota in force is refused with
+    /// `Error::QuotaExceeded`.
+    fn put(&self, record: DeviceRecord) -> Fut<'_, PutOutcome>;
     fn delete(&self, device_key: String) -> Fut<'_, bool>;
     fn count(&self) -> Fut<'_, u64>;
+    /// The device quota in force: new devices beyond it are refused, registered ones stay.
+    fn quota(&self) -> Fut<'_, u64>;
+    /// Replaces the quota in force (until the store's process restarts and reads its config).
+    fn set_quota(&self, quota: u64) -> Fut<'_, ()>;
 }
 
 /// One page of a device's series: `from_us <= received < to_us`, after `after` when given.

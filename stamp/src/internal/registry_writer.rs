@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::causes::Causes;
+use iotstamp_core::registry::DeviceRecord;
 use iotstamp_net::batch_worker::BatchWorker;
 use tokio::sync::oneshot;
 

@@ -28,6 +28,14 @@ pub struct Count {
     pub count: u64,
 }
 
+/// The device quota on the wire: storage's `/internal/v1/quota`, its 409 body for a refused new
+/// device, and the stamp API's `PUT /v1/quota`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaBody {
+    pub device_quota: u64,
+}
+
 /// What `/healthz`, `/readyz` and `/metrics` of a role look at.
 pub struct Probes {
     pub metrics: Arc<Metrics>,
@@ -78,6 +86,7 @@ pub fn storage_routes(store: Arc<LocalStore>, token: Token) -> Router {
         .route("/internal/v1/telemetry", post(store_batch))
         .route("/internal/v1/telemetry/{device}", get(query))
         .route("/internal/v1/registry", get(count))
+        .route("/internal/v1/quota", get(get_quota).put(put_quota))
         .route(
             "/internal/v1/registry/{device}",
             get(get_device).put(put_device).delete(delete_device),
@@ -185,15 +194,9 @@ async fn get_device(State(store): State<Arc<LocalStore>>, Path(device_key): Path
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct Quota {
-    quota: u64,
-}
-
 async fn put_device(
     State(store): State<Arc<LocalStore>>,
     Path(device_key): Path<String>,
-    Query(Quota { quota }): Query<Quota>,
     body: Bytes,
 ) -> Response {
     let record: DeviceRecord = match serde_json::from_slice(&body) {
@@ -207,9 +210,33 @@ async fn put_device(
             "path and body name different devices",
         );
     }
-    match store.put(record, quota).await {
+    match store.put(record).await {
         Ok(PutOutcome::Created) => StatusCode::CREATED.into_response(),
         Ok(PutOutcome::Replaced) => StatusCode::OK.into_response(),
+        // The hub's client reads the quota that refused the device from the body.
+        Err(crate::Error::QuotaExceeded { quota }) => (
+            StatusCode::CONFLICT,
+            axum::Json(QuotaBody { device_quota: quota }),
+        )
+            .into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn get_quota(State(store): State<Arc<LocalStore>>) -> Response {
+    match store.quota().await {
+        Ok(device_quota) => axum::Json(QuotaBody { device_quota }).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn put_quota(State(store): State<Arc<LocalStore>>, body: Bytes) -> Response {
+    let quota = match crate::api::parse_quota(&body) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    match store.set_quota(quota).await {
+        Ok(()) => axum::Json(QuotaBody { device_quota: quota }).into_response(),
         Err(e) => storage_error(e),
     }
 }

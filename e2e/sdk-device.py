@@ -1,0 +1,64 @@
+# One device of the whole-system test (e2e/tests/system.rs), on the unmodified Azure IoT Python SDK
+# (azure-iot-device, from the venv .ci/setup-deps builds), driven line by line:
+#   argv: PROVISIONING_HOST ID_SCOPE GROUP_KEY REGISTRATION_ID CA_BUNDLE
+#   prints {"status", "hub", "device"} once provisioned through the router and connected to the hub
+#   it was given (port 8883 and 443 are the SDK's own: the hub needs an address of its own);
+#   then reads commands:
+#     send TAG       send one QoS 1 message (id REG-TAG); prints "acked TAG" once PUBACKed
+#     stream N       send N messages (ids REG-s0 ...) back to back, "acked sK" for each
+#     quit           disconnect and exit 0
+#   and prints "c2d BODY" for each cloud-to-device message; direct methods are answered with
+#   {"echo": payload}. The SDK reconnects by itself when the hub goes away (pod restarts).
+import base64, hashlib, hmac, json, sys
+from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, ProvisioningDeviceClient
+
+host, scope, group_key, reg, ca_file = sys.argv[1:6]
+ca = open(ca_file).read()
+key = base64.b64encode(hmac.new(base64.b64decode(group_key), reg.encode(), hashlib.sha256).digest()).decode()
+result = ProvisioningDeviceClient.create_from_symmetric_key(
+    provisioning_host=host, registration_id=reg, id_scope=scope, symmetric_key=key,
+    server_verification_cert=ca).register()
+state = result.registration_state
+if result.status != "assigned":
+    print(json.dumps({"status": result.status, "hub": None, "device": None}), flush=True)
+    sys.exit(2)
+client = IoTHubDeviceClient.create_from_symmetric_key(
+    symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id,
+    server_verification_cert=ca)
+
+
+def on_message(msg):
+    print("c2d " + msg.data.decode(), flush=True)
+
+
+def on_method(req):
+    client.send_method_response(MethodResponse.create_from_method_request(req, 200, {"echo": req.payload}))
+
+
+client.on_message_received = on_message
+client.on_method_request_received = on_method
+client.connect()
+print(json.dumps({"status": result.status, "hub": state.assigned_hub, "device": state.device_id}), flush=True)
+
+
+def send(tag):
+    m = Message(json.dumps({"tag": tag}))
+    m.message_id = "%s-%s" % (reg, tag)
+    m.content_type = "application/json"
+    m.content_encoding = "utf-8"
+    client.send_message(m)  # returns once PUBACKed (retried across reconnects)
+    print("acked " + tag, flush=True)
+
+
+for line in sys.stdin:
+    words = line.split()
+    if not words:
+        continue
+    if words[0] == "send":
+        send(words[1])
+    elif words[0] == "stream":
+        for i in range(int(words[1])):
+            send("s%d" % i)
+    elif words[0] == "quit":
+        break
+client.shutdown()
