@@ -154,6 +154,7 @@ EXPECTED_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
     ("", "secrets"): {"get", "list", "watch", "create", "patch"},
+    ("", "pods"): {"get", "list", "watch"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},

@@ -30,6 +30,14 @@ pub mod reasons {
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const WAITING_FOR_PODS: &str = "WaitingForPods";
     pub const PODS_READY: &str = "PodsReady";
+    /// A pod's image cannot be pulled (the kubelet's ErrImagePull, ImagePullBackOff, ...).
+    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    /// A container keeps exiting (CrashLoopBackOff); the message says how its last run ended.
+    pub const CONTAINER_CRASHING: &str = "ContainerCrashing";
+    /// The kubelet cannot create or start a container (CreateContainerConfigError, ...).
+    pub const CONTAINER_CANNOT_START: &str = "ContainerCannotStart";
+    /// The scheduler finds no node for a pod (resources, an unbound volume claim, taints).
+    pub const POD_UNSCHEDULABLE: &str = "PodUnschedulable";
     pub const TLS_SECRET_MISSING: &str = "TLSSecretMissing";
     pub const TLS_SECRET_INVALID: &str = "TLSSecretInvalid";
     pub const FORBIDDEN: &str = "Forbidden";

@@ -591,6 +591,67 @@ async fn network_policy(sys: &System) -> anyhow::Result<()> {
 }
 
 /// Step 9: status.devices.connected of each stamp is the number of devices connected to it.
+/// An image no registry can serve: loopback port 1 refuses at once, so the kubelet's pull fails
+/// without anything leaving the machine.
+const UNPULLABLE: &str = "127.0.0.1:1/iotstamp:missing";
+
+/// A stamp whose image cannot be pulled says so in its conditions (reason and the kubelet's
+/// message), not only "not ready"; deleting it (no devices) cleans up.
+async fn unpullable_image(sys: &System) -> anyhow::Result<()> {
+    let name = "unpullable";
+    let mut spec = stamp_spec();
+    spec["image"] = json!(UNPULLABLE);
+    // No load balancer address for a stamp that will never serve.
+    spec["hub"]["service"] = json!({"type": "ClusterIP"});
+    let stamp: IoTStamp = serde_json::from_value(json!({
+        "apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
+        "metadata": {"name": name}, "spec": spec,
+    }))?;
+    let stamps = sys.stamps();
+    stamps.create(&PostParams::default(), &stamp).await?;
+    let started = Instant::now();
+    let said = wait::until(
+        "the unpullable stamp's Ready condition to name the image pull",
+        POD_TIMEOUT,
+        || {
+            let stamps = stamps.clone();
+            async move {
+                let s = stamps.get(name).await?;
+                let ready = s
+                    .status
+                    .into_iter()
+                    .flat_map(|st| st.conditions)
+                    .find(|c| c.type_ == iotstamp_api::conditions::READY);
+                Ok(ready.filter(|c| {
+                    c.status == "False"
+                        && c.reason == iotstamp_api::conditions::reasons::IMAGE_PULL_FAILED
+                        && c.message.contains(UNPULLABLE)
+                }))
+            }
+        },
+    )
+    .await?;
+    println!(
+        "system: an unpullable image shows as {} in {:.1}s: {}",
+        said.reason,
+        started.elapsed().as_secs_f64(),
+        said.message
+    );
+    sys.cluster.run(
+        "kubectl",
+        &[
+            "-n",
+            &sys.ns,
+            "delete",
+            "iotstamps.iotstamp.dev",
+            name,
+            "--wait=true",
+            "--timeout=60s",
+        ],
+    )?;
+    Ok(())
+}
+
 async fn connected_counts(sys: &System, connected: &BTreeMap<String, i64>) -> anyhow::Result<()> {
     let stamps = sys.stamps();
     for (stamp, want) in connected {
@@ -777,6 +838,11 @@ async fn the_whole_product_runs_on_a_real_node() -> anyhow::Result<()> {
     }
     if let Err(e) = network_policy(&sys).await {
         failed.push(format!("step 8 (NetworkPolicy): {e:#}"));
+    }
+    if let Err(e) = unpullable_image(&sys).await {
+        failed.push(format!(
+            "also (a stamp whose image cannot be pulled says so): {e:#}"
+        ));
     }
     if let Err(e) = connected_counts(&sys, &connected).await {
         failed.push(format!("step 9 (status.devices.connected): {e:#}"));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -23,6 +23,9 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    /// The stamps' pods, trimmed to what [`crate::pods::trouble`] reads. Not a child (the
+    /// workloads own them), and not waited for at start: until it has listed, no trouble shows.
+    pub pods: Store<Pod>,
 }
 
 fn key<K: kube::Resource<DynamicType = ()>>(ns: &str, name: &str) -> ObjectRef<K> {
@@ -60,6 +63,25 @@ impl Caches {
                 .clone(),
         };
         annotations?.get(APPLIED_HASH).cloned()
+    }
+
+    /// What keeps a pod of `stamp`'s `role` from running, if one of them reports anything; pods
+    /// in name order, so the same trouble is named every time.
+    pub fn pod_trouble(&self, ns: &str, stamp: &str, role: &str) -> Option<crate::pods::PodTrouble> {
+        let mut pods: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata.labels.as_ref().is_some_and(|l| {
+                        l.get(crate::builders::STAMP_LABEL).map(String::as_str) == Some(stamp)
+                            && l.get(crate::builders::ROLE_LABEL).map(String::as_str) == Some(role)
+                    })
+            })
+            .collect();
+        pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        pods.iter().find_map(|p| crate::pods::trouble(p))
     }
 
     pub fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {

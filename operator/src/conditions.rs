@@ -8,6 +8,8 @@ use iotstamp_api::{IoTStamp, IoTStampStatus};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::pods::PodTrouble;
+
 /// How far one role's workload has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoleState {
@@ -66,6 +68,35 @@ pub struct Observed {
     pub hub: RoleState,
     pub ingest: RoleState,
     pub storage: RoleState,
+    /// What the kubelet or scheduler reports on the roles' pods: the reason a role that is not
+    /// ready is stuck, if it will not clear by waiting.
+    pub troubles: Troubles,
+}
+
+/// One [`PodTrouble`] per role at most: the first of its pods that reports one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Troubles {
+    pub hub: Option<PodTrouble>,
+    pub ingest: Option<PodTrouble>,
+    pub storage: Option<PodTrouble>,
+}
+
+impl Observed {
+    /// The roles in the order conditions name them, each with its state and trouble.
+    fn roles(&self) -> [(&'static str, &RoleState, Option<&PodTrouble>); 3] {
+        [
+            ("hub", &self.hub, self.troubles.hub.as_ref()),
+            ("ingest", &self.ingest, self.troubles.ingest.as_ref()),
+            ("storage", &self.storage, self.troubles.storage.as_ref()),
+        ]
+    }
+
+    /// The first role that is not ready and whose pods say why.
+    fn stuck(&self) -> Option<(&'static str, &PodTrouble)> {
+        self.roles()
+            .into_iter()
+            .find_map(|(role, state, t)| (!state.is_ready()).then_some((role, t?)))
+    }
 }
 
 /// Why the operator could not realise the stamp this time.
@@ -104,14 +135,22 @@ pub fn status(i: StatusInputs) -> IoTStampStatus {
             reasons::ALL_READY,
             "hub, ingest and storage are ready".to_string(),
         ),
-        (None, false) => (false, reasons::WAITING_FOR_PODS, waiting_message(o)),
+        (None, false) => match o.stuck() {
+            Some((role, t)) => (false, t.reason, format!("{role}: {}", t.message())),
+            None => (false, reasons::WAITING_FOR_PODS, waiting_message(o)),
+        },
     };
 
     let want = [
         (c::READY, ready, ready_reason, ready_msg),
-        role_condition(c::HUB_READY, "hub", &o.hub),
-        role_condition(c::INGEST_READY, "ingest", &o.ingest),
-        role_condition(c::STORAGE_READY, "storage", &o.storage),
+        role_condition(c::HUB_READY, "hub", &o.hub, o.troubles.hub.as_ref()),
+        role_condition(c::INGEST_READY, "ingest", &o.ingest, o.troubles.ingest.as_ref()),
+        role_condition(
+            c::STORAGE_READY,
+            "storage",
+            &o.storage,
+            o.troubles.storage.as_ref(),
+        ),
         if spec.paused {
             (
                 c::PAUSED,
@@ -193,7 +232,11 @@ fn role_condition(
     type_: &'static str,
     role: &str,
     state: &RoleState,
+    trouble: Option<&PodTrouble>,
 ) -> (&'static str, bool, &'static str, String) {
+    if let (false, Some(t)) = (state.is_ready(), trouble) {
+        return (type_, false, t.reason, t.message());
+    }
     match state {
         RoleState::Ready => (
             type_,
@@ -247,10 +290,11 @@ fn quota_condition(stamp: &IoTStamp) -> (&'static str, bool, &'static str, Strin
 }
 
 fn waiting_message(o: &Observed) -> String {
-    let waiting: Vec<&str> = [("hub", &o.hub), ("ingest", &o.ingest), ("storage", &o.storage)]
+    let waiting: Vec<&str> = o
+        .roles()
         .into_iter()
-        .filter(|(_, s)| !s.is_ready())
-        .map(|(n, _)| n)
+        .filter(|(_, s, _)| !s.is_ready())
+        .map(|(n, _, _)| n)
         .collect();
     format!("waiting for {}", waiting.join(", "))
 }
@@ -295,6 +339,7 @@ mod tests {
             hub: state.clone(),
             ingest: state.clone(),
             storage: state,
+            troubles: Troubles::default(),
         }
     }
 
@@ -332,6 +377,38 @@ mod tests {
         assert_eq!(s.phase, Some(StampPhase::Ready));
         assert_eq!(s.observed_generation, Some(1));
         assert_eq!(s.conditions.len(), c::ALL.len());
+    }
+
+    #[test]
+    fn a_stuck_pod_names_its_reason_until_its_role_is_ready() {
+        let stamp = fixture_stamp("s1", serde_json::json!({"deviceQuota": 1}));
+        let mut observed = all(RoleState::Ready);
+        observed.hub = RoleState::Progressing { ready: 0, want: 1 };
+        observed.troubles.hub = Some(PodTrouble {
+            reason: reasons::IMAGE_PULL_FAILED,
+            pod: "s1-hub-0".into(),
+            container: "hub".into(),
+            detail: "ImagePullBackOff: Back-off pulling image \"127.0.0.1:1/iotstamp:gone\"".into(),
+        });
+        let s = run(&stamp, &observed, None, 100);
+        let ready = cond(&s, c::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::IMAGE_PULL_FAILED)
+        );
+        assert_eq!(
+            ready.message,
+            "hub: pod s1-hub-0, container hub: ImagePullBackOff: Back-off pulling image \"127.0.0.1:1/iotstamp:gone\""
+        );
+        assert_eq!(cond(&s, c::HUB_READY).reason, reasons::IMAGE_PULL_FAILED);
+        assert_eq!(cond(&s, c::INGEST_READY).reason, reasons::PODS_READY);
+
+        // A leftover report on a role that is ready (another replica, or a stale cache) is not
+        // what keeps the stamp back.
+        observed.hub = RoleState::Ready;
+        let s = run(&stamp, &observed, None, 200);
+        assert_eq!(cond(&s, c::READY).reason, reasons::ALL_READY);
+        assert_eq!(cond(&s, c::HUB_READY).reason, reasons::PODS_READY);
     }
 
     #[test]

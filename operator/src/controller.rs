@@ -9,7 +9,7 @@ use futures::{FutureExt, StreamExt};
 use iotstamp_api::{IoTStamp, IoTStampPool};
 use iotstamp_core::pki::CertKeyPem;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self, Controller};
@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{mpsc, watch};
 
-use crate::builders::MANAGED_BY;
+use crate::builders::{MANAGED_BY, STAMP_LABEL};
 use crate::caches::{self, Caches};
 use crate::context::Context;
 use crate::events::EventPublisher;
@@ -148,6 +148,8 @@ struct ChildWatches {
     deployments: Watch<Deployment>,
     pdbs: Watch<PodDisruptionBudget>,
     network_policies: Watch<NetworkPolicy>,
+    /// Only the pod events that change what [`crate::pods::trouble`] says.
+    pods: Watch<Pod>,
 }
 
 /// One watch per child kind (only objects this operator manages), each feeding a cache trimmed
@@ -161,6 +163,7 @@ fn watch_children(client: &Client, ns: &Option<String>) -> (Caches, ChildWatches
     let (deployments, deployments_w) = cached(client, ns, caches::trim_deployment);
     let (pdbs, pdbs_w) = cached(client, ns, trim_pdb);
     let (network_policies, network_policies_w) = cached(client, ns, trim_network_policy);
+    let (pods, pods_w) = stamp_pods(client, ns);
     let caches = Caches {
         config_maps,
         secrets,
@@ -170,6 +173,7 @@ fn watch_children(client: &Client, ns: &Option<String>) -> (Caches, ChildWatches
         deployments,
         pdbs,
         network_policies,
+        pods,
     };
     let watches = ChildWatches {
         config_maps: config_maps_w,
@@ -180,6 +184,7 @@ fn watch_children(client: &Client, ns: &Option<String>) -> (Caches, ChildWatches
         deployments: deployments_w,
         pdbs: pdbs_w,
         network_policies: network_policies_w,
+        pods: pods_w,
     };
     (caches, watches)
 }
@@ -203,6 +208,30 @@ where
         .applied_objects()
         .boxed();
     (reader, stream)
+}
+
+/// The stamps' pods (every pod a stamp's workloads make carries [`STAMP_LABEL`]), trimmed, in a
+/// cache; the watch passes on a pod only when its trouble changes, so a stamp is reconciled
+/// when an image pull fails or a container starts crash-looping, and not on every probe.
+fn stamp_pods(client: &Client, ns: &Option<String>) -> (reflector::Store<Pod>, Watch<Pod>) {
+    let (reader, writer) = reflector::store::<Pod>();
+    let stream = watcher(
+        api::<Pod>(client, ns),
+        watcher::Config::default().labels(STAMP_LABEL),
+    )
+    .default_backoff()
+    .modify(crate::pods::trim)
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(crate::pods::trouble_hash, Default::default())
+    .boxed();
+    (reader, stream)
+}
+
+/// The stamp a pod belongs to, from its [`STAMP_LABEL`].
+fn pod_stamp(pod: Pod) -> Option<ObjectRef<StampObject>> {
+    let stamp = pod.metadata.labels?.remove(STAMP_LABEL)?;
+    Some(ObjectRef::new(&stamp).within(&pod.metadata.namespace?))
 }
 
 /// The children this operator manages: what its builders label.
@@ -245,7 +274,8 @@ fn trim_network_policy(o: &mut NetworkPolicy) {
     o.spec = None;
 }
 
-/// The IoTStamp controller, triggered by the stamps and by every child kind it owns.
+/// The IoTStamp controller, triggered by the stamps, by every child kind it owns, and by its
+/// pods' troubles.
 ///
 /// The main watch parses each object on its own (see `StampObject`): one object that does not
 /// deserialize gets an event and stops nothing else. managedFields are dropped from the cached
@@ -271,6 +301,7 @@ fn stamp_controller(
         .owns_stream(children.deployments)
         .owns_stream(children.pdbs)
         .owns_stream(children.network_policies)
+        .watches_stream(children.pods, pod_stamp)
         .with_config(controller_config(concurrency))
         .shutdown_on_signal()
 }

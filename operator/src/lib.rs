@@ -15,6 +15,7 @@ pub mod controller;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod pods;
 pub mod pool;
 pub mod quota;
 pub mod reconcile;

@@ -20,7 +20,7 @@ use crate::apply;
 use crate::builders::config::TOKEN_KEY;
 use crate::builders::tls::{HubTls, UserCert, read_secret};
 use crate::builders::{self, Inputs, Names, hash_json};
-use crate::conditions::{self, Blocker, Observed, RoleState, StatusInputs};
+use crate::conditions::{self, Blocker, Observed, RoleState, StatusInputs, Troubles};
 use crate::context::Context;
 use crate::error::Error;
 use crate::stamp_object::StampObject;
@@ -287,10 +287,16 @@ async fn current_secret(n: &Names, name: &str, ctx: &Context) -> Result<Option<S
 
 fn observe(n: &Names, ctx: &Context) -> Observed {
     let c = &ctx.caches;
+    let trouble = |role| c.pod_trouble(&n.namespace, &n.stamp, role);
     Observed {
         hub: RoleState::of_stateful_set(c.stateful_set(&n.namespace, &n.hub()).as_deref()),
         ingest: RoleState::of_deployment(c.deployment(&n.namespace, &n.ingest()).as_deref()),
         storage: RoleState::of_stateful_set(c.stateful_set(&n.namespace, &n.storage()).as_deref()),
+        troubles: Troubles {
+            hub: trouble(crate::builders::roles::HUB),
+            ingest: trouble(crate::builders::roles::INGEST),
+            storage: trouble(crate::builders::roles::STORAGE),
+        },
     }
 }
 

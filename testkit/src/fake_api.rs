@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
@@ -329,6 +329,7 @@ pub struct FakeCaches {
     deployments: Writer<Deployment>,
     pdbs: Writer<PodDisruptionBudget>,
     network_policies: Writer<NetworkPolicy>,
+    pods: Writer<Pod>,
 }
 
 impl Default for FakeCaches {
@@ -341,6 +342,7 @@ impl Default for FakeCaches {
         let (deployments_r, deployments) = reflector::store();
         let (pdbs_r, pdbs) = reflector::store();
         let (network_policies_r, network_policies) = reflector::store();
+        let (pods_r, pods) = reflector::store();
         Self {
             caches: Caches {
                 config_maps: config_maps_r,
@@ -351,6 +353,7 @@ impl Default for FakeCaches {
                 deployments: deployments_r,
                 pdbs: pdbs_r,
                 network_policies: network_policies_r,
+                pods: pods_r,
             },
             config_maps,
             secrets,
@@ -360,6 +363,7 @@ impl Default for FakeCaches {
             deployments,
             pdbs,
             network_policies,
+            pods,
         }
     }
 }
@@ -422,6 +426,7 @@ impl FakeCaches {
         );
         feed(&mut self.pdbs, fake, "poddisruptionbudgets", |_| {});
         feed(&mut self.network_policies, fake, "networkpolicies", |_| {});
+        feed(&mut self.pods, fake, "pods", iotstamp_operator::pods::trim);
     }
 
     /// Applies one object as a watch event (e.g. a StatefulSet with a ready status).

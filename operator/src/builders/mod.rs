@@ -11,6 +11,13 @@ mod policy;
 mod storage;
 pub mod tls;
 
+/// The values of [`ROLE_LABEL`], one per role.
+pub mod roles {
+    pub use super::hub::ROLE as HUB;
+    pub use super::ingest::ROLE as INGEST;
+    pub use super::storage::ROLE as STORAGE;
+}
+
 use std::collections::BTreeMap;
 
 use iotstamp_api::IoTStamp;
@@ -30,6 +37,8 @@ pub const APPLIED_HASH: &str = "iotstamp.dev/applied-hash";
 pub const CONFIG_HASH: &str = "iotstamp.dev/config-hash";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "iotstamp-operator");
 pub const STAMP_LABEL: &str = "iotstamp.dev/stamp";
+/// Names a child's (and a pod's) role in its stamp: hub, ingest or storage.
+pub const ROLE_LABEL: &str = "app.kubernetes.io/component";
 
 /// What the reconciler gathered before building: everything that is not in the stamp itself.
 #[derive(Debug, Clone)]
@@ -228,7 +237,7 @@ pub fn hash_json(value: &serde_json::Value) -> String {
 pub fn role_labels(n: &Names, role: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/instance".to_string(), n.stamp.clone()),
-        ("app.kubernetes.io/component".to_string(), role.to_string()),
+        (ROLE_LABEL.to_string(), role.to_string()),
         ("app.kubernetes.io/name".to_string(), "iotstamp".to_string()),
         (STAMP_LABEL.to_string(), n.stamp.clone()),
     ])
@@ -255,7 +264,7 @@ pub fn role_selector(n: &Names, role: &str) -> k8s_openapi::apimachinery::pkg::a
 pub fn selector_labels(n: &Names, role: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/instance".to_string(), n.stamp.clone()),
-        ("app.kubernetes.io/component".to_string(), role.to_string()),
+        (ROLE_LABEL.to_string(), role.to_string()),
     ])
 }
 
