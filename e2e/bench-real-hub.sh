@@ -2,7 +2,7 @@
 # PUBACK latency through a real hub pod, beside the same load against `iotstamp up` on this
 # machine, in one run.
 #
-# Usage: e2e/bench-real-hub.sh [--binary PATH] [--devices N] [--rate MSG_PER_S] [--duration 20s]
+# Usage: e2e/bench-real-hub.sh [--binary PATH] [--devices N] [--rate MSG_PER_S] [--duration 20s] [--keep]
 #   --binary    the iotstamp binary: it goes into the image the pods run, and it runs
 #               `iotstamp up` and both simulations (default target/release/iotstamp, built if
 #               missing)
