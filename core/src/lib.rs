@@ -3,6 +3,7 @@
 //! The one look outside is [`clock`], the wall clock every crate reads.
 
 pub mod allocation;
+pub mod api_bodies;
 pub mod causes;
 pub mod clock;
 pub mod dps;

@@ -173,8 +173,9 @@ async fn verify(
     for StampApi { name, api, .. } in stamps {
         match api.stats().await {
             Ok(s) => {
-                within &= s.registered <= s.device_quota;
-                quota_lines.push(format!("{name} {}/{}", s.registered, s.device_quota));
+                let quota = s.device_quota.unwrap_or(u64::MAX);
+                within &= s.registered <= quota;
+                quota_lines.push(format!("{name} {}/{quota}", s.registered));
             }
             Err(e) => {
                 within = false;

@@ -16,15 +16,7 @@ pub struct Api {
     pub token: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StampStats {
-    pub registered: u64,
-    pub connected: u64,
-    pub device_quota: u64,
-    #[serde(default)]
-    pub messages_per_second: f64,
-}
+pub use iotstamp_core::api_bodies::StampStats;
 
 /// A stamp of the fleet and a client for its API.
 pub struct StampApi {

@@ -6,6 +6,7 @@
 //! docs/rumqttd.md). Each accepted socket gets its own task and its own deadline.
 
 pub mod batch_worker;
+pub mod bearer;
 pub mod limit;
 pub mod mqtt;
 pub mod tls;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use iotstamp_api::IoTStamp;
+use iotstamp_core::api_bodies::StampStats;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
@@ -36,13 +37,6 @@ impl ConnectedCounts {
         };
         old != n
     }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Stats {
-    connected: i64,
-    device_quota: Option<u64>,
 }
 
 pub struct Poller {
@@ -103,7 +97,10 @@ impl Poller {
                 let quota = stats.as_ref().and_then(|s| s.device_quota);
                 self.quota.reported(&key, quota);
                 let quota_differs = quota.is_some_and(|q| q != stamp.spec.device_quota.max(0) as u64);
-                let count_changed = self.counts.set(&key, stats.map(|s| s.connected));
+                let count_changed = self.counts.set(
+                    &key,
+                    stats.map(|s| i64::try_from(s.connected).unwrap_or(i64::MAX)),
+                );
                 if count_changed || quota_differs {
                     let _ = changed.send(ObjectRef::from_obj(obj.as_ref())).await;
                 }
@@ -111,7 +108,7 @@ impl Poller {
         }
     }
 
-    async fn fetch(&self, stamp: &IoTStamp) -> Option<Stats> {
+    async fn fetch(&self, stamp: &IoTStamp) -> Option<StampStats> {
         let ns = stamp.metadata.namespace.as_deref()?;
         let name = stamp.metadata.name.as_deref()?;
         let api = stamp.status.as_ref()?.endpoints.as_ref()?.api.clone();

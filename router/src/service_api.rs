@@ -11,6 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
+use iotstamp_core::api_bodies::ErrorBody;
 use iotstamp_core::ids::DeviceId;
 use serde_json::json;
 
@@ -68,20 +69,11 @@ async fn metrics(State(state): State<Arc<ServiceState>>) -> Response {
 }
 
 fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": error, "message": message.into()}))).into_response()
-}
-
-/// Compares without an early exit, so response timing does not reveal how much of a token matched.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    (status, Json(ErrorBody::new(error, message.into()))).into_response()
 }
 
 fn authorised(state: &ServiceState, headers: &HeaderMap) -> bool {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    presented.is_some_and(|t| state.api_tokens.iter().any(|k| same(k.as_bytes(), t.as_bytes())))
+    iotstamp_net::bearer::accepts(headers, state.api_tokens.iter().map(String::as_str))
 }
 
 fn unauthorised() -> Response {

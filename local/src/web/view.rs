@@ -81,7 +81,7 @@ mod tests {
         let stats = [Some(StampStats {
             registered: 5,
             connected: 4,
-            device_quota: 5,
+            device_quota: Some(5),
             messages_per_second: 2.5,
         })];
         let v = fleet_view(1, &stamps, &assigned, &stats);

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use iotstamp_core::api_bodies::{ErrorBody, StampStats};
 use iotstamp_core::causes::Causes;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -131,13 +131,7 @@ pub async fn serve(
 
 /// Lets a request through only with `Authorization: Bearer <token>` (compared in constant time).
 pub async fn require_token(State(token): State<Token>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+    if iotstamp_net::bearer::accepts(request.headers(), [&*token]) {
         next.run(request).await
     } else {
         error(
@@ -148,10 +142,9 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
     }
 }
 
-/// The API's error body: `{"error": code, "message": text}`.
+/// The API's error body ([`ErrorBody`]: `{"error": code, "message": text}`).
 pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message.to_string() });
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(ErrorBody::new(code, message))).into_response()
 }
 
 pub fn storage_error(e: crate::Error) -> Response {
@@ -174,12 +167,12 @@ async fn stats(State(ctx): State<Ctx>) -> Response {
         Ok(both) => both,
         Err(e) => return storage_error(e),
     };
-    axum::Json(serde_json::json!({
-        "registered": registered,
-        "connected": ctx.sessions.connected(),
-        "messagesPerSecond": ctx.metrics.messages_per_second(),
-        "deviceQuota": quota,
-    }))
+    axum::Json(StampStats {
+        registered,
+        connected: ctx.sessions.connected() as u64,
+        messages_per_second: ctx.metrics.messages_per_second(),
+        device_quota: Some(quota),
+    })
     .into_response()
 }
 
