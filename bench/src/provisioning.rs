@@ -267,18 +267,7 @@ fn tempfile_dir(args: &BenchArgs) -> anyhow::Result<PathBuf> {
 
 /// A client that trusts `ca_pem` only.
 pub fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(iotstamp_net::tls::client_config_from_pem(ca_pem)?)
 }
 
 /// A minimal stamp registry (PUT only) so the durable phase does the real stamp call.

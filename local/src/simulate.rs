@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -62,18 +60,7 @@ impl Plan {
 
 /// A TLS client config for the hubs that trusts only `ca_pem`.
 pub fn hub_tls(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    anyhow::ensure!(!roots.is_empty(), "the CA file holds no certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
+    Ok(iotstamp_net::tls::client_config_from_pem(ca_pem)?)
 }
 
 /// Provisions every device, then runs them all; `stamp_names` maps hub hosts to stamp names for

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,6 +23,41 @@ pub enum TlsError {
     HandshakeTimeout(Duration),
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
+    #[error("the CA text holds no usable certificate")]
+    NoCa,
+}
+
+/// A client configuration that trusts only the CA certificates in `ca_pem`, never the system's
+/// roots: the hubs, the stamp APIs and the router all chain to a CA of our own (or the user's).
+/// TLS 1.2 and 1.3 with the ring provider, as the servers.
+pub fn client_config_from_pem(ca_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_versions(ca_pem, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`client_config_from_pem`], offering only `versions` (a device stack limited to TLS 1.2,
+/// say).
+pub fn client_config_with_versions(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Cert {
+            path: "<CA text>".into(),
+            reason: e.to_string(),
+        })?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCa);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// A server configuration for TLS 1.2 and 1.3 with the ring provider, from PEM files. `alpn` lists
@@ -123,5 +158,35 @@ mod tests {
             &[],
         );
         assert!(matches!(missing, Err(TlsError::Cert { path, .. }) if path == "/nonexistent/c.pem"));
+    }
+
+    /// A client from [`client_config_from_pem`] completes a handshake with a server whose
+    /// certificate its CA issued, and refuses one another CA issued.
+    #[tokio::test]
+    async fn a_client_trusts_its_ca_and_nothing_else() {
+        let now = iotstamp_core::clock::unix_secs() as i64 - 60;
+        let day = Duration::from_secs(86_400);
+        let ours = pki::new_ca("ours", now, day).unwrap();
+        let theirs = pki::new_ca("theirs", now, day).unwrap();
+        let handshake = |server_ca: &pki::CertKeyPem| {
+            let cert = pki::issue_server_cert(server_ca, &["localhost".into()], now, day).unwrap();
+            let server = tokio_rustls::TlsAcceptor::from(
+                server_config_from_pem(&cert.cert_pem, &cert.key_pem, &[]).unwrap(),
+            );
+            let client = tokio_rustls::TlsConnector::from(client_config_from_pem(&ours.cert_pem).unwrap());
+            async move {
+                let (c, s) = tokio::io::duplex(16 * 1024);
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let (client, _server) = tokio::join!(client.connect(name, c), server.accept(s));
+                client.map(|_| ())
+            }
+        };
+        handshake(&ours).await.expect("a server our CA issued");
+        let refused = handshake(&theirs).await.unwrap_err();
+        assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
+        assert!(matches!(
+            client_config_from_pem("no PEM here"),
+            Err(TlsError::NoCa)
+        ));
     }
 }

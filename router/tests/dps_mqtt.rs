@@ -12,7 +12,6 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS, TlsConfiguration,
     Transport,
 };
-use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -40,18 +39,7 @@ async fn router_on(
 }
 
 fn client_tls(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    iotstamp_net::tls::client_config_from_pem(&pki.ca.cert_pem).unwrap()
 }
 
 /// Connects like the Python SDK does; returns the client and a stream of incoming publishes, or

@@ -10,8 +10,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use iotstamp_core::pki;
 use iotstamp_net::mqtt::{self, Packet};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -198,17 +197,7 @@ async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn client_tls(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert?;
-        roots.add(cert)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(iotstamp_net::tls::client_config_from_pem(ca_pem)?)
 }
 
 async fn connect_all(

@@ -11,8 +11,7 @@ use iotstamp_core::pki;
 use iotstamp_core::stamp_config::StampConfig;
 use iotstamp_net::mqtt::{self, Connect, Packet, Version};
 use iotstamp_stamp::RunningStamp;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -158,18 +157,7 @@ pub fn client_tls_versions(
     ca_pem: &str,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    iotstamp_net::tls::client_config_with_versions(ca_pem, versions).unwrap()
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
