@@ -573,12 +573,15 @@ node_up() {
     # once, as kube-controller-manager --allocate-node-cidrs would.
     kubectl_ patch "node/$NODE_NAME" --type=merge -p "{\"spec\":{\"podCIDR\":\"$NODE_POD_CIDR\",\"podCIDRs\":[\"$NODE_POD_CIDR\"]}}" \
         >>"$LOG_DIR/node-objects.log" 2>&1 || die_with_log node "$LOG_DIR/node-objects.log" "could not set the pod range of $NODE_NAME"
+    # kube-router starts once kube-proxy has written its chains: when kube-router's first
+    # iptables-restore of the filter table overlaps kube-proxy's first sync, kube-proxy's jump to
+    # KUBE-SERVICES fails ("Chain 'KUBE-SERVICES' does not exist") and Services stay unrouted.
+    await kube-proxy 60 "healthy on 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT" kube_proxy_healthy
+    await kube-proxy 60 "routing the kubernetes Service (${SERVICE_CIDR%.*/*}.1:443)" kubernetes_service_routed
     start_kube_router
     start_lb_allocator
     node_volumes
     await kubelet 120 "node $NODE_NAME Ready" node_ready
-    await kube-proxy 60 "healthy on 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT" kube_proxy_healthy
-    await kube-proxy 60 "routing the kubernetes Service (${SERVICE_CIDR%.*/*}.1:443)" kubernetes_service_routed
     await coredns 60 "healthy on 127.0.0.1:$COREDNS_HEALTH_PORT" coredns_healthy
     await kube-router 60 "healthy on 127.0.0.1:$KUBE_ROUTER_HEALTH_PORT" kube_router_healthy
     log "node $NODE_NAME up in $(fmt_secs $((SECONDS - start)))"
