@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,8 @@ pub struct IoTStampSpec {
     pub ingest: IngestSpec,
     #[serde(default)]
     pub storage: StorageSpec,
+    #[serde(default, skip_serializing_if = "MonitoringSpec::is_default")]
+    pub monitoring: MonitoringSpec,
     /// Container image for every role; defaults to the operator's own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -235,6 +237,38 @@ fn default_size() -> String {
 
 fn default_retention() -> String {
     "7d".into()
+}
+
+/// Who may reach the stamp's metrics port (9090 on hub, ingest and storage pods) from outside the
+/// stamp. Nothing else of the stamp opens up.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Sources allowed to scrape, as in a NetworkPolicy rule. Unset: the operator's default
+    /// (`iotstamp operator --metrics-from`, chart value `stamps.metricsFrom`); an empty list: no one
+    /// outside the stamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub from: Option<Vec<MetricsPeer>>,
+}
+
+impl MonitoringSpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Pods that may scrape: in namespaces matching `namespaceSelector` (all pods there unless
+/// `podSelector` narrows them), or, with `podSelector` alone, pods of the stamp's own namespace.
+/// An entry with neither would admit everyone, so the API server refuses it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.namespaceSelector) || has(self.podSelector)").message("monitoring.from entries need a namespaceSelector or a podSelector"))]
+pub struct MetricsPeer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 /// Observed state. The operator owns everything here except `devices.assigned`, which the router

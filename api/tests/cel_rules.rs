@@ -171,6 +171,24 @@ fn storage_class_is_immutable_once_set() {
 }
 
 #[test]
+fn monitoring_sources_each_need_a_selector() {
+    let schema = schema_of(IoTStamp::crd());
+    let obj = stamp(json!({"deviceQuota": 1, "monitoring": {"from": [
+        {"namespaceSelector": {"matchLabels": {"team": "obs"}}},
+        {"podSelector": {"matchLabels": {"app": "prometheus"}}},
+        {}
+    ]}}));
+    assert_one_violation(
+        violations(&schema, &obj, None),
+        "monitoring.from[2]",
+        "monitoring.from entries need a namespaceSelector or a podSelector",
+    );
+    // An empty list is valid: it closes the metrics port to everyone outside the stamp.
+    let obj = stamp(json!({"deviceQuota": 1, "monitoring": {"from": []}}));
+    assert!(violations(&schema, &obj, None).is_empty());
+}
+
+#[test]
 fn pool_bounds_are_consistent() {
     let schema = schema_of(IoTStampPool::crd());
     let pool = |min: i32, max: i32| {

@@ -50,6 +50,11 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
             "spec.storage.size",
             "storage.size must be a positive quantity",
         ),
+        (
+            json!({"deviceQuota": 1, "monitoring": {"from": [{}]}}),
+            "spec.monitoring.from[0]",
+            "monitoring.from entries need a namespaceSelector or a podSelector",
+        ),
     ];
     let refusals = cases
         .into_iter()
@@ -149,7 +154,7 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
     )?;
     let list: serde_json::Value = serde_json::from_str(&out)?;
     let items = list["items"].as_array().unwrap();
-    assert_eq!(items.len(), 13, "expected the 13 children of a stamp");
+    assert_eq!(items.len(), 15, "expected the 15 children of a stamp");
     for item in items {
         let owner = &item["metadata"]["ownerReferences"][0];
         assert_eq!(

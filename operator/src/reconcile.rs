@@ -166,6 +166,7 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
         api_token: api_token?,
         cluster_domain: ctx.cluster_domain.clone(),
         hub_addresses: names.hub_addresses.clone(),
+        metrics_from: ctx.metrics_from.clone(),
     };
     for wave in builders::apply_waves(builders::desired(stamp, &inputs)?) {
         let stale = wave
