@@ -14,6 +14,8 @@ use iotstamp_e2e::volumes::VolumeBinder;
 use iotstamp_e2e::wait;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -112,7 +114,11 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
     let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
     api.create(
         &PostParams::default(),
-        &stamp("s1", json!({"deviceQuota": 100, "region": "eu"})),
+        &stamp(
+            "s1",
+            json!({"deviceQuota": 100, "region": "eu",
+                   "monitoring": {"from": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]}}),
+        ),
     )
     .await?;
 
@@ -165,6 +171,36 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
         assert_eq!(owner["name"], "s1");
         assert_eq!(owner["controller"], true);
     }
+    // The API server took the metrics rule: port 9090 from the named namespaces only.
+    let policy = items
+        .iter()
+        .find(|i| i["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["ingress"][2],
+        json!({"ports": [{"port": 9090, "protocol": "TCP"}],
+               "from": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]}),
+        "{policy}"
+    );
+    // One budget per role; at one replica neither the hub nor storage pod may be evicted.
+    let budgets: Vec<(String, serde_json::Value)> = items
+        .iter()
+        .filter(|i| i["kind"] == "PodDisruptionBudget")
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                i["spec"]["maxUnavailable"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        budgets,
+        [
+            ("s1-hub".to_string(), json!(0)),
+            ("s1-ingest".to_string(), json!(1)),
+            ("s1-storage".to_string(), json!(0)),
+        ]
+    );
 
     // Settled: a while of reconciles (watch events, resyncs) writes nothing.
     let audit = AuditLog::from_env()?;
@@ -232,7 +268,11 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
         .filter(|w| w.subresource.is_none())
         .map(|w| format!("{}/{}", w.resource, w.name))
         .collect();
-    assert_eq!(changed, ["statefulsets/s1-hub"]);
+    // Two hub pods: the hub's disruption budget now lets a drain take one of them.
+    assert_eq!(changed, ["poddisruptionbudgets/s1-hub", "statefulsets/s1-hub"]);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let hub_budget = pdbs.get("s1-hub").await?.spec.unwrap().max_unavailable;
+    assert_eq!(hub_budget, Some(IntOrString::Int(1)));
 
     // Delete: the finalizer lets go (no devices), and the controller-manager collects the children.
     api.delete("s1", &DeleteParams::default()).await?;
