@@ -97,21 +97,22 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
     let hub_addresses = ctx.caches.load_balancer_addresses(&names.namespace, &names.hub());
     let names = names.with_hub_addresses(hub_addresses);
     // The finalizer and the children are independent writes: send them together.
-    let (finalizer, blocker) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
+    let (finalizer, pass) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
         if stamp.spec.paused {
-            Ok(None)
+            Ok(Pass::default())
         } else {
             converge(&stamp, &names, ctx).await
         }
     })
     .await;
     finalizer?;
-    let blocker = blocker?;
+    let Pass { blocker, failed } = pass?;
     let observed = observe(&names, ctx);
     let quota_owed = blocker.is_none()
         && !stamp.spec.paused
         && crate::quota::sync(ctx, &stamp, &names, &key, &observed).await;
 
+    // Written even when an apply failed: the status says what failed, at this generation.
     let status = conditions::status(StatusInputs {
         stamp: &stamp,
         observed: &observed,
@@ -131,6 +132,10 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
         announce_transitions(ctx, &stamp, &status).await;
     }
     ctx.metrics.stamp_phase(&key, status.phase);
+    // The failed apply is retried with the error's backoff (see `error_policy`).
+    if let Some(e) = failed {
+        return Err(e);
+    }
     Ok(Action::requeue(if blocker.is_some() || quota_owed {
         BLOCKED_RETRY
     } else {
@@ -152,13 +157,32 @@ async fn ensure_finalizer(stamp: &IoTStamp, ctx: &Context) -> Result<(), Error> 
     Ok(())
 }
 
-/// Brings the children in line with the spec. Returns what blocked it, if something a person must
-/// fix did; API failures that time may fix are errors.
-async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Option<Blocker>, Error> {
+/// What one pass over the children came to.
+#[derive(Debug, Default)]
+struct Pass {
+    /// Why the children are not as the spec says: something a person must fix, or an apply the
+    /// API server refused. Shown in `Ready`.
+    blocker: Option<Blocker>,
+    /// The failed apply, returned once the status is written, so it is retried with backoff.
+    failed: Option<Error>,
+}
+
+impl Pass {
+    fn blocked(blocker: Blocker) -> Self {
+        Self {
+            blocker: Some(blocker),
+            failed: None,
+        }
+    }
+}
+
+/// Brings the children in line with the spec. What blocked it, or which apply failed and why, is in
+/// the result; errors are failures to read what the children are built from.
+async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Pass, Error> {
     let (tls, api_token) = futures::future::join(hub_tls(stamp, names, ctx), api_token(names, ctx)).await;
     let tls = match tls? {
         Ok(tls) => tls,
-        Err(blocker) => return Ok(Some(blocker)),
+        Err(blocker) => return Ok(Pass::blocked(blocker)),
     };
     let inputs = Inputs {
         default_image: ctx.default_image.clone(),
@@ -182,20 +206,34 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
         }))
         .await;
         // A failed child stops the next wave: workloads must not start before what they read.
-        for (child, result) in results {
-            match result {
-                Ok(()) => {}
-                Err(Error::Forbidden(message)) => {
-                    return Ok(Some(Blocker {
-                        reason: reasons::FORBIDDEN,
-                        message: format!("cannot apply {} {}: {message}", child.kind(), child.name()),
-                    }));
-                }
-                Err(e) => return Err(e),
-            }
+        if let Some((child, e)) = results.into_iter().find_map(|(c, r)| r.err().map(|e| (c, e))) {
+            let what = format!("{} {}", child.kind(), child.name());
+            return Ok(match e {
+                Error::Forbidden(message) => Pass::blocked(Blocker {
+                    reason: reasons::FORBIDDEN,
+                    message: format!("cannot apply {what}: {message}"),
+                }),
+                // Refused (an immutable field, a webhook, a quota) or not answered: the status
+                // says which child and in the API server's words, and the apply is retried.
+                e => Pass {
+                    blocker: Some(Blocker {
+                        reason: reasons::APPLY_FAILED,
+                        message: format!("cannot apply {what}: {}", api_message(&e)),
+                    }),
+                    failed: Some(e),
+                },
+            });
         }
     }
-    Ok(None)
+    Ok(Pass::default())
+}
+
+/// The API server's own words for a refused request (they name the field), or the error's chain.
+fn api_message(e: &Error) -> String {
+    match e {
+        Error::Kube(kube::Error::Api(s)) => s.message.clone(),
+        e => Causes(e).to_string(),
+    }
 }
 
 /// The stamp's certificates: ours (issued, renewed when due), and the user's Secret for the device

@@ -314,6 +314,53 @@ async fn api_errors_are_classified_for_retry() {
 }
 
 #[tokio::test]
+async fn a_refused_apply_still_writes_the_status_and_an_event_then_retries() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    // A spec change the API server refuses for one child (an immutable field, a policy webhook):
+    // the stamp must not go silent at the old generation.
+    h.edit("s1", |s| {
+        s["spec"]["storage"]["retention"] = json!("30d");
+        s["metadata"]["generation"] = json!(2);
+    });
+    h.fake.fail(Method::PATCH, "/statefulsets/s1-storage", 422, 1);
+    let (result, writes) = h.reconcile("s1").await;
+    let err = result.expect_err("the failed apply is retried through error_policy");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+
+    let stamp = h.stamp("s1");
+    assert_eq!(
+        stamp["status"]["observedGeneration"], 2,
+        "status left at the old generation"
+    );
+    assert_eq!(h.condition("s1", "Ready"), ("False".into(), "ApplyFailed".into()));
+    let ready = stamp["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("StatefulSet s1-storage") && message.contains("injected failure for PATCH"),
+        "the message names neither the child nor the API's words: {message}"
+    );
+    assert!(
+        writes.iter().any(|w| w.path.contains("/events")),
+        "no event for the failed apply"
+    );
+
+    // The retry lands and the condition clears.
+    let (result, _) = h.reconcile("s1").await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        h.condition("s1", "Ready"),
+        ("False".into(), "WaitingForPods".into())
+    );
+}
+
+#[tokio::test]
 async fn a_missing_tls_secret_blocks_without_touching_children_then_recovers() {
     let h = Harness::new();
     h.create(
