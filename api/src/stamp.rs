@@ -33,7 +33,24 @@ use crate::common::{PodOverrides, Resources};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // A transition rule (updates only) on the IoTStamp itself rather than on StorageSpec, which an
+    // IoTStampPool's template embeds too: a template may shrink, it only shapes stamps created
+    // afterwards. The guards leave a missing or malformed size to the rules on the field.
+    validation = Rule::new(
+        "!has(oldSelf.spec) || !has(oldSelf.spec.storage) || !has(oldSelf.spec.storage.size) || !has(self.spec.storage) || !has(self.spec.storage.size) || !isQuantity(self.spec.storage.size) || !isQuantity(oldSelf.spec.storage.size) || !quantity(self.spec.storage.size).isLessThan(quantity(oldSelf.spec.storage.size))"
+    )
+    .message("spec.storage.size cannot shrink: a volume only grows; set it back to at least its previous size, or create a new stamp for a smaller volume")
+    .field_path(".spec.storage.size"),
+    // Until the operator can grow a volume in place (expand the claim, replace the StatefulSet
+    // whose volumeClaimTemplates are immutable), a larger size would be refused on every apply of
+    // the storage StatefulSet, and with shrinking refused there would be no way back. Drop this
+    // rule when growing is carried out.
+    validation = Rule::new(
+        "!has(oldSelf.spec) || !has(oldSelf.spec.storage) || !has(oldSelf.spec.storage.size) || !has(self.spec.storage) || !has(self.spec.storage.size) || !isQuantity(self.spec.storage.size) || !isQuantity(oldSelf.spec.storage.size) || !quantity(self.spec.storage.size).isGreaterThan(quantity(oldSelf.spec.storage.size))"
+    )
+    .message("spec.storage.size cannot grow yet: the operator does not expand a stamp's volume in place; create a new stamp with the larger size and move the devices")
+    .field_path(".spec.storage.size")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IoTStampSpec {
@@ -200,7 +217,8 @@ fn default_batch() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || (has(self.storageClassName) && self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed once set; create a new stamp to move to another storage class"))]
 pub struct StorageSpec {
-    /// Volume size, a Kubernetes quantity such as `20Gi`.
+    /// Volume size, a Kubernetes quantity such as `20Gi`. Fixed once a stamp exists: a volume never
+    /// shrinks, and growing one in place is not supported yet (the API server refuses both).
     #[serde(default = "default_size")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"))]

@@ -93,6 +93,35 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
         err.to_string().contains("storageClassName cannot be changed"),
         "{err}"
     );
+    // storage.size: never shrinks, and does not grow yet; each refusal names the field.
+    api.create(
+        &PostParams::default(),
+        &stamp("size", json!({"deviceQuota": 1, "storage": {"size": "20Gi"}})),
+    )
+    .await?;
+    for (size, message) in [("19Gi", "cannot shrink"), ("30Gi", "cannot grow yet")] {
+        let err = api
+            .patch(
+                "size",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"storage": {"size": size}}})),
+            )
+            .await
+            .expect_err("storage.size changed");
+        let text = err.to_string();
+        assert!(
+            text.contains("spec.storage.size") && text.contains(message),
+            "{size}: {text}"
+        );
+    }
+    // The same size spelled another way is no change.
+    api.patch(
+        "size",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"storage": {"size": "20480Mi"}}})),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("storage.size 20480Mi (= 20Gi) was refused: {e}"))?;
     // Nothing of the refused objects exists.
     let names: Vec<String> = api
         .list(&Default::default())
@@ -101,7 +130,7 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
         .iter()
         .map(|s| s.name_any())
         .collect();
-    assert_eq!(names, ["sc"]);
+    assert_eq!(names, ["sc", "size"]);
     Ok(())
 }
 
