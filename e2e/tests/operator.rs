@@ -239,8 +239,57 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
     let idle = audit.writes(OPERATOR_USER, &ns.name)?;
     assert_eq!(idle.len(), before, "writes while idle: {:?}", &idle[before..]);
 
-    // Quota change: only the ConfigMap (and the status) change; pods do not roll.
+    // Drift: a hand edit of a field the operator owns is put back by the next reconcile (one write
+    // of that child), a field it does not own (a label of yours) stays, and then it is quiet again.
     let sts: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
+    cluster.run(
+        "kubectl",
+        &[
+            "patch",
+            "statefulset",
+            "s1-hub",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":3},"metadata":{"labels":{"example.com/team":"iot"}}}"#,
+        ],
+    )?;
+    wait::until(
+        "the hub's replicas to be put back",
+        Duration::from_secs(30),
+        || async {
+            let hub = sts.get("s1-hub").await?;
+            Ok((hub.spec.as_ref().and_then(|s| s.replicas) == Some(1)).then_some(hub))
+        },
+    )
+    .await
+    .map(|hub| {
+        assert_eq!(
+            hub.labels().get("example.com/team").map(String::as_str),
+            Some("iot")
+        )
+    })
+    .map_err(|e| e.context(operator.log_text()))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_edit = audit.writes(OPERATOR_USER, &ns.name)?;
+    let put_back: Vec<String> = after_edit[idle.len()..]
+        .iter()
+        .filter(|w| w.subresource.is_none())
+        .map(|w| format!("{}/{}", w.resource, w.name))
+        .collect();
+    assert_eq!(put_back, ["statefulsets/s1-hub"], "putting the edit back");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let quiet = audit.writes(OPERATOR_USER, &ns.name)?;
+    assert_eq!(
+        quiet.len(),
+        after_edit.len(),
+        "writes after the edit was put back: {:?}",
+        &quiet[after_edit.len()..]
+    );
+    let before = quiet.len();
+
+    // Quota change: only the ConfigMap (and the status) change; pods do not roll.
     let hash_of = |s: StatefulSet| {
         s.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["iotstamp.dev/config-hash"].clone()
     };

@@ -32,6 +32,8 @@ pub struct Context {
     /// Who may scrape a stamp's metrics when its spec does not say (`--metrics-from`).
     pub metrics_from: Vec<MetricsPeer>,
     pub connected: ConnectedCounts,
+    /// The operator's field set of each child after its last apply (see [`crate::drift`]).
+    pub known_fields: crate::drift::KnownFields,
     /// The device quota each running stamp enforces; reconciles push changes ([`crate::quota`]).
     pub quota: Arc<QuotaSync>,
     /// Turns true once every cache has its first full list; reconciles wait for it.

@@ -125,6 +125,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         cluster_domain: settings.cluster_domain,
         metrics_from: settings.metrics_from,
         connected,
+        known_fields: Default::default(),
         quota,
         synced,
     });

@@ -81,11 +81,7 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
             return Err(Error::Unparseable(e));
         }
     };
-    let key = format!(
-        "{}/{}",
-        stamp.metadata.namespace.as_deref().unwrap_or_default(),
-        stamp.metadata.name.as_deref().unwrap_or_default()
-    );
+    let key = stamp_key(&stamp);
     if stamp.metadata.deletion_timestamp.is_some() {
         let action = finalize(&stamp, ctx).await?;
         ctx.metrics.stamp_phase(&key, None);
@@ -192,17 +188,32 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Pass
         hub_addresses: names.hub_addresses.clone(),
         metrics_from: ctx.metrics_from.clone(),
     };
+    let key = stamp_key(stamp);
+    let key = key.as_str();
     for wave in builders::apply_waves(builders::desired(stamp, &inputs)?) {
-        let stale = wave
-            .iter()
-            .filter(|child| ctx.caches.applied_hash(child).as_deref() != child.applied_hash());
+        // Stale: another applied hash (the spec changed), or a field the operator applied was
+        // taken by someone else (a hand edit, see `drift.rs`).
+        let stale = wave.iter().filter(|child| {
+            let id = child_id(child);
+            let changed = ctx.caches.applied_hash(child).as_deref() != child.applied_hash();
+            let drifted = ctx
+                .known_fields
+                .drifted(key, &id, ctx.caches.owned_digest(child));
+            if drifted && !changed {
+                tracing::info!(stamp = key, child = %id, "a field the operator owns was changed by someone else; applying it again");
+            }
+            changed || drifted
+        });
         let results = futures::future::join_all(stale.map(|child| async move {
             let _slot = ctx.api_slots.acquire().await;
             let result = apply::child(&ctx.client, child).await.map_err(Error::from_kube);
-            if result.is_ok() {
+            if let Ok(owned) = &result {
                 ctx.metrics.wrote(child.kind());
+                if let Some(owned) = owned {
+                    ctx.known_fields.record(key, &child_id(child), owned.clone());
+                }
             }
-            (child, result)
+            (child, result.map(|_| ()))
         }))
         .await;
         // A failed child stops the next wave: workloads must not start before what they read.
@@ -226,6 +237,19 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Pass
         }
     }
     Ok(Pass::default())
+}
+
+/// `namespace/name` of a stamp: the key of its entries in the operator's memory.
+fn stamp_key(stamp: &IoTStamp) -> String {
+    format!(
+        "{}/{}",
+        stamp.metadata.namespace.as_deref().unwrap_or_default(),
+        stamp.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn child_id(child: &builders::Child) -> String {
+    format!("{}/{}", child.kind(), child.name())
 }
 
 /// The API server's own words for a refused request (they name the field), or the error's chain.
@@ -371,6 +395,7 @@ async fn finalize(stamp: &IoTStamp, ctx: &Context) -> Result<Action, Error> {
         .await;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
+    ctx.known_fields.forget(&stamp_key(stamp));
     let without: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
     apply::finalizers(&ctx.client, stamp, without)
         .await

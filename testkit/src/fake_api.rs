@@ -401,6 +401,7 @@ impl FakeCaches {
             cluster_domain: "cluster.local".into(),
             metrics_from: Vec::new(),
             connected: Default::default(),
+            known_fields: Default::default(),
             // No stamp API to reach; a test that wants pushes puts its own client here.
             quota: std::sync::Arc::new(iotstamp_operator::quota::QuotaSync::new(None)),
             synced,
