@@ -80,6 +80,7 @@ OVERRIDES=(
     --set 'podAnnotations.example\.com/team=iot'
     --set 'nodeSelector.kubernetes\.io/os=linux'
     --set 'tolerations[0].key=dedicated' --set 'tolerations[0].operator=Exists'
+    --set-json 'stamps.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]'
 )
 NO_RBAC=(--set rbac.create=false --set serviceAccount.create=false --set metrics.service.enabled=false)
 
@@ -102,6 +103,8 @@ expect_rejected "replicas=2" --set replicas=2
 expect_rejected "replicas=0" --set replicas=0
 expect_rejected "an unknown key" --set replica=1
 expect_rejected "image.pullPolicy=Sometimes" --set image.pullPolicy=Sometimes
+# An entry with neither selector would admit every source to the stamps' metrics port.
+expect_rejected "a stamps.metricsFrom entry with no selector" --set-json 'stamps.metricsFrom=[{}]'
 
 # --- 4. render and inspect ----------------------------------------------------------------------
 render() {
@@ -257,7 +260,8 @@ if dep:
             err(f"container {name}: image {c.get('image')}, want {image}")
         args = c.get("args") or []
         base = ["operator", "--listen", "0.0.0.0:8080", "--log-format", "json"]
-        want_args = base + (["--stats-interval-secs=0", "--concurrency=32"] if mode == "overrides" else [])
+        metrics_from = '--metrics-from=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]'
+        want_args = base + ([metrics_from, "--stats-interval-secs=0", "--concurrency=32"] if mode == "overrides" else [])
         if args != want_args:
             err(f"container {name}: args {args}, want {want_args}")
         env = {e["name"]: e for e in c.get("env") or []}

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,24 @@ use crate::common::{PodOverrides, Resources};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // A transition rule (updates only) on the IoTStamp itself rather than on StorageSpec, which an
+    // IoTStampPool's template embeds too: a template may shrink, it only shapes stamps created
+    // afterwards. The guards leave a missing or malformed size to the rules on the field.
+    validation = Rule::new(
+        "!has(oldSelf.spec) || !has(oldSelf.spec.storage) || !has(oldSelf.spec.storage.size) || !has(self.spec.storage) || !has(self.spec.storage.size) || !isQuantity(self.spec.storage.size) || !isQuantity(oldSelf.spec.storage.size) || !quantity(self.spec.storage.size).isLessThan(quantity(oldSelf.spec.storage.size))"
+    )
+    .message("spec.storage.size cannot shrink: a volume only grows; set it back to at least its previous size, or create a new stamp for a smaller volume")
+    .field_path(".spec.storage.size"),
+    // Until the operator can grow a volume in place (expand the claim, replace the StatefulSet
+    // whose volumeClaimTemplates are immutable), a larger size would be refused on every apply of
+    // the storage StatefulSet, and with shrinking refused there would be no way back. Drop this
+    // rule when growing is carried out.
+    validation = Rule::new(
+        "!has(oldSelf.spec) || !has(oldSelf.spec.storage) || !has(oldSelf.spec.storage.size) || !has(self.spec.storage) || !has(self.spec.storage.size) || !isQuantity(self.spec.storage.size) || !isQuantity(oldSelf.spec.storage.size) || !quantity(self.spec.storage.size).isGreaterThan(quantity(oldSelf.spec.storage.size))"
+    )
+    .message("spec.storage.size cannot grow yet: the operator does not expand a stamp's volume in place; create a new stamp with the larger size and move the devices")
+    .field_path(".spec.storage.size")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IoTStampSpec {
@@ -61,6 +78,8 @@ pub struct IoTStampSpec {
     pub ingest: IngestSpec,
     #[serde(default)]
     pub storage: StorageSpec,
+    #[serde(default, skip_serializing_if = "MonitoringSpec::is_default")]
+    pub monitoring: MonitoringSpec,
     /// Container image for every role; defaults to the operator's own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -198,7 +217,8 @@ fn default_batch() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || (has(self.storageClassName) && self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed once set; create a new stamp to move to another storage class"))]
 pub struct StorageSpec {
-    /// Volume size, a Kubernetes quantity such as `20Gi`.
+    /// Volume size, a Kubernetes quantity such as `20Gi`. Fixed once a stamp exists: a volume never
+    /// shrinks, and growing one in place is not supported yet (the API server refuses both).
     #[serde(default = "default_size")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"))]
@@ -235,6 +255,38 @@ fn default_size() -> String {
 
 fn default_retention() -> String {
     "7d".into()
+}
+
+/// Who may reach the stamp's metrics port (9090 on hub, ingest and storage pods) from outside the
+/// stamp. Nothing else of the stamp opens up.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Sources allowed to scrape, as in a NetworkPolicy rule. Unset: the operator's default
+    /// (`iotstamp operator --metrics-from`, chart value `stamps.metricsFrom`); an empty list: no one
+    /// outside the stamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub from: Option<Vec<MetricsPeer>>,
+}
+
+impl MonitoringSpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Pods that may scrape: in namespaces matching `namespaceSelector` (all pods there unless
+/// `podSelector` narrows them), or, with `podSelector` alone, pods of the stamp's own namespace.
+/// An entry with neither would admit everyone, so the API server refuses it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.namespaceSelector) || has(self.podSelector)").message("monitoring.from entries need a namespaceSelector or a podSelector"))]
+pub struct MetricsPeer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 /// Observed state. The operator owns everything here except `devices.assigned`, which the router

@@ -171,6 +171,75 @@ fn storage_class_is_immutable_once_set() {
 }
 
 #[test]
+fn storage_size_never_shrinks_and_does_not_grow_yet() {
+    let schema = schema_of(IoTStamp::crd());
+    let sized = |size: &str| stamp(json!({"deviceQuota": 1, "storage": {"size": size}}));
+    // Keeping it, also spelled another way, is fine.
+    for (old, new) in [("20Gi", "20Gi"), ("20Gi", "20480Mi"), ("1024Mi", "1Gi")] {
+        assert_eq!(
+            violations(&schema, &sized(new), Some(&sized(old))),
+            Vec::<String>::new(),
+            "{old} -> {new}"
+        );
+    }
+    for (old, new) in [("20Gi", "19Gi"), ("1Gi", "1G"), ("1Ti", "500Gi")] {
+        assert_one_violation(
+            violations(&schema, &sized(new), Some(&sized(old))),
+            "spec.storage.size",
+            "spec.storage.size cannot shrink",
+        );
+    }
+    for (old, new) in [("20Gi", "30Gi"), ("1G", "1Gi")] {
+        assert_one_violation(
+            violations(&schema, &sized(new), Some(&sized(old))),
+            "spec.storage.size",
+            "spec.storage.size cannot grow yet",
+        );
+    }
+    // A malformed new size gets the field's own message, not a CEL evaluation error.
+    assert_one_violation(
+        violations(&schema, &sized("lots"), Some(&sized("20Gi"))),
+        "size",
+        "storage.size must be a positive quantity",
+    );
+}
+
+#[test]
+fn a_pool_template_may_change_its_storage_size() {
+    // Template changes shape only stamps created afterwards.
+    let schema = schema_of(IoTStampPool::crd());
+    let pool = |size: &str| {
+        json!({"apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStampPool", "metadata": {"name": "p"},
+               "spec": {"template": {"spec": {"deviceQuota": 1, "storage": {"size": size}}}}})
+    };
+    for (old, new) in [("20Gi", "10Gi"), ("10Gi", "20Gi")] {
+        assert_eq!(
+            violations(&schema, &pool(new), Some(&pool(old))),
+            Vec::<String>::new(),
+            "{old} -> {new}"
+        );
+    }
+}
+
+#[test]
+fn monitoring_sources_each_need_a_selector() {
+    let schema = schema_of(IoTStamp::crd());
+    let obj = stamp(json!({"deviceQuota": 1, "monitoring": {"from": [
+        {"namespaceSelector": {"matchLabels": {"team": "obs"}}},
+        {"podSelector": {"matchLabels": {"app": "prometheus"}}},
+        {}
+    ]}}));
+    assert_one_violation(
+        violations(&schema, &obj, None),
+        "monitoring.from[2]",
+        "monitoring.from entries need a namespaceSelector or a podSelector",
+    );
+    // An empty list is valid: it closes the metrics port to everyone outside the stamp.
+    let obj = stamp(json!({"deviceQuota": 1, "monitoring": {"from": []}}));
+    assert!(violations(&schema, &obj, None).is_empty());
+}
+
+#[test]
 fn pool_bounds_are_consistent() {
     let schema = schema_of(IoTStampPool::crd());
     let pool = |min: i32, max: i32| {

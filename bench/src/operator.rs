@@ -95,8 +95,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         api_token: "token".into(),
         cluster_domain: "cluster.local".into(),
         hub_addresses: Vec::new(),
+        metrics_from: Vec::new(),
     };
-    let mut children = Vec::with_capacity(n * 13);
+    let mut children = Vec::with_capacity(n * 15);
     for i in 0..n {
         let stamp =
             serde_json::from_value(stamp_json(i)).context("the bench stamp does not parse as an IoTStamp")?;

@@ -14,6 +14,8 @@ use iotstamp_e2e::volumes::VolumeBinder;
 use iotstamp_e2e::wait;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -49,6 +51,11 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
             json!({"deviceQuota": 1, "storage": {"size": "lots"}}),
             "spec.storage.size",
             "storage.size must be a positive quantity",
+        ),
+        (
+            json!({"deviceQuota": 1, "monitoring": {"from": [{}]}}),
+            "spec.monitoring.from[0]",
+            "monitoring.from entries need a namespaceSelector or a podSelector",
         ),
     ];
     let refusals = cases
@@ -86,6 +93,35 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
         err.to_string().contains("storageClassName cannot be changed"),
         "{err}"
     );
+    // storage.size: never shrinks, and does not grow yet; each refusal names the field.
+    api.create(
+        &PostParams::default(),
+        &stamp("size", json!({"deviceQuota": 1, "storage": {"size": "20Gi"}})),
+    )
+    .await?;
+    for (size, message) in [("19Gi", "cannot shrink"), ("30Gi", "cannot grow yet")] {
+        let err = api
+            .patch(
+                "size",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"storage": {"size": size}}})),
+            )
+            .await
+            .expect_err("storage.size changed");
+        let text = err.to_string();
+        assert!(
+            text.contains("spec.storage.size") && text.contains(message),
+            "{size}: {text}"
+        );
+    }
+    // The same size spelled another way is no change.
+    api.patch(
+        "size",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"storage": {"size": "20480Mi"}}})),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("storage.size 20480Mi (= 20Gi) was refused: {e}"))?;
     // Nothing of the refused objects exists.
     let names: Vec<String> = api
         .list(&Default::default())
@@ -94,7 +130,7 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
         .iter()
         .map(|s| s.name_any())
         .collect();
-    assert_eq!(names, ["sc"]);
+    assert_eq!(names, ["sc", "size"]);
     Ok(())
 }
 
@@ -107,7 +143,11 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
     let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
     api.create(
         &PostParams::default(),
-        &stamp("s1", json!({"deviceQuota": 100, "region": "eu"})),
+        &stamp(
+            "s1",
+            json!({"deviceQuota": 100, "region": "eu",
+                   "monitoring": {"from": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]}}),
+        ),
     )
     .await?;
 
@@ -149,7 +189,7 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
     )?;
     let list: serde_json::Value = serde_json::from_str(&out)?;
     let items = list["items"].as_array().unwrap();
-    assert_eq!(items.len(), 13, "expected the 13 children of a stamp");
+    assert_eq!(items.len(), 15, "expected the 15 children of a stamp");
     for item in items {
         let owner = &item["metadata"]["ownerReferences"][0];
         assert_eq!(
@@ -160,6 +200,36 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
         assert_eq!(owner["name"], "s1");
         assert_eq!(owner["controller"], true);
     }
+    // The API server took the metrics rule: port 9090 from the named namespaces only.
+    let policy = items
+        .iter()
+        .find(|i| i["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["ingress"][2],
+        json!({"ports": [{"port": 9090, "protocol": "TCP"}],
+               "from": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]}),
+        "{policy}"
+    );
+    // One budget per role; at one replica neither the hub nor storage pod may be evicted.
+    let budgets: Vec<(String, serde_json::Value)> = items
+        .iter()
+        .filter(|i| i["kind"] == "PodDisruptionBudget")
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                i["spec"]["maxUnavailable"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        budgets,
+        [
+            ("s1-hub".to_string(), json!(0)),
+            ("s1-ingest".to_string(), json!(1)),
+            ("s1-storage".to_string(), json!(0)),
+        ]
+    );
 
     // Settled: a while of reconciles (watch events, resyncs) writes nothing.
     let audit = AuditLog::from_env()?;
@@ -169,8 +239,57 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
     let idle = audit.writes(OPERATOR_USER, &ns.name)?;
     assert_eq!(idle.len(), before, "writes while idle: {:?}", &idle[before..]);
 
-    // Quota change: only the ConfigMap (and the status) change; pods do not roll.
+    // Drift: a hand edit of a field the operator owns is put back by the next reconcile (one write
+    // of that child), a field it does not own (a label of yours) stays, and then it is quiet again.
     let sts: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
+    cluster.run(
+        "kubectl",
+        &[
+            "patch",
+            "statefulset",
+            "s1-hub",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":3},"metadata":{"labels":{"example.com/team":"iot"}}}"#,
+        ],
+    )?;
+    wait::until(
+        "the hub's replicas to be put back",
+        Duration::from_secs(30),
+        || async {
+            let hub = sts.get("s1-hub").await?;
+            Ok((hub.spec.as_ref().and_then(|s| s.replicas) == Some(1)).then_some(hub))
+        },
+    )
+    .await
+    .map(|hub| {
+        assert_eq!(
+            hub.labels().get("example.com/team").map(String::as_str),
+            Some("iot")
+        )
+    })
+    .map_err(|e| e.context(operator.log_text()))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_edit = audit.writes(OPERATOR_USER, &ns.name)?;
+    let put_back: Vec<String> = after_edit[idle.len()..]
+        .iter()
+        .filter(|w| w.subresource.is_none())
+        .map(|w| format!("{}/{}", w.resource, w.name))
+        .collect();
+    assert_eq!(put_back, ["statefulsets/s1-hub"], "putting the edit back");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let quiet = audit.writes(OPERATOR_USER, &ns.name)?;
+    assert_eq!(
+        quiet.len(),
+        after_edit.len(),
+        "writes after the edit was put back: {:?}",
+        &quiet[after_edit.len()..]
+    );
+    let before = quiet.len();
+
+    // Quota change: only the ConfigMap (and the status) change; pods do not roll.
     let hash_of = |s: StatefulSet| {
         s.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["iotstamp.dev/config-hash"].clone()
     };
@@ -227,7 +346,11 @@ async fn a_stamp_converges_to_ready_and_a_no_op_writes_nothing() -> anyhow::Resu
         .filter(|w| w.subresource.is_none())
         .map(|w| format!("{}/{}", w.resource, w.name))
         .collect();
-    assert_eq!(changed, ["statefulsets/s1-hub"]);
+    // Two hub pods: the hub's disruption budget now lets a drain take one of them.
+    assert_eq!(changed, ["poddisruptionbudgets/s1-hub", "statefulsets/s1-hub"]);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let hub_budget = pdbs.get("s1-hub").await?.spec.unwrap().max_unavailable;
+    assert_eq!(hub_budget, Some(IntOrString::Int(1)));
 
     // Delete: the finalizer lets go (no devices), and the controller-manager collects the children.
     api.delete("s1", &DeleteParams::default()).await?;

@@ -17,7 +17,9 @@ fn params() -> PatchParams {
     PatchParams::apply(OPERATOR_FIELD_MANAGER).force()
 }
 
-pub async fn child(client: &Client, child: &Child) -> Result<(), kube::Error> {
+/// Applies `child`; returns the digest of the fields the operator owns on the result (see
+/// [`crate::drift`]).
+pub async fn child(client: &Client, child: &Child) -> Result<Option<String>, kube::Error> {
     match child {
         Child::ConfigMap(o) => apply(client, o).await,
         Child::Secret(o) => apply(client, o).await,
@@ -30,7 +32,7 @@ pub async fn child(client: &Client, child: &Child) -> Result<(), kube::Error> {
     }
 }
 
-async fn apply<K>(client: &Client, obj: &K) -> Result<(), kube::Error>
+async fn apply<K>(client: &Client, obj: &K) -> Result<Option<String>, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -42,7 +44,8 @@ where
     let ns = meta.namespace.as_deref().unwrap_or_default();
     let name = meta.name.as_deref().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(name, &params(), &Patch::Apply(obj)).await.map(|_| ())
+    let applied = api.patch(name, &params(), &Patch::Apply(obj)).await?;
+    Ok(crate::drift::owned_digest(applied.meta()))
 }
 
 pub async fn status(client: &Client, stamp: &IoTStamp, status: &IoTStampStatus) -> Result<(), kube::Error> {

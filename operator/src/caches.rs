@@ -35,6 +35,16 @@ fn key<K: kube::Resource<DynamicType = ()>>(ns: &str, name: &str) -> ObjectRef<K
 impl Caches {
     /// The applied-hash annotation the cached copy of `child` carries, if it is cached.
     pub fn applied_hash(&self, child: &Child) -> Option<String> {
+        self.annotation(child, APPLIED_HASH)
+    }
+
+    /// The digest of the operator's owned fields on the cached copy of `child` (see
+    /// [`crate::drift`]).
+    pub fn owned_digest(&self, child: &Child) -> Option<String> {
+        self.annotation(child, crate::drift::OWNED_FIELDS)
+    }
+
+    fn annotation(&self, child: &Child, name_of: &str) -> Option<String> {
         let meta = child.meta();
         let (ns, name) = (meta.namespace.as_deref()?, meta.name.as_deref()?);
         let annotations = match child {
@@ -62,7 +72,7 @@ impl Caches {
                 .annotations
                 .clone(),
         };
-        annotations?.get(APPLIED_HASH).cloned()
+        annotations?.get(name_of).cloned()
     }
 
     /// What keeps a pod of `stamp`'s `role` from running, if one of them reports anything; pods
@@ -109,12 +119,19 @@ impl Caches {
 /// references), what says whether its status is current (generation), and the applied hash. The rest
 /// (managed fields, labels, other annotations) is most of an object's size and is never read.
 pub fn trim_meta(meta: &mut ObjectMeta) {
+    // Of the managedFields only a digest of the operator's own set is kept (see `drift.rs`).
+    let owned = crate::drift::owned_digest(meta);
     meta.managed_fields = None;
     meta.labels = None;
     meta.creation_timestamp = None;
     meta.uid = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| k == APPLIED_HASH);
+    }
+    if let Some(owned) = owned {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(crate::drift::OWNED_FIELDS.into(), owned);
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use iotstamp_api::stamp::MetricsPeer;
+
 use crate::controller::{self, Settings};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -37,6 +39,32 @@ pub struct OperatorArgs {
     /// cluster and cannot reach stamp Services: running stamps then take a new quota at restart).
     #[arg(long, default_value_t = 30)]
     pub stats_interval_secs: u64,
+    /// Who may scrape the metrics port (9090) of stamps whose spec.monitoring.from is unset: a JSON
+    /// list of {namespaceSelector, podSelector} label selectors, e.g.
+    /// '[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]'.
+    /// Empty: no one outside the stamp.
+    #[arg(long, default_value = "[]", value_parser = parse_metrics_from)]
+    pub metrics_from: MetricsFrom,
+}
+
+/// The parsed `--metrics-from` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsFrom(pub Vec<MetricsPeer>);
+
+/// Parses `--metrics-from`, refusing an entry with neither selector: in a NetworkPolicy it would
+/// admit every source.
+pub fn parse_metrics_from(text: &str) -> Result<MetricsFrom, String> {
+    let peers: Vec<MetricsPeer> = serde_json::from_str(text)
+        .map_err(|e| format!("a JSON list of {{namespaceSelector, podSelector}} objects: {e}"))?;
+    if let Some(i) = peers
+        .iter()
+        .position(|p| p.namespace_selector.is_none() && p.pod_selector.is_none())
+    {
+        return Err(format!(
+            "entry {i} has neither namespaceSelector nor podSelector (it would admit everyone)"
+        ));
+    }
+    Ok(MetricsFrom(peers))
 }
 
 pub async fn run(args: OperatorArgs) -> Result<(), Error> {
@@ -58,6 +86,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         concurrency: args.concurrency.max(1),
         stats_interval: (args.stats_interval_secs > 0).then(|| Duration::from_secs(args.stats_interval_secs)),
         ca,
+        metrics_from: args.metrics_from.0,
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| "iotstamp-operator".into()),
     };
     controller::run(client, settings, metrics, ready).await;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use iotstamp_api::stamp::MetricsPeer;
 use iotstamp_core::pki::CertKeyPem;
 use kube::Client;
 
@@ -28,7 +29,11 @@ pub struct Context {
     pub ca: CertKeyPem,
     pub default_image: String,
     pub cluster_domain: String,
+    /// Who may scrape a stamp's metrics when its spec does not say (`--metrics-from`).
+    pub metrics_from: Vec<MetricsPeer>,
     pub connected: ConnectedCounts,
+    /// The operator's field set of each child after its last apply (see [`crate::drift`]).
+    pub known_fields: crate::drift::KnownFields,
     /// The device quota each running stamp enforces; reconciles push changes ([`crate::quota`]).
     pub quota: Arc<QuotaSync>,
     /// Turns true once every cache has its first full list; reconciles wait for it.

@@ -35,6 +35,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     pub default_image: String,
     pub cluster_domain: String,
+    /// Who may scrape metrics of stamps whose `spec.monitoring.from` is unset.
+    pub metrics_from: Vec<iotstamp_api::stamp::MetricsPeer>,
     pub concurrency: u16,
     /// How often to read `connected` from ready stamps; `None` turns it off.
     pub stats_interval: Option<Duration>,
@@ -121,7 +123,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         ca: settings.ca,
         default_image: settings.default_image,
         cluster_domain: settings.cluster_domain,
+        metrics_from: settings.metrics_from,
         connected,
+        known_fields: Default::default(),
         quota,
         synced,
     });
@@ -306,7 +310,7 @@ fn stamp_controller(
         .shutdown_on_signal()
 }
 
-/// Applying a stamp's 13 children sends 13 watch events back; a short debounce folds them into
+/// Applying a stamp's 15 children sends 15 watch events back; a short debounce folds them into
 /// one reconcile instead of a dozen.
 fn controller_config(concurrency: u16) -> controller::Config {
     controller::Config::default()

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod conditions;
 pub mod context;
 pub mod controller;
+pub mod drift;
 pub mod error;
 pub mod events;
 pub mod metrics;

@@ -81,11 +81,7 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
             return Err(Error::Unparseable(e));
         }
     };
-    let key = format!(
-        "{}/{}",
-        stamp.metadata.namespace.as_deref().unwrap_or_default(),
-        stamp.metadata.name.as_deref().unwrap_or_default()
-    );
+    let key = stamp_key(&stamp);
     if stamp.metadata.deletion_timestamp.is_some() {
         let action = finalize(&stamp, ctx).await?;
         ctx.metrics.stamp_phase(&key, None);
@@ -97,21 +93,22 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
     let hub_addresses = ctx.caches.load_balancer_addresses(&names.namespace, &names.hub());
     let names = names.with_hub_addresses(hub_addresses);
     // The finalizer and the children are independent writes: send them together.
-    let (finalizer, blocker) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
+    let (finalizer, pass) = futures::future::join(ensure_finalizer(&stamp, ctx), async {
         if stamp.spec.paused {
-            Ok(None)
+            Ok(Pass::default())
         } else {
             converge(&stamp, &names, ctx).await
         }
     })
     .await;
     finalizer?;
-    let blocker = blocker?;
+    let Pass { blocker, failed } = pass?;
     let observed = observe(&names, ctx);
     let quota_owed = blocker.is_none()
         && !stamp.spec.paused
         && crate::quota::sync(ctx, &stamp, &names, &key, &observed).await;
 
+    // Written even when an apply failed: the status says what failed, at this generation.
     let status = conditions::status(StatusInputs {
         stamp: &stamp,
         observed: &observed,
@@ -131,6 +128,10 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
         announce_transitions(ctx, &stamp, &status).await;
     }
     ctx.metrics.stamp_phase(&key, status.phase);
+    // The failed apply is retried with the error's backoff (see `error_policy`).
+    if let Some(e) = failed {
+        return Err(e);
+    }
     Ok(Action::requeue(if blocker.is_some() || quota_owed {
         BLOCKED_RETRY
     } else {
@@ -152,13 +153,32 @@ async fn ensure_finalizer(stamp: &IoTStamp, ctx: &Context) -> Result<(), Error> 
     Ok(())
 }
 
-/// Brings the children in line with the spec. Returns what blocked it, if something a person must
-/// fix did; API failures that time may fix are errors.
-async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Option<Blocker>, Error> {
+/// What one pass over the children came to.
+#[derive(Debug, Default)]
+struct Pass {
+    /// Why the children are not as the spec says: something a person must fix, or an apply the
+    /// API server refused. Shown in `Ready`.
+    blocker: Option<Blocker>,
+    /// The failed apply, returned once the status is written, so it is retried with backoff.
+    failed: Option<Error>,
+}
+
+impl Pass {
+    fn blocked(blocker: Blocker) -> Self {
+        Self {
+            blocker: Some(blocker),
+            failed: None,
+        }
+    }
+}
+
+/// Brings the children in line with the spec. What blocked it, or which apply failed and why, is in
+/// the result; errors are failures to read what the children are built from.
+async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Pass, Error> {
     let (tls, api_token) = futures::future::join(hub_tls(stamp, names, ctx), api_token(names, ctx)).await;
     let tls = match tls? {
         Ok(tls) => tls,
-        Err(blocker) => return Ok(Some(blocker)),
+        Err(blocker) => return Ok(Pass::blocked(blocker)),
     };
     let inputs = Inputs {
         default_image: ctx.default_image.clone(),
@@ -166,35 +186,78 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Opti
         api_token: api_token?,
         cluster_domain: ctx.cluster_domain.clone(),
         hub_addresses: names.hub_addresses.clone(),
+        metrics_from: ctx.metrics_from.clone(),
     };
+    let key = stamp_key(stamp);
+    let key = key.as_str();
     for wave in builders::apply_waves(builders::desired(stamp, &inputs)?) {
-        let stale = wave
-            .iter()
-            .filter(|child| ctx.caches.applied_hash(child).as_deref() != child.applied_hash());
+        // Stale: another applied hash (the spec changed), or a field the operator applied was
+        // taken by someone else (a hand edit, see `drift.rs`).
+        let stale = wave.iter().filter(|child| {
+            let id = child_id(child);
+            let changed = ctx.caches.applied_hash(child).as_deref() != child.applied_hash();
+            let drifted = ctx
+                .known_fields
+                .drifted(key, &id, ctx.caches.owned_digest(child));
+            if drifted && !changed {
+                tracing::info!(stamp = key, child = %id, "a field the operator owns was changed by someone else; applying it again");
+            }
+            changed || drifted
+        });
         let results = futures::future::join_all(stale.map(|child| async move {
             let _slot = ctx.api_slots.acquire().await;
             let result = apply::child(&ctx.client, child).await.map_err(Error::from_kube);
-            if result.is_ok() {
+            if let Ok(owned) = &result {
                 ctx.metrics.wrote(child.kind());
+                if let Some(owned) = owned {
+                    ctx.known_fields.record(key, &child_id(child), owned.clone());
+                }
             }
-            (child, result)
+            (child, result.map(|_| ()))
         }))
         .await;
         // A failed child stops the next wave: workloads must not start before what they read.
-        for (child, result) in results {
-            match result {
-                Ok(()) => {}
-                Err(Error::Forbidden(message)) => {
-                    return Ok(Some(Blocker {
-                        reason: reasons::FORBIDDEN,
-                        message: format!("cannot apply {} {}: {message}", child.kind(), child.name()),
-                    }));
-                }
-                Err(e) => return Err(e),
-            }
+        if let Some((child, e)) = results.into_iter().find_map(|(c, r)| r.err().map(|e| (c, e))) {
+            let what = format!("{} {}", child.kind(), child.name());
+            return Ok(match e {
+                Error::Forbidden(message) => Pass::blocked(Blocker {
+                    reason: reasons::FORBIDDEN,
+                    message: format!("cannot apply {what}: {message}"),
+                }),
+                // Refused (an immutable field, a webhook, a quota) or not answered: the status
+                // says which child and in the API server's words, and the apply is retried.
+                e => Pass {
+                    blocker: Some(Blocker {
+                        reason: reasons::APPLY_FAILED,
+                        message: format!("cannot apply {what}: {}", api_message(&e)),
+                    }),
+                    failed: Some(e),
+                },
+            });
         }
     }
-    Ok(None)
+    Ok(Pass::default())
+}
+
+/// `namespace/name` of a stamp: the key of its entries in the operator's memory.
+fn stamp_key(stamp: &IoTStamp) -> String {
+    format!(
+        "{}/{}",
+        stamp.metadata.namespace.as_deref().unwrap_or_default(),
+        stamp.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn child_id(child: &builders::Child) -> String {
+    format!("{}/{}", child.kind(), child.name())
+}
+
+/// The API server's own words for a refused request (they name the field), or the error's chain.
+fn api_message(e: &Error) -> String {
+    match e {
+        Error::Kube(kube::Error::Api(s)) => s.message.clone(),
+        e => Causes(e).to_string(),
+    }
 }
 
 /// The stamp's certificates: ours (issued, renewed when due), and the user's Secret for the device
@@ -332,6 +395,7 @@ async fn finalize(stamp: &IoTStamp, ctx: &Context) -> Result<Action, Error> {
         .await;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
+    ctx.known_fields.forget(&stamp_key(stamp));
     let without: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
     apply::finalizers(&ctx.client, stamp, without)
         .await

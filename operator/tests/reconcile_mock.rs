@@ -120,7 +120,7 @@ async fn create_applies_every_child_workloads_last_and_a_no_op_writes_nothing() 
     assert!(result.is_ok(), "{result:?}");
     let mut written = child_writes(&writes);
     // Within a wave the applies run concurrently, so only the waves have an order.
-    let mut workloads = written.split_off(10);
+    let mut workloads = written.split_off(12);
     written.sort();
     workloads.sort();
     assert_eq!(
@@ -129,6 +129,8 @@ async fn create_applies_every_child_workloads_last_and_a_no_op_writes_nothing() 
             "configmaps/s1-config",
             "networkpolicies/s1",
             "poddisruptionbudgets/s1-hub",
+            "poddisruptionbudgets/s1-ingest",
+            "poddisruptionbudgets/s1-storage",
             "secrets/s1-api-token",
             "secrets/s1-hub-tls",
             "serviceaccounts/s1",
@@ -208,7 +210,11 @@ async fn an_update_rewrites_only_what_changed() {
         s["metadata"]["generation"] = json!(3);
     });
     let (_, writes) = h.reconcile("s1").await;
-    assert_eq!(child_writes(&writes), ["statefulsets/s1-hub"]);
+    // More than one hub pod: the hub's disruption budget lets a drain take one of them.
+    assert_eq!(
+        child_writes(&writes),
+        ["poddisruptionbudgets/s1-hub", "statefulsets/s1-hub"]
+    );
 }
 
 #[tokio::test]
@@ -308,6 +314,53 @@ async fn api_errors_are_classified_for_retry() {
 }
 
 #[tokio::test]
+async fn a_refused_apply_still_writes_the_status_and_an_event_then_retries() {
+    let mut h = Harness::new();
+    h.create("s1", json!({"deviceQuota": 100}));
+    h.settle("s1").await;
+    // A spec change the API server refuses for one child (an immutable field, a policy webhook):
+    // the stamp must not go silent at the old generation.
+    h.edit("s1", |s| {
+        s["spec"]["storage"]["retention"] = json!("30d");
+        s["metadata"]["generation"] = json!(2);
+    });
+    h.fake.fail(Method::PATCH, "/statefulsets/s1-storage", 422, 1);
+    let (result, writes) = h.reconcile("s1").await;
+    let err = result.expect_err("the failed apply is retried through error_policy");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+
+    let stamp = h.stamp("s1");
+    assert_eq!(
+        stamp["status"]["observedGeneration"], 2,
+        "status left at the old generation"
+    );
+    assert_eq!(h.condition("s1", "Ready"), ("False".into(), "ApplyFailed".into()));
+    let ready = stamp["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("StatefulSet s1-storage") && message.contains("injected failure for PATCH"),
+        "the message names neither the child nor the API's words: {message}"
+    );
+    assert!(
+        writes.iter().any(|w| w.path.contains("/events")),
+        "no event for the failed apply"
+    );
+
+    // The retry lands and the condition clears.
+    let (result, _) = h.reconcile("s1").await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        h.condition("s1", "Ready"),
+        ("False".into(), "WaitingForPods".into())
+    );
+}
+
+#[tokio::test]
 async fn a_missing_tls_secret_blocks_without_touching_children_then_recovers() {
     let h = Harness::new();
     h.create(
@@ -338,7 +391,7 @@ async fn a_missing_tls_secret_blocks_without_touching_children_then_recovers() {
                "type": "kubernetes.io/tls", "data": {"tls.crt": b64(&cert.cert_pem), "tls.key": b64(&cert.key_pem)}}),
     );
     let (_, writes) = h.reconcile("s1").await;
-    assert_eq!(child_writes(&writes).len(), 13, "every child");
+    assert_eq!(child_writes(&writes).len(), 15, "every child");
     // The operator's own certificate stays: the stamp API serves it beside the user's.
     assert!(child_writes(&writes).contains(&"secrets/s1-hub-tls".to_string()));
     assert!(!child_writes(&writes).contains(&"secrets/mine".to_string()));
@@ -365,7 +418,7 @@ async fn an_unreadable_object_waits_for_a_change_and_stops_nothing_else() {
     h.create("good", json!({"deviceQuota": 1}));
     let (result, writes) = h.reconcile("good").await;
     assert!(result.is_ok());
-    assert_eq!(child_writes(&writes).len(), 13);
+    assert_eq!(child_writes(&writes).len(), 15);
 }
 
 #[tokio::test]

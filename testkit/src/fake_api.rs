@@ -399,7 +399,9 @@ impl FakeCaches {
             ca,
             default_image: "iotstamp:test".into(),
             cluster_domain: "cluster.local".into(),
+            metrics_from: Vec::new(),
             connected: Default::default(),
+            known_fields: Default::default(),
             // No stamp API to reach; a test that wants pushes puts its own client here.
             quota: std::sync::Arc::new(iotstamp_operator::quota::QuotaSync::new(None)),
             synced,

@@ -132,6 +132,7 @@ fn prebuilt_children(namespace: &str, n: usize) -> anyhow::Result<Vec<[Vec<Child
         api_token: "scale-bench".into(),
         cluster_domain: "cluster.local".into(),
         hub_addresses: Vec::new(),
+        metrics_from: Vec::new(),
     };
     (0..n)
         .map(|i| {

@@ -21,6 +21,7 @@ pub mod roles {
 use std::collections::BTreeMap;
 
 use iotstamp_api::IoTStamp;
+use iotstamp_api::stamp::MetricsPeer;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -53,6 +54,8 @@ pub struct Inputs {
     pub cluster_domain: String,
     /// The hub load balancer's addresses, as observed (see [`Names::hub_addresses`]).
     pub hub_addresses: Vec<String>,
+    /// Who may scrape metrics when the stamp's `spec.monitoring.from` is unset (`--metrics-from`).
+    pub metrics_from: Vec<MetricsPeer>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -163,7 +166,15 @@ pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildErr
         Child::ConfigMap(config_map),
         Child::Secret(config::token_secret(&n, &inputs.api_token)),
         Child::ServiceAccount(policy::service_account(&n)),
-        Child::NetworkPolicy(policy::network_policy(&n)),
+        Child::NetworkPolicy(policy::network_policy(
+            &n,
+            stamp
+                .spec
+                .monitoring
+                .from
+                .as_deref()
+                .unwrap_or(&inputs.metrics_from),
+        )),
     ];
     children.push(Child::Secret(tls_secret));
     children.push(Child::Service(storage::service(&n)));
@@ -173,7 +184,11 @@ pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildErr
     children.push(Child::Service(hub::pods_service(&n)));
     children.push(Child::Service(hub::service(stamp, &n)));
     children.push(Child::StatefulSet(hub::stateful_set(stamp, &pods)));
-    children.push(Child::PodDisruptionBudget(policy::hub_pdb(&n)));
+    children.extend(
+        policy::disruption_budgets(stamp, &n)
+            .into_iter()
+            .map(Child::PodDisruptionBudget),
+    );
 
     for child in &mut children {
         finish(child, &owner);
@@ -183,7 +198,7 @@ pub fn desired(stamp: &IoTStamp, inputs: &Inputs) -> Result<Vec<Child>, BuildErr
 
 /// The children split into the waves the reconciler applies one after the other, each wave's
 /// objects concurrently: first everything the pods read or are reached through, then the
-/// workloads. Two round trips instead of thirteen is what lets one operator create a thousand
+/// workloads. Two round trips instead of fifteen is what lets one operator create a thousand
 /// stamps quickly; within a wave, order does not matter to Kubernetes.
 pub fn apply_waves(children: Vec<Child>) -> [Vec<Child>; 2] {
     let (workloads, first): (Vec<Child>, Vec<Child>) = children.into_iter().partition(Child::is_workload);

@@ -65,6 +65,16 @@ impl Names {
     pub fn storage(&self) -> String {
         format!("{}-storage", self.stamp)
     }
+    /// PodDisruptionBudgets, one per role, named after the workload they guard.
+    pub fn hub_pdb(&self) -> String {
+        self.hub()
+    }
+    pub fn ingest_pdb(&self) -> String {
+        self.ingest()
+    }
+    pub fn storage_pdb(&self) -> String {
+        self.storage()
+    }
 
     /// `<service>.<namespace>.svc` — resolvable from any namespace of the cluster.
     pub fn svc_host(&self, service: &str) -> String {

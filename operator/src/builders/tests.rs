@@ -42,6 +42,7 @@ pub(crate) fn fixture_inputs() -> Inputs {
         api_token: "t0ken".into(),
         cluster_domain: "cluster.local".into(),
         hub_addresses: Vec::new(),
+        metrics_from: Vec::new(),
     }
 }
 
@@ -83,6 +84,8 @@ fn children_come_in_apply_order_and_all_are_owned() {
             "Service/s1-hub",
             "StatefulSet/s1-hub",
             "PodDisruptionBudget/s1-hub",
+            "PodDisruptionBudget/s1-ingest",
+            "PodDisruptionBudget/s1-storage",
         ]
     );
     for c in &children {
@@ -401,4 +404,176 @@ fn load_balancer_addresses_are_read_in_order_ip_before_host_name() {
     );
     let none: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({})).unwrap();
     assert!(crate::caches::load_balancer_addresses(&none).is_empty());
+}
+
+fn network_policy(children: &[Child]) -> &k8s_openapi::api::networking::v1::NetworkPolicySpec {
+    match find(children, "NetworkPolicy", "s1") {
+        Child::NetworkPolicy(np) => np.spec.as_ref().unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+/// The ports each ingress rule opens (empty: every port), and to whom (`None`: anyone).
+fn rules(
+    spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec,
+) -> Vec<(Vec<i32>, Option<serde_json::Value>)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    spec.ingress
+        .iter()
+        .flatten()
+        .map(|r| {
+            let ports = r
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| match p.port {
+                    Some(IntOrString::Int(n)) => n,
+                    ref other => panic!("port {other:?}"),
+                })
+                .collect();
+            (ports, r.from.as_ref().map(|f| serde_json::to_value(f).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_reachable_only_from_the_monitoring_sources() {
+    let same_stamp = serde_json::json!([{"podSelector": {"matchLabels": {"iotstamp.dev/stamp": "s1"}}}]);
+    let closed = [(vec![], Some(same_stamp.clone())), (vec![8883, 8443], None)];
+    // Nothing named anywhere: the device port and the API from anywhere, nothing else from outside.
+    let plain = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 1})),
+        &fixture_inputs(),
+    )
+    .unwrap();
+    assert_eq!(rules(network_policy(&plain)), closed);
+
+    // The operator's default applies to stamps that name no sources of their own.
+    let monitoring = serde_json::json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}});
+    let with_default = Inputs {
+        metrics_from: vec![serde_json::from_value(monitoring.clone()).unwrap()],
+        ..fixture_inputs()
+    };
+    let defaulted = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 1})),
+        &with_default,
+    )
+    .unwrap();
+    let got = rules(network_policy(&defaulted));
+    assert_eq!(got[..2], closed, "the metrics source changed the other rules");
+    assert_eq!(got[2..], [(vec![9090], Some(serde_json::json!([monitoring])))]);
+
+    // The stamp's own list wins over the default, and only its sources get in.
+    let prometheus = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"team": "obs"}},
+        "podSelector": {"matchLabels": {"app": "prometheus"}}
+    });
+    let own = desired(
+        &fixture_stamp(
+            "s1",
+            serde_json::json!({"deviceQuota": 1, "monitoring": {"from": [prometheus]}}),
+        ),
+        &with_default,
+    )
+    .unwrap();
+    assert_eq!(
+        rules(network_policy(&own))[2..],
+        [(vec![9090], Some(serde_json::json!([prometheus])))]
+    );
+
+    // An empty list closes the port even over a default: a rule with no sources would admit all.
+    let empty = desired(
+        &fixture_stamp(
+            "s1",
+            serde_json::json!({"deviceQuota": 1, "monitoring": {"from": []}}),
+        ),
+        &with_default,
+    )
+    .unwrap();
+    assert_eq!(
+        rules(network_policy(&empty)),
+        closed,
+        "an empty list opened the metrics port"
+    );
+
+    // So does an entry with neither selector, should one get past the CRD's rule.
+    let blank = desired(
+        &fixture_stamp(
+            "s1",
+            serde_json::json!({"deviceQuota": 1, "monitoring": {"from": [{}]}}),
+        ),
+        &with_default,
+    )
+    .unwrap();
+    assert_eq!(
+        rules(network_policy(&blank)),
+        closed,
+        "an entry with no selector opened the metrics port"
+    );
+}
+
+#[test]
+fn metrics_from_flag_refuses_an_entry_that_would_admit_everyone() {
+    use crate::cli::parse_metrics_from;
+    assert_eq!(parse_metrics_from("[]").unwrap().0, Vec::new());
+    let one = parse_metrics_from(r#"[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]"#).unwrap();
+    assert_eq!(one.0.len(), 1);
+    let err = parse_metrics_from(r#"[{"podSelector":{}}, {}]"#).unwrap_err();
+    assert!(err.contains("entry 1"), "{err}");
+    assert!(parse_metrics_from("{}").is_err(), "an object is not a list");
+}
+
+fn max_unavailable(children: &[Child], name: &str) -> i32 {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match find(children, "PodDisruptionBudget", name) {
+        Child::PodDisruptionBudget(pdb) => match pdb.spec.as_ref().unwrap().max_unavailable {
+            Some(IntOrString::Int(n)) => n,
+            ref other => panic!("{name}: maxUnavailable {other:?}"),
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn disruption_budgets_follow_each_roles_replicas() {
+    let inputs = fixture_inputs();
+    let one = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 1})),
+        &inputs,
+    )
+    .unwrap();
+    // One hub pod holds every session: a drain must not take it. Storage is the single writer.
+    assert_eq!(max_unavailable(&one, "s1-hub"), 0);
+    assert_eq!(max_unavailable(&one, "s1-storage"), 0);
+    assert_eq!(max_unavailable(&one, "s1-ingest"), 1);
+    let three = desired(
+        &fixture_stamp(
+            "s1",
+            serde_json::json!({"deviceQuota": 1, "hub": {"replicas": 3}, "ingest": {"replicas": 2}}),
+        ),
+        &inputs,
+    )
+    .unwrap();
+    assert_eq!(max_unavailable(&three, "s1-hub"), 1);
+    assert_eq!(max_unavailable(&three, "s1-ingest"), 1);
+    assert_eq!(max_unavailable(&three, "s1-storage"), 0);
+    // Each budget selects exactly its role's pods (the same selector as its workload).
+    for (name, role) in [
+        ("s1-hub", "hub"),
+        ("s1-ingest", "ingest"),
+        ("s1-storage", "storage"),
+    ] {
+        let Child::PodDisruptionBudget(pdb) = find(&three, "PodDisruptionBudget", name) else {
+            unreachable!()
+        };
+        let selector = pdb.spec.as_ref().unwrap().selector.as_ref().unwrap();
+        assert_eq!(
+            selector.match_labels.as_ref().unwrap(),
+            &BTreeMap::from([
+                ("app.kubernetes.io/instance".to_string(), "s1".to_string()),
+                ("app.kubernetes.io/component".to_string(), role.to_string()),
+            ]),
+            "{name}"
+        );
+    }
 }
