@@ -154,9 +154,13 @@ fn unix_now() -> i64 {
 
 /// The spec every stamp of the pool gets: pods on the real node, the hub on a LoadBalancer, the
 /// store on the node's volumes. No image: stamps run the operator's, so `helm upgrade` rolls them.
+/// Namespaces with this label may scrape the stamps' metrics (the stamps' `monitoring.from`).
+const MONITORING_LABEL: &str = "iotstamp.dev/e2e-monitoring";
+
 fn stamp_spec() -> Value {
     json!({
         "deviceQuota": QUOTA,
+        "monitoring": {"from": [{"namespaceSelector": {"matchLabels": {MONITORING_LABEL: "true"}}}]},
         "hub": {"service": {"type": "LoadBalancer"}, "pod": placement()},
         "ingest": {"pod": placement()},
         "storage": {"size": "1Gi", "storageClassName": STORAGE_CLASS, "pod": placement()},
@@ -569,6 +573,7 @@ async fn network_policy(sys: &System) -> anyhow::Result<()> {
     let cases = [
         (format!("{stamp}-hub.{ns}.svc"), ports::MQTT_TLS, "open"),
         (format!("{stamp}-hub.{ns}.svc"), ports::API, "open"),
+        (format!("{stamp}-hub.{ns}.svc"), ports::METRICS, "closed"),
         (format!("{stamp}-ingest.{ns}.svc"), ports::INGEST, "closed"),
         (
             format!("{stamp}-storage-0.{stamp}-storage.{ns}.svc"),
@@ -582,6 +587,35 @@ async fn network_policy(sys: &System) -> anyhow::Result<()> {
         if got != want {
             wrong.push(format!("{host}:{port} is {got}, should be {want}"));
         }
+    }
+    // Once the namespace carries the label the stamps name for monitoring, the metrics port
+    // opens to it, and nothing else does.
+    sys.cluster.run(
+        "kubectl",
+        &["label", "namespace", &other, &format!("{MONITORING_LABEL}=true")],
+    )?;
+    let hub = format!("{stamp}-hub.{ns}.svc");
+    let opened = wait::until(
+        "the metrics port to open to the monitoring namespace",
+        Duration::from_secs(60),
+        || {
+            let got = reach(hub.clone(), ports::METRICS);
+            async move { Ok(got?.eq("open").then_some(())) }
+        },
+    )
+    .await;
+    if let Err(e) = opened {
+        wrong.push(format!(
+            "{hub}:{} from a monitoring namespace: {e:#}",
+            ports::METRICS
+        ));
+    }
+    let ingest = reach(format!("{stamp}-ingest.{ns}.svc"), ports::INGEST)?;
+    if ingest != "closed" {
+        wrong.push(format!(
+            "ingest {} is {ingest} from a monitoring namespace, should be closed",
+            ports::INGEST
+        ));
     }
     let _ = sys
         .cluster
