@@ -26,33 +26,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() {
-  printf 'bench-real-hub: %s\n' "$*" >&2
-  if [[ -n ${ns:-} ]] && kubectl get namespace "$ns" >/dev/null 2>&1; then
-    printf -- '--- what namespace %s held:\n' "$ns" >&2
-    kubectl -n "$ns" get iotstamps,pods,services -o wide >&2 2>&1 || true
-    kubectl -n "$ns" get iotstamps -o jsonpath='{range .items[*]}{.metadata.name}{": "}{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"; "}{end}{"\n"}{end}' >&2 2>&1 || true
-  fi
-  exit 1
-}
-step() { printf '==> %s\n' "$*" >&2; }
+BENCH_NAME=bench-real-hub
+# shellcheck source=lib/bench.sh
+source e2e/lib/bench.sh
 
-binary=target/release/iotstamp devices=20 rate=1000 duration=20s keep=0 ok=0
+binary=target/release/iotstamp devices=20 rate=1000 duration=20s
 while (($#)); do
   case $1 in
     --binary) binary=${2:?--binary needs a path}; shift 2 ;;
     --devices) devices=${2:?}; shift 2 ;;
     --rate) rate=${2:?}; shift 2 ;;
     --duration) duration=${2:?}; shift 2 ;;
-    --keep) keep=1; shift ;;
+    --keep) bench_keep=1; shift ;;
     -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 
-eval "$(e2e/cluster env)"
-kubectl get node iotstamp-node >/dev/null 2>&1 ||
-  die "no real node: start the cluster with 'e2e/cluster up' (as root, E2E_NODE=1)"
 if [[ ! -x $binary ]]; then
   [[ $binary == target/release/iotstamp ]] || die "$binary is not an executable"
   step "cargo build --release -p iotstamp"
@@ -60,54 +50,20 @@ if [[ ! -x $binary ]]; then
 fi
 binary=$(realpath "$binary")
 
-work=$(mktemp -d /tmp/iotstamp-bench-real-hub.XXXXXX)
-ns=bench-hub-$(od -An -N2 -tx2 /dev/urandom | tr -d ' ')
-# Named like the chart, so its objects are `<release>-...` (helm's fullname rule).
-release=iotstamp-$ns
 up_pid=""
-cleanup() {
-  [[ -n $up_pid ]] && kill "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null
-  if ((keep && !ok)); then
-    printf 'bench-real-hub: kept namespace %s and %s\n' "$ns" "$work" >&2
-    return
-  fi
-  kubectl -n "$ns" annotate iotstamps.iotstamp.dev --all iotstamp.dev/allow-delete-with-devices=true >/dev/null 2>&1 || true
-  kubectl -n "$ns" delete iotstamps.iotstamp.dev --all --wait=true --timeout=60s >/dev/null 2>&1 || true
-  helm uninstall "$release" --namespace "$ns" --wait >/dev/null 2>&1 || true
-  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-step "image from $binary"
-scripts/build-image.sh --binary "$binary" --tag iotstamp:bench --save "$work/image.tar" >"$work/image.log" 2>&1 ||
-  { tail -20 "$work/image.log" >&2; die "scripts/build-image.sh failed (log above)"; }
-e2e/cluster load-image "$work/image.tar" >/dev/null
+stop_up() { [[ -n $up_pid ]] && kill "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null; true; }
+bench_cleanup_hooks+=(stop_up)
+bench_start "$binary"
 
 scope=0ne00BENCH1
 group_key=$(head -c 64 /dev/urandom | base64 -w0)
-placement='"nodeSelector": {"iotstamp.dev/node": "real"}, "tolerations": [{"key": "iotstamp.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]'
 
-step "helm install $release (namespace $ns)"
-kubectl create namespace "$ns" >/dev/null
 kubectl -n "$ns" create secret generic app-tokens --from-literal=tokens="$(head -c 24 /dev/urandom | base64 -w0)" >/dev/null
 kubectl -n "$ns" create secret generic group-key --from-literal=key="$group_key" >/dev/null
-cat >"$work/values.json" <<EOF
-{"image": {"repository": "iotstamp", "tag": "bench", "pullPolicy": "Never"},
- "extraArgs": ["--namespace=$ns"], $placement,
- "router": {"enabled": true, "service": {"type": "LoadBalancer"},
+bench_helm_install '"router": {"enabled": true, "service": {"type": "LoadBalancer"},
             "apiTokens": {"secretName": "app-tokens"},
-            "store": {"storageClassName": "iotstamp-node-local"}, $placement}}
-EOF
-helm install "$release" helm/iotstamp --namespace "$ns" --values "$work/values.json" >/dev/null
+            "store": {"storageClassName": "iotstamp-node-local"}, '"$placement"'}'
 
-wait_for() { # what, seconds, command...
-  local what=$1 left=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((left-- > 0)) || die "timed out waiting for $what"
-    sleep 1
-  done
-}
 lb_ip() { kubectl -n "$ns" get service "$1" -o jsonpath='{.status.loadBalancer.ingress[0].ip}'; }
 router_has_ip() { [[ -n $(lb_ip "$release-router") ]]; }
 wait_for "the router's load balancer address" 60 router_has_ip
@@ -191,4 +147,4 @@ for label, d in (("hub pod", pod), ("up", up)):
     for kind, example in (d.get("errorExamples") or {}).items():
         print(f"  {label} {kind}: {example}")
 EOF
-ok=1
+bench_ok=1

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use iotstamp_api::IoTStamp;
+use iotstamp_core::causes::Causes;
 
 use crate::builders::Names;
 use crate::builders::config::TOKEN_KEY;
@@ -133,22 +134,10 @@ pub async fn sync(ctx: &Context, stamp: &IoTStamp, names: &Names, key: &str, obs
         }
         Err(e) => {
             ctx.metrics.quota_pushed(false);
-            tracing::warn!(stamp = key, error = %causes(&e), "could not push the device quota; retrying");
+            tracing::warn!(stamp = key, error = %Causes(&e), "could not push the device quota; retrying");
             true
         }
     }
-}
-
-/// The error and each of its causes, for one log line.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// At least one hub pod is ready, so the stamp API answers.
