@@ -10,6 +10,7 @@ pub mod dps;
 pub mod duration;
 pub mod ids;
 pub mod methods;
+pub mod openapi;
 pub mod pki;
 pub mod registry;
 pub mod sas;

@@ -9,7 +9,7 @@
 //! - [`app`]: wires everything from that configuration and runs the listeners and the background
 //!   work ([`app::AppState`] holds the handlers' states);
 //! - [`dps`] (the two DPS transports and their shared conversation) and [`service_api`] (routing
-//!   applications' calls to a device's stamp);
+//!   applications' calls to a device's stamp), with [`openapi`], the document that describes both;
 //! - [`assignment`]: the state machine that assigns a device to a stamp (pure decisions) and the
 //!   provisioner that performs its steps;
 //! - [`metrics`];
@@ -27,6 +27,7 @@ pub mod dps;
 pub mod enrollment;
 mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod service_api;
 
 pub use app::{RunningRouter, start, start_with};

@@ -43,7 +43,10 @@ pub fn health_routes() -> Router<Arc<ServiceState>> {
 
 pub fn routes() -> Router<Arc<ServiceState>> {
     health_routes()
-        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/v1/stamps", get(stamps))
         .route("/v1/devices/{id}", get(device))
         .route("/v1/devices/{id}/{*rest}", any(forward))
@@ -216,44 +219,4 @@ async fn forward(
             Causes(&e).to_string(),
         ),
     }
-}
-
-/// The OpenAPI document of the service API and the DPS endpoints.
-pub fn openapi() -> serde_json::Value {
-    let bearer = json!([{"bearer": []}]);
-    let pass = |summary: &str| {
-        json!({"summary": summary, "security": bearer, "responses": {
-        "200": {"description": "the stamp's answer, passed through"},
-        "401": {"description": "missing or wrong bearer token"},
-        "404": {"description": "device not assigned"}, "502": {"description": "stamp unreachable"}}})
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "iotstamp router", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "sas": {"type": "apiKey", "in": "header", "name": "Authorization",
-                    "description": "SharedAccessSignature sr=…&sig=…&se=…[&skn=registration]"}}},
-        "paths": {
-            "/v1/devices/{id}": {"get": {"summary": "Where a device is assigned (stamp, hub, state)",
-                "security": bearer, "responses": {"200": {"description": "assignment"}, "404": {"description": "not assigned"}}}},
-            "/v1/stamps": {"get": {"summary": "Stamps with quota and assigned counts", "security": bearer,
-                "responses": {"200": {"description": "stamps"}}}},
-            "/v1/devices/{id}/telemetry": {"get": pass("Telemetry range query (from, to, limit)")},
-            "/v1/devices/{id}/telemetry/aggregates": {"get": pass("Telemetry aggregates")},
-            "/v1/devices/{id}/stream": {"get": pass("Live telemetry (server-sent events)")},
-            "/v1/devices/{id}/messages": {"post": pass("Send a cloud-to-device message")},
-            "/v1/devices/{id}/methods/{name}": {"post": pass("Invoke a direct method")},
-            "/{idScope}/registrations/{registrationId}/register": {"put": {
-                "summary": "DPS register (api-version=2019-03-31)", "security": [{"sas": []}],
-                "responses": {"200": {"description": "assigned"}, "202": {"description": "assigning; poll"},
-                    "401": {"description": "bad token (errorCode 401002)"}, "429": {"description": "no capacity; Retry-After"}}}},
-            "/{idScope}/registrations/{registrationId}/operations/{operationId}": {"get": {
-                "summary": "DPS operation status", "security": [{"sas": []}],
-                "responses": {"200": {"description": "assigned"}, "202": {"description": "still assigning"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness (store open, recovery done)", "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics"}}}}
-        }
-    })
 }

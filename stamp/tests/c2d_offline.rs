@@ -23,7 +23,10 @@ async fn messages_for_an_absent_device_are_queued_bounded_and_delivered_on_subsc
         assert_eq!(send(&stamp, "dev1", "", &format!("m{i}")).await.0, 202);
     }
     let (status, answer) = send(&stamp, "dev1", "", "one too many").await;
-    assert_eq!((status, answer["error"].as_str()), (503, Some("queueFull")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (403, Some("deviceMaximumQueueDepthExceeded"))
+    );
     let (status, answer) = send(&stamp, "nobody", "", "x").await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("deviceNotFound")));
 

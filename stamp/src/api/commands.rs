@@ -4,10 +4,11 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use super::extract::{ApiQuery, DeviceIdPath, PathParams};
 use super::{Ctx, error, storage_error};
 use crate::hub::sessions::{C2dOutcome, CommandError};
 
@@ -16,7 +17,9 @@ fn command_error(e: CommandError) -> Response {
         CommandError::NotConnected => (StatusCode::NOT_FOUND, "deviceNotConnected"),
         CommandError::NotSubscribed(_) => (StatusCode::CONFLICT, "deviceNotSubscribed"),
         CommandError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "deviceBusy"),
-        CommandError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queueFull"),
+        // IoT Hub's answer (403004) when a device's queue is full: the sender's to handle.
+        CommandError::DeviceQueueFull => (StatusCode::FORBIDDEN, "deviceMaximumQueueDepthExceeded"),
+        CommandError::HubQueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queueFull"),
         CommandError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         CommandError::Gone => (StatusCode::BAD_GATEWAY, "deviceDisconnected"),
     };
@@ -25,12 +28,12 @@ fn command_error(e: CommandError) -> Response {
 
 pub async fn c2d(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
-    Query(properties): Query<Vec<(String, String)>>,
+    DeviceIdPath(id): DeviceIdPath,
+    ApiQuery(properties): ApiQuery<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
     // Only a registered device gets messages queued for it.
-    let key = id.to_ascii_lowercase();
+    let key = id.key();
     match ctx.registry.get(key.clone()).await {
         Ok(Some(_)) => {}
         Ok(None) => {
@@ -61,16 +64,14 @@ pub struct MethodQuery {
 
 pub async fn method(
     State(ctx): State<Ctx>,
-    Path((id, name)): Path<(String, String)>,
-    Query(q): Query<MethodQuery>,
+    DeviceIdPath(id): DeviceIdPath,
+    PathParams(params): PathParams,
+    ApiQuery(q): ApiQuery<MethodQuery>,
     body: Bytes,
 ) -> Response {
     let timeout = iotstamp_core::methods::response_timeout(q.timeout);
-    match ctx
-        .sessions
-        .invoke(&id.to_ascii_lowercase(), &name, body, timeout)
-        .await
-    {
+    let name = params.get("name").map(String::as_str).unwrap_or_default();
+    match ctx.sessions.invoke(&id.key(), name, body, timeout).await {
         Ok(response) => {
             // Devices answer with JSON; anything else is returned as a string rather than refused.
             let payload = serde_json::from_slice::<serde_json::Value>(&response.payload)

@@ -4,19 +4,20 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Ctx;
+use super::extract::DeviceIdPath;
 use crate::storage::record::TelemetryRecord;
 
 pub async fn device(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    DeviceIdPath(id): DeviceIdPath,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    stream(ctx, Some(id.to_ascii_lowercase()))
+    stream(ctx, Some(id.key()))
 }
 
 pub async fn all(State(ctx): State<Ctx>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

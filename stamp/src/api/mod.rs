@@ -2,6 +2,7 @@
 //! metrics and the OpenAPI document. Everything under `/v1` needs the internal bearer token.
 
 mod commands;
+mod extract;
 mod live;
 mod quota;
 mod registry;
@@ -179,7 +180,7 @@ async fn stats(State(ctx): State<Ctx>) -> Response {
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        iotstamp_core::openapi::STAMP_API,
     )
         .into_response()
 }

@@ -1,30 +1,22 @@
 //! `PUT/GET/DELETE /v1/registry/devices/{id}`: the router registers the devices it assigns here.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 
+use super::extract::DeviceIdPath;
 use super::{Ctx, error, storage_error};
 use crate::storage::PutOutcome;
-
-fn parse_id(raw: &str) -> Result<DeviceId, Response> {
-    DeviceId::parse(raw).map_err(|e| error(StatusCode::BAD_REQUEST, "badDeviceId", e))
-}
 
 /// Idempotent: 201 when the device is new, 200 when it replaced an entry; 409 `quotaExceeded` for a
 /// new device when the stamp is full. Disabling a connected device disconnects it.
 pub async fn put(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    DeviceIdPath(id): DeviceIdPath,
     body: Result<Json<DeviceRecord>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
     let Json(record) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "badRecord", e.body_text()),
@@ -47,11 +39,7 @@ pub async fn put(
     }
 }
 
-pub async fn get(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+pub async fn get(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
     match ctx.registry.get(id.key()).await {
         Ok(Some(record)) => Json(record).into_response(),
         Ok(None) => error(
@@ -63,11 +51,7 @@ pub async fn get(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
     }
 }
 
-pub async fn delete(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+pub async fn delete(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
     match ctx.registry.delete(id.key()).await {
         Ok(true) => {
             ctx.sessions.disconnect(&id.key());

@@ -2,11 +2,11 @@
 //! Times in the query are milliseconds since the Unix epoch; `from` inclusive, `to` exclusive.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use iotstamp_core::ids::DeviceId;
 
+use super::extract::{ApiQuery, DeviceIdPath};
 use super::{Ctx, error, storage_error};
 use crate::internal::SeriesQuery;
 use crate::storage::aggregate::aggregate;
@@ -41,10 +41,11 @@ fn window(from: Option<u64>, to: Option<u64>) -> (u64, u64) {
     (from.map_or(0, ms_to_us), to.map_or(u64::MAX, ms_to_us))
 }
 
-pub async fn query(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Query<Range>) -> Response {
-    let Ok(id) = DeviceId::parse(&id) else {
-        return error(StatusCode::BAD_REQUEST, "badDeviceId", "not a device id");
-    };
+pub async fn query(
+    State(ctx): State<Ctx>,
+    DeviceIdPath(id): DeviceIdPath,
+    ApiQuery(q): ApiQuery<Range>,
+) -> Response {
     let after = match q.after.as_deref().map(Cursor::parse) {
         Some(None) => {
             return error(
@@ -73,12 +74,9 @@ pub async fn query(State(ctx): State<Ctx>, Path(id): Path<String>, Query(q): Que
 
 pub async fn aggregates(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
-    Query(q): Query<AggregateQuery>,
+    DeviceIdPath(id): DeviceIdPath,
+    ApiQuery(q): ApiQuery<AggregateQuery>,
 ) -> Response {
-    let Ok(id) = DeviceId::parse(&id) else {
-        return error(StatusCode::BAD_REQUEST, "badDeviceId", "not a device id");
-    };
     let (from, to) = window(q.from, q.to);
     let bucket_s = q.bucket.unwrap_or(60).max(1);
     let series = SeriesQuery {

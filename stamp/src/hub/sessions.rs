@@ -41,8 +41,11 @@ pub enum CommandError {
     NotSubscribed(&'static str),
     #[error("the device's outbound queue is full")]
     Busy,
-    #[error("the device's offline queue is full")]
-    QueueFull,
+    /// IoT Hub's limit: 50 messages waiting for one device.
+    #[error("the device already has the most messages waiting that a device may have")]
+    DeviceQueueFull,
+    #[error("the hub's offline queue is full")]
+    HubQueueFull,
     #[error("the device did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the device disconnected before answering")]
@@ -197,7 +200,8 @@ impl Sessions {
             .offline
             .push(device_key, properties.clone(), payload, Instant::now())
             .map_err(|full| match full {
-                QueueFull::Device | QueueFull::Hub => CommandError::QueueFull,
+                QueueFull::Device => CommandError::DeviceQueueFull,
+                QueueFull::Hub => CommandError::HubQueueFull,
             })?;
         Ok(C2dOutcome::Queued)
     }

@@ -1,0 +1,55 @@
+//! The stamp API's OpenAPI document: the contract between a stamp and the callers of its API (the
+//! router passes applications' device calls through to it, the operator pushes the quota). The
+//! stamp serves it at `/openapi.json`; the router's document takes the operations it passes through
+//! from it, so the two cannot disagree. Every parameter, body, status and error the stamp answers
+//! with is declared; CI checks that with schemathesis against running stamps
+//! (`local/tests/openapi.rs`).
+
+/// OpenAPI 3.0 JSON.
+pub const STAMP_API: &str = include_str!("openapi/stamp-api.json");
+
+/// The paths of the stamp API that the router's service API passes through, as the router serves
+/// them (`/v1/devices/{id}/...`).
+pub const DEVICE_PATHS: [&str; 5] = [
+    "/v1/devices/{id}/telemetry",
+    "/v1/devices/{id}/telemetry/aggregates",
+    "/v1/devices/{id}/stream",
+    "/v1/devices/{id}/messages",
+    "/v1/devices/{id}/methods/{name}",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_parses_and_every_reference_resolves() {
+        let doc: serde_json::Value = serde_json::from_str(STAMP_API).expect("stamp-api.json is JSON");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let pointer = r.strip_prefix('#').expect("local references only");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+        for path in DEVICE_PATHS {
+            assert!(
+                doc["paths"][path].is_object(),
+                "{path} is not in the stamp's document"
+            );
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The router's OpenAPI document, served at `/openapi.json`: its own operations (DPS over HTTPS,
+//! `/v1/stamps`, `/v1/devices/{id}`, health) from `openapi.json` beside this file, and the device
+//! operations it passes through to stamps taken from the stamp API's document
+//! ([`iotstamp_core::openapi`]), with what the router itself may answer instead added to each:
+//! 400 `badDeviceId`, its own 401, 404 `deviceNotFound` (not assigned), 502 (the stamp is unknown or
+//! does not answer) and 503 (the assignment store does not answer).
+
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value, json};
+
+const ROUTER_API: &str = include_str!("openapi.json");
+
+/// What the router answers on a passed-through call before (or instead of) the stamp.
+const ROUTER_ANSWERS: [(&str, &str); 4] = [
+    ("400", "badDeviceId (the router)"),
+    ("404", "deviceNotFound: not assigned to any stamp (the router)"),
+    (
+        "502",
+        "stampUnknown or stampUnavailable: the device's stamp is not in the directory or does not answer (the router)",
+    ),
+    (
+        "503",
+        "storeUnavailable: the assignment store does not answer (the router)",
+    ),
+];
+
+/// The document, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        // Both are files of this repository, parsed by a test: they cannot fail here.
+        let router: Value = serde_json::from_str(ROUTER_API).unwrap_or_default();
+        let stamp: Value = serde_json::from_str(iotstamp_core::openapi::STAMP_API).unwrap_or_default();
+        merge(router, &stamp)
+    })
+}
+
+fn merge(mut doc: Value, stamp: &Value) -> Value {
+    for path in iotstamp_core::openapi::DEVICE_PATHS {
+        let mut item = stamp["paths"][path].clone();
+        if let Some(item) = item.as_object_mut() {
+            for op in item.values_mut().filter_map(|op| op.get_mut("responses")) {
+                add_router_answers(op, stamp);
+            }
+        }
+        doc["paths"][path] = item;
+    }
+    // The stamp's schemas and shared responses that the copied operations refer to; the router's
+    // own win where both have one (its `Unauthorized` is about its own token).
+    for kind in ["schemas", "responses"] {
+        let Some(theirs) = stamp["components"][kind].as_object() else {
+            continue;
+        };
+        let ours = doc["components"][kind]
+            .as_object_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut merged: Map<String, Value> = theirs.clone();
+        merged.extend(ours);
+        doc["components"][kind] = Value::Object(merged);
+    }
+    doc
+}
+
+/// Adds the router's own answers to one passed-through operation's responses: where the stamp
+/// documents the same status, one response whose description names both.
+fn add_router_answers(responses: &mut Value, stamp: &Value) {
+    for (status, router_says) in ROUTER_ANSWERS {
+        let combined = match resolve(&responses[status], stamp) {
+            Some(stamps) => {
+                let mut r = stamps.clone();
+                let theirs = r["description"].as_str().unwrap_or_default().to_string();
+                r["description"] = json!(format!("{theirs}; or {router_says}"));
+                r
+            }
+            None => json!({
+                "description": router_says,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            }),
+        };
+        responses[status] = combined;
+    }
+    // The router checks its own token; the stamp's token is the router's business.
+    responses["401"] = json!({"$ref": "#/components/responses/Unauthorized"});
+}
+
+/// A response, with a local `$ref` into the stamp's document followed.
+fn resolve<'a>(response: &'a Value, stamp: &'a Value) -> Option<&'a Value> {
+    match response.get("$ref").and_then(Value::as_str) {
+        Some(r) => stamp.pointer(r.strip_prefix('#')?),
+        None => response.as_object().map(|_| response),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn both_files_parse_and_every_reference_of_the_merged_document_resolves() {
+        serde_json::from_str::<Value>(ROUTER_API).expect("router/src/openapi.json is JSON");
+        let doc = document();
+        let mut found = Vec::new();
+        refs(doc, &mut found);
+        for r in found {
+            assert!(doc.pointer(&r[1..]).is_some(), "{r} does not resolve");
+        }
+    }
+
+    #[test]
+    fn a_passed_through_operation_lists_the_stamps_answers_and_the_routers() {
+        let method = &document()["paths"]["/v1/devices/{id}/methods/{name}"]["post"]["responses"];
+        let described = |s: &str| method[s]["description"].as_str().unwrap_or_default().to_string();
+        assert!(
+            described("404").contains("deviceNotConnected"),
+            "{}",
+            described("404")
+        );
+        assert!(described("404").contains("not assigned"), "{}", described("404"));
+        assert!(described("504").contains("timeout"));
+        assert!(
+            described("502").contains("deviceDisconnected") && described("502").contains("stampUnavailable")
+        );
+        assert_eq!(method["401"]["$ref"], "#/components/responses/Unauthorized");
+        let telemetry = &document()["paths"]["/v1/devices/{id}/telemetry"]["get"];
+        assert_eq!(telemetry["parameters"][0]["name"], "from");
+        assert!(
+            telemetry["responses"]["404"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("not assigned")
+        );
+    }
+}
