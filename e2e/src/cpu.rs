@@ -75,20 +75,28 @@ mod tests {
 
     #[test]
     fn this_process_uses_cpu_time_that_grows() {
+        // Spins until the snapshot shows 0.1 s more CPU, or 10 s of wall time have passed: on a
+        // loaded machine a fixed busy loop gets an unknown share of a core, so the test waits
+        // for the reading instead of assuming the share.
         let pid = std::process::id();
         let before = CpuSnapshot::take(&[("self", pid)]);
-        let mut x = 0u64;
+        let own = || {
+            CpuSnapshot::take(&[("self", pid)])
+                .since(&before)
+                .iter()
+                .find(|(n, _)| n == "self")
+                .expect("own process measured")
+                .1
+        };
         let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_millis(300) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        let mut x = 0u64;
+        while own() < 0.1 && started.elapsed() < std::time::Duration::from_secs(10) {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            std::hint::black_box(x);
         }
-        std::hint::black_box(x);
-        let used = CpuSnapshot::take(&[("self", pid)]).since(&before);
-        let own = used
-            .iter()
-            .find(|(n, _)| n == "self")
-            .expect("own process measured")
-            .1;
-        assert!(own >= 0.1, "a 300 ms busy loop used {own} s of CPU");
+        let used = own();
+        assert!(used >= 0.1, "10 s of busy looping showed {used} s of CPU");
     }
 }
