@@ -39,12 +39,7 @@ while (($#)); do
   esac
 done
 
-if [[ ! -x $binary ]]; then
-  [[ $binary == target/release/iotstamp ]] || die "$binary is not an executable"
-  step "cargo build --release -p iotstamp"
-  cargo build --release -p iotstamp
-fi
-binary=$(realpath "$binary")
+binary=$(bench_binary "$binary")
 step "cargo build -p iotstamp-e2e --bin quota-bench"
 cargo build -q -p iotstamp-e2e --bin quota-bench
 bench_start "$binary"

@@ -43,12 +43,7 @@ while (($#)); do
   esac
 done
 
-if [[ ! -x $binary ]]; then
-  [[ $binary == target/release/iotstamp ]] || die "$binary is not an executable"
-  step "cargo build --release -p iotstamp"
-  cargo build --release -p iotstamp
-fi
-binary=$(realpath "$binary")
+binary=$(bench_binary "$binary")
 
 up_pid=""
 stop_up() { [[ -n $up_pid ]] && kill "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null; true; }

@@ -22,29 +22,11 @@ pub const DEVICE_PATHS: [&str; 5] = [
 mod tests {
     use super::*;
 
-    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let Some(serde_json::Value::String(r)) = m.get("$ref") {
-                    out.push(r);
-                }
-                m.values().for_each(|v| refs(v, out));
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-            _ => {}
-        }
-    }
-
+    /// That every `$ref` resolves is checked where the router merges this document
+    /// (`router/src/openapi.rs`), for this document and the merged one alike.
     #[test]
-    fn the_document_parses_and_every_reference_resolves() {
+    fn the_document_parses_and_has_the_paths_the_router_passes_through() {
         let doc: serde_json::Value = serde_json::from_str(STAMP_API).expect("stamp-api.json is JSON");
-        let mut found = Vec::new();
-        refs(&doc, &mut found);
-        assert!(!found.is_empty());
-        for r in found {
-            let pointer = r.strip_prefix('#').expect("local references only");
-            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
-        }
         for path in DEVICE_PATHS {
             assert!(
                 doc["paths"][path].is_object(),

@@ -25,6 +25,18 @@ wait_for() { # what, seconds, command...
   done
 }
 
+# bench_binary PATH: PATH as an absolute path; the default target/release/iotstamp is built when
+# missing, any other missing PATH is an error.
+bench_binary() {
+  local binary=$1
+  if [[ ! -x $binary ]]; then
+    [[ $binary == target/release/iotstamp ]] || die "$binary is not an executable"
+    step "cargo build --release -p iotstamp"
+    cargo build --release -p iotstamp >&2
+  fi
+  realpath "$binary"
+}
+
 # Every pod of a bench runs on the real node: kwok's fake nodes run nothing.
 placement='"nodeSelector": {"iotstamp.dev/node": "real"}, "tolerations": [{"key": "iotstamp.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]'
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Up, binary};
+use common::{Up, binary, tools_cache};
 use iotstamp_local::dps::https_client;
 use iotstamp_local::state::StateDir;
 
@@ -29,9 +29,7 @@ const CHECKS: &str =
     "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
 
 fn schemathesis() -> PathBuf {
-    let cache = std::env::var("IOTSTAMP_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/iotstamp", std::env::var("HOME").unwrap_or_default()));
-    let bin = PathBuf::from(format!("{cache}/schemathesis/bin/schemathesis"));
+    let bin = PathBuf::from(format!("{}/schemathesis/bin/schemathesis", tools_cache()));
     assert!(
         bin.exists(),
         "{} is missing: run .ci/setup-deps (it installs schemathesis in its own venv)",

@@ -110,15 +110,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn both_files_parse_and_every_reference_of_the_merged_document_resolves() {
-        serde_json::from_str::<Value>(ROUTER_API).expect("router/src/openapi.json is JSON");
-        let doc = document();
+    fn assert_references_resolve(doc: &Value, name: &str) {
         let mut found = Vec::new();
         refs(doc, &mut found);
+        assert!(!found.is_empty(), "{name} has no references");
         for r in found {
-            assert!(doc.pointer(&r[1..]).is_some(), "{r} does not resolve");
+            assert!(doc.pointer(&r[1..]).is_some(), "{name}: {r} does not resolve");
         }
+    }
+
+    #[test]
+    fn both_files_parse_and_every_reference_resolves_in_the_stamps_and_the_merged_document() {
+        serde_json::from_str::<Value>(ROUTER_API).expect("router/src/openapi.json is JSON");
+        let stamp: Value =
+            serde_json::from_str(iotstamp_core::openapi::STAMP_API).expect("stamp-api.json is JSON");
+        assert_references_resolve(&stamp, "the stamp's document");
+        assert_references_resolve(document(), "the router's document");
     }
 
     #[test]

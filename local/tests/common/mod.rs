@@ -148,11 +148,15 @@ pub fn simulate(state: &Path, args: &[&str]) -> (Summary, ExitStatus) {
     (summary, out.status)
 }
 
+/// Where .ci/setup-deps installs the test tools: `$IOTSTAMP_CACHE`, by default ~/.cache/iotstamp.
+pub fn tools_cache() -> String {
+    std::env::var("IOTSTAMP_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/iotstamp", std::env::var("HOME").unwrap_or_default()))
+}
+
 /// The venv Python with azure-iot-device (installed by .ci/setup-deps); fails clearly without it.
 pub fn venv_python() -> String {
-    let cache = std::env::var("IOTSTAMP_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/iotstamp", std::env::var("HOME").unwrap_or_default()));
-    let python = format!("{cache}/venv/bin/python");
+    let python = format!("{}/venv/bin/python", tools_cache());
     assert!(
         Path::new(&python).exists(),
         "{python} is missing: run .ci/setup-deps (it installs the Python venv with azure-iot-device)"

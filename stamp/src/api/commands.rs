@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{ApiQuery, DeviceIdPath, PathParams};
+use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id};
 use super::{Ctx, error, storage_error};
 use crate::hub::sessions::{C2dOutcome, CommandError};
 
@@ -64,11 +64,14 @@ pub struct MethodQuery {
 
 pub async fn method(
     State(ctx): State<Ctx>,
-    DeviceIdPath(id): DeviceIdPath,
     PathParams(params): PathParams,
     ApiQuery(q): ApiQuery<MethodQuery>,
     body: Bytes,
 ) -> Response {
+    let id = match device_id(&params) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     let timeout = iotstamp_core::methods::response_timeout(q.timeout);
     let name = params.get("name").map(String::as_str).unwrap_or_default();
     match ctx.sessions.invoke(&id.key(), name, body, timeout).await {

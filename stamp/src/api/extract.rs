@@ -34,11 +34,14 @@ impl<S: Send + Sync> FromRequestParts<S> for DeviceIdPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
         let PathParams(params) = PathParams::from_request_parts(parts, state).await?;
-        let raw = params.get("id").map(String::as_str).unwrap_or_default();
-        DeviceId::parse(raw)
-            .map(Self)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "badDeviceId", e))
+        device_id(&params).map(Self)
     }
+}
+
+/// `{id}` of already extracted path parameters (a handler that also reads other parameters).
+pub fn device_id(params: &HashMap<String, String>) -> Result<DeviceId, Response> {
+    let raw = params.get("id").map(String::as_str).unwrap_or_default();
+    DeviceId::parse(raw).map_err(|e| error(StatusCode::BAD_REQUEST, "badDeviceId", e))
 }
 
 /// The query string, deserialised: 400 `badQuery` names the parameter that does not parse.
