@@ -11,7 +11,6 @@ use iotstamp_net::mqtt::{Connect, Framed, Packet, connack};
 use iotstamp_router::RunningRouter;
 use iotstamp_router::config::{RouterConfig, StoreConfig};
 use iotstamp_testkit::serving::{self, InFlight, Port};
-use tokio::io::AsyncWriteExt;
 
 struct Router {
     router: RunningRouter,
@@ -52,17 +51,8 @@ async fn router(octet: u8, tweak: impl FnOnce(&mut RouterConfig)) -> Router {
 
 impl Router {
     async fn metrics_text(&self) -> String {
-        healthz_like(&self.metrics, "/metrics").await.unwrap()
+        serving::get(&self.metrics, "/metrics").await.unwrap()
     }
-}
-
-/// `GET path` on a new connection: the answer, or `None` when the connection is refused.
-async fn healthz_like(port: &Port, path: &str) -> Option<String> {
-    let mut conn = port.open().await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.ok()?;
-    let (answer, _) = serving::read_to_close(&mut conn, Duration::from_secs(5)).await;
-    Some(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// A DPS device's CONNECT over a new connection: the CONNACK code, or `None` when refused.
@@ -129,28 +119,15 @@ async fn both_http_ports_cut_a_client_that_never_ends_its_headers() {
 async fn every_port_closes_the_connection_over_its_limit() {
     let r = router(123, |c| c.serving.max_connections = 2).await;
     for (name, port) in [("https", &r.https), ("mqtt", &r.mqtt), ("metrics", &r.metrics)] {
-        // Two open connections (TLS done where the port has it) take both slots.
-        let first = port.open().await.unwrap();
-        let _second = port.open().await.unwrap();
-        assert!(
-            serving::closed_at_once(port.addr).await,
-            "{name} kept a third connection"
-        );
-        drop(first);
-        let mut served = false;
-        for _ in 0..50 {
-            served = match name {
+        let served = || async move {
+            match name {
                 "mqtt" => mqtt_connack(port, "limit-dev").await == Some(connack::ACCEPTED),
-                _ => healthz_like(port, "/healthz")
+                _ => serving::get(port, "/healthz")
                     .await
                     .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
-            };
-            if served {
-                break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(served, "{name} served no one after a slot freed");
+        };
+        serving::assert_limit_holds(name, port, 2, served).await;
     }
     let metrics = r.metrics_text().await;
     for name in ["https", "mqtt"] {

@@ -11,7 +11,6 @@ use iotstamp_core::stamp_config::StampConfig;
 use iotstamp_stamp::RunningRole;
 use iotstamp_stamp::cli::Role;
 use iotstamp_testkit::serving::{self, InFlight, Port};
-use tokio::io::AsyncWriteExt;
 
 const HEADER_DEADLINE: Duration = Duration::from_millis(500);
 
@@ -42,18 +41,10 @@ fn http_ports(stamp: &Stamp) -> Vec<(&'static str, Port)> {
     ]
 }
 
-/// `GET /healthz` on a new connection: the answer, or `None` when the connection is refused.
-async fn try_healthz(port: &Port) -> Option<String> {
-    let mut conn = port.open().await.ok()?;
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+async fn healthy(port: &Port) -> bool {
+    serving::get(port, "/healthz")
         .await
-        .ok()?;
-    let (answer, _) = serving::read_to_close(&mut conn, Duration::from_secs(5)).await;
-    Some(String::from_utf8_lossy(&answer).into_owned())
-}
-
-async fn healthz(port: &Port) -> String {
-    try_healthz(port).await.expect("a connection")
+        .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
 }
 
 #[tokio::test]
@@ -68,7 +59,7 @@ async fn every_http_port_cuts_a_client_that_never_ends_its_headers() {
     let mut ports = http_ports(&stamp);
     ports.push(("storage's internal port", Port::plain(role.internal.unwrap())));
     for (name, port) in &ports {
-        assert!(healthz(port).await.starts_with("HTTP/1.1 200"), "{name}");
+        assert!(healthy(port).await, "{name}");
         let (cut_after, answer) = serving::slowloris(port, Duration::from_secs(5)).await;
         assert!(
             cut_after >= HEADER_DEADLINE - Duration::from_millis(50),
@@ -102,26 +93,7 @@ async fn every_http_port_closes_the_connection_over_its_limit() {
     let mut ports = http_ports(&stamp);
     ports.push(("storage's internal port", Port::plain(role.internal.unwrap())));
     for (name, port) in &ports {
-        // Two open connections (TLS done where the port has it) take both slots.
-        let first = port.open().await.unwrap();
-        let _second = port.open().await.unwrap();
-        assert!(
-            serving::closed_at_once(port.addr).await,
-            "{name} kept a third connection"
-        );
-        drop(first);
-        let mut served = false;
-        for _ in 0..50 {
-            if try_healthz(port)
-                .await
-                .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
-            {
-                served = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(served, "{name} served no one after a slot freed");
+        serving::assert_limit_holds(name, port, 2, || healthy(port)).await;
     }
     role.shutdown().await;
 }

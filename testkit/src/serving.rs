@@ -183,3 +183,39 @@ impl InFlight {
         String::from_utf8_lossy(&answer).into_owned()
     }
 }
+
+/// `GET path` on a new connection, `Connection: close`: the whole answer, or `None` when the
+/// server refuses the connection.
+pub async fn get(port: &Port, path: &str) -> Option<String> {
+    let mut conn = port.open().await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let (answer, _) = read_to_close(&mut conn, Duration::from_secs(5)).await;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// The connection limit of `port`, `limit`, holds: with `limit` connections open (TLS done where
+/// the port has it) the next is closed at once, and once one of them closes, `served` (a client
+/// on a new connection) succeeds again within a second. Panics naming `name` where it does not.
+pub async fn assert_limit_holds<F, Fut>(name: &str, port: &Port, limit: usize, served: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        held.push(port.open().await.expect("a connection within the limit"));
+    }
+    assert!(
+        closed_at_once(port.addr).await,
+        "{name} kept a connection over its limit"
+    );
+    held.pop();
+    for _ in 0..50 {
+        if served().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name} served no one after a slot freed");
+}

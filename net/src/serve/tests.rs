@@ -105,12 +105,7 @@ fn tls_pair() -> (TlsAcceptor, Arc<rustls::ClientConfig>) {
 }
 
 async fn get_healthz(port: &Port) -> String {
-    let mut conn = port.open().await.unwrap();
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (answer, _) = serving::read_to_close(&mut conn, Duration::from_secs(5)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    serving::get(port, "/healthz").await.expect("a connection")
 }
 
 async fn echoes(conn: &mut serving::Conn) -> bool {
