@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use iotstamp_net::mqtt::{Connect, Framed, Packet, connack};
+use iotstamp_net::mqtt::{Connect, Framed, Packet, Publish, connack};
 use iotstamp_router::RunningRouter;
 use iotstamp_router::config::{RouterConfig, StoreConfig};
 use iotstamp_testkit::serving::{self, InFlight, Port};
@@ -17,7 +17,7 @@ struct Router {
     https: Port,
     mqtt: Port,
     metrics: Port,
-    _stamp: FakeStamp,
+    stamp: FakeStamp,
     _dir: tempfile::TempDir,
 }
 
@@ -44,7 +44,7 @@ async fn router(octet: u8, tweak: impl FnOnce(&mut RouterConfig)) -> Router {
         mqtt: Port::tls(router.mqtt_addr.unwrap(), client, &ip),
         metrics: Port::plain(router.metrics_addr.unwrap()),
         router,
-        _stamp: stamp,
+        stamp,
         _dir: dir,
     }
 }
@@ -57,6 +57,11 @@ impl Router {
 
 /// A DPS device's CONNECT over a new connection: the CONNACK code, or `None` when refused.
 async fn mqtt_connack(port: &Port, reg: &str) -> Option<u8> {
+    mqtt_connect(port, reg).await.map(|(code, _)| code)
+}
+
+/// As [`mqtt_connack`], keeping the connection.
+async fn mqtt_connect(port: &Port, reg: &str) -> Option<(u8, Framed<serving::Conn>)> {
     let conn = port.open().await.ok()?;
     let mut conn = Framed::new(conn, 1 << 16);
     let connect = Connect {
@@ -69,7 +74,7 @@ async fn mqtt_connack(port: &Port, reg: &str) -> Option<u8> {
     };
     conn.write(&Packet::Connect(connect)).await.ok()?;
     match conn.read().await {
-        Ok(Some(Packet::ConnAck { code, .. })) => Some(code),
+        Ok(Some(Packet::ConnAck { code, .. })) => Some((code, conn)),
         _ => None,
     }
 }
@@ -141,8 +146,10 @@ async fn every_port_closes_the_connection_over_its_limit() {
 }
 
 #[tokio::test]
-async fn shutdown_answers_the_registration_in_flight_and_refuses_new_connections() {
+async fn shutdown_answers_the_registrations_in_flight_and_refuses_new_connections() {
     let r = router(124, |_| {}).await;
+    // The stamp answers slowly, so both registrations are still being assigned at shutdown.
+    *r.stamp.delay.lock().unwrap() = Duration::from_millis(800);
     let reg = "drain-dev";
     let token = python_token(reg, &device_key(reg), now() + 3600);
     let headers = [
@@ -151,7 +158,25 @@ async fn shutdown_answers_the_registration_in_flight_and_refuses_new_connections
     ];
     let body = format!(r#"{{"registrationId":"{reg}"}}"#);
     let path = format!("/{SCOPE}/registrations/{reg}/register?api-version=2019-03-31");
-    let register = InFlight::start(&r.https, "PUT", &path, &headers, body.as_bytes()).await;
+    let over_https = InFlight::start(&r.https, "PUT", &path, &headers, body.as_bytes()).await;
+
+    let mqtt_reg = "drain-mqtt-dev";
+    let (code, mut device) = mqtt_connect(&r.mqtt, mqtt_reg).await.unwrap();
+    assert_eq!(code, connack::ACCEPTED);
+    let filters = vec![("$dps/registrations/res/#".to_owned(), 1)];
+    device
+        .write(&Packet::Subscribe { pkid: 1, filters })
+        .await
+        .unwrap();
+    assert!(matches!(device.read().await, Ok(Some(Packet::SubAck { .. }))));
+    let register = Publish::qos1(
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        2,
+        format!(r#"{{"registrationId":"{mqtt_reg}"}}"#).into_bytes(),
+    );
+    device.write(&Packet::Publish(register)).await.unwrap();
+    assert_eq!(device.read().await.unwrap(), Some(Packet::PubAck(2)));
+    let over_https = tokio::spawn(over_https.finish());
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let stopping = tokio::spawn(r.router.shutdown());
@@ -161,13 +186,19 @@ async fn shutdown_answers_the_registration_in_flight_and_refuses_new_connections
             "{name} still accepts after shutdown"
         );
     }
-    let answer = register.finish().await;
+    let answer = over_https.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "over HTTPS: {answer}");
+    let answer = device.read().await.unwrap();
     assert!(
-        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 202"),
-        "{answer}"
+        matches!(&answer, Some(Packet::Publish(p)) if p.topic.starts_with("$dps/registrations/res/200/")),
+        "over MQTT: {answer:?}"
+    );
+    assert!(
+        matches!(device.read().await, Ok(None) | Err(_)),
+        "the device connection closes after its answer"
     );
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
-        .expect("shutdown returns once the registration is answered")
+        .expect("shutdown returns once the registrations are answered")
         .unwrap();
 }

@@ -87,12 +87,19 @@ async fn connection(
         0 => MAX_IDLE,
         k => Duration::from_millis(u64::from(k) * 1500),
     };
-    // Answers are computed in their own tasks and come back through this channel, so a slow
-    // assignment never stops the connection from answering pings.
-    let (tx, mut answers) = mpsc::channel::<Publish>(16);
+    // Answers are computed in their own tasks and come back through this channel (`None` for a
+    // publish that gets no answer), so a slow assignment never stops the connection from answering
+    // pings. At shutdown the connection stops reading and closes once the requests it has taken
+    // are answered (the serving layer bounds that wait by its drain period).
+    let (tx, mut answers) = mpsc::channel::<Option<Publish>>(16);
+    let mut unanswered = 0usize;
+    let mut draining = false;
     loop {
+        if draining && unanswered == 0 {
+            return Ok(());
+        }
         tokio::select! {
-            packet = tokio::time::timeout(idle, conn.read()) => {
+            packet = tokio::time::timeout(idle, conn.read()), if !draining => {
                 let packet = match packet {
                     Err(_) => return Err(ConnError::Idle),
                     Ok(Ok(None)) | Ok(Ok(Some(Packet::Disconnect { .. }))) => return Ok(()),
@@ -125,17 +132,21 @@ async fn connection(
                             _ => return Err(ConnError::Protocol("QoS 2 is not supported".into())),
                         }
                         let (dps, group, device, tx) = (dps.clone(), group.clone(), device.clone(), tx.clone());
+                        unanswered += 1;
                         tokio::spawn(async move {
-                            if let Some(answer) = request(&dps, group, device, &p).await {
-                                let _ = tx.send(answer).await;
-                            }
+                            let _ = tx.send(request(&dps, group, device, &p).await).await;
                         });
                     }
                     other => return Err(ConnError::Protocol(format!("unexpected {other:?}"))),
                 }
             }
-            Some(answer) = answers.recv() => conn.write(&Packet::Publish(answer)).await?,
-            _ = stopped(&mut shutdown) => return Ok(()),
+            Some(answer) = answers.recv() => {
+                unanswered -= 1;
+                if let Some(answer) = answer {
+                    conn.write(&Packet::Publish(answer)).await?;
+                }
+            }
+            _ = stopped(&mut shutdown), if !draining => draining = true,
         }
     }
 }
