@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use iotstamp_core::dps::Substatus;
 use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::{pki, sas};
+use iotstamp_net::serve::Defences;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
@@ -175,7 +176,7 @@ pub async fn provisioning(args: BenchArgs) -> anyhow::Result<Report> {
         api_tokens: vec![],
         assign_wait: Duration::from_secs(5),
         retry_after_secs: 1,
-        handshake_timeout: Duration::from_secs(10),
+        serving: Defences::default(),
     };
     let target = |addr| Target {
         addr,
@@ -309,13 +310,8 @@ async fn serve_on_loopback(
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(iotstamp_router::app::http_serve::serve(
-        listener,
-        Some(acceptor),
-        app,
-        Duration::from_secs(10),
-        rx,
-    ));
+    let serving = iotstamp_net::serve::Listener::new(listener, Some(acceptor), Defences::default());
+    tokio::spawn(serving.serve_http(app, rx));
     Ok((tx, addr))
 }
 

@@ -60,8 +60,10 @@ pub struct HubConfig {
     /// Host names devices may put in their SAS `sr` and MQTT username (the Service DNS names and
     /// any the spec adds). Empty means any host is accepted and only the device part is checked.
     pub host_names: Vec<String>,
+    /// Device connections open at once over both MQTT ports; the next is closed at accept.
     pub max_connections: u32,
     pub max_packet_bytes: u32,
+    /// How long a client has to finish the TLS handshake, on the MQTT port and the stamp API.
     pub handshake_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     /// Where the hub sends telemetry when ingest runs as its own process; `None` = in process.
@@ -153,6 +155,11 @@ pub struct ApiConfig {
     pub token_file: PathBuf,
     /// Where the API reads telemetry when storage runs as its own process; `None` = in process.
     pub storage_url: Option<String>,
+    /// Connections each HTTP port (the stamp API, a role's internal port, the metrics port) holds
+    /// open at once; the next is closed at accept.
+    pub max_connections: u32,
+    /// How long an HTTP client has to send a request's headers before its connection is cut.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -164,6 +171,10 @@ impl Default for ApiConfig {
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], ports::METRICS)),
             token_file: PathBuf::from(TOKEN_DIR).join("token"),
             storage_url: None,
+            // Its callers are the router, the operator, the stamp's own roles and live-stream
+            // readers: far fewer than devices.
+            max_connections: 4_096,
+            header_read_timeout_ms: 30_000,
         }
     }
 }

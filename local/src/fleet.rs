@@ -188,7 +188,7 @@ async fn start_router(
         api_tokens: vec![file.app_token.clone()],
         assign_wait: Duration::from_secs(2),
         retry_after_secs: 1,
-        handshake_timeout: Duration::from_secs(10),
+        serving: iotstamp_net::serve::Defences::default(),
     };
     let router = start_with(config, directory, Arc::new(HttpStampClient::new()))
         .await

@@ -1,12 +1,15 @@
 //! Network edge pieces shared by the router and the stamp, and the group-commit worker both of
 //! their stores use ([`batch_worker`]).
 //!
-//! Both terminate TLS themselves rather than through a library's accept loop, because a handshake
-//! must never hold up other connections (rumqttd's loop awaits each handshake in line; see
-//! docs/rumqttd.md). Each accepted socket gets its own task and its own deadline.
+//! Every port of both serves through [`serve::Listener`]: accept, the connection limit, the TLS
+//! handshake in the connection's own task under a deadline (a handshake must never hold up other
+//! connections, as it does in rumqttd's loop, which awaits each one in line; see docs/rumqttd.md),
+//! the HTTP header deadline, and the drain on shutdown. [`mqtt`] is the one MQTT codec (the hub and
+//! the router's DPS over MQTT).
 
 pub mod batch_worker;
 pub mod bearer;
 pub mod limit;
 pub mod mqtt;
+pub mod serve;
 pub mod tls;

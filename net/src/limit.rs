@@ -37,6 +37,13 @@ impl ConnectionLimit {
     pub fn max(&self) -> usize {
         self.max
     }
+
+    /// Resolves once no connection holds a permit: every slot is free again. Takes the slots
+    /// while it waits, so call it only once accepting has stopped.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use iotstamp_net::serve::Defences;
+
 use crate::Error;
 use crate::config::{ConfigError, LocalFile, Mode, RouterConfig, StoreConfig, read};
 
@@ -96,9 +98,20 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 2)]
     pub retry_after_secs: u32,
 
-    /// TLS handshake deadline per connection, in seconds.
+    /// TLS handshake deadline per connection, in seconds (also the deadline for an MQTT client's
+    /// CONNECT).
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout_secs: u64,
+
+    /// Connections each port (HTTPS, MQTT, metrics) holds open at once; the next is closed at
+    /// accept.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// How long an HTTP client has to send a request's headers before its connection is cut, in
+    /// seconds.
+    #[arg(long, default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
 }
 
 impl RouterArgs {
@@ -172,7 +185,12 @@ impl RouterArgs {
             api_tokens,
             assign_wait: Duration::from_millis(self.assign_wait_ms),
             retry_after_secs: self.retry_after_secs,
-            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            serving: Defences {
+                max_connections: self.max_connections,
+                handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+                ..Defences::default()
+            },
         })
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotstamp_core::allocation::{AllocationPolicy, ReprovisionPolicy, StampSelector};
+use iotstamp_net::serve::Defences;
 
 /// A configuration the router cannot run with.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,9 @@ pub struct RouterConfig {
     pub assign_wait: Duration,
     /// What `retry-after` tells devices that must come back.
     pub retry_after_secs: u32,
-    pub handshake_timeout: Duration,
+    /// Every port's defences: connection limit (per port), TLS handshake and header-read
+    /// deadlines, the drain at shutdown.
+    pub serving: Defences,
 }
 
 #[derive(Clone, Debug)]

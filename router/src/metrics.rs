@@ -24,6 +24,12 @@ pub struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub port: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StampLabels {
     pub stamp: String,
 }
@@ -37,6 +43,7 @@ pub struct Metrics {
     pub stamp_free: Family<StampLabels, Gauge>,
     pub candidates: Gauge,
     pub stamp_errors: Family<StampLabels, Counter>,
+    pub refused_connections: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,6 +99,12 @@ impl Metrics {
             "Failed calls to a stamp's API",
             stamp_errors.clone(),
         );
+        let refused_connections = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refused_connections",
+            "Connections closed before their protocol began, by port and reason (limit, TLS, timeout)",
+            refused_connections.clone(),
+        );
         Self {
             registry,
             registrations,
@@ -101,7 +114,14 @@ impl Metrics {
             stamp_free,
             candidates,
             stamp_errors,
+            refused_connections,
         }
+    }
+
+    pub fn refused(&self, port: &'static str, reason: &'static str) {
+        self.refused_connections
+            .get_or_create(&RefusalLabels { port, reason })
+            .inc();
     }
 
     pub fn observe(&self, transport: &'static str, outcome: &'static str, seconds: f64) {

@@ -116,9 +116,10 @@ async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error
         running,
     )
     .await?;
-    running
-        .listeners
-        .push(tokio::spawn(run::retention(store, config.storage.clone())));
+    running.listeners.push(run::until_shutdown(
+        run::retention(store, config.storage.clone()),
+        role.shutdown.clone(),
+    ));
     Ok(())
 }
 
@@ -185,9 +186,13 @@ async fn serve_internal(
     let listener = run::bind(listen).await?;
     running.internal = Some(run::local_addr(&listener)?);
     let app = routes.merge(probe_routes(probes.clone()));
-    running
-        .listeners
-        .push(tokio::spawn(api::serve(listener, None, app, shutdown.clone())));
+    running.listeners.push(tokio::spawn(api::serve(
+        listener,
+        None,
+        app,
+        run::http_defences(config),
+        shutdown.clone(),
+    )));
     running.metrics =
         run::serve_metrics_port(config, probe_routes(probes), shutdown, &mut running.listeners).await?;
     Ok(())

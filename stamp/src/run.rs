@@ -1,6 +1,7 @@
 //! Assembles a stamp from its config: all roles in this process ([`start`]), or one role of a split
 //! stamp ([`crate::roles`]). The pieces both share (store, device edge, listeners) are built here.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use iotstamp_core::causes::Causes;
 use iotstamp_core::stamp_config::{StampConfig, StorageConfig};
 use iotstamp_net::limit::ConnectionLimit;
+use iotstamp_net::serve::Defences;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::Error;
 use crate::api::{self, ApiCtx, Token};
 use crate::hub::sessions::Sessions;
-use crate::hub::{self, HubCtx, Security};
+use crate::hub::{self, HubCtx};
 use crate::ingest::{BatchPolicy, Ingest};
 use crate::internal::local::LocalStore;
 use crate::internal::server::Probes;
@@ -47,7 +49,9 @@ impl RunningStamp {
     }
 }
 
-/// Signals shutdown, stops the listeners, and waits for the batch writer to drain its queue.
+/// Signals shutdown, waits for the listeners to drain (each closes its port at once and waits up
+/// to its drain period for open connections, so the requests in flight are answered; the periodic
+/// tasks among them end at the signal), then for the batch writer to drain its queue.
 pub(crate) async fn stop(
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
@@ -55,7 +59,7 @@ pub(crate) async fn stop(
 ) {
     let _ = shutdown.send(true);
     for task in listeners {
-        task.abort();
+        let _ = task.await;
     }
     if let Some(writer) = writer {
         let _ = writer.await;
@@ -76,8 +80,10 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
         dependencies: vec![local],
     };
     let mut edge = start_edge(&config, token, seams, metrics, shutdown).await?;
-    edge.listeners
-        .push(tokio::spawn(retention(store.clone(), config.storage.clone())));
+    edge.listeners.push(until_shutdown(
+        retention(store.clone(), config.storage.clone()),
+        shutdown_tx.subscribe(),
+    ));
     Ok(RunningStamp {
         mqtt_tls: edge.mqtt_tls,
         mqtt_plain: edge.mqtt_plain,
@@ -145,7 +151,11 @@ pub(crate) async fn start_edge(
         }
         Err(e) => return Err(e.into()),
     };
-    let handshake_timeout = Duration::from_millis(config.hub.handshake_timeout_ms);
+    let hub_defences = Defences {
+        max_connections: config.hub.max_connections as usize,
+        handshake_timeout: Duration::from_millis(config.hub.handshake_timeout_ms),
+        ..Defences::default()
+    };
     let hub_ctx = Arc::new(HubCtx {
         stamp: config.stamp.clone(),
         host_names: config.hub.host_names.clone(),
@@ -164,13 +174,10 @@ pub(crate) async fn start_edge(
     if let Some(cfg) = &tls {
         let listener = bind(config.hub.mqtt_listen).await?;
         mqtt_tls = Some(local_addr(&listener)?);
-        let security = Security::Tls {
-            acceptor: TlsAcceptor::from(cfg.clone()),
-            handshake_timeout,
-        };
         listeners.push(tokio::spawn(hub::listen(
             listener,
-            security,
+            Some(TlsAcceptor::from(cfg.clone())),
+            hub_defences,
             limit.clone(),
             hub_ctx.clone(),
         )));
@@ -181,7 +188,8 @@ pub(crate) async fn start_edge(
         mqtt_plain = Some(local_addr(&listener)?);
         listeners.push(tokio::spawn(hub::listen(
             listener,
-            Security::Plain,
+            None,
+            hub_defences,
             limit.clone(),
             hub_ctx,
         )));
@@ -203,7 +211,7 @@ pub(crate) async fn start_edge(
     let api_tls = match (&config.api.tls_cert_file, &config.api.tls_key_file) {
         (Some(cert), Some(key)) => {
             let cfg = iotstamp_net::tls::server_config_from_files(cert, key, &[b"http/1.1"])?;
-            Some((TlsAcceptor::from(cfg), handshake_timeout))
+            Some(TlsAcceptor::from(cfg))
         }
         (None, None) => tls
             .as_ref()
@@ -214,7 +222,7 @@ pub(crate) async fn start_edge(
                     &config.hub.tls_key_file,
                     &[b"http/1.1"],
                 );
-                cfg.map(|cfg| (TlsAcceptor::from(cfg), handshake_timeout))
+                cfg.map(TlsAcceptor::from)
             })
             .transpose()?,
         _ => {
@@ -229,10 +237,11 @@ pub(crate) async fn start_edge(
         api_listener,
         api_tls.clone(),
         api::router(api_ctx),
+        http_defences(config),
         shutdown.clone(),
     )));
     let metrics_addr = serve_metrics_port(config, api::ops_router(probes), &shutdown, &mut listeners).await?;
-    listeners.push(tokio::spawn(metrics.track_rate()));
+    listeners.push(until_shutdown(metrics.track_rate(), shutdown));
 
     tracing::info!(stamp = config.stamp, ?mqtt_tls, ?mqtt_plain, api = %api_addr, "hub started");
     Ok(Edge {
@@ -259,8 +268,40 @@ pub(crate) async fn serve_metrics_port(
     }
     let listener = bind(config.api.metrics_listen).await?;
     let addr = local_addr(&listener)?;
-    listeners.push(tokio::spawn(api::serve(listener, None, ops, shutdown.clone())));
+    listeners.push(tokio::spawn(api::serve(
+        listener,
+        None,
+        ops,
+        http_defences(config),
+        shutdown.clone(),
+    )));
     Ok(Some(addr))
+}
+
+/// The defences of the stamp's HTTP ports (the API, a role's internal port, the metrics port):
+/// `api.maxConnections` and `api.headerReadTimeoutMs`, and the hub's handshake deadline for the
+/// API's TLS.
+pub(crate) fn http_defences(config: &StampConfig) -> Defences {
+    Defences {
+        max_connections: config.api.max_connections as usize,
+        handshake_timeout: Duration::from_millis(config.hub.handshake_timeout_ms),
+        header_read_timeout: Duration::from_millis(config.api.header_read_timeout_ms),
+        ..Defences::default()
+    }
+}
+
+/// Runs `task`, which never ends on its own, until shutdown, so that [`stop`] can wait for every
+/// listener alike.
+pub(crate) fn until_shutdown(
+    task: impl Future<Output = ()> + Send + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = crate::stopped(&mut shutdown) => {}
+        }
+    })
 }
 
 pub(crate) fn batch_policy(config: &StampConfig) -> BatchPolicy {

@@ -3,6 +3,10 @@
 //! `iotstamp bench` crate uses the in-memory API server too.
 //!
 //! - [`fake_api`] (feature `fake-api`): an in-memory Kubernetes API server for the operator.
+//! - [`serving`] (feature `serving`): probes of the serving layer's defences, one set for every
+//!   port the product serves.
 
 #[cfg(feature = "fake-api")]
 pub mod fake_api;
+#[cfg(feature = "serving")]
+pub mod serving;

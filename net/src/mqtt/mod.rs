@@ -1,5 +1,6 @@
-//! A small MQTT 3.1.1 and 5 codec: every packet both ways, so a server (the stamp hub) and a load
-//! generator share one implementation.
+//! A small MQTT 3.1.1 and 5 codec: every packet both ways, so the servers (the stamp hub, the
+//! router's DPS over MQTT) and a load generator share one implementation. [`Framed`] reads and
+//! writes whole packets over a connection that answers packet by packet.
 //!
 //! Decoding is incremental over a `BytesMut` read buffer and checks the declared packet size against a
 //! limit as soon as the fixed header is in, so an oversized packet is refused before its body is read.
@@ -12,11 +13,13 @@
 //! levels other than 4 and 5 give [`DecodeError::UnsupportedProtocol`], so a server can answer them.
 
 mod encode;
+mod framed;
 pub mod properties;
 
 use bytes::{Buf, Bytes, BytesMut};
 pub use encode::{encode, encode_as, encoded_len};
 use encode::{put_bytes, put_str};
+pub use framed::{FrameError, Framed};
 pub use properties::Properties;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

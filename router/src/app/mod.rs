@@ -6,7 +6,6 @@
 //! Data model: [`AppState`] holds the two states the handlers run on, [`Dps`] for the DPS
 //! transports and [`ServiceState`] for the service API; both share one [`Provisioner`]'s adapters.
 
-pub mod http_serve;
 pub mod kubernetes;
 
 use std::net::SocketAddr;
@@ -15,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use iotstamp_core::causes::Causes;
+use iotstamp_net::serve::{Listener, Refusal};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -152,29 +152,22 @@ pub async fn start_with(
     let app = crate::dps::http::routes()
         .with_state(state.dps.clone())
         .merge(crate::service_api::routes().with_state(state.service.clone()));
-    let mut tasks = vec![tokio::spawn(http_serve::serve(
-        https,
-        Some(acceptor.clone()),
-        app,
-        config.handshake_timeout,
-        rx.clone(),
-    ))];
+    // Every port serves through the one serving layer, with the same defences.
+    let port =
+        |tcp, tls, name| Listener::new(tcp, tls, config.serving).on_refused(count_refusals(&metrics, name));
+    let https = port(https, Some(acceptor.clone()), "https");
+    let mut tasks = vec![tokio::spawn(https.serve_http(app, rx.clone()))];
     if let Some(listener) = plain {
         let app = crate::service_api::health_routes().with_state(state.service.clone());
-        tasks.push(tokio::spawn(http_serve::serve(
-            listener,
-            None,
-            app,
-            config.handshake_timeout,
-            rx.clone(),
-        )));
+        let plain = port(listener, None, "metrics");
+        tasks.push(tokio::spawn(plain.serve_http(app, rx.clone())));
     }
     if let Some(listener) = mqtt {
+        let mqtt = port(listener, Some(acceptor), "mqtt");
         tasks.push(tokio::spawn(crate::dps::mqtt::serve(
-            listener,
-            acceptor,
+            mqtt,
             state.dps.clone(),
-            config.handshake_timeout,
+            config.serving.handshake_timeout,
             rx.clone(),
         )));
     }
@@ -189,6 +182,12 @@ pub async fn start_with(
         tasks,
         endless: Vec::new(),
     })
+}
+
+/// Counts the connections the serving layer refuses on `port`.
+fn count_refusals(metrics: &Arc<Metrics>, port: &'static str) -> iotstamp_net::serve::OnRefused {
+    let metrics = metrics.clone();
+    Arc::new(move |why: Refusal| metrics.refused(port, why.as_str()))
 }
 
 /// Recovery first (then ready), then periodic count reports.

@@ -23,6 +23,7 @@ use iotstamp_core::allocation::{AllocationPolicy, ReprovisionPolicy, StampSelect
 use iotstamp_core::pki::{self, CertKeyPem};
 use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::sas;
+use iotstamp_net::serve::{Defences, Listener};
 use iotstamp_router::config::{EnrollmentGroupConfig, RouterConfig, StaticStamp, StoreConfig};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -178,13 +179,11 @@ impl FakeStamp {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.tls());
-        tokio::spawn(iotstamp_router::app::http_serve::serve(
-            listener,
-            Some(acceptor),
-            app,
-            Duration::from_secs(5),
-            rx,
-        ));
+        let defences = Defences {
+            handshake_timeout: Duration::from_secs(5),
+            ..Defences::default()
+        };
+        tokio::spawn(Listener::new(listener, Some(acceptor), defences).serve_http(app, rx));
         Self {
             name: name.into(),
             addr,
@@ -251,7 +250,7 @@ pub fn router_config(pki: &Pki, ip: &str, stamps: Vec<StaticStamp>, store: Store
         api_tokens: vec![APP_TOKEN.into()],
         assign_wait: Duration::from_secs(2),
         retry_after_secs: 1,
-        handshake_timeout: Duration::from_secs(10),
+        serving: Defences::default(),
     }
 }
 

@@ -9,7 +9,6 @@ mod registry;
 mod telemetry;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -17,10 +16,9 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use iotstamp_core::api_bodies::{ErrorBody, StampStats};
 use iotstamp_core::causes::Causes;
+use iotstamp_net::serve::{Defences, Listener};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -78,56 +76,18 @@ pub fn ops_router(probes: Arc<Probes>) -> Router {
     probe_routes(probes).route("/openapi.json", get(openapi))
 }
 
-/// Serves `app` until shutdown; with TLS when an acceptor is given. Each connection (and its
-/// handshake) runs in its own task.
+/// Serves `app` until shutdown, with TLS when an acceptor is given, through the serving layer
+/// (connection limit, TLS handshake and header-read deadlines, drain).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<(TlsAcceptor, Duration)>,
+    tls: Option<TlsAcceptor>,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    defences: Defences,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let tcp = tokio::select! {
-            _ = crate::stopped(&mut shutdown) => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let tls = tls.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let builder = hyper::server::conn::http1::Builder::new();
-            let result = match tls {
-                Some((acceptor, timeout)) => match iotstamp_net::tls::accept(&acceptor, tcp, timeout).await {
-                    Ok(stream) => {
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades();
-                        tokio::select! { r = conn => r, _ = crate::stopped(&mut stop) => Ok(()) }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "API TLS handshake failed");
-                        Ok(())
-                    }
-                },
-                None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .with_upgrades();
-                    tokio::select! { r = conn => r, _ = crate::stopped(&mut stop) => Ok(()) }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "API connection ended with an error");
-            }
-        });
-    }
+    Listener::new(listener, tls, defences)
+        .serve_http(app, shutdown)
+        .await
 }
 
 /// Lets a request through only with `Authorization: Bearer <token>` (compared in constant time).

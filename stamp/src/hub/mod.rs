@@ -1,5 +1,6 @@
-//! The hub: the stamp's device edge. It terminates TLS itself (per-connection task, handshake
-//! deadline), enforces the connection limit, and runs one task per device connection ([`conn`]).
+//! The hub: the stamp's device edge. Its ports serve through `iotstamp_net::serve` (connection
+//! limit, TLS handshake deadline in the connection's own task, drain), one task per device
+//! connection ([`conn`]).
 //!
 //! Architecture and why rumqttd is not in the data path: see stamp/README.md.
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotstamp_net::limit::ConnectionLimit;
+use iotstamp_net::serve::{Defences, Listener, Refusal};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -37,66 +39,30 @@ pub struct HubCtx {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// How a listener secures its sockets.
-#[derive(Clone)]
-pub enum Security {
-    Tls {
-        acceptor: TlsAcceptor,
-        handshake_timeout: Duration,
-    },
-    Plain,
-}
-
-/// Accepts until shutdown. The loop only accepts and spawns: the TLS handshake and everything after
-/// run in the connection's own task, so a socket that never speaks holds up no one else.
-pub async fn listen(listener: TcpListener, security: Security, limit: ConnectionLimit, ctx: Arc<HubCtx>) {
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = crate::stopped(&mut shutdown) => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = limit.try_acquire() else {
-            ctx.metrics
-                .refused_connections
-                .get_or_create(&vec![("reason", "limit")])
-                .inc();
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
-        let security = security.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match security {
-                Security::Plain => conn::serve(tcp, ctx).await,
-                Security::Tls {
-                    acceptor,
-                    handshake_timeout,
-                } => match iotstamp_net::tls::accept(&acceptor, tcp, handshake_timeout).await {
-                    Ok(tls) => conn::serve(tls, ctx).await,
-                    Err(e) => {
-                        let reason = match e {
-                            iotstamp_net::tls::TlsError::HandshakeTimeout(_) => "tls_timeout",
-                            _ => "tls_failed",
-                        };
-                        ctx.metrics
-                            .refused_connections
-                            .get_or_create(&vec![("reason", reason)])
-                            .inc();
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                },
-            }
-        });
-    }
+/// Serves the hub's MQTT on `listener` until shutdown, through the serving layer: the connection
+/// limit (`limit`, shared by the TLS and the plain port), the TLS handshake (when `tls` is given)
+/// in the connection's own task under `defences.handshake_timeout`, and the drain. Refused sockets
+/// are counted by reason.
+pub async fn listen(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    defences: Defences,
+    limit: ConnectionLimit,
+    ctx: Arc<HubCtx>,
+) {
+    let metrics = ctx.metrics.clone();
+    let count = move |why: Refusal| {
+        metrics
+            .refused_connections
+            .get_or_create(&vec![("reason", why.as_str())])
+            .inc();
+    };
+    // Each session watches `ctx.shutdown` itself (it tells an MQTT 5 client why it is closed).
+    Listener::new(listener, tls, defences)
+        .sharing(limit)
+        .on_refused(Arc::new(count))
+        .serve(ctx.shutdown.clone(), move |stream, _, _| {
+            conn::serve(stream, ctx.clone())
+        })
+        .await
 }
