@@ -2,7 +2,8 @@
 # Static checks of the Helm chart helm/iotstamp, no cluster needed:
 #   - helm lint --strict, with defaults and with overrides;
 #   - helm template with defaults and with overrides renders;
-#   - the ClusterRole has exactly the expected rules: no "*", no delete/deletecollection;
+#   - the ClusterRole has exactly the expected rules: no "*", no deletecollection, and delete on
+#     apps/statefulsets only;
 #   - the operator Deployment is hardened (non-root, read-only root fs, no escalation, drop ALL,
 #     RuntimeDefault seccomp) and wired right (args, env, image, probes, one replica);
 #   - the schema rejects replicas != 1;
@@ -158,12 +159,19 @@ EXPECTED_RULES = {
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
     ("", "secrets"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list", "watch"},
-    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "patch"},
+    ("storage.k8s.io", "storageclasses"): {"get"},
 }
+# The one delete the operator needs: growing a stamp's volume replaces its storage StatefulSet
+# (volumeClaimTemplates are immutable) by deleting it with propagationPolicy Orphan, which keeps its
+# pods and claims, and applying it again. Every other child goes with its stamp through owner
+# references, so delete anywhere else (and deletecollection anywhere) is still refused.
+DELETE_ALLOWED = {("apps", "statefulsets")}
 
 sa_name = "custom-operator" if mode == "overrides" else "iotstamp-operator"
 
@@ -184,7 +192,9 @@ else:
                 if any("*" in v for v in values):
                     err(f"{where}: wildcard in {field}: {values}")
             for v in verbs:
-                if v in ("delete", "deletecollection"):
+                if v == "deletecollection" or (
+                    v == "delete" and any((g, r) not in DELETE_ALLOWED for g in groups for r in resources)
+                ):
                     err(f"{where}: grants {v} on {resources}")
                 if v in ("escalate", "bind", "impersonate"):
                     err(f"{where}: grants {v}")
@@ -201,7 +211,7 @@ else:
                 extra, missing = sorted(have - want), sorted(want - have)
                 err(f"RBAC {g or 'core'}/{r}: extra verbs {extra}, missing verbs {missing}")
     else:
-        print(f"  RBAC: {len(granted)} (group, resource) pairs exactly as expected; no '*', no delete")
+        print(f"  RBAC: {len(granted)} (group, resource) pairs exactly as expected; no '*', delete on statefulsets only")
 
     crb = one("ClusterRoleBinding")
     cr = one("ClusterRole")

@@ -13,9 +13,13 @@ pub const DRAINING: &str = "Draining";
 /// More devices are assigned than `spec.deviceQuota` (it was lowered): the stamp keeps them and
 /// takes no new ones.
 pub const OVER_QUOTA: &str = "OverQuota";
+/// A grown `spec.storage.size` is being carried out: the volume claims were expanded and their
+/// volumes have not all reached the size yet. False with a reason once they have, or when growing
+/// is not possible (`StorageNotExpandable`).
+pub const STORAGE_RESIZING: &str = "StorageResizing";
 
 /// Every condition the operator maintains, in the order `kubectl describe` shows them.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     READY,
     HUB_READY,
     INGEST_READY,
@@ -23,6 +27,7 @@ pub const ALL: [&str; 7] = [
     PAUSED,
     DRAINING,
     OVER_QUOTA,
+    STORAGE_RESIZING,
 ];
 
 pub mod reasons {
@@ -50,4 +55,14 @@ pub mod reasons {
     pub const ASSIGNED_ABOVE_QUOTA: &str = "AssignedAboveQuota";
     pub const WITHIN_QUOTA: &str = "WithinQuota";
     pub const STAMP_PAUSED: &str = "StampPaused";
+    /// Every storage volume claim has (at least) `spec.storage.size`.
+    pub const STORAGE_AT_SIZE: &str = "StorageAtSize";
+    /// The claims ask for the new size; the storage provisioner has not expanded them all yet.
+    pub const EXPANDING_VOLUMES: &str = "ExpandingVolumes";
+    /// Growing is refused for a claim: its StorageClass does not allow expansion, does not exist,
+    /// or the claim is not bound. The message names the claim and the class; nothing is changed.
+    pub const STORAGE_NOT_EXPANDABLE: &str = "StorageNotExpandable";
+    /// The storage StatefulSet asks for more than `spec.storage.size` (admission refuses a smaller
+    /// size; seen only where that rule was bypassed): volumes never shrink, the larger one stays.
+    pub const STORAGE_CANNOT_SHRINK: &str = "StorageCannotShrink";
 }

@@ -41,15 +41,6 @@ use crate::common::{PodOverrides, Resources};
         "!has(oldSelf.spec) || !has(oldSelf.spec.storage) || !has(oldSelf.spec.storage.size) || !has(self.spec.storage) || !has(self.spec.storage.size) || !isQuantity(self.spec.storage.size) || !isQuantity(oldSelf.spec.storage.size) || !quantity(self.spec.storage.size).isLessThan(quantity(oldSelf.spec.storage.size))"
     )
     .message("spec.storage.size cannot shrink: a volume only grows; set it back to at least its previous size, or create a new stamp for a smaller volume")
-    .field_path(".spec.storage.size"),
-    // Until the operator can grow a volume in place (expand the claim, replace the StatefulSet
-    // whose volumeClaimTemplates are immutable), a larger size would be refused on every apply of
-    // the storage StatefulSet, and with shrinking refused there would be no way back. Drop this
-    // rule when growing is carried out.
-    validation = Rule::new(
-        "!has(oldSelf.spec) || !has(oldSelf.spec.storage) || !has(oldSelf.spec.storage.size) || !has(self.spec.storage) || !has(self.spec.storage.size) || !isQuantity(self.spec.storage.size) || !isQuantity(oldSelf.spec.storage.size) || !quantity(self.spec.storage.size).isGreaterThan(quantity(oldSelf.spec.storage.size))"
-    )
-    .message("spec.storage.size cannot grow yet: the operator does not expand a stamp's volume in place; create a new stamp with the larger size and move the devices")
     .field_path(".spec.storage.size")
 )]
 #[serde(rename_all = "camelCase")]
@@ -217,8 +208,9 @@ fn default_batch() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || (has(self.storageClassName) && self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed once set; create a new stamp to move to another storage class"))]
 pub struct StorageSpec {
-    /// Volume size, a Kubernetes quantity such as `20Gi`. Fixed once a stamp exists: a volume never
-    /// shrinks, and growing one in place is not supported yet (the API server refuses both).
+    /// Volume size, a Kubernetes quantity such as `20Gi`. It only grows (the API server refuses a
+    /// smaller one): the operator expands the volume claims, where their StorageClass sets
+    /// `allowVolumeExpansion: true`, and says in the `StorageResizing` condition how far it is.
     #[serde(default = "default_size")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"))]

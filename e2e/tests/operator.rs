@@ -13,8 +13,9 @@ use iotstamp_e2e::stamps::{OPERATOR_USER, stamp, wait_ready};
 use iotstamp_e2e::volumes::VolumeBinder;
 use iotstamp_e2e::wait;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -93,35 +94,35 @@ async fn bad_objects_are_refused_at_admission_with_a_message_naming_the_field() 
         err.to_string().contains("storageClassName cannot be changed"),
         "{err}"
     );
-    // storage.size: never shrinks, and does not grow yet; each refusal names the field.
+    // storage.size: never shrinks, and the refusal names the field; it may grow.
     api.create(
         &PostParams::default(),
         &stamp("size", json!({"deviceQuota": 1, "storage": {"size": "20Gi"}})),
     )
     .await?;
-    for (size, message) in [("19Gi", "cannot shrink"), ("30Gi", "cannot grow yet")] {
-        let err = api
-            .patch(
-                "size",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"storage": {"size": size}}})),
-            )
-            .await
-            .expect_err("storage.size changed");
-        let text = err.to_string();
-        assert!(
-            text.contains("spec.storage.size") && text.contains(message),
-            "{size}: {text}"
-        );
+    let err = api
+        .patch(
+            "size",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "19Gi"}}})),
+        )
+        .await
+        .expect_err("storage.size shrank");
+    let text = err.to_string();
+    assert!(
+        text.contains("spec.storage.size") && text.contains("cannot shrink"),
+        "{text}"
+    );
+    // The same size spelled another way is no change, and a larger one is taken.
+    for size in ["20480Mi", "30Gi"] {
+        api.patch(
+            "size",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": size}}})),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("storage.size 20Gi -> {size} was refused: {e}"))?;
     }
-    // The same size spelled another way is no change.
-    api.patch(
-        "size",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"storage": {"size": "20480Mi"}}})),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("storage.size 20480Mi (= 20Gi) was refused: {e}"))?;
     // Nothing of the refused objects exists.
     let names: Vec<String> = api
         .list(&Default::default())
@@ -463,6 +464,259 @@ async fn pause_freezes_children_and_deletion_waits_for_devices() -> anyhow::Resu
     })
     .await?;
     drop(operator);
+    binder.cleanup(cluster.client.clone(), &ns.name).await;
+    Ok(())
+}
+
+/// A StorageClass for this test only (cluster-scoped, so named after the namespace). Nothing
+/// provisions for it: the VolumeBinder binds the claims, and the test plays the resizer.
+async fn storage_class(cluster: &Cluster, name: &str, expandable: Option<bool>) -> anyhow::Result<()> {
+    let classes: Api<StorageClass> = Api::all(cluster.client.clone());
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": name}, "provisioner": "example.com/e2e-no-provisioner",
+        "allowVolumeExpansion": expandable, "volumeBindingMode": "Immediate"
+    }))?;
+    classes.create(&PostParams::default(), &class).await?;
+    Ok(())
+}
+
+/// The `StorageResizing` condition's status, reason and message, at the stamp's generation.
+async fn storage_resizing(
+    api: &Api<IoTStamp>,
+    name: &str,
+) -> anyhow::Result<Option<(String, String, String)>> {
+    let s = api.get(name).await?;
+    let generation = s.metadata.generation;
+    Ok(s.status.and_then(|st| {
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "StorageResizing" && c.observed_generation == generation)
+            .map(|c| (c.status, c.reason, c.message))
+    }))
+}
+
+async fn wait_storage(api: &Api<IoTStamp>, name: &str, status: &str, reason: &str) -> anyhow::Result<String> {
+    wait::until(
+        &format!("{name}: StorageResizing={status} ({reason})"),
+        Duration::from_secs(60),
+        || async {
+            Ok(storage_resizing(api, name)
+                .await?
+                .and_then(|(s, r, m)| (s == status && r == reason).then_some(m)))
+        },
+    )
+    .await
+}
+
+fn claim_request(pvc: &PersistentVolumeClaim) -> Option<String> {
+    Some(
+        pvc.spec
+            .as_ref()?
+            .resources
+            .as_ref()?
+            .requests
+            .as_ref()?
+            .get("storage")?
+            .0
+            .clone(),
+    )
+}
+
+#[tokio::test]
+async fn growing_storage_expands_the_claim_and_replaces_the_stateful_set_keeping_pod_and_data()
+-> anyhow::Result<()> {
+    let cluster = Cluster::get().await?;
+    let ns = cluster.namespace("resize").await?;
+    let (fast, slow, missing) = (
+        format!("{}-fast", ns.name),
+        format!("{}-slow", ns.name),
+        format!("{}-missing", ns.name),
+    );
+    storage_class(&cluster, &fast, Some(true)).await?;
+    storage_class(&cluster, &slow, None).await?;
+    let binder = VolumeBinder::start(cluster.client.clone(), &ns.name);
+    let operator = Operator::start(&cluster, &ns.name, OPERATOR_SA)?;
+    let api: Api<IoTStamp> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for (name, class) in [("grow", &fast), ("fixed", &slow), ("lost", &missing)] {
+        api.create(
+            &PostParams::default(),
+            &stamp(
+                name,
+                json!({"deviceQuota": 10, "storage": {"size": "1Gi", "storageClassName": class}}),
+            ),
+        )
+        .await?;
+    }
+    for name in ["grow", "fixed", "lost"] {
+        wait_ready(&api, name)
+            .await
+            .map_err(|e| e.context(operator.log_text()))?;
+    }
+    let sts: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let (sts_uid, pod_uid, claim_uid) = (
+        sts.get("grow-storage").await?.uid(),
+        pods.get("grow-storage-0").await?.uid(),
+        pvcs.get("data-grow-storage-0").await?.uid(),
+    );
+    assert_eq!(
+        storage_resizing(&api, "grow").await?.map(|c| c.1),
+        Some("StorageAtSize".to_string())
+    );
+    let audit = AuditLog::from_env()?;
+    let mark = audit.writes(OPERATOR_USER, &ns.name)?.len();
+
+    // Grow on the expandable class: the claim asks for more, the StatefulSet is replaced, and the
+    // condition says the resize runs while the volume is smaller than asked.
+    api.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
+    )
+    .await?;
+    let message = wait_storage(&api, "grow", "True", "ExpandingVolumes")
+        .await
+        .map_err(|e| e.context(operator.log_text()))?;
+    assert!(message.contains("claim data-grow-storage-0 has 1Gi"), "{message}");
+    let claim = pvcs.get("data-grow-storage-0").await?;
+    assert_eq!(claim_request(&claim).as_deref(), Some("2Gi"));
+    assert_eq!(
+        claim.uid(),
+        claim_uid,
+        "the claim was re-created: the data is gone"
+    );
+    let replaced = sts.get("grow-storage").await?;
+    assert_ne!(replaced.uid(), sts_uid, "the StatefulSet was not replaced");
+    let template = replaced
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref());
+    assert_eq!(
+        template.and_then(|t| claim_request(&t[0])).as_deref(),
+        Some("2Gi")
+    );
+    // The pod is the same one, adopted by the new StatefulSet.
+    wait::until(
+        "the new StatefulSet to adopt the storage pod",
+        Duration::from_secs(30),
+        || async {
+            let pod = pods.get("grow-storage-0").await?;
+            let owner = pod
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone());
+            Ok((owner == replaced.uid()).then_some(pod))
+        },
+    )
+    .await
+    .map(|pod| assert_eq!(pod.uid(), pod_uid, "the storage pod was replaced"))?;
+    let writes: Vec<(String, String)> = audit.writes(OPERATOR_USER, &ns.name)?[mark..]
+        .iter()
+        .filter(|w| {
+            w.subresource.is_none()
+                && ["persistentvolumeclaims", "statefulsets"].contains(&w.resource.as_str())
+                && w.name.contains("grow-storage")
+        })
+        .map(|w| (w.verb.clone(), format!("{}/{}", w.resource, w.name)))
+        .collect();
+    let call = |v: &str, o: &str| (v.to_string(), o.to_string());
+    assert_eq!(
+        writes,
+        [
+            call("patch", "persistentvolumeclaims/data-grow-storage-0"),
+            call("delete", "statefulsets/grow-storage"),
+            call("patch", "statefulsets/grow-storage"),
+        ],
+        "the operator's writes for the resize"
+    );
+
+    // Play the resizer (kwok runs no CSI driver): the volume grows, then the claim says so.
+    let pvs: Api<PersistentVolume> = Api::all(cluster.client.clone());
+    let volume = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    pvs.patch(
+        &volume,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"capacity": {"storage": "2Gi"}}})),
+    )
+    .await?;
+    pvcs.patch_status(
+        "data-grow-storage-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"capacity": {"storage": "2Gi"}}})),
+    )
+    .await?;
+    wait_storage(&api, "grow", "False", "StorageAtSize")
+        .await
+        .map_err(|e| e.context(operator.log_text()))?;
+    wait_ready(&api, "grow").await?;
+    assert_eq!(pods.get("grow-storage-0").await?.uid(), pod_uid);
+    let events = cluster.run("kubectl", &["get", "events", "-n", &ns.name, "-o", "json"])?;
+    for reason in ["StorageResizing", "StorageResized"] {
+        assert!(
+            events.contains(&format!("\"reason\": \"{reason}\"")),
+            "no {reason} event"
+        );
+    }
+
+    // A class that does not allow expansion, and one that does not exist: said so, and nothing
+    // changes (claim, StatefulSet, pod), while the stamp keeps serving.
+    for (name, why) in [
+        (
+            "fixed",
+            format!(
+                "StorageClass {slow} of claim data-fixed-storage-0 does not set allowVolumeExpansion: true"
+            ),
+        ),
+        (
+            "lost",
+            format!("StorageClass {missing} of claim data-lost-storage-0 does not exist"),
+        ),
+    ] {
+        let (sts_uid, pod_uid) = (
+            sts.get(&format!("{name}-storage")).await?.uid(),
+            pods.get(&format!("{name}-storage-0")).await?.uid(),
+        );
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "2Gi"}}})),
+        )
+        .await?;
+        let message = wait_storage(&api, name, "False", "StorageNotExpandable")
+            .await
+            .map_err(|e| e.context(operator.log_text()))?;
+        assert!(message.contains(&why), "{message}");
+        wait_ready(&api, name).await?;
+        let claim = pvcs.get(&format!("data-{name}-storage-0")).await?;
+        assert_eq!(
+            claim_request(&claim).as_deref(),
+            Some("1Gi"),
+            "{name}: the claim changed"
+        );
+        assert_eq!(
+            sts.get(&format!("{name}-storage")).await?.uid(),
+            sts_uid,
+            "{name}: replaced"
+        );
+        assert_eq!(pods.get(&format!("{name}-storage-0")).await?.uid(), pod_uid);
+    }
+    let events = cluster.run("kubectl", &["get", "events", "-n", &ns.name, "-o", "json"])?;
+    assert!(
+        events.contains("\"reason\": \"StorageNotExpandable\""),
+        "no StorageNotExpandable event"
+    );
+
+    drop(operator);
+    let classes: Api<StorageClass> = Api::all(cluster.client.clone());
+    for class in [&fast, &slow] {
+        classes.delete(class, &DeleteParams::default()).await?;
+    }
     binder.cleanup(cluster.client.clone(), &ns.name).await;
     Ok(())
 }

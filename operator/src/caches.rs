@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, Secret, Service, ServiceAccount,
+    VolumeResourceRequirements,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -135,12 +138,34 @@ pub fn trim_meta(meta: &mut ObjectMeta) {
     }
 }
 
-/// What the cache keeps of a workload: metadata, replicas and status; the pod template is dropped.
+/// What the cache keeps of a workload: metadata, replicas and status, and of a StatefulSet's claim
+/// templates only their names and requests (a grown `spec.storage.size` shows without a read, see
+/// [`crate::resize`]); the pod template is dropped.
 pub fn trim_stateful_set(sts: &mut StatefulSet) {
     trim_meta(&mut sts.metadata);
     if let Some(spec) = sts.spec.as_mut() {
         spec.template = Default::default();
-        spec.volume_claim_templates = None;
+        for claim in spec.volume_claim_templates.iter_mut().flatten() {
+            let requests = claim
+                .spec
+                .take()
+                .and_then(|s| s.resources)
+                .and_then(|r| r.requests);
+            *claim = PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: claim.metadata.name.take(),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    resources: Some(VolumeResourceRequirements {
+                        requests,
+                        limits: None,
+                    }),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::pods::PodTrouble;
+use crate::resize::VolumeState;
 
 /// How far one role's workload has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +113,9 @@ pub struct StatusInputs<'a> {
     pub blocker: Option<&'a Blocker>,
     pub endpoints: StampEndpoints,
     pub connected: Option<i64>,
+    /// Where the storage volumes stand (see [`crate::resize`]); `None` when this reconcile did not
+    /// look (paused, or blocked before it got there): the last `StorageResizing` stays as it was.
+    pub storage: Option<&'a VolumeState>,
     pub now: Time,
 }
 
@@ -182,11 +186,16 @@ pub fn status(i: StatusInputs) -> IoTStampStatus {
             )
         },
         quota_condition(i.stamp),
+        storage_condition(&spec.storage.size, i.storage.unwrap_or(&VolumeState::AtSize)),
     ];
     let conditions = want
         .into_iter()
         .map(|(type_, ok, reason, message)| {
-            condition(previous, type_, ok, reason, message, generation, &i.now)
+            let unseen = type_ == c::STORAGE_RESIZING && i.storage.is_none();
+            match previous.iter().find(|p| p.type_ == type_).filter(|_| unseen) {
+                Some(kept) => kept.clone(),
+                None => condition(previous, type_, ok, reason, message, generation, &i.now),
+            }
         })
         .collect();
 
@@ -289,6 +298,26 @@ fn quota_condition(stamp: &IoTStamp) -> (&'static str, bool, &'static str, Strin
     }
 }
 
+/// `StorageResizing`: True while claims were expanded and their volumes are not all at the size.
+/// Not expandable is False: nothing runs, and the reason says why (so does a Warning event).
+fn storage_condition(want: &str, state: &VolumeState) -> (&'static str, bool, &'static str, String) {
+    match state {
+        VolumeState::AtSize => (
+            c::STORAGE_RESIZING,
+            false,
+            reasons::STORAGE_AT_SIZE,
+            format!("the storage volume is at spec.storage.size, {want}"),
+        ),
+        VolumeState::Expanding(message) => (
+            c::STORAGE_RESIZING,
+            true,
+            reasons::EXPANDING_VOLUMES,
+            message.clone(),
+        ),
+        VolumeState::Refused { reason, message } => (c::STORAGE_RESIZING, false, reason, message.clone()),
+    }
+}
+
 fn waiting_message(o: &Observed) -> String {
     let waiting: Vec<&str> = o
         .roles()
@@ -350,6 +379,7 @@ mod tests {
             blocker,
             endpoints: StampEndpoints::default(),
             connected: None,
+            storage: None,
             now: at(now),
         })
     }

@@ -17,6 +17,8 @@ pub enum Error {
     Unparseable(String),
     #[error("certificate")]
     Pki(#[from] iotstamp_core::pki::PkiError),
+    #[error("{0} is still being deleted after {1:?}")]
+    StillDeleting(String, Duration),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl Error {
             Error::Build(_) => "invalid_spec",
             Error::Unparseable(_) => "unparseable",
             Error::Pki(_) => "certificate",
+            Error::StillDeleting(..) => "still_deleting",
         }
     }
 
@@ -42,6 +45,8 @@ impl Error {
             // Someone has to fix RBAC; check back now and then rather than hammering the API.
             Error::Forbidden(_) => Some(Duration::from_secs(30)),
             Error::Pki(_) => Some(Duration::from_secs(30)),
+            // The garbage collector is slow or behind: look again soon.
+            Error::StillDeleting(..) => Some(Duration::from_secs(5)),
             Error::Build(_) | Error::Unparseable(_) => None,
         }
     }

@@ -20,6 +20,7 @@ pub mod pods;
 pub mod pool;
 pub mod quota;
 pub mod reconcile;
+pub mod resize;
 pub mod server;
 pub mod stamp_object;
 pub mod stats;

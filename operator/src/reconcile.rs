@@ -9,9 +9,12 @@ use iotstamp_api::stamp::StampEndpoints;
 use iotstamp_api::{IoTStamp, IoTStampStatus};
 use iotstamp_core::causes::Causes;
 use iotstamp_core::pki;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -23,6 +26,7 @@ use crate::builders::{self, Inputs, Names, hash_json};
 use crate::conditions::{self, Blocker, Observed, RoleState, StatusInputs, Troubles};
 use crate::context::Context;
 use crate::error::Error;
+use crate::resize;
 use crate::stamp_object::StampObject;
 
 /// Holds deletion while the stamp still has devices (see [`finalize`]).
@@ -36,6 +40,8 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// A blocked stamp (e.g. its TLS Secret is missing) looks again this often, so it recovers by
 /// itself once the cause is fixed, without watching every Secret in the cluster.
 const BLOCKED_RETRY: Duration = Duration::from_secs(10);
+/// How long replacing the storage StatefulSet may wait for the old one to go.
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn reconcile(obj: Arc<StampObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Before the caches are complete, "not cached" would read as "does not exist" (see controller.rs).
@@ -102,7 +108,11 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
     })
     .await;
     finalizer?;
-    let Pass { blocker, failed } = pass?;
+    let Pass {
+        blocker,
+        failed,
+        storage,
+    } = pass?;
     let observed = observe(&names, ctx);
     let quota_owed = blocker.is_none()
         && !stamp.spec.paused
@@ -118,6 +128,7 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
             api: names.api_endpoint(),
         },
         connected: ctx.connected.get(&key),
+        storage: storage.as_ref(),
         now: now(),
     });
     if Some(&status) != conditions::operator_owned(stamp.status.as_ref()).as_ref() {
@@ -132,11 +143,18 @@ async fn reconcile_object(obj: &StampObject, ctx: &Context) -> Result<Action, Er
     if let Some(e) = failed {
         return Err(e);
     }
-    Ok(Action::requeue(if blocker.is_some() || quota_owed {
-        BLOCKED_RETRY
-    } else {
-        RESYNC
-    }))
+    // Nothing watches claims or StorageClasses: a resize under way, or one refused until the class
+    // is fixed, is looked at again soon.
+    let storage_owed = storage
+        .as_ref()
+        .is_some_and(|s| *s != resize::VolumeState::AtSize);
+    Ok(Action::requeue(
+        if blocker.is_some() || quota_owed || storage_owed {
+            BLOCKED_RETRY
+        } else {
+            RESYNC
+        },
+    ))
 }
 
 async fn ensure_finalizer(stamp: &IoTStamp, ctx: &Context) -> Result<(), Error> {
@@ -161,13 +179,35 @@ struct Pass {
     blocker: Option<Blocker>,
     /// The failed apply, returned once the status is written, so it is retried with backoff.
     failed: Option<Error>,
+    /// Where the storage volumes stand, if this pass got as far as looking.
+    storage: Option<resize::VolumeState>,
 }
 
 impl Pass {
     fn blocked(blocker: Blocker) -> Self {
         Self {
             blocker: Some(blocker),
-            failed: None,
+            ..Default::default()
+        }
+    }
+
+    /// The API server refused `what` (e.g. "apply StatefulSet s1-storage"), or did not answer.
+    fn refused(what: &str, e: Error) -> Self {
+        match e {
+            Error::Forbidden(message) => Pass::blocked(Blocker {
+                reason: reasons::FORBIDDEN,
+                message: format!("cannot {what}: {message}"),
+            }),
+            // Refused (an immutable field, a webhook, a quota) or not answered: the status says
+            // which child and in the API server's words, and the apply is retried.
+            e => Pass {
+                blocker: Some(Blocker {
+                    reason: reasons::APPLY_FAILED,
+                    message: format!("cannot {what}: {}", api_message(&e)),
+                }),
+                failed: Some(e),
+                storage: None,
+            },
         }
     }
 }
@@ -187,6 +227,20 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Pass
         cluster_domain: ctx.cluster_domain.clone(),
         hub_addresses: names.hub_addresses.clone(),
         metrics_from: ctx.metrics_from.clone(),
+    };
+    let volumes = match storage_volumes(stamp, names, ctx).await {
+        Ok(volumes) => volumes,
+        Err((what, e)) => return Ok(Pass::refused(&what, e)),
+    };
+    // While growing is refused, the StatefulSet keeps the size it has and everything else applies.
+    let kept;
+    let stamp = if volumes.template_size == stamp.spec.storage.size {
+        stamp
+    } else {
+        let mut with_kept = stamp.clone();
+        with_kept.spec.storage.size = volumes.template_size.clone();
+        kept = with_kept;
+        &kept
     };
     let key = stamp_key(stamp);
     let key = key.as_str();
@@ -218,25 +272,149 @@ async fn converge(stamp: &IoTStamp, names: &Names, ctx: &Context) -> Result<Pass
         .await;
         // A failed child stops the next wave: workloads must not start before what they read.
         if let Some((child, e)) = results.into_iter().find_map(|(c, r)| r.err().map(|e| (c, e))) {
-            let what = format!("{} {}", child.kind(), child.name());
-            return Ok(match e {
-                Error::Forbidden(message) => Pass::blocked(Blocker {
-                    reason: reasons::FORBIDDEN,
-                    message: format!("cannot apply {what}: {message}"),
-                }),
-                // Refused (an immutable field, a webhook, a quota) or not answered: the status
-                // says which child and in the API server's words, and the apply is retried.
-                e => Pass {
-                    blocker: Some(Blocker {
-                        reason: reasons::APPLY_FAILED,
-                        message: format!("cannot apply {what}: {}", api_message(&e)),
-                    }),
-                    failed: Some(e),
-                },
-            });
+            return Ok(Pass::refused(
+                &format!("apply {} {}", child.kind(), child.name()),
+                e,
+            ));
         }
     }
-    Ok(Pass::default())
+    Ok(Pass {
+        storage: Some(volumes.state),
+        ..Default::default()
+    })
+}
+
+/// Reads what [`resize::decide`] needs, when it needs anything, and carries out its decision:
+/// raises the claims' requests, then replaces the storage StatefulSet (its pods keep running). On
+/// failure, says what it was doing.
+async fn storage_volumes(
+    stamp: &IoTStamp,
+    n: &Names,
+    ctx: &Context,
+) -> Result<resize::Decision, (String, Error)> {
+    let want = stamp.spec.storage.size.as_str();
+    let name = n.storage();
+    let cached = ctx
+        .caches
+        .stateful_set(&n.namespace, &name)
+        .and_then(|sts| resize::template_size(&sts));
+    let resizing = stamp
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == cond::STORAGE_RESIZING))
+        .is_some_and(|c| c.status == "True");
+    if !resize::needs_look(want, cached.as_deref(), resizing) {
+        return Ok(resize::decide(want, cached.as_deref(), &[], &[]));
+    }
+    let failed = |what: String| move |e: kube::Error| (what, Error::from_kube(e));
+    // The live object, not the cache: a cache behind our own replacement would replace it again.
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &n.namespace);
+    let Some(live) = stateful_sets
+        .get_opt(&name)
+        .await
+        .map_err(failed(format!("read StatefulSet {name}")))?
+    else {
+        return Ok(resize::decide(want, None, &[], &[]));
+    };
+    let template = resize::template_size(&live);
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &n.namespace);
+    let mut claims = Vec::new();
+    for ordinal in 0..live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) {
+        let claim = n.storage_claim(ordinal);
+        let read = claims_api.get_opt(&claim).await;
+        claims.extend(read.map_err(failed(format!("read PersistentVolumeClaim {claim}")))?);
+    }
+    let mut class_names: Vec<String> = claims
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.storage_class_name.clone())
+        .filter(|c| !c.is_empty())
+        .collect();
+    class_names.sort();
+    class_names.dedup();
+    let classes_api: Api<StorageClass> = Api::all(ctx.client.clone());
+    let mut classes = Vec::new();
+    for class in class_names {
+        let read = classes_api.get_opt(&class).await;
+        classes.extend(read.map_err(failed(format!("read StorageClass {class}")))?);
+    }
+    let decision = resize::decide(want, template.as_deref(), &claims, &classes);
+    for claim in &decision.expand {
+        let grow = serde_json::json!({"spec": {"resources": {"requests": {"storage": want}}}});
+        claims_api
+            .patch(claim, &PatchParams::default(), &Patch::Merge(grow))
+            .await
+            .map_err(failed(format!("expand PersistentVolumeClaim {claim}")))?;
+        ctx.metrics.wrote("PersistentVolumeClaim");
+    }
+    if decision.replace {
+        replace_stateful_set(&stateful_sets, &live, ctx)
+            .await
+            .map_err(|e| (format!("replace StatefulSet {name}"), e))?;
+    }
+    if !decision.expand.is_empty() || decision.replace {
+        let expanded = match decision.expand.as_slice() {
+            [] => String::new(),
+            claims => format!("expanded {}; ", claims.join(", ")),
+        };
+        let replaced = if decision.replace {
+            format!("replaced StatefulSet {name} with the new claim template, its pods kept running")
+        } else {
+            "the StatefulSet already has the new claim template".into()
+        };
+        let from = template.as_deref().unwrap_or("?");
+        publish(
+            ctx,
+            &stamp.object_ref(&()),
+            EventType::Normal,
+            "StorageResizing",
+            &format!("growing the storage volume from {from} to {want}: {expanded}{replaced}"),
+        )
+        .await;
+    }
+    Ok(decision)
+}
+
+/// Deletes `live` but neither its pods nor its claims (orphaned, the StatefulSet the caller
+/// applies next adopts them), and waits until it is gone, so that apply creates the new one.
+async fn replace_stateful_set(
+    api: &Api<StatefulSet>,
+    live: &StatefulSet,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let name = live.name_any();
+    let uid = live.metadata.uid.clone();
+    // Already being deleted (a replacement that timed out below): only wait for it.
+    if live.metadata.deletion_timestamp.is_none() {
+        let orphan = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Orphan),
+            // The object decided on, not one that took its place meanwhile.
+            preconditions: Some(Preconditions {
+                uid: uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &orphan).await {
+            Ok(_) => ctx.metrics.wrote("StatefulSet"),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(Error::from_kube(e)),
+        }
+    }
+    // The garbage collector takes the owner references off the pods and claims, then the object goes.
+    let started = Instant::now();
+    loop {
+        match api.get_opt(&name).await.map_err(Error::from_kube)? {
+            Some(sts) if sts.metadata.uid == uid => {}
+            _ => return Ok(()),
+        }
+        if started.elapsed() >= REPLACE_TIMEOUT {
+            return Err(Error::StillDeleting(
+                format!("StatefulSet {name}"),
+                REPLACE_TIMEOUT,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `namespace/name` of a stamp: the key of its entries in the operator's memory.
@@ -407,6 +585,7 @@ async fn finalize(stamp: &IoTStamp, ctx: &Context) -> Result<Action, Error> {
 /// Events for changes a person watching `kubectl describe` must see: Ready flipping, and a new
 /// reason for not being ready.
 async fn announce_transitions(ctx: &Context, stamp: &IoTStamp, new: &IoTStampStatus) {
+    announce_storage(ctx, stamp, new).await;
     let ready = |s: Option<&IoTStampStatus>| {
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == cond::READY))
             .map(|c| (c.status.clone(), c.reason.clone()))
@@ -428,6 +607,30 @@ async fn announce_transitions(ctx: &Context, stamp: &IoTStamp, new: &IoTStampSta
         (_, r) => (EventType::Warning, r),
     };
     publish(ctx, &stamp.object_ref(&()), kind, event_reason, &message).await;
+}
+
+/// A resize that ends, or one that is refused, is news (its start is announced where it is done).
+async fn announce_storage(ctx: &Context, stamp: &IoTStamp, new: &IoTStampStatus) {
+    let storage = |s: Option<&IoTStampStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == cond::STORAGE_RESIZING))
+            .cloned()
+    };
+    let (before, Some(after)) = (storage(stamp.status.as_ref()), storage(Some(new))) else {
+        return;
+    };
+    let was = before.as_ref().map(|b| (b.status.as_str(), b.reason.as_str()));
+    if was == Some((after.status.as_str(), after.reason.as_str())) {
+        return;
+    }
+    let (kind, reason) = match after.reason.as_str() {
+        reasons::STORAGE_AT_SIZE if was.is_some_and(|(_, r)| r != reasons::STORAGE_AT_SIZE) => {
+            (EventType::Normal, "StorageResized")
+        }
+        // A new stamp's first condition, or a resize going on (its start has its own event).
+        reasons::STORAGE_AT_SIZE | reasons::EXPANDING_VOLUMES => return,
+        refused => (EventType::Warning, refused),
+    };
+    publish(ctx, &stamp.object_ref(&()), kind, reason, &after.message).await;
 }
 
 async fn publish(

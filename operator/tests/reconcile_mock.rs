@@ -634,3 +634,219 @@ async fn a_quota_change_is_pushed_to_the_running_stamp_and_retried_until_it_land
         h.ctx.metrics.encode()
     );
 }
+
+const CLAIM_PATH: &str = "/api/v1/namespaces/fleet/persistentvolumeclaims/data-s1-storage-0";
+const STORAGE_STS: &str = "/apis/apps/v1/namespaces/fleet/statefulsets/s1-storage";
+
+impl Harness {
+    /// A settled stamp `s1` on StorageClass `class` whose storage claim is bound at `size`.
+    async fn stamp_with_volume(&mut self, class: &str, expandable: Option<bool>, size: &str) {
+        self.fake.put(
+            &format!("/apis/storage.k8s.io/v1/storageclasses/{class}"),
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": class},
+                   "provisioner": "example.com/csi", "allowVolumeExpansion": expandable}),
+        );
+        self.create(
+            "s1",
+            json!({"deviceQuota": 100, "storage": {"size": size, "storageClassName": class}}),
+        );
+        self.settle("s1").await;
+        self.fake.put(
+            CLAIM_PATH,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "data-s1-storage-0", "namespace": NS},
+                   "spec": {"storageClassName": class, "resources": {"requests": {"storage": size}}},
+                   "status": {"phase": "Bound", "capacity": {"storage": size}}}),
+        );
+    }
+
+    fn grow(&self, size: &str, generation: i64) {
+        self.edit("s1", |s| {
+            s["spec"]["storage"]["size"] = json!(size);
+            s["metadata"]["generation"] = json!(generation);
+        });
+    }
+
+    fn message(&self, name: &str, type_: &str) -> String {
+        let s = self.stamp(name);
+        s["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .into()
+    }
+}
+
+fn claim_request(h: &Harness) -> Value {
+    h.fake.object(CLAIM_PATH).unwrap()["spec"]["resources"]["requests"]["storage"].clone()
+}
+
+fn template_request(h: &Harness) -> Value {
+    h.fake.object(STORAGE_STS).unwrap()["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
+        ["storage"]
+        .clone()
+}
+
+/// Method and `resource/name` of each state change other than the stamp's own.
+fn child_calls(writes: &[Write]) -> Vec<(String, String)> {
+    let paths = child_writes(writes);
+    let methods = writes
+        .iter()
+        .filter(|w| w.is_state_change() && !w.path.contains("/iotstamps/"))
+        .map(|w| w.method.clone());
+    methods.zip(paths).collect()
+}
+
+#[tokio::test]
+async fn growing_storage_expands_the_claim_replaces_the_stateful_set_and_clears_when_the_volume_has_grown() {
+    let mut h = Harness::new();
+    h.stamp_with_volume("fast", Some(true), "10Gi").await;
+    let old_uid = h.fake.object(STORAGE_STS).unwrap()["metadata"]["uid"].clone();
+    h.grow("20Gi", 2);
+
+    let (result, writes) = h.reconcile("s1").await;
+    // Soon again: nothing watches the claim's capacity.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
+    // In this order: the claim, then the StatefulSet out (orphaning its pod) and in again.
+    let call = |m: &str, p: &str| (m.to_string(), p.to_string());
+    assert_eq!(
+        child_calls(&writes),
+        [
+            call("PATCH", "persistentvolumeclaims/data-s1-storage-0"),
+            call("DELETE", "statefulsets/s1-storage"),
+            call("PATCH", "statefulsets/s1-storage"),
+        ]
+    );
+    assert_eq!(claim_request(&h), "20Gi");
+    assert_eq!(template_request(&h), "20Gi");
+    assert_ne!(
+        h.fake.object(STORAGE_STS).unwrap()["metadata"]["uid"],
+        old_uid,
+        "not re-created"
+    );
+    assert_eq!(
+        h.condition("s1", "StorageResizing"),
+        ("True".into(), "ExpandingVolumes".into())
+    );
+    assert!(
+        h.message("s1", "StorageResizing")
+            .contains("claim data-s1-storage-0 has 10Gi"),
+        "{}",
+        h.message("s1", "StorageResizing")
+    );
+    assert_eq!(h.stamp("s1")["status"]["observedGeneration"], 2);
+    assert!(
+        writes.iter().any(|w| w.path.contains("/events")),
+        "no event for the resize"
+    );
+
+    // While the resizer works, reconciles look and change nothing.
+    h.caches.refresh(&h.fake);
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(writes, vec![], "waiting for the volume wrote");
+
+    // The volume has grown: the condition clears, with an event.
+    let mut claim = h.fake.object(CLAIM_PATH).unwrap();
+    claim["status"]["capacity"]["storage"] = json!("20Gi");
+    h.fake.put(CLAIM_PATH, claim);
+    let (result, writes) = h.reconcile("s1").await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(600)));
+    assert_eq!(child_calls(&writes), vec![]);
+    assert_eq!(
+        h.condition("s1", "StorageResizing"),
+        ("False".into(), "StorageAtSize".into())
+    );
+    assert!(
+        writes.iter().any(|w| w.path.contains("/events")),
+        "no event for the end"
+    );
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(writes, vec![], "a no-op reconcile wrote");
+}
+
+#[tokio::test]
+async fn growing_on_a_class_that_cannot_expand_changes_no_volume_says_why_and_applies_the_rest() {
+    let mut h = Harness::new();
+    h.stamp_with_volume("slow", None, "10Gi").await;
+    h.edit("s1", |s| {
+        s["spec"]["storage"]["size"] = json!("20Gi");
+        s["spec"]["deviceQuota"] = json!(300);
+        s["metadata"]["generation"] = json!(2);
+    });
+    let (result, writes) = h.reconcile("s1").await;
+    // Looked at again soon: fixing the class is enough.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
+    // The quota still applies; the claim and the StatefulSet are left alone.
+    assert_eq!(child_writes(&writes), ["configmaps/s1-config"]);
+    assert_eq!(claim_request(&h), "10Gi");
+    assert_eq!(template_request(&h), "10Gi");
+    assert_eq!(
+        h.condition("s1", "StorageResizing"),
+        ("False".into(), "StorageNotExpandable".into())
+    );
+    let message = h.message("s1", "StorageResizing");
+    assert!(
+        message
+            .contains("StorageClass slow of claim data-s1-storage-0 does not set allowVolumeExpansion: true")
+            && message.contains("the volume stays at 10Gi"),
+        "{message}"
+    );
+    assert_eq!(h.stamp("s1")["status"]["observedGeneration"], 2);
+    assert!(
+        writes.iter().any(|w| w.path.contains("/events")),
+        "no Warning event"
+    );
+
+    // Once the class allows it, the operator goes on by itself.
+    h.caches.refresh(&h.fake);
+    h.fake.put(
+        "/apis/storage.k8s.io/v1/storageclasses/slow",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "slow"},
+               "provisioner": "example.com/csi", "allowVolumeExpansion": true}),
+    );
+    let (_, writes) = h.reconcile("s1").await;
+    assert_eq!(
+        child_writes(&writes),
+        [
+            "persistentvolumeclaims/data-s1-storage-0",
+            "statefulsets/s1-storage",
+            "statefulsets/s1-storage"
+        ]
+    );
+    assert_eq!(
+        h.condition("s1", "StorageResizing"),
+        ("True".into(), "ExpandingVolumes".into())
+    );
+}
+
+#[tokio::test]
+async fn a_refused_claim_expansion_writes_the_status_deletes_nothing_and_retries() {
+    let mut h = Harness::new();
+    h.stamp_with_volume("fast", Some(true), "10Gi").await;
+    h.grow("20Gi", 2);
+    h.fake.fail(Method::PATCH, "/persistentvolumeclaims/", 422, 1);
+    let (result, writes) = h.reconcile("s1").await;
+    let err = result.expect_err("the failed expansion is retried through error_policy");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+    assert_eq!(child_calls(&writes), vec![]);
+    assert!(
+        h.fake.object(STORAGE_STS).is_some(),
+        "the StatefulSet was deleted"
+    );
+    assert_eq!(h.stamp("s1")["status"]["observedGeneration"], 2);
+    assert_eq!(h.condition("s1", "Ready"), ("False".into(), "ApplyFailed".into()));
+    let message = h.message("s1", "Ready");
+    assert!(
+        message.contains("cannot expand PersistentVolumeClaim data-s1-storage-0: injected failure"),
+        "{message}"
+    );
+
+    let (result, _) = h.reconcile("s1").await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(claim_request(&h), "20Gi");
+    assert_eq!(template_request(&h), "20Gi");
+}

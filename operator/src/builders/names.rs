@@ -65,6 +65,10 @@ impl Names {
     pub fn storage(&self) -> String {
         format!("{}-storage", self.stamp)
     }
+    /// The volume claim the storage StatefulSet's controller makes for its pod `ordinal`.
+    pub fn storage_claim(&self, ordinal: i32) -> String {
+        format!("{}-{}-{ordinal}", super::storage::CLAIM, self.storage())
+    }
     /// PodDisruptionBudgets, one per role, named after the workload they guard.
     pub fn hub_pdb(&self) -> String {
         self.hub()

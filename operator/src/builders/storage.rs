@@ -19,7 +19,7 @@ use super::pod::{PodInputs, RoleSpec, template};
 use super::{Names, child_meta, role_labels, role_selector, selector_labels};
 
 pub const ROLE: &str = "storage";
-const CLAIM: &str = "data";
+pub(super) const CLAIM: &str = "data";
 
 pub fn service(n: &Names) -> Service {
     Service {
