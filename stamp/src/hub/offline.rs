@@ -21,6 +21,17 @@ pub struct Queued {
     expires: Instant,
 }
 
+impl Queued {
+    /// A message kept from `now`, for at most [`TTL`].
+    pub fn new(properties: Properties, payload: Bytes, now: Instant) -> Self {
+        Self {
+            properties,
+            payload,
+            expires: now + TTL,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct OfflineQueue {
     devices: HashMap<String, VecDeque<Queued>>,
