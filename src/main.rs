@@ -80,6 +80,8 @@ enum BenchSuite {
     Storage(iotstamp_bench::stamp::cli::StorageArgs),
     /// TLS connections one stamp holds (memory, connects/s), beside mosquitto.
     Connections(iotstamp_bench::stamp::cli::ConnectionsArgs),
+    /// C2D and direct-method latency when the call lands on another hub replica than the device's.
+    Replicas(iotstamp_bench::stamp::cli::ReplicasArgs),
     /// Durable HTTPS provisioning beside the same server answering a static body, then through a
     /// local fleet of real stamps.
     Provisioning(iotstamp_bench::fleet::ProvisioningArgs),
@@ -155,6 +157,7 @@ async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
             let me = std::env::current_exe()?.display().to_string();
             println!("{}", cli::run_connections(args, me).await?)
         }
+        BenchSuite::Replicas(args) => println!("{}", cli::run_replicas(args).await?),
         BenchSuite::Provisioning(args) => print!("{}", iotstamp_bench::fleet::run(args).await?),
     }
     Ok(())

@@ -28,7 +28,13 @@ pub mod ports {
     pub const METRICS: u16 = 9090;
     pub const INGEST: u16 = 8081;
     pub const STORAGE: u16 = 8082;
+    /// A hub replica's internal API: calls other hub replicas forward to the device's session.
+    pub const HUB_INTERNAL: u16 = 8084;
 }
+
+/// The environment variable that overrides [`HubConfig::advertise_url`]: every hub pod reads the
+/// same ConfigMap, so the operator sets each pod's own address here (from the downward API's pod IP).
+pub const HUB_ADVERTISE_URL_ENV: &str = "IOTSTAMP_HUB_ADVERTISE_URL";
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,6 +74,14 @@ pub struct HubConfig {
     pub connect_timeout_ms: u64,
     /// Where the hub sends telemetry when ingest runs as its own process; `None` = in process.
     pub ingest_url: Option<String>,
+    /// A split hub's internal API (plain HTTP, bearer token): the other hub replicas forward C2D
+    /// messages, direct methods and session ends for the devices connected here.
+    pub internal_listen: SocketAddr,
+    /// `http://host:port` at which the other hub replicas reach `internal_listen` (the session
+    /// directory records it as the owner of this hub's devices). [`HUB_ADVERTISE_URL_ENV`] wins over
+    /// it; without either, the bound address is used when it is a specific IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -84,6 +98,8 @@ impl Default for HubConfig {
             handshake_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
             ingest_url: None,
+            internal_listen: SocketAddr::from(([0, 0, 0, 0], ports::HUB_INTERNAL)),
+            advertise_url: None,
         }
     }
 }

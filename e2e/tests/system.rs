@@ -2,8 +2,9 @@
 //! `helm install` of the image scripts/build-image.sh made (`IOTSTAMP_E2E_IMAGE`, loaded into the
 //! node with `e2e/cluster load-image`), then only kubectl-style API calls, unmodified Azure IoT
 //! Python SDK devices on the host, and the router's service API. No host process stands in for a
-//! pod. Steps 1-10 of issue 11, in order; 1-5 build on each other and stop the test when they
-//! fail, 6-10 each report on their own and the test fails at the end naming every failed step.
+//! pod. Steps 1-10 of issue 11, in order, and step 11 (a stamp with two hub pods, issue 13); 1-5
+//! build on each other and stop the test when they fail, 6-11 each report on their own and the test
+//! fails at the end naming every failed step.
 //! Timings the closing note needs are printed as `system: ...` lines.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,10 @@ const QUOTA: i64 = 2;
 const SCOPE: &str = "0ne00SYS001";
 /// A second group whose devices all go to the first stamp (for the quota step).
 const PINNED_SCOPE: &str = "0ne00SYS002";
+/// A third group whose devices all go to the stamp with two hub pods (step 11).
+const REPLICAS_SCOPE: &str = "0ne00SYS003";
+/// The stamp with `hub.replicas: 2` (step 11), outside the pool.
+const REPLICATED: &str = "replicated";
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 const APP_TOKEN: &str = "system-test-app-token";
@@ -282,6 +287,11 @@ async fn pool(sys: &System) -> anyhow::Result<()> {
             json!({"idScope": PINNED_SCOPE, "attestation": {"symmetricKey": {"name": "group-key"}},
                    "allocation": {"policy": "Static", "stamp": format!("{POOL}-1")}}),
         ),
+        (
+            "replicated",
+            json!({"idScope": REPLICAS_SCOPE, "attestation": {"symmetricKey": {"name": "group-key"}},
+                   "allocation": {"policy": "Static", "stamp": REPLICATED}}),
+        ),
     ] {
         let g: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "iotstamp.dev/v1alpha1", "kind": "EnrollmentGroup",
@@ -308,6 +318,11 @@ async fn pool(sys: &System) -> anyhow::Result<()> {
 
 /// Waits until the stamp is Ready and its hub, ingest and storage pods run on the real node.
 async fn stamp_ready_with_pods(sys: &System, name: &str) -> anyhow::Result<usize> {
+    stamp_ready_with(sys, name, 3).await
+}
+
+/// The same for a stamp that runs `pods` pods.
+async fn stamp_ready_with(sys: &System, name: &str, pods: usize) -> anyhow::Result<usize> {
     let stamps = sys.stamps();
     wait::until(&format!("IoTStamp {name} Ready"), POD_TIMEOUT, || async {
         let Some(s) = stamps.get_opt(name).await? else {
@@ -319,7 +334,7 @@ async fn stamp_ready_with_pods(sys: &System, name: &str) -> anyhow::Result<usize
     let selector = format!("iotstamp.dev/stamp={name}");
     let client = sys.client();
     let pods = wait::until(&format!("{name}'s pods Ready"), POD_TIMEOUT, || {
-        pods_ready(&client, &sys.ns, Some(&selector), 3)
+        pods_ready(&client, &sys.ns, Some(&selector), pods)
     })
     .await?;
     let api: Api<Pod> = Api::namespaced(sys.client(), &sys.ns);
@@ -624,6 +639,97 @@ async fn network_policy(sys: &System) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Step 11: a stamp with `hub.replicas: 2`. One SDK device connects (through the hub's
+/// LoadBalancer, to either pod); C2D messages and direct methods are then sent straight to the
+/// stamp API through the same LoadBalancer, each call on a new connection, so each lands on either
+/// pod. Every message must reach the device and every method must be answered: a call that lands
+/// on the pod not holding the session is forwarded to the one that does. With 8 calls of each kind
+/// the chance that all land on the device's own pod is 2 in 256 per kind.
+async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
+    const CALLS: usize = 8;
+    let stamps = dynamic(sys.client(), &sys.ns, "IoTStamp", "iotstamps");
+    let mut spec = stamp_spec();
+    spec["hub"]["replicas"] = json!(2);
+    let stamp: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
+        "metadata": {"name": REPLICATED}, "spec": spec,
+    }))?;
+    stamps.create(&PostParams::default(), &stamp).await?;
+    stamp_ready_with(sys, REPLICATED, 4).await?;
+    let hub = sys.hub_address(REPLICATED).await?;
+    let (mut device, said) = sys.device(REPLICAS_SCOPE, "sys-dev-replicas").await?;
+    ensure!(
+        said.hub == hub,
+        "the device went to {}, not {REPLICATED}'s hub {hub}",
+        said.hub
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(sys.client(), &sys.ns);
+    let token = secrets
+        .get(&format!("{REPLICATED}-api-token"))
+        .await?
+        .data
+        .and_then(|d| d.get(iotstamp_api::secrets::TOKEN_KEY).cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .context("the stamp's token Secret has no token")?;
+    let mut http = reqwest::Client::builder()
+        // No kept-alive connections: each call is a new connection, balanced on its own.
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(40));
+    for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(&sys.ca_bundle)?)? {
+        http = http.add_root_certificate(cert);
+    }
+    let http = http.build()?;
+    let call = |path: String, body: Value| {
+        let request = http
+            .post(format!("https://{hub}:{}{path}", ports::API))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("stamp API {path}"))?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.json::<Value>().await.unwrap_or(Value::Null)))
+        }
+    };
+    for n in 0..CALLS {
+        let (status, answer) = call("/v1/devices/sys-dev-replicas/messages".into(), json!({"n": n})).await?;
+        ensure!(status == 202, "C2D {n}: {status} {answer}");
+        match device.next(Duration::from_secs(30)).await? {
+            DeviceLine::CloudToDevice(body) => ensure!(
+                serde_json::from_str::<Value>(&body).ok() == Some(json!({"n": n})),
+                "C2D {n}: the device got {body}"
+            ),
+            other => bail!("C2D {n} ({answer}): the device reported {other:?}"),
+        }
+    }
+    let method = "/v1/devices/sys-dev-replicas/methods/echo?timeout=10".to_string();
+    // The SDK subscribes to methods once its handler is set: 409 until then.
+    let mut answered = 0;
+    for _ in 0..100 {
+        let (status, answer) = call(method.clone(), json!({"x": answered})).await?;
+        if status == 409 && answered == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        ensure!(
+            (status, &answer) == (200, &json!({"status": 200, "payload": {"echo": {"x": answered}}})),
+            "direct method {answered}: {status} {answer}"
+        );
+        answered += 1;
+        if answered == CALLS {
+            break;
+        }
+    }
+    ensure!(answered == CALLS, "the device never subscribed to direct methods");
+    println!(
+        "system: {CALLS} C2D messages and {CALLS} direct methods reached a device on a stamp with two hub pods"
+    );
+    device.quit().await
+}
+
 /// Step 9: status.devices.connected of each stamp is the number of devices connected to it.
 /// An image no registry can serve: loopback port 1 refuses at once, so the kubelet's pull fails
 /// without anything leaving the machine.
@@ -854,7 +960,7 @@ async fn the_whole_product_runs_on_a_real_node() -> anyhow::Result<()> {
         .context("steps 3-4: devices and service API")?;
     let third = pool_grows(&sys).await.context("step 5: the pool grows")?;
 
-    // 6-10 report on their own, so a fault in one does not hide the others.
+    // 6-11 report on their own, so a fault in one does not hide the others.
     let mut failed: Vec<String> = Vec::new();
     let mut connected: BTreeMap<String, i64> =
         BTreeMap::from([(format!("{POOL}-1"), 2), (format!("{POOL}-2"), 1)]);
@@ -880,6 +986,11 @@ async fn the_whole_product_runs_on_a_real_node() -> anyhow::Result<()> {
     }
     if let Err(e) = connected_counts(&sys, &connected).await {
         failed.push(format!("step 9 (status.devices.connected): {e:#}"));
+    }
+    if let Err(e) = hub_replicas(&sys).await {
+        failed.push(format!(
+            "step 11 (C2D and methods on a stamp with two hub pods): {e:#}"
+        ));
     }
     if let Err(e) = upgrade_and_uninstall(&sys, &mut devices).await {
         failed.push(format!("step 10 (helm upgrade and uninstall): {e:#}"));

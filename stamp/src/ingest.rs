@@ -20,7 +20,7 @@ use crate::storage::record::TelemetryRecord;
 
 /// Bytes of telemetry that may wait for storage at once; beyond it, publishers wait.
 const QUEUED_BYTES_BUDGET: usize = 64 << 20;
-const LIVE_STREAM_BUFFER: usize = 4096;
+pub const LIVE_STREAM_BUFFER: usize = 4096;
 
 struct Item {
     record: TelemetryRecord,

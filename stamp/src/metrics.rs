@@ -29,6 +29,8 @@ pub struct Metrics {
     pub points_written: Counter,
     pub batches: Counter,
     pub commit_seconds: Histogram,
+    /// Calls this hub sent to another hub replica (kind: c2d, method, end, takeover).
+    pub forwarded_calls: Family<Labels, Counter>,
     /// Telemetry messages per second over the last second, as f64 bits (for `/v1/stats`).
     rate_bits: AtomicU64,
 }
@@ -52,6 +54,7 @@ impl Metrics {
             points_written: Counter::default(),
             batches: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            forwarded_calls: Family::default(),
             rate_bits: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -122,6 +125,11 @@ impl Metrics {
             "storage_commit_seconds",
             "Time to write and fsync one batch",
             m.commit_seconds.clone(),
+        );
+        r.register(
+            "hub_forwarded_calls",
+            "Calls forwarded to the hub replica holding the device, by kind and outcome",
+            m.forwarded_calls.clone(),
         );
         Arc::new(Self { registry, ..m })
     }

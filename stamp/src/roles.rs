@@ -3,8 +3,9 @@
 //! - storage: the store, served on `storage.listen` (internal API; the registry lives here).
 //! - ingest: group commit on `ingest.listen`, written to `ingest.storageUrl`; a batch is answered
 //!   only after storage committed it.
-//! - hub: the device edge and the stamp API; telemetry goes to `hub.ingestUrl`, registry and queries
-//!   to `api.storageUrl` (the registry through a short-lived cache).
+//! - hub: the device edge and the stamp API; telemetry goes to `hub.ingestUrl`, registry, queries,
+//!   the session directory and live streams to `api.storageUrl` (the registry through a short-lived
+//!   cache); calls from other hub replicas arrive on `hub.internalListen`.
 //!
 //! Every role serves `/healthz` and `/readyz` on its own port and on `api.metricsListen`.
 
@@ -22,7 +23,7 @@ use crate::ingest::Ingest;
 use crate::internal::cache::CachedRegistry;
 use crate::internal::client::InternalClient;
 use crate::internal::local::LocalStore;
-use crate::internal::server::{Probes, ingest_routes, probe_routes, storage_routes};
+use crate::internal::server::{Probes, StorageState, ingest_routes, probe_routes, storage_routes};
 use crate::internal::{BatchWriter, Ready};
 use crate::metrics::Metrics;
 use crate::run::{self, Seams};
@@ -106,7 +107,7 @@ async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error
         metrics: role.metrics,
         dependencies: vec![local.clone()],
     };
-    let routes = storage_routes(local, role.token);
+    let routes = storage_routes(StorageState::new(local), role.token);
     serve_internal(
         config,
         config.storage.listen,
@@ -160,6 +161,9 @@ async fn hub(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
         registry: CachedRegistry::new(storage.clone()),
         telemetry: storage.clone(),
         writer: ingest.clone(),
+        directory: storage.clone(),
+        live_from_storage: Some(storage.clone()),
+        hub_internal: Some(config.hub.internal_listen),
         dependencies: vec![storage as Arc<dyn Ready>, ingest],
     };
     let edge = run::start_edge(config, role.token, seams, role.metrics, role.shutdown).await?;

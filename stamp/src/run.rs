@@ -17,11 +17,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Error;
 use crate::api::{self, ApiCtx, Token};
+use crate::hub::replicas::{self, Replicas};
 use crate::hub::sessions::Sessions;
 use crate::hub::{self, HubCtx};
 use crate::ingest::{BatchPolicy, Ingest};
+use crate::internal::client::InternalClient;
+use crate::internal::directory::{LocalDirectory, SessionDirectory};
 use crate::internal::local::LocalStore;
-use crate::internal::server::Probes;
+use crate::internal::server::{Probes, probe_routes};
 use crate::internal::{BatchWriter, Ready, Registry, TelemetryQuery};
 use crate::metrics::Metrics;
 use crate::storage::Store;
@@ -78,6 +81,9 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
         telemetry: local.clone(),
         writer: local.clone(),
         dependencies: vec![local],
+        directory: LocalDirectory::new(),
+        live_from_storage: None,
+        hub_internal: None,
     };
     let mut edge = start_edge(&config, token, seams, metrics, shutdown).await?;
     edge.listeners.push(until_shutdown(
@@ -106,6 +112,12 @@ pub(crate) struct Seams {
     pub writer: Arc<dyn BatchWriter>,
     /// What `/readyz` waits for.
     pub dependencies: Vec<Arc<dyn Ready>>,
+    /// The session directory: in this process, or storage's.
+    pub directory: Arc<dyn SessionDirectory>,
+    /// Live streams relay storage's feed (split roles) instead of this process's ingest.
+    pub live_from_storage: Option<Arc<InternalClient>>,
+    /// Where a split hub serves the calls other hub replicas forward to it.
+    pub hub_internal: Option<SocketAddr>,
 }
 
 /// The running device edge (MQTT listeners, stamp API, metrics port) and its ingest batcher.
@@ -135,6 +147,23 @@ pub(crate) async fn start_edge(
         shutdown.clone(),
     );
     let sessions = Sessions::new(metrics.clone());
+    let (hub_internal, hub_id) = match seams.hub_internal {
+        None => (None, "in-process".to_string()),
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let url = advertise_url(config, local_addr(&listener)?)?;
+            (Some(listener), replicas::hub_id(&url))
+        }
+    };
+    let (replicas, keeper) = Replicas::start(
+        hub_id,
+        seams.directory,
+        sessions.clone(),
+        seams.registry.clone(),
+        &token,
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let tls = match iotstamp_net::tls::server_config_from_files(
         &config.hub.tls_cert_file,
@@ -162,13 +191,14 @@ pub(crate) async fn start_edge(
         registry: seams.registry.clone(),
         ingest: ingest.clone(),
         sessions: sessions.clone(),
+        replicas: replicas.clone(),
         metrics: metrics.clone(),
         max_packet: config.hub.max_packet_bytes as usize,
         connect_timeout: Duration::from_millis(config.hub.connect_timeout_ms),
         shutdown: shutdown.clone(),
     });
     let limit = ConnectionLimit::new(config.hub.max_connections as usize);
-    let mut listeners = Vec::new();
+    let mut listeners = vec![keeper];
 
     let mut mqtt_tls = None;
     if let Some(cfg) = &tls {
@@ -203,6 +233,11 @@ pub(crate) async fn start_edge(
         registry: seams.registry,
         telemetry: seams.telemetry,
         sessions: sessions.clone(),
+        replicas,
+        live: match seams.live_from_storage {
+            Some(storage) => api::live::Feed::Storage(storage),
+            None => api::live::Feed::Local(ingest.clone()),
+        },
         ingest,
         metrics: metrics.clone(),
         probes: probes.clone(),
@@ -236,10 +271,20 @@ pub(crate) async fn start_edge(
     listeners.push(tokio::spawn(api::serve(
         api_listener,
         api_tls.clone(),
-        api::router(api_ctx),
+        api::router(api_ctx.clone()),
         http_defences(config),
         shutdown.clone(),
     )));
+    if let Some(listener) = hub_internal {
+        let app = api::hub_routes(api_ctx.clone()).merge(probe_routes(probes.clone()));
+        listeners.push(tokio::spawn(api::serve(
+            listener,
+            None,
+            app,
+            http_defences(config),
+            shutdown.clone(),
+        )));
+    }
     let metrics_addr = serve_metrics_port(config, api::ops_router(probes), &shutdown, &mut listeners).await?;
     listeners.push(until_shutdown(metrics.track_rate(), shutdown));
 
@@ -254,6 +299,29 @@ pub(crate) async fn start_edge(
         listeners,
         writer,
     })
+}
+
+/// The URL other hub replicas reach this one at: the pod's own (the operator sets it per pod in
+/// the environment, from the downward API), the config's, or the bound address if it is a specific one.
+fn advertise_url(config: &StampConfig, bound: SocketAddr) -> Result<String, Error> {
+    let env = iotstamp_core::stamp_config::HUB_ADVERTISE_URL_ENV;
+    let url = std::env::var(env)
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| config.hub.advertise_url.clone());
+    let url = match url {
+        Some(url) => url,
+        None if !bound.ip().is_unspecified() => format!("http://{bound}"),
+        None => {
+            return Err(Error::Config(format!(
+                "--role hub needs `hub.advertiseUrl` (or {env}): `hub.internalListen` {bound} is no \
+                 address other hub replicas can reach"
+            )));
+        }
+    };
+    // Refuse a URL the other hubs could not use, here rather than at their first forward.
+    InternalClient::new("hub", &url, "-")?;
+    Ok(url)
 }
 
 /// Serves `ops` (plain HTTP) on `api.metricsListen` unless that is the API's own address.

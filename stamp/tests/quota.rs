@@ -61,6 +61,7 @@ impl SplitStamp {
             let mut config = base.clone();
             config.hub.mqtt_listen = (ip, mqtt).into();
             config.api.listen = (ip, api).into();
+            config.hub.internal_listen = (ip, 29084 + n as u16).into();
             let file = write_config(dir.path(), &format!("hub-{n}.json"), &config);
             let process = spawn(&file, "hub");
             hubs.push(Hub {

@@ -36,6 +36,7 @@ impl Split {
         config.api.metrics_listen = (ip, 0).into();
         config.ingest.listen = (ip, 28081).into();
         config.storage.listen = (ip, 28082).into();
+        config.hub.internal_listen = (ip, 28084).into();
         config.hub.ingest_url = Some(format!("http://{ip}:28081"));
         config.ingest.storage_url = Some(format!("http://{ip}:28082"));
         config.api.storage_url = config.ingest.storage_url.clone();

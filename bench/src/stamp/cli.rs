@@ -1,10 +1,11 @@
-//! Command-line arguments for `iotstamp bench hub|storage|connections`.
+//! Command-line arguments for `iotstamp bench hub|storage|connections|replicas`.
 
 use std::net::Ipv4Addr;
 
 use super::BenchReport;
 use super::connections::{ConnBenchOptions, connections};
 use super::hub::{HubBenchOptions, hub};
+use super::replicas::{ReplicasBenchOptions, replicas};
 use super::storage::{StorageBenchOptions, storage};
 
 /// QoS 1 telemetry persisted and acknowledged, beside Debian's mosquitto relaying the same load.
@@ -78,6 +79,22 @@ pub fn run_storage(a: StorageArgs) -> anyhow::Result<BenchReport> {
         batches: a.batches,
         ..StorageBenchOptions::default()
     })
+}
+
+/// C2D and direct-method latency with the call on another hub replica, beside the device's own.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplicasArgs {
+    /// Calls of each kind on each hub.
+    #[arg(long, default_value_t = 500)]
+    pub calls: usize,
+}
+
+pub async fn run_replicas(a: ReplicasArgs) -> anyhow::Result<BenchReport> {
+    replicas(ReplicasBenchOptions {
+        calls: a.calls,
+        ip: Ipv4Addr::new(127, 0, 0, 202),
+    })
+    .await
 }
 
 /// `self_exe` runs the stamp under test as `<self_exe> stamp --config FILE`.

@@ -63,6 +63,7 @@ pub fn bench_config(dir: &Path, ip: Ipv4Addr, quota: u64) -> anyhow::Result<Stam
     config.api.token_file = token;
     config.ingest.listen = any(0);
     config.storage.listen = any(0);
+    config.hub.internal_listen = any(0);
     config.storage.data_dir = dir.join("data");
     Ok(config)
 }

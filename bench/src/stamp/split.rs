@@ -1,6 +1,7 @@
 //! The stamp as the operator deploys it, for `iotstamp bench hub --split`: storage, ingest and hub
 //! as three roles talking over the internal HTTP API on loopback (in this process, so the figure
-//! isolates the cost of the HTTP hops, not of scheduling three processes).
+//! isolates the cost of the HTTP hops, not of scheduling three processes). `iotstamp bench replicas`
+//! starts it with several hubs.
 
 use std::net::SocketAddr;
 
@@ -12,14 +13,26 @@ use iotstamp_stamp::storage::Store;
 use iotstamp_stamp::{RunningRole, start_role};
 
 pub struct SplitStamp {
-    /// Hub first: shutting down in this order drains each queue into the next role.
+    /// Hubs first: shutting down in this order drains each queue into the next role.
     roles: Vec<RunningRole>,
+    /// The first hub's plain MQTT listener.
     pub mqtt_plain: SocketAddr,
+    /// Every hub's plain MQTT listener and (plain HTTP) stamp API.
+    pub hubs: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl SplitStamp {
     /// Registers `devices` in a fresh store under `config.storage.dataDir`, then starts the roles.
-    pub async fn start(mut config: StampConfig, devices: Vec<DeviceRecord>) -> anyhow::Result<Self> {
+    pub async fn start(config: StampConfig, devices: Vec<DeviceRecord>) -> anyhow::Result<Self> {
+        Self::start_hubs(config, devices, 1).await
+    }
+
+    /// The same with `hubs` hub replicas (the config's listeners must be on port 0).
+    pub async fn start_hubs(
+        mut config: StampConfig,
+        devices: Vec<DeviceRecord>,
+        hubs: usize,
+    ) -> anyhow::Result<Self> {
         let dir = config.storage.data_dir.clone();
         tokio::task::spawn_blocking(move || Store::open(&dir)?.put_devices(&devices)).await??;
         let storage = start_role(config.clone(), Role::Storage).await?;
@@ -28,13 +41,19 @@ impl SplitStamp {
         config.api.storage_url = Some(storage_url);
         let ingest = start_role(config.clone(), Role::Ingest).await?;
         config.hub.ingest_url = Some(internal_url(&ingest)?);
-        let hub = start_role(config, Role::Hub).await?;
-        let mqtt_plain = hub
-            .mqtt_plain
-            .ok_or_else(|| anyhow::anyhow!("the hub has no plain listener"))?;
+        let mut roles = Vec::new();
+        let mut listeners = Vec::new();
+        for _ in 0..hubs.max(1) {
+            let hub = start_role(config.clone(), Role::Hub).await?;
+            let missing = || anyhow::anyhow!("the hub has no plain MQTT listener or API");
+            listeners.push((hub.mqtt_plain.ok_or_else(missing)?, hub.api.ok_or_else(missing)?));
+            roles.push(hub);
+        }
+        roles.extend([ingest, storage]);
         Ok(Self {
-            roles: vec![hub, ingest, storage],
-            mqtt_plain,
+            roles,
+            mqtt_plain: listeners[0].0,
+            hubs: listeners,
         })
     }
 

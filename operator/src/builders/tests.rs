@@ -577,3 +577,75 @@ fn disruption_budgets_follow_each_roles_replicas() {
         );
     }
 }
+
+/// Several hub replicas forward calls to the pod that holds a device's session: each pod must tell
+/// the stamp its own address (the pod IP, which the stamp reads from its environment), expose the
+/// internal port, and be admitted to its peers' internal port by the NetworkPolicy.
+#[test]
+fn each_hub_replica_advertises_an_address_its_peers_can_reach() {
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({"deviceQuota": 1, "hub": {"replicas": 2}}),
+    );
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let hub = sts(&children, "s1-hub").spec.clone().unwrap();
+    let c = &hub.template.spec.unwrap().containers[0];
+    let env = c.env.as_ref().expect("the hub container has an environment");
+    let value_of = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let pod_ip = value_of("POD_IP")
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod_ip.field_path, "status.podIP");
+    // Kubernetes expands $(POD_IP) only when POD_IP comes earlier in the list.
+    let advertise = iotstamp_core::stamp_config::HUB_ADVERTISE_URL_ENV;
+    let position = |name: &str| env.iter().position(|e| e.name == name).unwrap();
+    assert!(position("POD_IP") < position(advertise));
+    assert_eq!(
+        value_of(advertise).value.as_deref(),
+        Some("http://$(POD_IP):8084")
+    );
+    assert!(c.ports.as_ref().unwrap().iter().any(|p| p.container_port == 8084));
+
+    let pods = match find(&children, "Service", "s1-hub-pods") {
+        Child::Service(s) => s.spec.clone().unwrap(),
+        _ => unreachable!(),
+    };
+    assert_eq!(pods.cluster_ip.as_deref(), Some("None"));
+    assert!(pods.ports.unwrap().iter().any(|p| p.port == 8084));
+
+    // A hub pod carries the stamp label; some rule admits pods with it to every port, 8084 included.
+    let hub_labels = hub.template.metadata.unwrap().labels.unwrap();
+    let admitted = network_policy(&children).ingress.iter().flatten().any(|rule| {
+        let port_ok = rule.ports.as_ref().is_none_or(|ports| {
+            ports.iter().any(|p| {
+                p.port
+                    == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
+                        8084,
+                    ))
+            })
+        });
+        let from_hub = rule.from.as_ref().is_some_and(|from| {
+            from.iter().any(|peer| {
+                peer.namespace_selector.is_none()
+                    && peer.pod_selector.as_ref().is_some_and(|sel| {
+                        sel.match_expressions.is_none()
+                            && sel
+                                .match_labels
+                                .iter()
+                                .flatten()
+                                .all(|(k, v)| hub_labels.get(k) == Some(v))
+                    })
+            })
+        });
+        port_ok && from_hub
+    });
+    assert!(admitted, "hub pods may reach each other's internal port");
+}

@@ -1,16 +1,24 @@
 //! Commands to devices: `POST /v1/devices/{id}/messages` (cloud-to-device; query parameters become the
 //! message's property bag; `sent`, or `queued` until the device connects and subscribes) and `POST /v1/devices/{id}/methods/{name}` (direct method; waits for the
-//! device's answer up to `?timeout=` seconds, default 30).
+//! device's answer up to `?timeout=` seconds, default 30). Either works on any hub replica: a call for
+//! a device connected to another one is forwarded there ([`crate::hub::replicas`]); [`hub_routes`]
+//! are the receiving end, on the hub's internal port.
+
+use std::time::Duration;
 
 use axum::Json;
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use iotstamp_core::topics::Properties;
 
 use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id};
-use super::{Ctx, error, storage_error};
-use crate::hub::sessions::{C2dOutcome, CommandError};
+use super::{Ctx, error, require_token, storage_error};
+use crate::hub::replicas::Routed;
+use crate::hub::sessions::{C2dOutcome, CommandError, MethodResponse};
 
 fn command_error(e: CommandError) -> Response {
     let (status, code) = match e {
@@ -22,6 +30,7 @@ fn command_error(e: CommandError) -> Response {
         CommandError::HubQueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queueFull"),
         CommandError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         CommandError::Gone => (StatusCode::BAD_GATEWAY, "deviceDisconnected"),
+        CommandError::Moved => (StatusCode::SERVICE_UNAVAILABLE, "deviceMoving"),
     };
     error(status, code, e)
 }
@@ -45,16 +54,31 @@ pub async fn c2d(
         }
         Err(e) => return storage_error(e),
     }
-    let status = match ctx.sessions.send_c2d(&key, &properties, body) {
-        Ok(C2dOutcome::Sent) => "sent",
-        Ok(C2dOutcome::Queued) => "queued",
-        Err(e) => return command_error(e),
-    };
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "status": status })),
-    )
-        .into_response()
+    send_c2d(&ctx, &key, properties, body, false).await
+}
+
+async fn send_c2d(ctx: &Ctx, key: &str, properties: Properties, body: Bytes, forwarded: bool) -> Response {
+    match ctx.replicas.send_c2d(key, properties, body, forwarded).await {
+        Ok(Routed::Here(outcome)) => {
+            let status = match outcome {
+                Ok(C2dOutcome::Sent) => "sent",
+                Ok(C2dOutcome::Queued) => "queued",
+                Err(e) => return command_error(e),
+            };
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "status": status })),
+            )
+                .into_response()
+        }
+        Ok(Routed::There { status, body }) => relayed(status, body),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// The owner hub's answer, as it came (it is this same API's answer, given there).
+fn relayed(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -74,13 +98,82 @@ pub async fn method(
     };
     let timeout = iotstamp_core::methods::response_timeout(q.timeout);
     let name = params.get("name").map(String::as_str).unwrap_or_default();
-    match ctx.sessions.invoke(&id.key(), name, body, timeout).await {
-        Ok(response) => {
-            // Devices answer with JSON; anything else is returned as a string rather than refused.
-            let payload = serde_json::from_slice::<serde_json::Value>(&response.payload)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&response.payload).into_owned().into());
-            Json(serde_json::json!({ "status": response.status, "payload": payload })).into_response()
-        }
-        Err(e) => command_error(e),
+    invoke(&ctx, &id.key(), name, body, timeout, false).await
+}
+
+async fn invoke(
+    ctx: &Ctx,
+    key: &str,
+    name: &str,
+    body: Bytes,
+    timeout: Duration,
+    forwarded: bool,
+) -> Response {
+    match ctx.replicas.invoke(key, name, body, timeout, forwarded).await {
+        Ok(Routed::Here(Ok(response))) => method_answer(response),
+        Ok(Routed::Here(Err(e))) => command_error(e),
+        Ok(Routed::There { status, body }) => relayed(status, body),
+        Err(e) => storage_error(e),
     }
+}
+
+fn method_answer(response: MethodResponse) -> Response {
+    // Devices answer with JSON; anything else is returned as a string rather than refused.
+    let payload = serde_json::from_slice::<serde_json::Value>(&response.payload)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&response.payload).into_owned().into());
+    Json(serde_json::json!({ "status": response.status, "payload": payload })).into_response()
+}
+
+/// The hub's internal API (`hub.internalListen`): calls other hub replicas forward to the devices
+/// connected here. Paths carry device keys; nothing is forwarded on from here.
+pub fn hub_routes(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/internal/v1/hub/devices/{key}/messages", post(forwarded_c2d))
+        .route(
+            "/internal/v1/hub/devices/{key}/methods/{name}",
+            post(forwarded_method),
+        )
+        .route("/internal/v1/hub/devices/{key}/end", post(end))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.token.clone(),
+            require_token,
+        ))
+        .with_state(ctx)
+}
+
+async fn forwarded_c2d(
+    State(ctx): State<Ctx>,
+    Path(key): Path<String>,
+    Query(properties): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    send_c2d(&ctx, &key, properties, body, true).await
+}
+
+async fn forwarded_method(
+    State(ctx): State<Ctx>,
+    Path((key, name)): Path<(String, String)>,
+    Query(q): Query<MethodQuery>,
+    body: Bytes,
+) -> Response {
+    invoke(
+        &ctx,
+        &key,
+        &name,
+        body,
+        iotstamp_core::methods::response_timeout(q.timeout),
+        true,
+    )
+    .await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct End {
+    /// Only a session claimed at this epoch or before (a takeover); absent: any (a disable).
+    epoch: Option<u64>,
+}
+
+async fn end(State(ctx): State<Ctx>, Path(key): Path<String>, Query(q): Query<End>) -> Response {
+    ctx.replicas.end_here(&key, q.epoch);
+    StatusCode::NO_CONTENT.into_response()
 }

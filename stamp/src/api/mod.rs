@@ -3,7 +3,7 @@
 
 mod commands;
 mod extract;
-mod live;
+pub mod live;
 mod quota;
 mod registry;
 mod telemetry;
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::hub::replicas::Replicas;
 use crate::hub::sessions::Sessions;
 use crate::ingest::Ingest;
 use crate::internal::server::{Probes, probe_routes};
@@ -34,6 +35,10 @@ pub struct ApiCtx {
     pub registry: Arc<dyn Registry>,
     pub telemetry: Arc<dyn TelemetryQuery>,
     pub sessions: Arc<Sessions>,
+    /// The session directory's view across hub replicas (forwarding, connected count, ends).
+    pub replicas: Arc<Replicas>,
+    /// Where live streams read telemetry from.
+    pub live: live::Feed,
     pub ingest: Arc<Ingest>,
     pub metrics: Arc<Metrics>,
     /// `/readyz` and `/metrics`: ready when storage and ingest are.
@@ -42,6 +47,7 @@ pub struct ApiCtx {
 }
 
 pub type Ctx = Arc<ApiCtx>;
+pub use commands::hub_routes;
 pub use quota::parse_quota;
 /// The internal bearer token (the same Secret for the stamp API and the internal API).
 pub type Token = Arc<str>;
@@ -128,9 +134,13 @@ async fn stats(State(ctx): State<Ctx>) -> Response {
         Ok(both) => both,
         Err(e) => return storage_error(e),
     };
+    let connected = match ctx.replicas.connected().await {
+        Ok(n) => n,
+        Err(e) => return storage_error(e),
+    };
     axum::Json(StampStats {
         registered,
-        connected: ctx.sessions.connected() as u64,
+        connected,
         messages_per_second: ctx.metrics.messages_per_second(),
         device_quota: Some(quota),
     })

@@ -11,7 +11,8 @@ use super::{Ctx, error, storage_error};
 use crate::storage::PutOutcome;
 
 /// Idempotent: 201 when the device is new, 200 when it replaced an entry; 409 `quotaExceeded` for a
-/// new device when the stamp is full. Disabling a connected device disconnects it.
+/// new device when the stamp is full. Disabling a connected device disconnects it, on whichever hub
+/// replica it is connected to.
 pub async fn put(
     State(ctx): State<Ctx>,
     DeviceIdPath(id): DeviceIdPath,
@@ -29,8 +30,12 @@ pub async fn put(
         );
     }
     let result = ctx.registry.put(record.clone()).await;
-    if result.is_ok() && record.status == DeviceStatus::Disabled {
-        ctx.sessions.disconnect(&id.key());
+    if result.is_ok()
+        && record.status == DeviceStatus::Disabled
+        && let Err(e) = ctx.replicas.end_everywhere(&id.key(), false).await
+    {
+        // Stored: other hubs' caches refuse it within seconds even if they did not hear now.
+        tracing::warn!(error = %e, "a disabled device's sessions on other hubs were not ended");
     }
     match result {
         Ok(PutOutcome::Created) => (StatusCode::CREATED, Json(record)).into_response(),
@@ -54,8 +59,9 @@ pub async fn get(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Resp
 pub async fn delete(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
     match ctx.registry.delete(id.key()).await {
         Ok(true) => {
-            ctx.sessions.disconnect(&id.key());
-            ctx.sessions.forget_queued(&id.key());
+            if let Err(e) = ctx.replicas.end_everywhere(&id.key(), true).await {
+                tracing::warn!(error = %e, "a deleted device's sessions on other hubs were not ended");
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(false) => error(

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::HubCtx;
 use super::auth;
 use super::handler::{AckFuture, State};
+use super::sessions::SessionGuard;
 use super::v5;
 
 /// QoS 1 messages of one connection that may wait for storage before the hub stops reading it.
@@ -148,8 +149,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         self.version = connect.version();
         self.client_max_packet = v5::client_max_packet(&connect);
-        let (device, token_expiry) = match self.authenticate(&connect).await {
-            Ok(authenticated) => authenticated,
+        let accepted = match self.authenticate(&connect).await {
+            Ok((device, token_expiry)) => self.claim(device).await.map(|(d, g)| (d, g, token_expiry)),
+            Err(failure) => Err(failure),
+        };
+        let (device, guard, token_expiry) = match accepted {
+            Ok(accepted) => accepted,
             Err(failure) => {
                 let m = &self.ctx.metrics;
                 m.auth_failures
@@ -162,7 +167,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 return self.refuse(code, failure.reason()).await;
             }
         };
-        match self.session(&device, connect.keep_alive, token_expiry).await {
+        match self
+            .session(&device, guard, connect.keep_alive, token_expiry)
+            .await
+        {
             Ok(()) => Close::PeerClosed,
             Err(close) => close,
         }
@@ -200,6 +208,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok((device, expiry))
     }
 
+    /// Makes this connection the device's session across hub replicas; the directory unreachable
+    /// is refused like the registry unreachable (come back later).
+    async fn claim(
+        &self,
+        device: iotstamp_core::ids::DeviceId,
+    ) -> Result<(iotstamp_core::ids::DeviceId, SessionGuard), auth::AuthFailure> {
+        match self.ctx.replicas.register(&device.key(), device.as_str()).await {
+            Ok(guard) => Ok((device, guard)),
+            Err(e) => {
+                tracing::warn!(error = %e, "session directory unavailable at CONNECT");
+                Err(auth::AuthFailure::RegistryUnavailable)
+            }
+        }
+    }
+
     /// Appends `packet` to the write buffer in the connection's protocol version.
     fn encode(&mut self, packet: &Packet) {
         mqtt::encode_as(packet, self.version, &mut self.wbuf);
@@ -220,11 +243,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn session(
         &mut self,
         device: &iotstamp_core::ids::DeviceId,
+        mut guard: SessionGuard,
         keep_alive: u16,
         token_expiry: Instant,
     ) -> Result<(), Close> {
         let device_key = device.key();
-        let mut guard = self.ctx.sessions.register(&device_key, device.as_str());
         self.ctx.metrics.connects.inc();
         let properties = match self.version {
             Version::V5 => v5::connack_properties(self.ctx.max_packet, MAX_INFLIGHT),

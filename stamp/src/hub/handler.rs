@@ -70,7 +70,7 @@ impl State<'_> {
                 mqtt::encode_as(&Packet::SubAck { pkid, codes }, self.version, out);
                 if self.subs.load(Ordering::Relaxed) & SUB_C2D != 0 {
                     // Messages sent while the device was away go out right after the SUBACK.
-                    ctx.sessions.deliver_queued(self.device_key);
+                    ctx.replicas.deliver_queued(self.device_key).await;
                 }
                 Ok(())
             }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod conn;
 mod handler;
 pub mod offline;
+pub mod replicas;
 pub mod sessions;
 pub mod v5;
 
@@ -33,6 +34,8 @@ pub struct HubCtx {
     pub registry: Arc<dyn Registry>,
     pub ingest: Arc<Ingest>,
     pub sessions: Arc<Sessions>,
+    /// Where sessions are claimed and queued C2D collected, across hub replicas.
+    pub replicas: Arc<replicas::Replicas>,
     pub metrics: Arc<Metrics>,
     pub max_packet: usize,
     pub connect_timeout: Duration,

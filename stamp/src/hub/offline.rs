@@ -21,13 +21,27 @@ pub struct Queued {
     expires: Instant,
 }
 
+impl Queued {
+    /// A message kept from `now`, for at most [`TTL`].
+    pub fn new(properties: Properties, payload: Bytes, now: Instant) -> Self {
+        Self {
+            properties,
+            payload,
+            expires: now + TTL,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct OfflineQueue {
     devices: HashMap<String, VecDeque<Queued>>,
     total: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which limit refused a message: the device's 50, or the 100 000 of the queue's owner (a hub, or
+/// the session directory for the whole stamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum QueueFull {
     Device,
     Hub,

@@ -3,18 +3,21 @@
 //!
 //! One session per device: registering a device that already has one kicks the old connection (IoT
 //! Hub's rule: the newest connection wins). A session unregisters itself when its guard drops, but only
-//! if it is still the current one, so a kicked connection cannot remove its successor.
+//! if it is still the current one, so a kicked connection cannot remove its successor. This is one
+//! hub's table; which hub replica holds a device is the session directory's business
+//! ([`super::replicas`]): each session carries the epoch its directory claim got, and its end is
+//! reported on [`Sessions::releases`] so the directory entry goes too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use iotstamp_core::topics::{self, Properties};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::offline::{OfflineQueue, QueueFull};
+use super::offline::{OfflineQueue, QueueFull, Queued};
 use crate::metrics::Metrics;
 
 /// Subscription bits a session holds.
@@ -50,6 +53,18 @@ pub enum CommandError {
     Timeout(Duration),
     #[error("the device disconnected before answering")]
     Gone,
+    /// A forwarded call reached a hub the device just left for another one.
+    #[error("the device moved to another hub replica; retry")]
+    Moved,
+}
+
+impl From<QueueFull> for CommandError {
+    fn from(full: QueueFull) -> Self {
+        match full {
+            QueueFull::Device => Self::DeviceQueueFull,
+            QueueFull::Hub => Self::HubQueueFull,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +83,8 @@ pub struct MethodResponse {
 
 struct Entry {
     id: u64,
+    /// The epoch of this session's claim in the session directory.
+    epoch: u64,
     /// The id as the device spelled it in CONNECT: topics to the device use its spelling.
     device_id: String,
     tx: mpsc::Sender<Outbound>,
@@ -90,6 +107,8 @@ pub struct Sessions {
     next_id: AtomicU64,
     next_rid: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Where ended sessions are reported (device key, epoch), once someone listens.
+    released: OnceLock<mpsc::UnboundedSender<(String, u64)>>,
 }
 
 /// Held by a connection's task for as long as it serves the device.
@@ -97,6 +116,7 @@ pub struct SessionGuard {
     sessions: Arc<Sessions>,
     key: String,
     id: u64,
+    epoch: u64,
     pub rx: mpsc::Receiver<Outbound>,
     pub subs: Arc<AtomicU8>,
     pub kick: Arc<Notify>,
@@ -109,6 +129,9 @@ impl Drop for SessionGuard {
             inner.live.remove(&self.key);
             // Callers waiting on this device's methods learn now rather than at their timeout.
             inner.methods.retain(|(device, _), _| device != &self.key);
+            if let Some(released) = self.sessions.released.get() {
+                let _ = released.send((self.key.clone(), self.epoch));
+            }
         }
         self.sessions.metrics.connected.set(inner.live.len() as i64);
     }
@@ -121,7 +144,16 @@ impl Sessions {
             next_id: AtomicU64::new(1),
             next_rid: AtomicU64::new(1),
             metrics,
+            released: OnceLock::new(),
         })
+    }
+
+    /// The sessions that end from now on, as (device key, epoch). Called once, by the directory's
+    /// keeper; later calls get a receiver that never yields.
+    pub fn releases(&self) -> mpsc::UnboundedReceiver<(String, u64)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.released.set(tx);
+        rx
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -130,14 +162,16 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes this connection the device's session, kicking any previous one.
-    pub fn register(self: &Arc<Self>, device_key: &str, device_id: &str) -> SessionGuard {
+    /// Makes this connection the device's session (its directory claim got `epoch`), kicking any
+    /// previous one on this hub.
+    pub fn register(self: &Arc<Self>, device_key: &str, device_id: &str, epoch: u64) -> SessionGuard {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let subs = Arc::new(AtomicU8::new(0));
         let kick = Arc::new(Notify::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             id,
+            epoch,
             device_id: device_id.to_string(),
             tx,
             subs: subs.clone(),
@@ -152,25 +186,41 @@ impl Sessions {
             sessions: self.clone(),
             key: device_key.to_string(),
             id,
+            epoch,
             rx,
             subs,
             kick,
         }
     }
 
-    /// Drops the device's connection, if any (it was deleted or disabled in the registry). Returns
-    /// whether there was one. The device's next CONNECT meets the registry's new answer.
-    pub fn disconnect(&self, device_key: &str) -> bool {
+    /// Drops the device's connection here, if any: any session (`None`: it was deleted or disabled
+    /// in the registry; its next CONNECT meets the registry's new answer), or one claimed at `epoch`
+    /// or before (another hub took the device over). Returns whether one was told to go.
+    pub fn disconnect(&self, device_key: &str, up_to_epoch: Option<u64>) -> bool {
         let inner = self.lock();
-        let entry = inner.live.get(device_key);
+        let entry = inner
+            .live
+            .get(device_key)
+            .filter(|e| up_to_epoch.is_none_or(|max| e.epoch <= max));
         if let Some(entry) = entry {
             entry.kick.notify_one();
         }
         entry.is_some()
     }
 
+    /// The devices connected to this hub.
     pub fn connected(&self) -> usize {
         self.lock().live.len()
+    }
+
+    pub fn is_connected(&self, device_key: &str) -> bool {
+        self.lock().live.contains_key(device_key)
+    }
+
+    /// Every session here with its claim's epoch (registered again with a new directory).
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let inner = self.lock();
+        inner.live.iter().map(|(k, e)| (k.clone(), e.epoch)).collect()
     }
 
     /// Sends a cloud-to-device message (QoS 1) to the device if it is connected and subscribed to
@@ -198,26 +248,26 @@ impl Sessions {
         }
         inner
             .offline
-            .push(device_key, properties.clone(), payload, Instant::now())
-            .map_err(|full| match full {
-                QueueFull::Device => CommandError::DeviceQueueFull,
-                QueueFull::Hub => CommandError::HubQueueFull,
-            })?;
+            .push(device_key, properties.clone(), payload, Instant::now())?;
         Ok(C2dOutcome::Queued)
     }
 
-    /// Hands the device's queued C2D messages to its session (called once it subscribed to them).
-    /// What does not fit in the session's outbound queue stays queued for the next subscribe.
-    pub fn deliver_queued(&self, device_key: &str) {
+    /// Hands the device's queued C2D messages to its session (called once it subscribed to them):
+    /// `earlier` (kept by the session directory while the device was connected nowhere), then those
+    /// queued here. What does not fit in the session's outbound queue stays queued here for the
+    /// next subscribe.
+    pub fn deliver_queued(&self, device_key: &str, earlier: Vec<(Properties, Bytes)>) {
         let mut inner = self.lock();
+        let now = Instant::now();
+        if !earlier.is_empty() {
+            let earlier = earlier.into_iter().map(|(p, b)| Queued::new(p, b, now)).collect();
+            inner.offline.requeue(device_key, earlier);
+        }
         let Some(entry) = inner.live.get(device_key) else {
             return;
         };
         let (tx, device_id) = (entry.tx.clone(), entry.device_id.clone());
-        let mut messages = inner
-            .offline
-            .take(device_key, tx.capacity(), Instant::now())
-            .into_iter();
+        let mut messages = inner.offline.take(device_key, tx.capacity(), now).into_iter();
         while let Some(m) = messages.next() {
             let outbound = Outbound {
                 topic: topics::c2d_topic(&device_id, &m.properties),
@@ -323,8 +373,8 @@ mod tests {
     #[tokio::test]
     async fn newest_session_wins_and_old_guard_cannot_remove_it() {
         let s = Sessions::new(Metrics::new());
-        let old = s.register("d", "D");
-        let new = s.register("d", "D");
+        let old = s.register("d", "D", 1);
+        let new = s.register("d", "D", 2);
         // The old connection was told to go.
         tokio::time::timeout(Duration::from_secs(1), old.kick.notified())
             .await
@@ -346,13 +396,13 @@ mod tests {
             s.invoke("d", "m", Bytes::new(), Duration::from_secs(1)).await,
             Err(CommandError::NotConnected)
         );
-        let mut g = s.register("d", "Dev");
+        let mut g = s.register("d", "Dev", 1);
         assert_eq!(
             s.send_c2d("d", &vec![], Bytes::from_static(b"before subscribe")),
             Ok(C2dOutcome::Queued)
         );
         g.subs.fetch_or(SUB_C2D | SUB_METHODS, Ordering::Relaxed);
-        s.deliver_queued("d");
+        s.deliver_queued("d", vec![]);
         assert_eq!(g.rx.recv().await.unwrap().payload, "early");
         assert_eq!(g.rx.recv().await.unwrap().payload, "before subscribe");
         assert_eq!(

@@ -122,12 +122,17 @@ impl Registry for CachedRegistry {
     fn count(&self) -> Fut<'_, u64> {
         self.inner.count()
     }
+
     // The quota is storage's, never cached: a change must hold at once for every hub pod.
     fn quota(&self) -> Fut<'_, u64> {
         self.inner.quota()
     }
     fn set_quota(&self, quota: u64) -> Fut<'_, ()> {
         self.inner.set_quota(quota)
+    }
+
+    fn invalidate(&self, device_key: &str) {
+        self.forget(device_key);
     }
 }
 

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use iotstamp_core::registry::DeviceRecord;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::directory::{Answer, Call, SessionDirectory};
 use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery};
 use crate::Error;
 use crate::storage::record::TelemetryRecord;
@@ -58,7 +59,7 @@ impl InternalClient {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -93,8 +94,35 @@ impl InternalClient {
             .map_err(|_| unavailable(format!("no answer within {timeout:?}")))?
     }
 
+    /// A streamed GET (a live feed): only the response head has a deadline; the body flows for as
+    /// long as both ends stay.
+    pub(crate) async fn open_stream(&self, path: &str) -> Result<hyper::body::Incoming, Error> {
+        let unavailable = |what: String| Error::Unavailable(format!("{} ({}): {what}", self.peer, self.base));
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, &self.bearer)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let response = tokio::time::timeout(READ_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| unavailable(format!("no answer within {READ_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        if response.status() == StatusCode::OK {
+            return Ok(response.into_body());
+        }
+        let status = response.status();
+        let body = tokio::time::timeout(READ_TIMEOUT, response.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(self.unexpected(status, &body))
+    }
+
     /// A status the protocol does not expect here: the peer's error body says why.
-    fn unexpected(&self, status: StatusCode, body: &[u8]) -> Error {
+    pub(crate) fn unexpected(&self, status: StatusCode, body: &[u8]) -> Error {
         Error::Unavailable(format!(
             "{} answered {status}: {}",
             self.peer,
@@ -110,7 +138,7 @@ impl InternalClient {
 
 const QUOTA_PATH: &str = "/internal/v1/quota";
 
-fn device_path(device_key: &str) -> String {
+pub(crate) fn device_path(device_key: &str) -> String {
     utf8_percent_encode(device_key, NON_ALPHANUMERIC).to_string()
 }
 
@@ -210,6 +238,26 @@ impl Registry for InternalClient {
                 .await?
             {
                 (StatusCode::OK, _) => Ok(()),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}
+
+impl SessionDirectory for InternalClient {
+    fn call(&self, call: Call) -> Fut<'_, Answer> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&call).map_err(|e| Error::Corrupt(e.to_string()))?;
+            match InternalClient::call(
+                self,
+                Method::POST,
+                "/internal/v1/directory",
+                Some(body),
+                READ_TIMEOUT,
+            )
+            .await?
+            {
+                (StatusCode::OK, body) => self.decode(&body),
                 (status, body) => Err(self.unexpected(status, &body)),
             }
         })

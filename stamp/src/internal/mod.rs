@@ -24,6 +24,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod directory;
 pub mod local;
 pub mod registry_writer;
 pub mod server;
@@ -66,6 +67,8 @@ pub trait Registry: Ready {
     fn quota(&self) -> Fut<'_, u64>;
     /// Replaces the quota in force (until the store's process restarts and reads its config).
     fn set_quota(&self, quota: u64) -> Fut<'_, ()>;
+    /// Forgets what this registry may have cached for the device (another hub replica changed it).
+    fn invalidate(&self, _device_key: &str) {}
 }
 
 /// One page of a device's series: `from_us <= received < to_us`, after `after` when given.

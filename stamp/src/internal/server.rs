@@ -5,16 +5,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use iotstamp_core::causes::Causes;
 use iotstamp_core::registry::DeviceRecord;
+use tokio::sync::broadcast;
 
+use super::directory::{Call, LocalDirectory};
 use super::local::LocalStore;
 use super::{BatchWriter, Ready, Registry, SeriesQuery, TelemetryQuery};
-use crate::api::{Token, error, require_token, storage_error};
+use crate::api::{Token, error, live, require_token, storage_error};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::storage::PutOutcome;
@@ -80,8 +82,38 @@ async fn metrics(State(probes): State<Arc<Probes>>) -> Response {
         .into_response()
 }
 
-/// Storage's routes: the store behind the internal token.
-pub fn storage_routes(store: Arc<LocalStore>, token: Token) -> Router {
+/// What storage's routes share: the store, the session directory, and the feed of committed points.
+#[derive(Clone)]
+pub struct StorageState {
+    pub store: Arc<LocalStore>,
+    pub directory: Arc<LocalDirectory>,
+    pub live: broadcast::Sender<Arc<TelemetryRecord>>,
+}
+
+impl FromRef<StorageState> for Arc<LocalStore> {
+    fn from_ref(state: &StorageState) -> Self {
+        state.store.clone()
+    }
+}
+
+impl FromRef<StorageState> for broadcast::Sender<Arc<TelemetryRecord>> {
+    fn from_ref(state: &StorageState) -> Self {
+        state.live.clone()
+    }
+}
+
+impl StorageState {
+    pub fn new(store: Arc<LocalStore>) -> Self {
+        Self {
+            store,
+            directory: LocalDirectory::new(),
+            live: broadcast::channel(crate::ingest::LIVE_STREAM_BUFFER).0,
+        }
+    }
+}
+
+/// Storage's routes: the store, the session directory and the live feed, behind the internal token.
+pub fn storage_routes(state: StorageState, token: Token) -> Router {
     Router::new()
         .route("/internal/v1/telemetry", post(store_batch))
         .route("/internal/v1/telemetry/{device}", get(query))
@@ -91,9 +123,11 @@ pub fn storage_routes(store: Arc<LocalStore>, token: Token) -> Router {
             "/internal/v1/registry/{device}",
             get(get_device).put(put_device).delete(delete_device),
         )
+        .route("/internal/v1/directory", post(directory))
+        .route("/internal/v1/stream", get(live::storage_feed))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token))
-        .with_state(store)
+        .with_state(state)
 }
 
 /// Ingest's route: batches from the hub(s) join ingest's group commit; the answer waits for storage.
@@ -109,14 +143,29 @@ fn parse_batch(body: &[u8]) -> Result<Vec<TelemetryRecord>, Response> {
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "badBatch", e))
 }
 
-async fn store_batch(State(store): State<Arc<LocalStore>>, body: Bytes) -> Response {
+async fn store_batch(State(state): State<StorageState>, body: Bytes) -> Response {
     let records = match parse_batch(&body) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    match store.write(records).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+    match state.store.write(records).await {
+        Ok(records) => {
+            // Every hub's live streams read from here (see api::live).
+            if state.live.receiver_count() > 0 {
+                for r in records {
+                    let _ = state.live.send(Arc::new(r));
+                }
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => storage_error(e),
+    }
+}
+
+async fn directory(State(state): State<StorageState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Call>(&body) {
+        Ok(call) => axum::Json(state.directory.apply(call)).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "badDirectoryCall", e),
     }
 }
 
