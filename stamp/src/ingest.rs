@@ -14,8 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, wat
 use tokio::task::JoinHandle;
 
 use crate::Error;
-use crate::internal::BatchWriter;
 use crate::metrics::Metrics;
+use crate::seams::BatchWriter;
 use crate::storage::record::TelemetryRecord;
 
 /// Bytes of telemetry that may wait for storage at once; beyond it, publishers wait.
@@ -208,7 +208,7 @@ async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::internal::local::LocalStore;
+    use crate::seams::local::LocalStore;
     use crate::storage::Store;
 
     fn record(seq: u64) -> TelemetryRecord {

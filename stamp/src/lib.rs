@@ -1,12 +1,12 @@
 //! One deployment stamp: the hub (MQTT device edge), ingest (group commit), storage (redb) and the
 //! stamp API. [`start`] runs all of it in one process, [`start_role`] one role of a split stamp (the
-//! roles talk over [`internal`]'s HTTP API); [`cli`] is the `iotstamp stamp` command.
+//! roles talk over [`seams`]'s HTTP API); [`cli`] is the `iotstamp stamp` command.
 //!
 //! Module map:
 //! - [`hub`]: TLS/plain listeners, per-connection MQTT sessions, device auth, live session table.
 //! - [`ingest`]: batches telemetry, writes each batch durably, then releases the PUBACKs.
 //! - [`storage`]: the redb store (registry + telemetry series), records, aggregates.
-//! - [`internal`]: the seams between roles (one trait each; in-process or HTTP) and the internal API.
+//! - [`seams`]: the seams between roles (one trait each; in-process or HTTP) and the internal API.
 //! - [`api`]: the HTTP API (registry, queries, SSE, commands, stats, metrics, OpenAPI).
 
 // Handlers short-circuit with a ready `Response` as the error; it is built once per failed request.
@@ -17,11 +17,11 @@ mod error;
 pub mod hub;
 pub mod ingest;
 // Handlers short-circuit with a ready `Response` as the error, as in `api`.
-#[allow(clippy::result_large_err)]
-pub mod internal;
 pub mod metrics;
 mod roles;
 mod run;
+#[allow(clippy::result_large_err)]
+pub mod seams;
 pub mod storage;
 
 pub use error::Error;

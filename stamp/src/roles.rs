@@ -20,13 +20,13 @@ use crate::Error;
 use crate::api::{self, Token};
 use crate::cli::Role;
 use crate::ingest::Ingest;
-use crate::internal::cache::CachedRegistry;
-use crate::internal::client::InternalClient;
-use crate::internal::local::LocalStore;
-use crate::internal::server::{Probes, StorageState, ingest_routes, probe_routes, storage_routes};
-use crate::internal::{BatchWriter, Ready};
 use crate::metrics::Metrics;
 use crate::run::{self, Seams};
+use crate::seams::cache::CachedRegistry;
+use crate::seams::client::InternalClient;
+use crate::seams::local::LocalStore;
+use crate::seams::server::{Probes, StorageState, ingest_routes, probe_routes, storage_routes};
+use crate::seams::{BatchWriter, Ready};
 
 /// One role running in this process.
 pub struct RunningRole {

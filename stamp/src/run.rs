@@ -21,12 +21,12 @@ use crate::hub::replicas::{self, Replicas};
 use crate::hub::sessions::Sessions;
 use crate::hub::{self, HubCtx};
 use crate::ingest::{BatchPolicy, Ingest};
-use crate::internal::client::InternalClient;
-use crate::internal::directory::{LocalDirectory, SessionDirectory};
-use crate::internal::local::LocalStore;
-use crate::internal::server::{Probes, probe_routes};
-use crate::internal::{BatchWriter, Ready, Registry, TelemetryQuery};
 use crate::metrics::Metrics;
+use crate::seams::client::InternalClient;
+use crate::seams::directory::{LocalDirectory, SessionDirectory};
+use crate::seams::local::LocalStore;
+use crate::seams::server::{Probes, probe_routes};
+use crate::seams::{BatchWriter, Ready, Registry, TelemetryQuery};
 use crate::storage::Store;
 
 /// A stamp running in this process.

@@ -431,7 +431,7 @@ async fn after_kill_9_of_its_hub_calls_fail_fast_until_the_device_reconnects_or_
 
     // The one that does not: once the dead hub's lease lapsed, it is connected nowhere (404 for a
     // method, its C2D queued for its return), and the stamp counts only the live sessions.
-    tokio::time::sleep(iotstamp_stamp::internal::directory::LEASE + Duration::from_secs(1)).await;
+    tokio::time::sleep(iotstamp_stamp::seams::directory::LEASE + Duration::from_secs(1)).await;
     let (status, body) = quick(&stamp, 2, "/v1/devices/orphan/methods/ping?timeout=30").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("deviceNotConnected"), "{body}");

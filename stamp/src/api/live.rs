@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::extract::DeviceIdPath;
 use super::{Ctx, storage_error};
 use crate::ingest::Ingest;
-use crate::internal::client::{InternalClient, device_path};
+use crate::seams::client::{InternalClient, device_path};
 use crate::storage::record::TelemetryRecord;
 
 /// Where a hub's live streams come from.

@@ -26,9 +26,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::hub::replicas::Replicas;
 use crate::hub::sessions::Sessions;
 use crate::ingest::Ingest;
-use crate::internal::server::{Probes, probe_routes};
-use crate::internal::{Registry, TelemetryQuery};
 use crate::metrics::Metrics;
+use crate::seams::server::{Probes, probe_routes};
+use crate::seams::{Registry, TelemetryQuery};
 
 pub struct ApiCtx {
     /// The registry in storage (in this process, or storage's internal API behind the hub's cache).

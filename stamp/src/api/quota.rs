@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{Ctx, error, storage_error};
-use crate::internal::server::QuotaBody;
+use crate::seams::server::QuotaBody;
 
 pub async fn put(State(ctx): State<Ctx>, body: Bytes) -> Response {
     let quota = match parse_quota(&body) {

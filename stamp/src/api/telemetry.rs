@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::extract::{ApiQuery, DeviceIdPath};
 use super::{Ctx, error, storage_error};
-use crate::internal::SeriesQuery;
+use crate::seams::SeriesQuery;
 use crate::storage::aggregate::aggregate;
 use crate::storage::record::Cursor;
 

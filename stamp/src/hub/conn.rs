@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::HubCtx;
 use super::auth;
-use super::handler::{AckFuture, State};
+use super::handler::{AckFuture, PacketHandler};
 use super::sessions::SessionGuard;
 use super::v5;
 
@@ -269,7 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let mut shutdown = self.ctx.shutdown.clone();
         let max_packet = self.ctx.max_packet;
         let version = self.version;
-        let mut state = State {
+        let mut handler = PacketHandler {
             device: device.as_str(),
             device_key: &device_key,
             subs: &guard.subs,
@@ -326,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                             self.flush().await?;
                             return Ok(());
                         }
-                        state.handle(&self.ctx, packet, &mut self.wbuf, &mut acks).await?;
+                        handler.handle(&self.ctx, packet, &mut self.wbuf, &mut acks).await?;
                     }
                 }
             }

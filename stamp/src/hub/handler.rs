@@ -26,15 +26,16 @@ fn ack_when_durable(pkid: u16, done: oneshot::Receiver<bool>) -> AckFuture {
     Box::pin(async move { (pkid, done.await.unwrap_or(false)) })
 }
 
-/// What the packet handler needs to know about the session.
-pub(super) struct State<'a> {
+/// Handles one session's packets after CONNECT: what it needs to know about the session, and
+/// what each packet does.
+pub(super) struct PacketHandler<'a> {
     pub device: &'a str,
     pub device_key: &'a str,
     pub subs: &'a std::sync::atomic::AtomicU8,
     pub version: Version,
 }
 
-impl State<'_> {
+impl PacketHandler<'_> {
     pub(super) async fn handle(
         &mut self,
         ctx: &HubCtx,

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ingest::Ingest;
-use crate::internal::Registry;
 use crate::metrics::Metrics;
+use crate::seams::Registry;
 use sessions::Sessions;
 
 /// What every connection task shares.

@@ -1,7 +1,7 @@
 //! Several hub replicas behind one Service: every device-facing and API operation works whichever
 //! replica holds the device's session and whichever one receives the call.
 //!
-//! This hub claims each accepted device in the session directory ([`crate::internal::directory`],
+//! This hub claims each accepted device in the session directory ([`crate::seams::directory`],
 //! kept by storage) and releases it when the session ends. A call for a device that is not here is
 //! forwarded to the owner's internal API (`hub.internalListen`, same bearer token) and its answer
 //! relayed as it came; a message for a device connected nowhere waits in the directory and goes out
@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, watch};
 use super::offline::PER_DEVICE;
 use super::sessions::{C2dOutcome, CommandError, MethodResponse, SessionGuard, Sessions};
 use crate::Error;
-use crate::internal::Registry;
-use crate::internal::client::{InternalClient, device_path};
-use crate::internal::directory::{Answer, Call, HEARTBEAT, Message, Owner, SessionDirectory};
 use crate::metrics::Metrics;
+use crate::seams::Registry;
+use crate::seams::client::{InternalClient, device_path};
+use crate::seams::directory::{Answer, Call, HEARTBEAT, Message, Owner, SessionDirectory};
 
 /// A forwarded session end or C2D message is quick work on the far side.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);

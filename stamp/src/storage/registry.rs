@@ -3,7 +3,7 @@
 //! Every write goes through [`Store::write_registry`], which applies a batch of puts and deletes
 //! ([`RegistryBatch`]) in order inside one transaction and commits once. A registration is one small record, so a commit
 //! (its fsync) costs far more than the write itself: batching concurrent registrations is what
-//! lets a stamp take a provisioning burst (see `internal::registry_writer`).
+//! lets a stamp take a provisioning burst (see `seams::registry_writer`).
 
 use iotstamp_core::registry::DeviceRecord;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};

@@ -139,7 +139,7 @@ impl Registry for CachedRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::internal::local::LocalStore;
+    use crate::seams::local::LocalStore;
     use crate::storage::Store;
     use iotstamp_core::ids::DeviceId;
     use iotstamp_core::registry::DeviceStatus;
