@@ -8,9 +8,11 @@
 #     stream N       send N messages (ids REG-s0 ...) back to back, "acked sK" for each
 #     quit           disconnect and exit 0
 #   and prints "c2d BODY" for each cloud-to-device message; direct methods are answered with
-#   {"echo": payload}. The SDK reconnects by itself when the hub goes away (pod restarts).
-import base64, hashlib, hmac, json, sys
+#   {"echo": payload}. The SDK reconnects by itself when the hub goes away (pod restarts); a send whose
+#   own connect is refused is retried for up to 60 s, as a device application would.
+import base64, hashlib, hmac, json, sys, time
 from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, ProvisioningDeviceClient
+from azure.iot.device.exceptions import ConnectionDroppedError, ConnectionFailedError
 
 host, scope, group_key, reg, ca_file = sys.argv[1:6]
 ca = open(ca_file).read()
@@ -46,7 +48,20 @@ def send(tag):
     m.message_id = "%s-%s" % (reg, tag)
     m.content_type = "application/json"
     m.content_encoding = "utf-8"
-    client.send_message(m)  # returns once PUBACKed (retried across reconnects)
+    # send_message returns once PUBACKed and rides out a reconnect the SDK is already making, but it
+    # raises when the connect it starts itself fails: right after a hub pod rolls, the Service can
+    # still have no endpoint for a moment (kube-proxy refuses the connection). A device application
+    # retries then, and so does this one, for a bounded time.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.send_message(m)
+            break
+        except (ConnectionFailedError, ConnectionDroppedError) as e:
+            if time.monotonic() > deadline:
+                raise
+            print("send %s: %r, retrying" % (tag, e), file=sys.stderr, flush=True)
+            time.sleep(1)
     print("acked " + tag, flush=True)
 
 
