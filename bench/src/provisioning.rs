@@ -137,6 +137,7 @@ pub async fn provisioning(args: BenchArgs) -> anyhow::Result<Report> {
     let (_stamp_stop, stamp_addr) = bench_stamp(server_tls.clone()).await?;
     let config = RouterConfig {
         https_addr: "127.0.0.1:0".parse()?,
+        https_alias_addrs: Vec::new(),
         mqtt_addr: None,
         metrics_addr: None,
         tls: server_tls.clone(),

@@ -52,7 +52,15 @@ async fn demo(
     state: StateDir,
 ) -> anyhow::Result<Vec<Check>> {
     let fleet = Fleet::start(state, &args.fleet_options()).await?;
-    print!("{}", crate::up::banner(&fleet.file, fleet.state.root(), &policy));
+    print!(
+        "{}",
+        crate::up::banner(
+            &fleet.file,
+            &fleet.router.https_alias_addrs,
+            fleet.state.root(),
+            &policy
+        )
+    );
     let file = fleet.file.clone();
     let http = https_client(fleet.ca_pem())?;
     let ca_pem = fleet.ca_pem().to_string();

@@ -158,6 +158,32 @@ async fn start_stamp(state: &StateDir, ca: &CertKeyPem, entry: &StampEntry) -> a
     })
 }
 
+/// Port 443 as well as 8443, as Azure serves DPS and the service API: the Node device SDK's DPS over
+/// HTTPS and the service SDKs cannot be given another port. Binding it takes the privilege (root,
+/// `CAP_NET_BIND_SERVICE`, or `net.ipv4.ip_unprivileged_port_start` at 443 or below); without it
+/// the router serves 8443 only and says why, since everything else works there. The probe's socket
+/// is closed at once and the router binds the port right after, on an address of local mode's own.
+fn port_443(ip: std::net::Ipv4Addr) -> Vec<std::net::SocketAddr> {
+    let addr = layout::https_443_addr(ip);
+    match std::net::TcpListener::bind(addr) {
+        Ok(_probe) => vec![addr],
+        Err(e) => {
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    " (run as root, grant CAP_NET_BIND_SERVICE, or set net.ipv4.ip_unprivileged_port_start=443)"
+                }
+                _ => "",
+            };
+            tracing::warn!(
+                %addr,
+                error = %e,
+                "the router serves DPS and the service API on 8443 only: SDKs fixed at port 443 cannot reach it{hint}"
+            );
+            Vec::new()
+        }
+    }
+}
+
 async fn start_router(
     state: &StateDir,
     ca: &CertKeyPem,
@@ -169,6 +195,7 @@ async fn start_router(
     let tls = iotstamp_net::tls::server_config_from_files(&cert, &key, &[b"http/1.1"])?;
     let config = RouterConfig {
         https_addr: layout::https_addr(file.router_ip),
+        https_alias_addrs: port_443(file.router_ip),
         mqtt_addr: Some(layout::mqtt_addr(file.router_ip)),
         metrics_addr: None,
         tls,

@@ -34,6 +34,11 @@ pub fn https_addr(ip: Ipv4Addr) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), ports::API)
 }
 
+/// The router's second HTTPS address, port 443, where Azure serves DPS and the service API.
+pub fn https_443_addr(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), 443)
+}
+
 /// `base + n`, refused outside 127.0.0.0/8 (local mode never listens anywhere else).
 pub fn nth_ip(base: Ipv4Addr, n: u32) -> anyhow::Result<Ipv4Addr> {
     let ip = u32::from(base)

@@ -70,7 +70,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             fleet.state.root().display()
         );
     }
-    print!("{}", banner(&fleet.file, fleet.state.root(), &policy));
+    print!(
+        "{}",
+        banner(
+            &fleet.file,
+            &fleet.router.https_alias_addrs,
+            fleet.state.root(),
+            &policy
+        )
+    );
     let (web_stop, web_stopped) = watch::channel(false);
     let web = match args.web_port {
         0 => None,
@@ -96,15 +104,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Where everything listens, the group devices enroll with, and commands to try.
-pub fn banner(file: &FleetFile, state_root: &Path, policy: &PoolPolicy) -> String {
+/// `https_aliases`: the router's other HTTPS addresses (port 443 when it could be bound).
+pub fn banner(
+    file: &FleetFile,
+    https_aliases: &[SocketAddr],
+    state_root: &Path,
+    policy: &PoolPolicy,
+) -> String {
     let root = std::path::absolute(state_root).unwrap_or_else(|_| state_root.to_path_buf());
     let ca = root.join("ca.crt");
     let mut out = String::new();
     let _ = writeln!(out, "iotstamp local mode, state in {}", root.display());
     let _ = writeln!(
         out,
-        "  router     DPS + service API https://{}   DPS over MQTT mqtts://{}",
+        "  router     DPS + service API https://{}{}   DPS over MQTT mqtts://{}",
         https_addr(file.router_ip),
+        https_aliases
+            .iter()
+            .map(|a| format!(" and https://{a}"))
+            .collect::<String>(),
         mqtt_addr(file.router_ip)
     );
     for s in &file.stamps {
@@ -186,9 +204,14 @@ mod tests {
             scale_up_percent: 80,
             cooldown_secs: 5,
         };
-        let text = banner(&file, Path::new("/tmp/s"), &policy);
+        let text = banner(
+            &file,
+            &["127.0.0.10:443".parse().unwrap()],
+            Path::new("/tmp/s"),
+            &policy,
+        );
         for want in [
-            "https://127.0.0.10:8443",
+            "https://127.0.0.10:8443 and https://127.0.0.10:443",
             "mqtts://127.0.0.12:8883",
             "/tmp/s/ca.crt",
             "ID scope 0NE12345678",

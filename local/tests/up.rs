@@ -234,3 +234,36 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert!(err.contains("not a duration"), "{err}");
 }
+
+/// The router answers DPS over HTTPS (and the service API) on port 443 beside 8443, as Azure
+/// serves them: the SDKs fixed at 443 (the Node device SDK's DPS over HTTPS, the service SDKs)
+/// need it. The banner names both; devices provisioned through 443 connect and send.
+#[test]
+fn the_router_serves_port_443_beside_8443() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let mut up = Up::start(
+        &state,
+        &["--address", "127.0.63.10", "--stamps", "1", "--max-stamps", "1"],
+    );
+    up.wait_for(
+        "https://127.0.63.10:8443 and https://127.0.63.10:443",
+        Duration::from_secs(1),
+    );
+    let sim = [
+        "--router",
+        "https://127.0.63.10:443",
+        "--devices",
+        "3",
+        "--rate",
+        "6",
+        "--duration",
+        "1s",
+    ];
+    let (summary, status) = simulate(&state, &sim);
+    assert!(status.success(), "{summary:#?}");
+    assert_eq!((summary.provisioned, summary.connected), (3, 3), "{summary:#?}");
+    assert!(summary.acked > 0 && summary.acked == summary.sent, "{summary:#?}");
+    let (status, _) = up.terminate();
+    assert_eq!(status.code(), Some(0));
+}

@@ -50,6 +50,11 @@ pub struct RouterArgs {
     #[arg(long, env = "IOTSTAMP_ROUTER_HTTPS_ADDR", default_value = "0.0.0.0:8443")]
     pub https_addr: SocketAddr,
 
+    /// Also serve what --https-addr serves here (repeatable), e.g. 0.0.0.0:443 for the Azure SDKs
+    /// that always use port 443 when the router runs with the privilege to bind it.
+    #[arg(long = "https-alias-addr", value_name = "ADDR")]
+    pub https_alias_addrs: Vec<SocketAddr>,
+
     /// DPS over MQTT/TLS. Device SDKs always use port 8883.
     #[arg(long, env = "IOTSTAMP_ROUTER_MQTT_ADDR", default_value = "0.0.0.0:8883")]
     pub mqtt_addr: SocketAddr,
@@ -176,6 +181,7 @@ impl RouterArgs {
         }
         Ok(RouterConfig {
             https_addr: self.https_addr,
+            https_alias_addrs: self.https_alias_addrs.clone(),
             mqtt_addr: (!self.no_mqtt).then_some(self.mqtt_addr),
             metrics_addr: self.metrics_addr,
             tls,

@@ -36,6 +36,10 @@ pub enum ConfigError {
 pub struct RouterConfig {
     /// DPS over HTTPS and the service API (`/v1`, `/openapi.json`, health and metrics).
     pub https_addr: SocketAddr,
+    /// More addresses serving exactly what `https_addr` serves: port 443 beside 8443, which the
+    /// Azure SDKs that cannot be given a port (the Node device SDK's DPS over HTTPS, the service
+    /// SDKs) need.
+    pub https_alias_addrs: Vec<SocketAddr>,
     /// DPS over MQTT/TLS; devices use port 8883.
     pub mqtt_addr: Option<SocketAddr>,
     /// Plain-HTTP `/healthz`, `/readyz` and `/metrics` for probes and scrapers.

@@ -43,6 +43,8 @@ pub struct AppState {
 /// A started router: the addresses it actually bound, and a way to stop it.
 pub struct RunningRouter {
     pub https_addr: SocketAddr,
+    /// Where `--https-alias-addr` was bound, in its order.
+    pub https_alias_addrs: Vec<SocketAddr>,
     pub mqtt_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
@@ -136,6 +138,14 @@ pub async fn start_with(
 
     let https = bind(config.https_addr).await?;
     let https_addr = https.local_addr()?;
+    let mut aliases = Vec::new();
+    for addr in &config.https_alias_addrs {
+        aliases.push(bind(*addr).await?);
+    }
+    let https_alias_addrs = aliases
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
     let mqtt = match config.mqtt_addr {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -156,7 +166,11 @@ pub async fn start_with(
     let port =
         |tcp, tls, name| Listener::new(tcp, tls, config.serving).on_refused(count_refusals(&metrics, name));
     let https = port(https, Some(acceptor.clone()), "https");
-    let mut tasks = vec![tokio::spawn(https.serve_http(app, rx.clone()))];
+    let mut tasks = vec![tokio::spawn(https.serve_http(app.clone(), rx.clone()))];
+    for listener in aliases {
+        let alias = port(listener, Some(acceptor.clone()), "https");
+        tasks.push(tokio::spawn(alias.serve_http(app.clone(), rx.clone())));
+    }
     if let Some(listener) = plain {
         let app = crate::service_api::health_routes().with_state(state.service.clone());
         let plain = port(listener, None, "metrics");
@@ -172,9 +186,10 @@ pub async fn start_with(
         )));
     }
     tasks.push(tokio::spawn(background(state.clone(), directory, store, rx)));
-    tracing::info!(%https_addr, ?mqtt_addr, ?metrics_addr, "router listening");
+    tracing::info!(%https_addr, ?https_alias_addrs, ?mqtt_addr, ?metrics_addr, "router listening");
     Ok(RunningRouter {
         https_addr,
+        https_alias_addrs,
         mqtt_addr,
         metrics_addr,
         state,

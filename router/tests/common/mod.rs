@@ -241,6 +241,7 @@ pub fn group(name: &str, reprovision: ReprovisionPolicy) -> EnrollmentGroupConfi
 pub fn router_config(pki: &Pki, ip: &str, stamps: Vec<StaticStamp>, store: StoreConfig) -> RouterConfig {
     RouterConfig {
         https_addr: format!("{ip}:0").parse().unwrap(),
+        https_alias_addrs: Vec::new(),
         mqtt_addr: Some(format!("{ip}:0").parse().unwrap()),
         metrics_addr: None,
         tls: pki.tls(),
