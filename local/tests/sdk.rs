@@ -9,8 +9,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Up, venv_python};
-use iotstamp_local::dps::https_client;
+use common::{ServiceApi, Up, venv_python};
 use iotstamp_local::state::StateDir;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -95,17 +94,7 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
     let ca_file = state.join("ca.crt");
     let script = dir.path().join("device.py");
     std::fs::write(&script, DEVICE_SCRIPT).unwrap();
-    let http = https_client(&std::fs::read_to_string(&ca_file).unwrap()).unwrap();
-    let router = format!("https://{}:8443", fleet.router_ip);
-    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
-        let mut req = http
-            .request(method, format!("{router}{path}"))
-            .bearer_auth(&fleet.app_token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move { req.send().await.unwrap() }
-    };
+    let service = ServiceApi::of_fleet(&state);
 
     let mut hubs = std::collections::BTreeSet::new();
     for reg in ["sdk-dev-1", "sdk-dev-2", "sdk-dev-3", "sdk-dev-4"] {
@@ -143,20 +132,12 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
         hubs.insert(hub.clone());
 
         // Where the device is, and what it stored.
-        let where_: Value = call(reqwest::Method::GET, format!("/v1/devices/{reg}"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let where_ = service.get_json(&format!("/v1/devices/{reg}")).await;
         assert_eq!(
             (&where_["hub"], &where_["state"]),
             (&json!(hub), &json!("assigned"))
         );
-        let page: Value = call(reqwest::Method::GET, format!("/v1/devices/{reg}/telemetry"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let page = service.get_json(&format!("/v1/devices/{reg}/telemetry")).await;
         let ids: Vec<&str> = page["items"]
             .as_array()
             .unwrap_or_else(|| panic!("no telemetry page for {reg}: {page}"))
@@ -166,7 +147,9 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
         assert_eq!(ids, [format!("{reg}-0"), format!("{reg}-1")], "{page}");
 
         // The live stream, opened through the router before the device sends.
-        let mut live = call(reqwest::Method::GET, format!("/v1/devices/{reg}/stream"), None).await;
+        let mut live = service
+            .call(reqwest::Method::GET, &format!("/v1/devices/{reg}/stream"), None)
+            .await;
         assert_eq!(live.status(), 200);
         device.stdin.write_all(b"go\n").await.unwrap();
         let mut seen = String::new();
@@ -178,21 +161,8 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
         }
         drop(live);
 
-        // A direct method (the SDK subscribes once its handler is set: retry while 409).
-        let mut answer = (0, Value::Null);
-        for _ in 0..100 {
-            let resp = call(
-                reqwest::Method::POST,
-                format!("/v1/devices/{reg}/methods/echo?timeout=10"),
-                Some(json!({"x": 1})),
-            )
-            .await;
-            answer = (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null));
-            if answer.0 != 409 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // A direct method.
+        let answer = service.invoke_method(reg, "echo", json!({"x": 1})).await;
         assert_eq!(
             answer,
             (200, json!({"status": 200, "payload": {"echo": {"x": 1}}})),
@@ -200,13 +170,7 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
         );
 
         // A cloud-to-device message.
-        let sent = call(
-            reqwest::Method::POST,
-            format!("/v1/devices/{reg}/messages"),
-            Some(json!({"hello": reg})),
-        )
-        .await;
-        assert!(sent.status().is_success(), "C2D to {reg}: {}", sent.status());
+        service.send_c2d(reg, json!({"hello": reg})).await;
         let got = device.next_line("C2D message").await;
         assert_eq!(got, format!("c2d {}", json!({"hello": reg})));
         let status = tokio::time::timeout(Duration::from_secs(30), device.child.wait())

@@ -172,3 +172,95 @@ pub fn stdout_of_success(cmd: &mut Command) -> String {
     assert!(out.status.success(), "{cmd:?} failed:\n{text}\n{err}");
     text
 }
+
+/// The Azure IoT Node.js device SDK's `node_modules` (installed by .ci/setup-deps from
+/// local/tests/clients/package-lock.json); fails clearly without it.
+pub fn node_sdk_modules() -> PathBuf {
+    let modules = PathBuf::from(format!("{}/node-sdk/node_modules", tools_cache()));
+    assert!(
+        modules.join("azure-iot-device").exists(),
+        "{} has no azure-iot-device: run .ci/setup-deps (it installs the Node.js device SDK)",
+        modules.display()
+    );
+    modules
+}
+
+/// The router's service API as an application calls it: HTTPS with the fleet's CA, the app token.
+pub struct ServiceApi {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ServiceApi {
+    /// The API of the fleet `up` keeps in `state`, on its 8443 port.
+    pub fn of_fleet(state: &Path) -> Self {
+        let fleet = iotstamp_local::state::StateDir::new(state)
+            .load_fleet()
+            .unwrap()
+            .expect("up wrote fleet.json");
+        let ca = std::fs::read_to_string(state.join("ca.crt")).unwrap();
+        Self {
+            http: iotstamp_local::dps::https_client(&ca).unwrap(),
+            base: format!("https://{}:8443", fleet.router_ip),
+            token: fleet.app_token,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.call(reqwest::Method::GET, path, None)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Sends a cloud-to-device message through the router; asserts it was accepted.
+    pub async fn send_c2d(&self, device: &str, body: serde_json::Value) {
+        let path = format!("/v1/devices/{device}/messages");
+        let sent = self.call(reqwest::Method::POST, &path, Some(body)).await;
+        assert!(sent.status().is_success(), "C2D to {device}: {}", sent.status());
+    }
+
+    /// Invokes a direct method, retrying while the hub answers 409: an SDK subscribes to methods
+    /// only once its handler is set, a moment after it connected. Status and body of the answer.
+    pub async fn invoke_method(
+        &self,
+        device: &str,
+        method: &str,
+        payload: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let path = format!("/v1/devices/{device}/methods/{method}?timeout=10");
+        let mut answer = (0, serde_json::Value::Null);
+        for _ in 0..100 {
+            let resp = self
+                .call(reqwest::Method::POST, &path, Some(payload.clone()))
+                .await;
+            answer = (
+                resp.status().as_u16(),
+                resp.json().await.unwrap_or(serde_json::Value::Null),
+            );
+            if answer.0 != 409 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        answer
+    }
+}
