@@ -165,21 +165,7 @@ pub(crate) async fn start_edge(
         shutdown.clone(),
     );
 
-    let tls = match iotstamp_net::tls::server_config_from_files(
-        &config.hub.tls_cert_file,
-        &config.hub.tls_key_file,
-        &[],
-    ) {
-        // TLS 1.3 tickets stay on although devices rarely resume: measured, turning them off made
-        // connects slower (the ticket flight promptly acknowledges the client's Finished, which a
-        // Nagle-enabled client waits for before sending CONNECT).
-        Ok(cfg) => Some(cfg),
-        Err(e) if config.hub.plain_listen.is_some() => {
-            tracing::warn!(error = %Causes(&e), "no TLS certificate: serving MQTT and the API without TLS");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let tls = hub_tls(config)?;
     let hub_defences = Defences {
         max_connections: config.hub.max_connections as usize,
         handshake_timeout: Duration::from_millis(config.hub.handshake_timeout_ms),
@@ -243,29 +229,7 @@ pub(crate) async fn start_edge(
         probes: probes.clone(),
         token,
     });
-    let api_tls = match (&config.api.tls_cert_file, &config.api.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            let cfg = iotstamp_net::tls::server_config_from_files(cert, key, &[b"http/1.1"])?;
-            Some(TlsAcceptor::from(cfg))
-        }
-        (None, None) => tls
-            .as_ref()
-            .map(|_| {
-                // The hub's files loaded a moment ago; only the ALPN list differs.
-                let cfg = iotstamp_net::tls::server_config_from_files(
-                    &config.hub.tls_cert_file,
-                    &config.hub.tls_key_file,
-                    &[b"http/1.1"],
-                );
-                cfg.map(TlsAcceptor::from)
-            })
-            .transpose()?,
-        _ => {
-            return Err(Error::Config(
-                "api.tlsCertFile and api.tlsKeyFile must be given together".into(),
-            ));
-        }
-    };
+    let api_tls = api_tls(config, tls.is_some())?;
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener)?;
     listeners.push(tokio::spawn(api::serve(
@@ -299,6 +263,46 @@ pub(crate) async fn start_edge(
         listeners,
         writer,
     })
+}
+
+/// The hub's TLS config. Without a certificate the hub refuses to start, unless the config has a
+/// plain MQTT port (a development setup): then it serves MQTT and the API without TLS.
+fn hub_tls(config: &StampConfig) -> Result<Option<Arc<rustls::ServerConfig>>, Error> {
+    match iotstamp_net::tls::server_config_from_files(
+        &config.hub.tls_cert_file,
+        &config.hub.tls_key_file,
+        &[],
+    ) {
+        // TLS 1.3 tickets stay on although devices rarely resume: measured, turning them off made
+        // connects slower (the ticket flight promptly acknowledges the client's Finished, which a
+        // Nagle-enabled client waits for before sending CONNECT).
+        Ok(cfg) => Ok(Some(cfg)),
+        Err(e) if config.hub.plain_listen.is_some() => {
+            tracing::warn!(error = %Causes(&e), "no TLS certificate: serving MQTT and the API without TLS");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The stamp API's TLS: its own certificate when the config names one, else the hub's (with the
+/// HTTP ALPN), else none, as the hub has none.
+fn api_tls(config: &StampConfig, hub_has_tls: bool) -> Result<Option<TlsAcceptor>, Error> {
+    let files = match (&config.api.tls_cert_file, &config.api.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) if hub_has_tls => Some((&config.hub.tls_cert_file, &config.hub.tls_key_file)),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Config(
+                "api.tlsCertFile and api.tlsKeyFile must be given together".into(),
+            ));
+        }
+    };
+    files
+        .map(|(cert, key)| iotstamp_net::tls::server_config_from_files(cert, key, &[b"http/1.1"]))
+        .transpose()
+        .map(|cfg| cfg.map(TlsAcceptor::from))
+        .map_err(Into::into)
 }
 
 /// The URL other hub replicas reach this one at: the pod's own (the operator sets it per pod in
