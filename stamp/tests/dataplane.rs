@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::Stamp;
 use iotstamp_net::mqtt::{Packet, Publish, SUBACK_FAILURE};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 /// A rumqttc client for `id` over TLS; incoming packets arrive on the receiver.
@@ -18,6 +19,8 @@ async fn device(stamp: &Stamp, id: &str, key: &str) -> (AsyncClient, mpsc::Unbou
     let password = String::from_utf8(c.password.unwrap().to_vec()).unwrap();
     opts.set_credentials(c.username.unwrap(), password);
     opts.set_keep_alive(Duration::from_secs(30));
+    // Room for IoT Hub's largest method payload (128 KiB) both ways.
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
         stamp.client_tls(),
     )));
@@ -221,11 +224,155 @@ async fn cloud_to_device_and_direct_method_round_trip() {
 
     // A device that does not answer: the caller gets a timeout, not a hang.
     let (status, _) = stamp
-        .api("POST", "/v1/devices/dev1/methods/slow?timeout=1", Some("{}"))
+        .api("POST", "/v1/devices/dev1/methods/slow?timeout=5", Some("{}"))
         .await;
     assert_eq!(status, 504);
     let (status, _) = stamp.api("POST", "/v1/devices/nobody/messages", Some("x")).await;
     assert_eq!(status, 404);
+}
+
+fn answer(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Subscribes `client` to direct methods and waits for the SUBACK.
+async fn subscribe_to_methods(client: &AsyncClient, rx: &mut mpsc::UnboundedReceiver<Incoming>) {
+    client
+        .subscribe("$iothub/methods/POST/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    next(rx, "SUBACK", |p| matches!(p, Incoming::SubAck(_))).await;
+}
+
+/// Answers the next method request with 200 and `{"bytes": <its payload's length>}`; its topic.
+async fn answer_with_length(client: &AsyncClient, rx: &mut mpsc::UnboundedReceiver<Incoming>) -> String {
+    let Incoming::Publish(req) = next(rx, "method request", |p| matches!(p, Incoming::Publish(_))).await
+    else {
+        unreachable!()
+    };
+    let rid = req.topic.rsplit("$rid=").next().unwrap().to_string();
+    let answer = serde_json::json!({ "bytes": req.payload.len() }).to_string();
+    client
+        .publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtMostOnce,
+            false,
+            answer,
+        )
+        .await
+        .unwrap();
+    req.topic
+}
+
+/// IoT Hub's rules for direct methods: `connectTimeout` waits for a device that is not connected
+/// yet, the answer timeout is 5 to 300 s, payloads are at most 128 KiB; a call that breaks a rule is
+/// refused at once, naming it, and the device sees nothing of it.
+#[tokio::test]
+async fn direct_methods_wait_for_a_late_device_and_keep_iot_hubs_limits() {
+    let stamp = Stamp::start(34).await;
+    let key = stamp.register("late").await;
+
+    // Called before the device connects, with a connect timeout: the call waits for it.
+    let started = std::time::Instant::now();
+    let comes_late = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (client, mut rx) = device(&stamp, "late", &key).await;
+        next(&mut rx, "CONNACK", |p| matches!(p, Incoming::ConnAck(_))).await;
+        subscribe_to_methods(&client, &mut rx).await;
+        let topic = answer_with_length(&client, &mut rx).await;
+        (client, rx, topic)
+    };
+    let ((status, body), (client, mut rx, topic)) = tokio::join!(
+        stamp.api(
+            "POST",
+            "/v1/devices/late/methods/hello?connectTimeout=30&timeout=10",
+            Some(r#"{"early":true}"#),
+        ),
+        comes_late,
+    );
+    assert!(topic.starts_with("$iothub/methods/POST/hello/?$rid="), "{topic}");
+    assert_eq!(
+        (status, answer(&body)),
+        (200, json!({"status": 200, "payload": {"bytes": 14}}))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+
+    // The largest payload IoT Hub allows reaches the device whole.
+    let largest = format!("\"{}\"", "x".repeat(128 * 1024 - 2));
+    let (_, (status, body)) = tokio::join!(
+        answer_with_length(&client, &mut rx),
+        stamp.api("POST", "/v1/devices/late/methods/big?timeout=10", Some(&largest)),
+    );
+    assert_eq!(
+        (status, answer(&body)),
+        (200, json!({"status": 200, "payload": {"bytes": 131072}}))
+    );
+
+    // Refused at once, and never sent to the device.
+    let too_large = format!("\"{}\"", "x".repeat(128 * 1024 - 1));
+    for (path, body, want_status, want_text) in [
+        (
+            "/v1/devices/late/methods/big?timeout=10",
+            too_large.as_str(),
+            413,
+            "at most 131072",
+        ),
+        (
+            "/v1/devices/late/methods/m?timeout=4",
+            "{}",
+            400,
+            "5 to 300 seconds, not 4",
+        ),
+        (
+            "/v1/devices/late/methods/m?timeout=301",
+            "{}",
+            400,
+            "5 to 300 seconds, not 301",
+        ),
+        (
+            "/v1/devices/late/methods/m?connectTimeout=301",
+            "{}",
+            400,
+            "0 to 300 seconds, not 301",
+        ),
+    ] {
+        let (status, text) = stamp.api("POST", path, Some(body)).await;
+        assert_eq!(status, want_status, "{path}: {text}");
+        assert!(text.contains(want_text), "{path}: {text}");
+    }
+    // The next request the device sees is the one after those.
+    let (topic, (status, _)) = tokio::join!(
+        answer_with_length(&client, &mut rx),
+        stamp.api("POST", "/v1/devices/late/methods/after?timeout=10", Some("{}")),
+    );
+    assert_eq!(status, 200);
+    assert!(topic.starts_with("$iothub/methods/POST/after/"), "{topic}");
+
+    // A device that never comes: 404 once the connect timeout has passed; one that does not exist:
+    // 404 at once, whatever the connect timeout.
+    stamp.register("absent").await;
+    let started = std::time::Instant::now();
+    let (status, text) = stamp
+        .api(
+            "POST",
+            "/v1/devices/absent/methods/m?connectTimeout=1",
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("deviceNotConnected"), "{text}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let (status, text) = stamp
+        .api(
+            "POST",
+            "/v1/devices/nobody/methods/m?connectTimeout=60",
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("deviceNotFound"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -333,7 +333,7 @@ async fn a_message_for_a_device_connected_nowhere_is_delivered_on_whichever_hub_
         .await;
     assert_eq!((status, body.as_str()), (202, r#"{"status":"queued"}"#));
     let (status, _) = stamp
-        .api(1, "POST", "/v1/devices/away/methods/ping?timeout=1", Some("{}"))
+        .api(1, "POST", "/v1/devices/away/methods/ping?timeout=5", Some("{}"))
         .await;
     assert_eq!(status, 404, "a method needs a connected device, on any hub");
 

@@ -177,7 +177,8 @@ impl HttpStampClient {
 }
 
 /// How long a passed-through call waits for the stamp's response headers: a direct method as long
-/// as the stamp waits for the device ([`iotstamp_core::methods`]) plus a margin, anything else
+/// as the stamp waits for the device to come and to answer ([`iotstamp_core::methods`]) plus a
+/// margin, anything else
 /// `call_timeout`. The body (a live stream) then has no deadline.
 pub fn answer_deadline(path_and_query: &str, call_timeout: Duration) -> Duration {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
@@ -186,7 +187,7 @@ pub fn answer_deadline(path_and_query: &str, call_timeout: Duration) -> Duration
         .and_then(|rest| rest.split('/').nth(1))
         == Some("methods");
     if is_method {
-        let wait = iotstamp_core::methods::response_timeout(iotstamp_core::methods::requested_timeout(query));
+        let wait = iotstamp_core::methods::waits_in_query(query).total();
         (wait + METHOD_MARGIN).max(call_timeout)
     } else {
         call_timeout
@@ -308,7 +309,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_method_waits_for_its_own_timeout_and_other_calls_for_the_call_timeout() {
+    fn a_method_waits_for_its_own_timeouts_and_other_calls_for_the_call_timeout() {
         let call = Duration::from_secs(30);
         let secs = Duration::from_secs;
         assert_eq!(
@@ -316,13 +317,21 @@ mod tests {
             secs(205)
         );
         assert_eq!(
-            answer_deadline("/v1/devices/d1/methods/reboot?timeout=9999", call),
-            secs(305)
+            answer_deadline(
+                "/v1/devices/d1/methods/reboot?timeout=300&connectTimeout=300",
+                call
+            ),
+            secs(605)
+        );
+        assert_eq!(
+            answer_deadline("/v1/devices/d1/methods/reboot?connectTimeout=60", call),
+            secs(95)
         );
         assert_eq!(answer_deadline("/v1/devices/d1/methods/reboot", call), secs(35));
+        // Refused by the stamp at once: the default is plenty.
         assert_eq!(
-            answer_deadline("/v1/devices/d1/methods/reboot?timeout=1", call),
-            call
+            answer_deadline("/v1/devices/d1/methods/reboot?timeout=9999", call),
+            secs(35)
         );
         assert_eq!(answer_deadline("/v1/devices/d1/messages?timeout=200", call), call);
         assert_eq!(answer_deadline("/v1/devices/d1/stream", call), call);

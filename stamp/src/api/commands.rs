@@ -1,10 +1,11 @@
 //! Commands to devices: `POST /v1/devices/{id}/messages` (cloud-to-device; query parameters become the
-//! message's property bag; `sent`, or `queued` until the device connects and subscribes) and `POST /v1/devices/{id}/methods/{name}` (direct method; waits for the
-//! device's answer up to `?timeout=` seconds, default 30). Either works on any hub replica: a call for
+//! message's property bag; `sent`, or `queued` until the device connects and subscribes) and
+//! `POST /v1/devices/{id}/methods/{name}` (direct method, by IoT Hub's rules in
+//! [`iotstamp_core::methods`]: waits up to `?connectTimeout=` seconds, default 0, for the device to
+//! connect and subscribe, then up to `?timeout=` seconds, 5 to 300, default 30, for its answer;
+//! payloads up to 128 KiB). Either works on any hub replica: a call for
 //! a device connected to another one is forwarded there ([`crate::hub::replicas`]); [`hub_routes`]
 //! are the receiving end, on the hub's internal port.
-
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -13,6 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use iotstamp_core::methods::{self, MethodCallError};
 use iotstamp_core::topics::Properties;
 
 use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id};
@@ -82,8 +84,19 @@ fn relayed(status: StatusCode, body: Bytes) -> Response {
 }
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MethodQuery {
     timeout: Option<u64>,
+    connect_timeout: Option<u64>,
+}
+
+fn bad_method_call(e: MethodCallError) -> Response {
+    match e {
+        MethodCallError::PayloadTooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "payloadTooLarge", e),
+        MethodCallError::Timeout(_) | MethodCallError::ConnectTimeout(_) => {
+            error(StatusCode::BAD_REQUEST, "badTimeout", e)
+        }
+    }
 }
 
 pub async fn method(
@@ -96,28 +109,39 @@ pub async fn method(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let timeout = iotstamp_core::methods::response_timeout(q.timeout);
+    let waits = match methods::check_payload(body.len()).and(methods::waits(q.timeout, q.connect_timeout)) {
+        Ok(waits) => waits,
+        Err(e) => return bad_method_call(e),
+    };
+    let key = id.key();
+    if !waits.connect.is_zero() {
+        // Waiting for a device that does not exist would only delay its 404.
+        match ctx.registry.get(key.clone()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "deviceNotFound",
+                    "no such device in this stamp",
+                );
+            }
+            Err(e) => return storage_error(e),
+        }
+    }
     let name = params.get("name").map(String::as_str).unwrap_or_default();
-    invoke(&ctx, &id.key(), name, body, timeout, false).await
+    method_answer(ctx.replicas.invoke_when_ready(&key, name, body, waits).await)
 }
 
-async fn invoke(
-    ctx: &Ctx,
-    key: &str,
-    name: &str,
-    body: Bytes,
-    timeout: Duration,
-    forwarded: bool,
-) -> Response {
-    match ctx.replicas.invoke(key, name, body, timeout, forwarded).await {
-        Ok(Routed::Here(Ok(response))) => method_answer(response),
+fn method_answer(routed: Result<Routed<MethodResponse>, crate::Error>) -> Response {
+    match routed {
+        Ok(Routed::Here(Ok(response))) => device_answer(response),
         Ok(Routed::Here(Err(e))) => command_error(e),
         Ok(Routed::There { status, body }) => relayed(status, body),
         Err(e) => storage_error(e),
     }
 }
 
-fn method_answer(response: MethodResponse) -> Response {
+fn device_answer(response: MethodResponse) -> Response {
     // Devices answer with JSON; anything else is returned as a string rather than refused.
     let payload = serde_json::from_slice::<serde_json::Value>(&response.payload)
         .unwrap_or_else(|_| String::from_utf8_lossy(&response.payload).into_owned().into());
@@ -156,15 +180,12 @@ async fn forwarded_method(
     Query(q): Query<MethodQuery>,
     body: Bytes,
 ) -> Response {
-    invoke(
-        &ctx,
-        &key,
-        &name,
-        body,
-        iotstamp_core::methods::response_timeout(q.timeout),
-        true,
-    )
-    .await
+    // The receiving hub checked the call and waits for the device itself: this hub answers at once.
+    let timeout = match methods::waits(q.timeout, None) {
+        Ok(waits) => waits.response,
+        Err(e) => return bad_method_call(e),
+    };
+    method_answer(ctx.replicas.invoke(&key, &name, body, timeout, true).await)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -69,6 +69,9 @@ impl PacketHandler<'_> {
                     )
                     .collect();
                 mqtt::encode_as(&Packet::SubAck { pkid, codes }, self.version, out);
+                if self.subs.load(Ordering::Relaxed) & SUB_METHODS != 0 {
+                    ctx.sessions.wake_method_callers();
+                }
                 if self.subs.load(Ordering::Relaxed) & SUB_C2D != 0 {
                     // Messages sent while the device was away go out right after the SUBACK.
                     ctx.replicas.deliver_queued(self.device_key).await;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use iotstamp_core::methods::Waits;
 use iotstamp_core::topics::Properties;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::sync::{mpsc, watch};
@@ -31,12 +32,25 @@ use crate::seams::directory::{Answer, Call, HEARTBEAT, Message, Owner, SessionDi
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A forwarded method waits for the device as long as the caller asked, plus this for the hop.
 const METHOD_HOP: Duration = Duration::from_secs(5);
+/// How often a call waiting for its device (`connectTimeout`) looks for it on the other hubs; a
+/// device joining this hub wakes it at once.
+const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// What became of a call: answered here, or by the owner hub (its status and JSON body, relayed).
 #[derive(Debug)]
 pub enum Routed<T> {
     Here(Result<T, CommandError>),
     There { status: StatusCode, body: Bytes },
+}
+
+/// Whether a method call found its device not connected or not subscribed yet, here or at the hub
+/// it was forwarded to (that hub's 404 or 409): a call with a connect timeout tries again.
+fn device_not_ready<T>(routed: &Routed<T>) -> bool {
+    match routed {
+        Routed::Here(Err(CommandError::NotConnected | CommandError::NotSubscribed(_))) => true,
+        Routed::Here(_) => false,
+        Routed::There { status, .. } => [StatusCode::NOT_FOUND, StatusCode::CONFLICT].contains(status),
+    }
 }
 
 pub struct Replicas {
@@ -170,6 +184,31 @@ impl Replicas {
         let result = forward(&*self.peer(&owner.hub)?, &path, Some(payload), PEER_TIMEOUT).await;
         count(&self.metrics, "c2d", &result);
         result
+    }
+
+    /// Invokes a direct method once the device is connected and subscribed to methods, on any
+    /// hub: waits up to `waits.connect` for that, then up to `waits.response` for its answer.
+    pub async fn invoke_when_ready(
+        &self,
+        device_key: &str,
+        method: &str,
+        payload: Bytes,
+        waits: Waits,
+    ) -> Result<Routed<MethodResponse>, Error> {
+        let deadline = tokio::time::Instant::now() + waits.connect;
+        loop {
+            let subscribed = self.sessions.methods_subscribed();
+            tokio::pin!(subscribed);
+            subscribed.as_mut().enable();
+            let routed = self
+                .invoke(device_key, method, payload.clone(), waits.response, false)
+                .await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !device_not_ready(&routed) {
+                return Ok(routed);
+            }
+            let _ = tokio::time::timeout(left.min(LOOK_AGAIN), subscribed).await;
+        }
     }
 
     /// Invokes a direct method on the device wherever it is connected.
@@ -385,4 +424,36 @@ fn count<T>(metrics: &Metrics, kind: &'static str, result: &Result<Routed<T>, Er
         .forwarded_calls
         .get_or_create(&vec![("kind", kind), ("outcome", outcome)])
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_waits_on_for_a_device_that_is_not_connected_or_not_subscribed_anywhere() {
+        let there = |status| Routed::<()>::There {
+            status,
+            body: Bytes::new(),
+        };
+        assert!(device_not_ready(&Routed::<()>::Here(Err(
+            CommandError::NotConnected
+        ))));
+        assert!(device_not_ready(&Routed::<()>::Here(Err(
+            CommandError::NotSubscribed("direct methods")
+        ))));
+        assert!(device_not_ready(&there(StatusCode::NOT_FOUND)));
+        assert!(device_not_ready(&there(StatusCode::CONFLICT)));
+        for done in [
+            Routed::Here(Ok(())),
+            Routed::Here(Err(CommandError::Timeout(Duration::from_secs(5)))),
+            Routed::Here(Err(CommandError::Gone)),
+            Routed::Here(Err(CommandError::Moved)),
+            there(StatusCode::OK),
+            there(StatusCode::GATEWAY_TIMEOUT),
+            there(StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            assert!(!device_not_ready(&done));
+        }
+    }
 }

@@ -109,6 +109,9 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     /// Where ended sessions are reported (device key, epoch), once someone listens.
     released: OnceLock<mpsc::UnboundedSender<(String, u64)>>,
+    /// Woken when a device subscribes to direct methods: calls waiting for a device to come
+    /// (`connectTimeout`) look again.
+    methods_subscribed: Notify,
 }
 
 /// Held by a connection's task for as long as it serves the device.
@@ -145,6 +148,7 @@ impl Sessions {
             next_rid: AtomicU64::new(1),
             metrics,
             released: OnceLock::new(),
+            methods_subscribed: Notify::new(),
         })
     }
 
@@ -285,6 +289,17 @@ impl Sessions {
     /// Forgets what is queued for a device that left the registry.
     pub fn forget_queued(&self, device_key: &str) {
         self.lock().offline.clear(device_key);
+    }
+
+    /// Resolves when the next device subscribes to direct methods here. Create it before looking,
+    /// then await it: a subscription in between still wakes it.
+    pub fn methods_subscribed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.methods_subscribed.notified()
+    }
+
+    /// A device here just subscribed to direct methods: wakes the calls waiting for one.
+    pub fn wake_method_callers(&self) {
+        self.methods_subscribed.notify_waiters();
     }
 
     /// Sends a direct-method request and waits for the device's response.
