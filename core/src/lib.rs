@@ -18,3 +18,4 @@ pub mod scaling;
 pub mod selector;
 pub mod stamp_config;
 pub mod topics;
+pub mod twin;

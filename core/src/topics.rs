@@ -7,7 +7,9 @@
 //! - direct methods: subscribe `$iothub/methods/POST/#`, requests on `$iothub/methods/POST/{name}/?$rid=R`,
 //!   answered by publishing `$iothub/methods/res/{status}/?$rid=R`;
 //! - twin: subscribe `$iothub/twin/res/#` (and desired-property patches), publish `$iothub/twin/GET/?$rid=R`
-//!   or `$iothub/twin/PATCH/properties/reported/?$rid=R`.
+//!   or `$iothub/twin/PATCH/properties/reported/?$rid=R`; desired changes are pushed on
+//!   `$iothub/twin/PATCH/properties/desired/?$version=N`. A device has no topic to write desired
+//!   properties: publishing to that one is refused like any topic not listed.
 //!
 //! The `$iothub/...` topics carry no device id: they are scoped by the connection, so the hub must never
 //! route one device's `$iothub` traffic to another. Everything not listed is refused, `#` included: the
@@ -142,6 +144,11 @@ pub fn twin_response_topic(status: u16, rid: &str, version: Option<u64>) -> Stri
     topic
 }
 
+/// `$iothub/twin/PATCH/properties/desired/?$version=N`: a desired-properties change pushed to the device.
+pub fn desired_patch_topic(version: u64) -> String {
+    format!("$iothub/twin/PATCH/properties/desired/?$version={version}")
+}
+
 /// Parses `k=v&k2=v2`: keys and values are url-decoded (`%24.mid` → `$.mid`), empty segments skipped,
 /// a key without `=` gets an empty value. Undecodable percent sequences are kept as sent.
 pub fn parse_property_bag(bag: &str) -> Properties {
@@ -257,6 +264,7 @@ mod tests {
             "#",
             "devices/dev1/messages/events/#",
             "$iothub/methods/POST/reboot/?$rid=1",
+            "$iothub/twin/PATCH/properties/desired/?$rid=1",
             "anything/else",
         ] {
             assert!(

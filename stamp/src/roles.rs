@@ -160,6 +160,7 @@ async fn hub(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
     let seams = Seams {
         registry: CachedRegistry::new(storage.clone()),
         telemetry: storage.clone(),
+        twins: storage.clone(),
         writer: ingest.clone(),
         directory: storage.clone(),
         live_from_storage: Some(storage.clone()),

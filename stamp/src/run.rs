@@ -26,7 +26,7 @@ use crate::seams::client::InternalClient;
 use crate::seams::directory::{LocalDirectory, SessionDirectory};
 use crate::seams::local::LocalStore;
 use crate::seams::server::{Probes, probe_routes};
-use crate::seams::{BatchWriter, Ready, Registry, TelemetryQuery};
+use crate::seams::{BatchWriter, Ready, Registry, TelemetryQuery, Twins};
 use crate::storage::Store;
 
 /// A stamp running in this process.
@@ -79,6 +79,7 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let seams = Seams {
         registry: local.clone(),
         telemetry: local.clone(),
+        twins: local.clone(),
         writer: local.clone(),
         dependencies: vec![local],
         directory: LocalDirectory::new(),
@@ -108,6 +109,7 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
 pub(crate) struct Seams {
     pub registry: Arc<dyn Registry>,
     pub telemetry: Arc<dyn TelemetryQuery>,
+    pub twins: Arc<dyn Twins>,
     /// Where the edge's ingest batcher sends batches.
     pub writer: Arc<dyn BatchWriter>,
     /// What `/readyz` waits for.
@@ -175,6 +177,7 @@ pub(crate) async fn start_edge(
         stamp: config.stamp.clone(),
         host_names: config.hub.host_names.clone(),
         registry: seams.registry.clone(),
+        twins: seams.twins.clone(),
         ingest: ingest.clone(),
         sessions: sessions.clone(),
         replicas: replicas.clone(),
@@ -218,6 +221,7 @@ pub(crate) async fn start_edge(
     let api_ctx = Arc::new(ApiCtx {
         registry: seams.registry,
         telemetry: seams.telemetry,
+        twins: seams.twins,
         sessions: sessions.clone(),
         replicas,
         live: match seams.live_from_storage {

@@ -462,3 +462,52 @@ async fn a_hub_without_an_address_other_hubs_can_reach_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("hub.advertiseUrl"), "{stderr}");
 }
+
+#[tokio::test]
+async fn one_twin_whichever_hub_and_a_desired_change_reaches_the_device_on_another_hub() {
+    let stamp = Replicated::start(144).await;
+    stamp.put_device(0, "tw", "enabled").await;
+    let (mut device, code) = stamp.connect(2, "tw").await;
+    assert_eq!(code, 0);
+    device
+        .send(&Packet::Subscribe {
+            pkid: 1,
+            filters: vec![
+                ("$iothub/twin/res/#".into(), 0),
+                ("$iothub/twin/PATCH/properties/desired/#".into(), 0),
+            ],
+        })
+        .await;
+    assert!(matches!(device.recv().await, Some(Packet::SubAck { .. })));
+
+    // Reported through hub 2 (stored by the storage process), read through hub 0.
+    device
+        .send(&Packet::Publish(Publish::qos1(
+            "$iothub/twin/PATCH/properties/reported/?$rid=1",
+            3,
+            r#"{"rpm": 900}"#,
+        )))
+        .await;
+    let answer = next_publish(&mut device).await;
+    assert_eq!(answer.topic, "$iothub/twin/res/204/?$rid=1&$version=2");
+    let (status, body) = stamp.api(0, "GET", "/v1/devices/tw/twin", None).await;
+    assert_eq!(status, 200, "{body}");
+    let twin: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(twin["properties"]["reported"]["rpm"], 900, "{body}");
+
+    // Desired through hub 1: pushed to the session on hub 2.
+    let change = r#"{"properties": {"desired": {"rpm": 1200}}}"#;
+    let (status, body) = stamp.api(1, "PATCH", "/v1/devices/tw/twin", Some(change)).await;
+    assert_eq!(status, 200, "{body}");
+    let pushed = loop {
+        let p = next_publish(&mut device).await;
+        if p.topic.starts_with("$iothub/twin/PATCH/") {
+            break p;
+        }
+    };
+    assert_eq!(pushed.topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&pushed.payload).unwrap(),
+        serde_json::json!({"rpm": 1200, "$version": 2})
+    );
+}

@@ -160,6 +160,14 @@ impl Publish {
             properties: Properties::default(),
         }
     }
+
+    /// A plain QoS 0 PUBLISH: the hub's twin answers, and requests that need no PUBACK.
+    pub fn qos0(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            qos: 0,
+            ..Self::qos1(topic, 0, payload)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -22,7 +22,7 @@ use super::{Ctx, error, require_token, storage_error};
 use crate::hub::replicas::Routed;
 use crate::hub::sessions::{C2dOutcome, CommandError, MethodResponse};
 
-fn command_error(e: CommandError) -> Response {
+pub(super) fn command_error(e: CommandError) -> Response {
     let (status, code) = match e {
         CommandError::NotConnected => (StatusCode::NOT_FOUND, "deviceNotConnected"),
         CommandError::NotSubscribed(_) => (StatusCode::CONFLICT, "deviceNotSubscribed"),

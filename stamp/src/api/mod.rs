@@ -7,6 +7,7 @@ pub mod live;
 mod quota;
 mod registry;
 mod telemetry;
+mod twin;
 
 use std::sync::Arc;
 
@@ -28,12 +29,14 @@ use crate::hub::sessions::Sessions;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::seams::server::{Probes, probe_routes};
-use crate::seams::{Registry, TelemetryQuery};
+use crate::seams::{Registry, TelemetryQuery, Twins};
 
 pub struct ApiCtx {
     /// The registry in storage (in this process, or storage's internal API behind the hub's cache).
     pub registry: Arc<dyn Registry>,
     pub telemetry: Arc<dyn TelemetryQuery>,
+    /// The device twins in storage.
+    pub twins: Arc<dyn Twins>,
     pub sessions: Arc<Sessions>,
     /// The session directory's view across hub replicas (forwarding, connected count, ends).
     pub replicas: Arc<Replicas>,
@@ -47,7 +50,6 @@ pub struct ApiCtx {
 }
 
 pub type Ctx = Arc<ApiCtx>;
-pub use commands::hub_routes;
 pub use quota::parse_quota;
 /// The internal bearer token (the same Secret for the stamp API and the internal API).
 pub type Token = Arc<str>;
@@ -68,6 +70,10 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/stream", get(live::all))
         .route("/v1/devices/{id}/messages", post(commands::c2d))
         .route("/v1/devices/{id}/methods/{name}", post(commands::method))
+        .route(
+            "/v1/devices/{id}/twin",
+            get(twin::get).patch(twin::patch).put(twin::replace),
+        )
         .route("/v1/stats", get(stats))
         .route("/v1/quota", put(quota::put))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -75,6 +81,12 @@ pub fn router(ctx: Ctx) -> Router {
             require_token,
         ));
     v1.with_state(ctx.clone()).merge(ops_router(ctx.probes.clone()))
+}
+
+/// The hub's internal API (`hub.internalListen`): the calls other hub replicas forward to the
+/// devices connected here (C2D, methods, session ends, desired-property pushes).
+pub fn hub_routes(ctx: Ctx) -> Router {
+    commands::hub_routes(ctx.clone()).merge(twin::hub_routes(ctx))
 }
 
 /// Health, metrics and the OpenAPI document, also served on the plain-HTTP metrics port.

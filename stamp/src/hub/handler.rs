@@ -1,13 +1,14 @@
 //! What a device's packets do once its session is up: telemetry to ingest (PUBACK when durable),
-//! method responses and twin requests to the session table, SUBSCRIBE/UNSUBSCRIBE against the
-//! device's ACL, PINGREQ. The connection loop ([`super::conn`]) owns the socket and calls in here.
+//! method responses to the session table, twin reads and reported patches to storage (answered
+//! once durable), SUBSCRIBE/UNSUBSCRIBE against the device's ACL, PINGREQ. The connection loop ([`super::conn`]) owns the socket and calls in here.
 
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use futures::stream::FuturesOrdered;
 use iotstamp_core::topics::{self, DevicePublish, DeviceSubscription};
-use iotstamp_net::mqtt::{self, Packet, Properties, Publish, SUBACK_FAILURE, Version, reason};
+use iotstamp_core::twin::{self, TwinChange};
+use iotstamp_net::mqtt::{self, Packet, Publish, SUBACK_FAILURE, Version, reason};
 use tokio::sync::oneshot;
 
 use super::HubCtx;
@@ -155,16 +156,32 @@ impl PacketHandler<'_> {
                 }
             }
             DevicePublish::TwinGet { rid } => {
-                let twin = ctx.sessions.twin(self.device_key);
-                self.twin_answer(out, 200, &rid, None, twin.to_string());
+                let (status, body) = match ctx.twins.twin(self.device_key.to_string()).await {
+                    Ok(twin) => (200, twin.device_view().to_string()),
+                    Err(e) => twin_unavailable(self.device, &e),
+                };
+                self.twin_answer(out, status, &rid, None, body);
             }
             DevicePublish::TwinPatchReported { rid } => {
-                match serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                    Ok(serde_json::Value::Object(patch)) => {
-                        let version = ctx.sessions.patch_reported(self.device_key, patch);
-                        self.twin_answer(out, 204, &rid, Some(version), String::new());
+                // Answered once the patch is durable in storage (or refused, nothing changed).
+                let change = twin::parse_patch(&p.payload).map(|patch| TwinChange::Reported { patch });
+                let outcome = match change {
+                    Ok(change) => ctx.twins.change_twin(self.device_key.to_string(), change).await,
+                    Err(refused) => Ok(Err(refused)),
+                };
+                match outcome {
+                    Ok(Ok(written)) => {
+                        let version = Some(written.twin.reported.version);
+                        self.twin_answer(out, 204, &rid, version, String::new());
                     }
-                    _ => self.twin_answer(out, 400, &rid, None, String::new()),
+                    Ok(Err(refused)) => {
+                        let body = serde_json::json!({ "message": refused.to_string() }).to_string();
+                        self.twin_answer(out, refused.status(), &rid, None, body);
+                    }
+                    Err(e) => {
+                        let (status, body) = twin_unavailable(self.device, &e);
+                        self.twin_answer(out, status, &rid, None, body);
+                    }
                 }
             }
         }
@@ -178,17 +195,18 @@ impl PacketHandler<'_> {
         if self.subs.load(Ordering::Relaxed) & SUB_TWIN == 0 {
             return;
         }
-        let publish = Publish {
-            topic: topics::twin_response_topic(status, rid, version),
-            qos: 0,
-            retain: false,
-            dup: false,
-            pkid: 0,
-            payload: body.into(),
-            properties: Properties::default(),
-        };
+        let publish = Publish::qos0(topics::twin_response_topic(status, rid, version), body);
         mqtt::encode_as(&Packet::Publish(publish), self.version, out);
     }
+}
+
+/// Storage could not be reached: the device hears 503 and may retry; its session stays.
+fn twin_unavailable(device: &str, e: &crate::Error) -> (u16, String) {
+    tracing::warn!(device, error = %iotstamp_core::causes::Causes(e), "twin request failed");
+    (
+        503,
+        serde_json::json!({ "message": "the twin store is unavailable" }).to_string(),
+    )
 }
 
 fn sub_bit(kind: DeviceSubscription) -> u8 {

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::seams::Registry;
+use crate::seams::{Registry, Twins};
 use sessions::Sessions;
 
 /// What every connection task shares.
@@ -32,6 +32,8 @@ pub struct HubCtx {
     pub host_names: Vec<String>,
     /// Where CONNECT looks devices up: the store here, or storage's registry through a cache.
     pub registry: Arc<dyn Registry>,
+    /// Where the devices' twins are read and written (storage, here or through its internal API).
+    pub twins: Arc<dyn Twins>,
     pub ingest: Arc<Ingest>,
     pub sessions: Arc<Sessions>,
     /// Where sessions are claimed and queued C2D collected, across hub replicas.

@@ -2,9 +2,9 @@
 //! replica holds the device's session and whichever one receives the call.
 //!
 //! This hub claims each accepted device in the session directory ([`crate::seams::directory`],
-//! kept by storage) and releases it when the session ends. A call for a device that is not here is
-//! forwarded to the owner's internal API (`hub.internalListen`, same bearer token) and its answer
-//! relayed as it came; a message for a device connected nowhere waits in the directory and goes out
+//! kept by storage) and releases it when the session ends. A call for a device that is not here
+//! (C2D, a method, a desired-property push) is forwarded to the owner's internal API
+//! (`hub.internalListen`, same bearer token) and its answer relayed as it came; a message for a device connected nowhere waits in the directory and goes out
 //! at the device's C2D SUBSCRIBE, on whichever hub that is. A new session on another hub tells the
 //! old owner to end its session; disabling a device ends it on every hub and drops their cached
 //! record. With `--role all` the directory is in process and nothing is ever forwarded.
@@ -246,6 +246,36 @@ impl Replicas {
         )
         .await;
         count(&self.metrics, "method", &result);
+        result
+    }
+
+    /// Pushes a desired-properties change to the device wherever it is connected (best effort: a
+    /// device not connected or not subscribed reads its whole twin when it next connects).
+    pub async fn push_desired(
+        &self,
+        device_key: &str,
+        version: u64,
+        body: Bytes,
+        forwarded: bool,
+    ) -> Result<Routed<()>, Error> {
+        if self.sessions.is_connected(device_key) {
+            return Ok(Routed::Here(
+                self.sessions.push_desired(device_key, version, body),
+            ));
+        }
+        let owner = match self.owner(device_key).await? {
+            None => return Ok(Routed::Here(Err(CommandError::NotConnected))),
+            Some(owner) if owner.hub == self.hub => {
+                return Ok(Routed::Here(
+                    self.sessions.push_desired(device_key, version, body),
+                ));
+            }
+            Some(_) if forwarded => return Ok(Routed::Here(Err(CommandError::Moved))),
+            Some(owner) => owner,
+        };
+        let path = format!("{}/twin/desired?version={version}", peer_path(device_key));
+        let result = forward(&*self.peer(&owner.hub)?, &path, Some(body), PEER_TIMEOUT).await;
+        count(&self.metrics, "desired", &result);
         result
     }
 

@@ -1,5 +1,6 @@
 //! The live device sessions of one hub: who is connected, what each subscribed to, and the paths from
-//! the stamp API to a device (cloud-to-device messages, direct methods) and back (method responses).
+//! the stamp API to a device (cloud-to-device messages, direct methods, desired-property pushes) and
+//! back (method responses).
 //!
 //! One session per device: registering a device that already has one kicks the old connection (IoT
 //! Hub's rule: the newest connection wins). A session unregisters itself when its guard drops, but only
@@ -98,8 +99,6 @@ struct Inner {
     methods: HashMap<(String, String), oneshot::Sender<MethodResponse>>,
     /// C2D messages waiting for the device to connect and subscribe.
     offline: OfflineQueue,
-    /// Reported twin properties per device. In memory only: a device re-reports after reconnecting.
-    twins: HashMap<String, (u64, serde_json::Map<String, serde_json::Value>)>,
 }
 
 pub struct Sessions {
@@ -349,35 +348,21 @@ impl Sessions {
         waiter.is_some_and(|w| w.send(response).is_ok())
     }
 
-    /// The device's twin document as IoT Hub returns it to `$iothub/twin/GET`.
-    pub fn twin(&self, device_key: &str) -> serde_json::Value {
+    /// Pushes a desired-properties change (`body`: the patch with its `$version`) to the device
+    /// if it is connected here and subscribed to them. Not kept otherwise: a device reads its
+    /// whole twin after it (re)connects.
+    pub fn push_desired(&self, device_key: &str, version: u64, body: Bytes) -> Result<(), CommandError> {
         let inner = self.lock();
-        let (version, reported) = inner
-            .twins
-            .get(device_key)
-            .cloned()
-            .unwrap_or((1, Default::default()));
-        let mut reported = reported;
-        reported.insert("$version".into(), version.into());
-        serde_json::json!({ "desired": { "$version": 1 }, "reported": reported })
-    }
-
-    /// Merges a reported-properties patch (null deletes a key); returns the new version.
-    pub fn patch_reported(&self, device_key: &str, patch: serde_json::Map<String, serde_json::Value>) -> u64 {
-        let mut inner = self.lock();
-        let (version, reported) = inner
-            .twins
-            .entry(device_key.to_string())
-            .or_insert((1, Default::default()));
-        for (k, v) in patch {
-            if v.is_null() {
-                reported.remove(&k);
-            } else {
-                reported.insert(k, v);
-            }
+        let entry = inner.live.get(device_key).ok_or(CommandError::NotConnected)?;
+        if entry.subs.load(Ordering::Relaxed) & SUB_DESIRED == 0 {
+            return Err(CommandError::NotSubscribed("desired property changes"));
         }
-        *version += 1;
-        *version
+        let outbound = Outbound {
+            topic: topics::desired_patch_topic(version),
+            payload: body,
+            qos: 0,
+        };
+        entry.tx.try_send(outbound).map_err(|_| CommandError::Busy)
     }
 }
 
@@ -448,20 +433,5 @@ mod tests {
             .invoke("d", "slow", Bytes::new(), Duration::from_millis(10))
             .await;
         assert!(matches!(timeout, Err(CommandError::Timeout(_))));
-    }
-
-    #[test]
-    fn reported_twin_patches_merge_and_bump_the_version() {
-        let s = Sessions::new(Metrics::new());
-        let patch = |v: serde_json::Value| v.as_object().cloned().unwrap();
-        assert_eq!(
-            s.patch_reported("d", patch(serde_json::json!({"a": 1, "b": 2}))),
-            2
-        );
-        assert_eq!(s.patch_reported("d", patch(serde_json::json!({"b": null}))), 3);
-        assert_eq!(
-            s.twin("d")["reported"],
-            serde_json::json!({"a": 1, "$version": 3})
-        );
     }
 }

@@ -14,7 +14,10 @@ use iotstamp_core::registry::DeviceRecord;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::directory::{Answer, Call, SessionDirectory};
-use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery};
+use iotstamp_core::twin::{Twin, TwinChange, TwinError};
+
+use super::twin_writer::TwinOutcome;
+use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::Error;
 use crate::storage::record::TelemetryRecord;
 use crate::storage::{Page, PutOutcome};
@@ -283,4 +286,34 @@ impl TelemetryQuery for InternalClient {
             }
         })
     }
+}
+
+impl Twins for InternalClient {
+    fn twin(&self, device_key: String) -> Fut<'_, Twin> {
+        Box::pin(async move {
+            let path = format!("/internal/v1/twins/{}", device_path(&device_key));
+            match self.call(Method::GET, &path, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+
+    fn change_twin(&self, device_key: String, change: TwinChange) -> Fut<'_, TwinOutcome> {
+        Box::pin(async move {
+            let path = format!("/internal/v1/twins/{}", device_path(&device_key));
+            let body = serde_json::to_vec(&change).map_err(|e| Error::Corrupt(e.to_string()))?;
+            match self.call(Method::POST, &path, Some(body), WRITE_TIMEOUT).await? {
+                (StatusCode::OK, body) => Ok(Ok(self.decode(&body)?)),
+                // Storage's refusals carry the twin rule that refused (see seams::server).
+                (status, body) if is_twin_refusal(status) => Ok(Err(self.decode::<TwinError>(&body)?)),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}
+
+/// The statuses storage answers a refused twin change with ([`TwinError::status`]).
+pub(crate) fn is_twin_refusal(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 412 | 413)
 }

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use iotstamp_core::registry::DeviceRecord;
 
+use iotstamp_core::twin::{Twin, TwinChange};
+
 use super::registry_writer::RegistryWriter;
-use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery};
+use super::twin_writer::{TwinOutcome, TwinWriter};
+use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::Error;
 use crate::storage::record::TelemetryRecord;
 use crate::storage::{Page, PutOutcome, Store};
@@ -16,6 +19,8 @@ pub struct LocalStore {
     store: Arc<Store>,
     /// Registry writes go through group commit; reads go straight to the store.
     registry_writes: RegistryWriter,
+    /// Twin writes go through their own group commit; reads go straight to the store.
+    twin_writes: TwinWriter,
     /// The device quota in force: `deviceQuota` from the config at start, then what the stamp API
     /// was last told (the operator pushes every change; see `api::quota`). Not stored: a restarted
     /// storage reads its config again, which by then carries the operator's current value.
@@ -25,9 +30,11 @@ pub struct LocalStore {
 impl LocalStore {
     pub fn new(store: Arc<Store>, quota: u64) -> Result<Arc<Self>, Error> {
         let registry_writes = RegistryWriter::start(store.clone())?;
+        let twin_writes = TwinWriter::start(store.clone())?;
         Ok(Arc::new(Self {
             store,
             registry_writes,
+            twin_writes,
             quota: AtomicU64::new(quota),
         }))
     }
@@ -88,5 +95,14 @@ impl Registry for LocalStore {
 impl TelemetryQuery for LocalStore {
     fn query(&self, q: SeriesQuery) -> Fut<'_, Page> {
         self.run(move |s| s.query(&q.device_key, q.from_us, q.to_us, q.after, q.limit))
+    }
+}
+
+impl Twins for LocalStore {
+    fn twin(&self, device_key: String) -> Fut<'_, Twin> {
+        self.run(move |s| s.get_twin(&device_key))
+    }
+    fn change_twin(&self, device_key: String, change: TwinChange) -> Fut<'_, TwinOutcome> {
+        Box::pin(self.twin_writes.write(device_key, change))
     }
 }

@@ -10,12 +10,15 @@
 //! - [`Registry`]: the device registry, which lives in storage. The hub reads it through
 //!   [`cache::CachedRegistry`].
 //! - [`TelemetryQuery`]: reading a device's series (the stamp API's queries and aggregates).
+//! - [`Twins`]: the device twins, which live in storage; written through group commit
+//!   ([`twin_writer`]), answered once durable.
 //!
 //! Wire format ([`server`] serves it, [`client`] speaks it), all under the internal bearer token:
 //! `POST /internal/v1/telemetry` (JSON array of records; 204 after the commit),
 //! `GET /internal/v1/telemetry/{device}?from=&to=&limit=&after=` (µs; a page),
 //! `GET|PUT|DELETE /internal/v1/registry/{device}`, `GET /internal/v1/registry` (`{"count": n}`),
-//! `GET|PUT /internal/v1/quota` (`{"deviceQuota": n}`), and `/healthz`, `/readyz` without a token
+//! `GET|PUT /internal/v1/quota` (`{"deviceQuota": n}`), `GET|POST /internal/v1/twins/{device}` (the
+//! stored twin; a `TwinChange` → 200 `TwinWritten`, or its refusal's status with the `TwinError`), and `/healthz`, `/readyz` without a token
 //! for the kubelet.
 //!
 //! The device quota lives where the registry writes are checked: with the store (storage's registry
@@ -28,13 +31,16 @@ pub mod directory;
 pub mod local;
 pub mod registry_writer;
 pub mod server;
+pub mod twin_writer;
 
 use futures::future::BoxFuture;
 use iotstamp_core::registry::DeviceRecord;
+use iotstamp_core::twin::{Twin, TwinChange};
 
 use crate::Error;
 use crate::storage::record::{Cursor, TelemetryRecord};
 use crate::storage::{Page, PutOutcome};
+use twin_writer::TwinOutcome;
 
 pub type Fut<'a, T> = BoxFuture<'a, Result<T, Error>>;
 
@@ -83,4 +89,13 @@ pub struct SeriesQuery {
 
 pub trait TelemetryQuery: Send + Sync {
     fn query(&self, q: SeriesQuery) -> Fut<'_, Page>;
+}
+
+/// The device twins. Keys are lower-cased device ids.
+pub trait Twins: Send + Sync {
+    /// The device's twin (the default one, every version 1, if nothing was written yet).
+    fn twin(&self, device_key: String) -> Fut<'_, Twin>;
+    /// Applies a change; `Ok(Ok(_))` only once it is durable, `Ok(Err(_))` when the twin rules
+    /// refused it (nothing changed).
+    fn change_twin(&self, device_key: String, change: TwinChange) -> Fut<'_, TwinOutcome>;
 }

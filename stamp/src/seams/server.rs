@@ -1,4 +1,4 @@
-//! The internal HTTP API's server side: storage's routes (batch writes, queries, registry), ingest's
+//! The internal HTTP API's server side: storage's routes (batch writes, queries, registry, twins), ingest's
 //! route (batch writes, answered after storage committed), and the probes every role serves.
 
 use std::sync::Arc;
@@ -15,7 +15,9 @@ use tokio::sync::broadcast;
 
 use super::directory::{Call, LocalDirectory};
 use super::local::LocalStore;
-use super::{BatchWriter, Ready, Registry, SeriesQuery, TelemetryQuery};
+use iotstamp_core::twin::TwinChange;
+
+use super::{BatchWriter, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::api::{Token, error, live, require_token, storage_error};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -123,6 +125,7 @@ pub fn storage_routes(state: StorageState, token: Token) -> Router {
             "/internal/v1/registry/{device}",
             get(get_device).put(put_device).delete(delete_device),
         )
+        .route("/internal/v1/twins/{device}", get(get_twin).post(change_twin))
         .route("/internal/v1/directory", post(directory))
         .route("/internal/v1/stream", get(live::storage_feed))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
@@ -294,6 +297,34 @@ async fn delete_device(State(store): State<Arc<LocalStore>>, Path(device_key): P
     match store.delete(device_key).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "deviceNotFound", "no such device"),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn get_twin(State(store): State<Arc<LocalStore>>, Path(device_key): Path<String>) -> Response {
+    match store.twin(device_key).await {
+        Ok(twin) => axum::Json(twin).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// 200 with the `TwinWritten` once durable; a refusal answers its own status with the `TwinError`
+/// as the body, which the hub's client turns back into the same refusal.
+async fn change_twin(
+    State(store): State<Arc<LocalStore>>,
+    Path(device_key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let change: TwinChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "badTwinChange", e),
+    };
+    match store.change_twin(device_key, change).await {
+        Ok(Ok(written)) => axum::Json(written).into_response(),
+        Ok(Err(refused)) => {
+            let status = StatusCode::from_u16(refused.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, axum::Json(refused)).into_response()
+        }
         Err(e) => storage_error(e),
     }
 }

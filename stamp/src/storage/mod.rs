@@ -1,4 +1,5 @@
-//! The stamp's embedded store: the device registry and the telemetry series, in one redb file.
+//! The stamp's embedded store: the device registry, the device twins and the telemetry series, in
+//! one redb file.
 //!
 //! Why redb (see stamp/README.md for the figures): pure Rust, one file, copy-on-write B-trees with a
 //! crash-safe commit (checksummed, fsync'd before `commit` returns), ordered range scans for "one
@@ -12,6 +13,7 @@ pub mod aggregate;
 mod cap;
 pub mod record;
 mod registry;
+mod twins;
 
 use std::path::Path;
 
@@ -27,6 +29,8 @@ const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
 const TELEMETRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("telemetry");
 /// Device keys that have telemetry, so retention can visit each series without a full scan.
 const SERIES: TableDefinition<&str, ()> = TableDefinition::new("series");
+/// Lower-cased device id → JSON `Twin` (see `twins.rs`).
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
 
 pub const DB_FILE: &str = "stamp.redb";
 
@@ -55,6 +59,7 @@ impl Store {
         tx.open_table(REGISTRY)?;
         tx.open_table(TELEMETRY)?;
         tx.open_table(SERIES)?;
+        tx.open_table(TWINS)?;
         tx.commit()?;
         let mut known = std::collections::HashSet::new();
         for entry in db.begin_read()?.open_table(SERIES)?.iter()? {

@@ -8,7 +8,7 @@
 use iotstamp_core::registry::DeviceRecord;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::{REGISTRY, Store, from_json, to_json};
+use super::{REGISTRY, Store, TWINS, from_json, to_json};
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub enum PutOutcome {
 /// committed together by [`Store::write_registry`]. Each write returns its own typed outcome.
 pub struct RegistryBatch<'t> {
     table: redb::Table<'t, &'static str, &'static [u8]>,
+    /// A deleted device's twin goes with it, so a device registered again starts afresh.
+    twins: redb::Table<'t, &'static str, &'static [u8]>,
     /// Devices held, as the earlier writes of the batch left it: the quota is checked against it,
     /// so a batch can never overshoot the quota either.
     count: u64,
@@ -44,8 +46,10 @@ impl RegistryBatch<'_> {
         }))
     }
 
-    /// Removes a device (its telemetry stays until retention takes it); whether it was there.
+    /// Removes a device and its twin (its telemetry stays until retention takes it); whether it
+    /// was there.
     pub fn delete(&mut self, device_key: &str) -> Result<bool, Error> {
+        self.twins.remove(device_key)?;
         let existed = self.table.remove(device_key)?.is_some();
         self.count -= u64::from(existed);
         Ok(existed)
@@ -62,8 +66,9 @@ impl Store {
         let tx = self.db.begin_write()?;
         let written = {
             let table = tx.open_table(REGISTRY)?;
+            let twins = tx.open_table(TWINS)?;
             let count = table.len()?;
-            writes(&mut RegistryBatch { table, count })?
+            writes(&mut RegistryBatch { table, twins, count })?
         };
         tx.commit()?;
         Ok(written)

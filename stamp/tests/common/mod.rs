@@ -134,8 +134,25 @@ impl Stamp {
 
     /// One HTTP/1.1 request to the API (TLS, bearer token); returns status and body.
     pub async fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.api_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::api`] with extra request headers.
+    pub async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let stream = tls_stream(self.running().api, &self.ca_pem).await;
-        http(stream, method, path, body, Some(TOKEN)).await
+        http_with(stream, method, path, body, Some(TOKEN), headers).await
+    }
+
+    /// Stops the stamp (gracefully) and starts it again on the same config and data directory.
+    pub async fn restart(&mut self) {
+        self.running.take().unwrap().shutdown().await;
+        self.running = Some(iotstamp_stamp::start(self.config.clone()).await.unwrap());
     }
 }
 
@@ -229,18 +246,33 @@ impl Raw {
 }
 
 pub async fn http(
-    mut io: Box<dyn Io>,
+    io: Box<dyn Io>,
     method: &str,
     path: &str,
     body: Option<&str>,
     token: Option<&str>,
 ) -> (u16, String) {
+    http_with(io, method, path, body, token, &[]).await
+}
+
+/// [`http`] with extra request headers (`If-Match`, ...).
+pub async fn http_with(
+    mut io: Box<dyn Io>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let body = body.unwrap_or("");
-    let auth = token
+    let mut extra = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    for (name, value) in headers {
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: stamp\r\n{auth}content-type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nhost: stamp\r\n{extra}content-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
