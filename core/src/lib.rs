@@ -12,6 +12,7 @@ pub mod ids;
 pub mod methods;
 pub mod openapi;
 pub mod pki;
+pub mod policies;
 pub mod registry;
 pub mod sas;
 pub mod scaling;

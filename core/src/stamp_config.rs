@@ -82,6 +82,11 @@ pub struct HubConfig {
     /// it; without either, the bound address is used when it is a specific IP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
+    /// The hub's shared access policies ([`crate::policies`]): devices may connect with a token
+    /// signed by a policy that grants DeviceConnect (`skn=<policy>`). Read again when it changes,
+    /// so keys rotate without a restart. `None`: only device keys are accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies_file: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -100,6 +105,7 @@ impl Default for HubConfig {
             ingest_url: None,
             internal_listen: SocketAddr::from(([0, 0, 0, 0], ports::HUB_INTERNAL)),
             advertise_url: None,
+            policies_file: None,
         }
     }
 }

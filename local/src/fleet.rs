@@ -148,7 +148,14 @@ impl Fleet {
 async fn start_stamp(state: &StateDir, ca: &CertKeyPem, entry: &StampEntry) -> anyhow::Result<LiveStamp> {
     let dir = state.stamp_dir(&entry.name);
     let (cert, key) = state.ensure_server_cert(&dir, ca, entry.ip, clock::unix_secs() as i64)?;
-    let config = layout::stamp_config(entry, &dir, &cert, &key, &state.stamp_token_file());
+    let policies = state.ensure_policies(|| layout::new_policies(std::array::from_fn(|_| random_b64(32))))?;
+    let files = layout::StampFiles {
+        cert: &cert,
+        key: &key,
+        token: &state.stamp_token_file(),
+        policies: &policies,
+    };
+    let config = layout::stamp_config(entry, &dir, &files);
     let running = iotstamp_stamp::start(config)
         .await
         .with_context(|| format!("starting {} on {}", entry.name, entry.ip))?;

@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
+use iotstamp_core::policies::{AccessPolicy, Permission, Policies};
 use iotstamp_core::scaling::StampLoad;
 use iotstamp_core::stamp_config::{StampConfig, ports};
 use iotstamp_router::adapters::directory::StampInfo;
@@ -91,9 +92,17 @@ pub fn next_stamp(fleet: &FleetFile, default_quota: u64) -> anyhow::Result<Stamp
     stamp_entry(fleet.router_ip, index, quota)
 }
 
+/// The files a stamp's config names.
+pub struct StampFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub token: &'a Path,
+    pub policies: &'a Path,
+}
+
 /// A stamp's full config: TLS hub on `ip:8883`, API (and metrics, same port) on `ip:8443`, data
-/// and certificate in `dir`.
-pub fn stamp_config(entry: &StampEntry, dir: &Path, cert: &Path, key: &Path, token: &Path) -> StampConfig {
+/// in `dir`.
+pub fn stamp_config(entry: &StampEntry, dir: &Path, files: &StampFiles) -> StampConfig {
     let mut config = StampConfig {
         stamp: entry.name.clone(),
         device_quota: entry.quota,
@@ -104,14 +113,42 @@ pub fn stamp_config(entry: &StampEntry, dir: &Path, cert: &Path, key: &Path, tok
         api: Default::default(),
     };
     config.hub.mqtt_listen = mqtt_addr(entry.ip);
-    config.hub.tls_cert_file = cert.to_path_buf();
-    config.hub.tls_key_file = key.to_path_buf();
+    config.hub.tls_cert_file = files.cert.to_path_buf();
+    config.hub.tls_key_file = files.key.to_path_buf();
     config.hub.host_names = vec![entry.ip.to_string()];
+    config.hub.policies_file = Some(files.policies.to_path_buf());
     config.api.listen = https_addr(entry.ip);
     config.api.metrics_listen = config.api.listen;
-    config.api.token_file = token.to_path_buf();
+    config.api.token_file = files.token.to_path_buf();
     config.storage.data_dir = dir.join("data");
     config
+}
+
+/// A fresh hub's shared access policies, as IoT Hub creates its own: `device` for token services
+/// that connect devices, `service` for applications. `keys` are four random base64 keys.
+pub fn new_policies(keys: [String; 4]) -> Policies {
+    let [
+        device_primary,
+        device_secondary,
+        service_primary,
+        service_secondary,
+    ] = keys;
+    Policies {
+        policies: vec![
+            AccessPolicy {
+                name: "device".into(),
+                permissions: [Permission::DeviceConnect].into(),
+                primary_key: device_primary,
+                secondary_key: device_secondary,
+            },
+            AccessPolicy {
+                name: "service".into(),
+                permissions: [Permission::ServiceConnect, Permission::RegistryReadWrite].into(),
+                primary_key: service_primary,
+                secondary_key: service_secondary,
+            },
+        ],
+    }
 }
 
 /// How the router's directory knows a stamp.
@@ -182,7 +219,14 @@ mod tests {
     fn a_stamp_config_listens_on_its_own_address() {
         let entry = stamp_entry(Ipv4Addr::new(127, 0, 0, 10), 3, 7).unwrap();
         let p = Path::new("/s");
-        let c = stamp_config(&entry, p, &p.join("c"), &p.join("k"), &p.join("t"));
+        let (cert, key, token, policies) = (p.join("c"), p.join("k"), p.join("t"), p.join("p"));
+        let files = StampFiles {
+            cert: &cert,
+            key: &key,
+            token: &token,
+            policies: &policies,
+        };
+        let c = stamp_config(&entry, p, &files);
         assert_eq!(c.hub.mqtt_listen.to_string(), "127.0.0.13:8883");
         assert_eq!(c.api.listen, c.api.metrics_listen, "no separate metrics port");
         assert_eq!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use iotstamp_core::pki::{self, CertKeyPem};
+use iotstamp_core::policies::Policies;
 
 /// Certificates live a year; a restart renews them when they come within a month of expiry.
 const CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
@@ -74,6 +75,24 @@ impl StateDir {
 
     pub fn stamp_dir(&self, name: &str) -> PathBuf {
         self.root.join("stamps").join(name)
+    }
+
+    /// The hubs' shared access policies (`device`: DeviceConnect; `service`: ServiceConnect and
+    /// RegistryReadWrite). Every stamp reads it, and again when it changes: edit it to rotate keys.
+    pub fn policies_file(&self) -> PathBuf {
+        self.root.join("policies.json")
+    }
+
+    /// Writes the policies file from `make` when there is none; an existing one (perhaps edited
+    /// to rotate a key) is kept as it is.
+    pub fn ensure_policies(&self, make: impl FnOnce() -> Policies) -> anyhow::Result<PathBuf> {
+        let path = self.policies_file();
+        if !path.exists() {
+            std::fs::create_dir_all(&self.root)
+                .with_context(|| format!("creating {}", self.root.display()))?;
+            write_private(&path, &serde_json::to_string_pretty(&make())?)?;
+        }
+        Ok(path)
     }
 
     /// The stamp API token as a file: the stamp's config names a file, not a value.

@@ -143,6 +143,11 @@ pub fn banner(
     let _ = writeln!(out, "  CA         {}", ca.display());
     let _ = writeln!(
         out,
+        "  policies   {} (device: DeviceConnect; service: ServiceConnect, RegistryReadWrite; edit to rotate keys)",
+        crate::state::StateDir::new(&root).policies_file().display()
+    );
+    let _ = writeln!(
+        out,
         "  enrollment group: ID scope {}  group key {}",
         file.id_scope, file.group_key
     );

@@ -10,15 +10,18 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{ServiceApi, Up, venv_python};
-use iotstamp_local::state::StateDir;
+use iotstamp_core::policies::Policies;
+use iotstamp_local::state::{FleetFile, StateDir};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-/// Provisions, connects to the assigned hub, sends two messages and prints where it went; then,
+/// After [`PROVISION`]: connects to the assigned hub, sends two messages and prints where it went; then,
 /// on a line on stdin, sends one more (for the live stream) and stays until it has received a
 /// cloud-to-device message (printed) and answered a direct method.
-const DEVICE_SCRIPT: &str = r#"
+/// What every device script starts with: the arguments, the device's key derived from the group
+/// key, and its registration through the router (`result`, `state`).
+const PROVISION: &str = r#"
 import base64, hashlib, hmac, json, sys, threading
 from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, ProvisioningDeviceClient
 router, scope, group_key, reg, ca_file = sys.argv[1:6]
@@ -28,6 +31,9 @@ result = ProvisioningDeviceClient.create_from_symmetric_key(
     provisioning_host=router, registration_id=reg, id_scope=scope, symmetric_key=key,
     server_verification_cert=ca).register()
 state = result.registration_state
+"#;
+
+const DEVICE_SCRIPT: &str = r#"
 client = IoTHubDeviceClient.create_from_symmetric_key(
     symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id, server_verification_cert=ca)
 client.connect()
@@ -56,6 +62,26 @@ client.shutdown()
 sys.exit(0 if ok else 3)
 "#;
 
+/// After [`PROVISION`] (so the device is registered on a stamp): prints where it went; then, for each SAS token on stdin (a token service's, signed with a shared access policy),
+/// connects with `create_from_sastoken`, sends one message and prints `sent`, or prints `refused`
+/// and the SDK's error.
+const POLICY_TOKEN_SCRIPT: &str = r#"
+print(json.dumps({"hub": state.assigned_hub, "device": state.device_id}), flush=True)
+for n, token in enumerate(sys.stdin):
+    client = IoTHubDeviceClient.create_from_sastoken(token.strip(), server_verification_cert=ca,
+                                                     connection_retry=False)
+    try:
+        client.connect()
+        m = Message(json.dumps({"n": n}))
+        m.message_id = "%s-policy-%d" % (reg, n)
+        client.send_message(m)
+        print("sent", flush=True)
+    except Exception as e:
+        print("refused " + type(e).__name__, flush=True)
+    finally:
+        client.shutdown()
+"#;
+
 struct Device {
     child: Child,
     stdin: ChildStdin,
@@ -63,6 +89,39 @@ struct Device {
 }
 
 impl Device {
+    /// Runs `body` (a device script above) after [`PROVISION`], as registration `reg` of the fleet
+    /// behind its router; the script is written into `dir`.
+    fn spawn(
+        dir: &std::path::Path,
+        body: &str,
+        fleet: &FleetFile,
+        reg: &str,
+        ca_file: &std::path::Path,
+    ) -> Self {
+        let script = dir.join(format!("{reg}.py"));
+        std::fs::write(&script, format!("{PROVISION}{body}")).unwrap();
+        let mut child = Command::new(venv_python())
+            .arg(&script)
+            .args([
+                &fleet.router_ip.to_string(),
+                &fleet.id_scope,
+                &fleet.group_key,
+                reg,
+            ])
+            .arg(ca_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Device {
+            stdin: child.stdin.take().unwrap(),
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+            child,
+        }
+    }
+
     async fn next_line(&mut self, what: &str) -> String {
         match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
             Ok(Ok(Some(line))) => line,
@@ -73,7 +132,6 @@ impl Device {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reaches_it() {
-    let python = venv_python();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
     let up = Up::start(
@@ -92,32 +150,11 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
     );
     let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
     let ca_file = state.join("ca.crt");
-    let script = dir.path().join("device.py");
-    std::fs::write(&script, DEVICE_SCRIPT).unwrap();
     let service = ServiceApi::of_fleet(&state);
 
     let mut hubs = std::collections::BTreeSet::new();
     for reg in ["sdk-dev-1", "sdk-dev-2", "sdk-dev-3", "sdk-dev-4"] {
-        let mut child = Command::new(&python)
-            .arg(&script)
-            .args([
-                &fleet.router_ip.to_string(),
-                &fleet.id_scope,
-                &fleet.group_key,
-                reg,
-            ])
-            .arg(&ca_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut device = Device {
-            stdin: child.stdin.take().unwrap(),
-            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
-            child,
-        };
+        let mut device = Device::spawn(dir.path(), DEVICE_SCRIPT, &fleet, reg, &ca_file);
         let said: Value = serde_json::from_str(&device.next_line("assignment").await).unwrap();
         assert_eq!(
             (&said["status"], &said["device"]),
@@ -137,14 +174,10 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
             (&where_["hub"], &where_["state"]),
             (&json!(hub), &json!("assigned"))
         );
-        let page = service.get_json(&format!("/v1/devices/{reg}/telemetry")).await;
-        let ids: Vec<&str> = page["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no telemetry page for {reg}: {page}"))
-            .iter()
-            .filter_map(|r| r["messageId"].as_str())
-            .collect();
-        assert_eq!(ids, [format!("{reg}-0"), format!("{reg}-1")], "{page}");
+        assert_eq!(
+            service.message_ids(reg).await,
+            [format!("{reg}-0"), format!("{reg}-1")]
+        );
 
         // The live stream, opened through the router before the device sends.
         let mut live = service
@@ -183,6 +216,52 @@ async fn the_python_sdk_provisions_through_the_router_and_the_service_api_reache
         );
     }
     assert_eq!(hubs.len(), 2, "four devices fill both stamps: {hubs:?}");
+    let (status, _) = up.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A token service that holds no device keys: it signs with the `device` shared access policy of
+/// `iotstamp up`'s policies file, and the unmodified Python SDK connects with that token
+/// (`create_from_sastoken`) and sends. A token naming a policy the hub does not have is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_connects_with_a_token_signed_by_the_device_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let up = Up::start(&state, &["--address", "127.0.65.40", "--stamps", "1"]);
+    let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
+    let policies = std::fs::read(StateDir::new(&state).policies_file()).unwrap();
+    let policies = Policies::parse(&policies).unwrap();
+    let device_key = &policies.get("device").expect("a device policy").primary_key;
+    let ca_file = state.join("ca.crt");
+    let mut device = Device::spawn(dir.path(), POLICY_TOKEN_SCRIPT, &fleet, "policy-dev", &ca_file);
+    let said: Value = serde_json::from_str(&device.next_line("assignment").await).unwrap();
+    let hub = said["hub"].as_str().unwrap().to_string();
+    let resource = format!("{hub}/devices/policy-dev");
+    let expiry = iotstamp_core::clock::unix_secs() + 600;
+
+    let signed = iotstamp_core::sas::sign(&resource, device_key, expiry, Some("device")).unwrap();
+    device
+        .stdin
+        .write_all(format!("{signed}\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(device.next_line("first answer").await, "sent");
+    let unknown = iotstamp_core::sas::sign(&resource, device_key, expiry, Some("gateway")).unwrap();
+    device
+        .stdin
+        .write_all(format!("{unknown}\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = device.next_line("second answer").await;
+    assert!(
+        answer.starts_with("refused"),
+        "a token of an unknown policy: {answer}"
+    );
+    drop(device.stdin);
+    assert!(device.child.wait().await.unwrap().success());
+
+    let stored = ServiceApi::of_fleet(&state).message_ids("policy-dev").await;
+    assert_eq!(stored, ["policy-dev-policy-0"]);
     let (status, _) = up.terminate();
     assert_eq!(status.code(), Some(0));
 }

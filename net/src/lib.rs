@@ -11,5 +11,6 @@ pub mod batch_worker;
 pub mod bearer;
 pub mod limit;
 pub mod mqtt;
+pub mod reloading;
 pub mod serve;
 pub mod tls;

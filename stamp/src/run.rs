@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotstamp_core::causes::Causes;
+use iotstamp_core::policies::Policies;
 use iotstamp_core::stamp_config::{StampConfig, StorageConfig};
 use iotstamp_net::limit::ConnectionLimit;
+use iotstamp_net::reloading::{self, Reloading};
 use iotstamp_net::serve::Defences;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -142,6 +144,11 @@ pub(crate) async fn start_edge(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Edge, Error> {
+    // The files the config names are read before anything is spawned: a start refused for one of
+    // them leaves nothing running (nothing holding the store open, say).
+    let tls = hub_tls(config)?;
+    let api_tls = api_tls(config, tls.is_some())?;
+    let policies = hub_policies(config)?;
     let (ingest, writer) = Ingest::spawn(
         seams.writer,
         batch_policy(config),
@@ -167,7 +174,6 @@ pub(crate) async fn start_edge(
         shutdown.clone(),
     );
 
-    let tls = hub_tls(config)?;
     let hub_defences = Defences {
         max_connections: config.hub.max_connections as usize,
         handshake_timeout: Duration::from_millis(config.hub.handshake_timeout_ms),
@@ -176,6 +182,7 @@ pub(crate) async fn start_edge(
     let hub_ctx = Arc::new(HubCtx {
         stamp: config.stamp.clone(),
         host_names: config.hub.host_names.clone(),
+        policies,
         registry: seams.registry.clone(),
         twins: seams.twins.clone(),
         ingest: ingest.clone(),
@@ -233,7 +240,6 @@ pub(crate) async fn start_edge(
         probes: probes.clone(),
         token,
     });
-    let api_tls = api_tls(config, tls.is_some())?;
     let api_listener = bind(config.api.listen).await?;
     let api_addr = local_addr(&api_listener)?;
     listeners.push(tokio::spawn(api::serve(
@@ -287,6 +293,18 @@ fn hub_tls(config: &StampConfig) -> Result<Option<Arc<rustls::ServerConfig>>, Er
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The hub's shared access policies, read at start (a file that cannot be used stops the stamp:
+/// devices that rely on it could not connect) and again whenever it changes.
+fn hub_policies(config: &StampConfig) -> Result<Option<Arc<Reloading<Policies>>>, Error> {
+    let Some(path) = &config.hub.policies_file else {
+        return Ok(None);
+    };
+    let parse = |bytes: &[u8]| Policies::parse(bytes).map_err(|e| e.to_string());
+    let policies = Reloading::open(path, parse, reloading::RECHECK)
+        .map_err(|e| Error::Config(format!("hub.policiesFile {e}")))?;
+    Ok(Some(Arc::new(policies)))
 }
 
 /// The stamp API's TLS: its own certificate when the config names one, else the hub's (with the

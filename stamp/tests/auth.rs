@@ -217,3 +217,157 @@ async fn the_api_serves_its_own_certificate_when_one_is_configured() {
         .await
         .expect("the device port keeps the hub's certificate");
 }
+
+/// A policies file as local mode and the operator write it.
+fn policies_json(device_primary: &str, device_secondary: &str) -> String {
+    serde_json::json!({"policies": [
+        {"name": "device", "permissions": ["DeviceConnect"],
+         "primaryKey": device_primary, "secondaryKey": device_secondary},
+        {"name": "service", "permissions": ["ServiceConnect", "RegistryReadWrite"],
+         "primaryKey": common::base64_key("service-1"), "secondaryKey": common::base64_key("service-2")},
+    ]})
+    .to_string()
+}
+
+/// A token service's token: signed with a policy's key, `skn` naming the policy.
+fn policy_token(sr: &str, key: &str, policy: &str) -> String {
+    iotstamp_core::sas::sign(sr, key, now() + 600, Some(policy)).unwrap()
+}
+
+/// IoT Hub's shared access policies: a device connects with a token signed by a policy that grants
+/// DeviceConnect (here through Debian's mosquitto_pub), is refused with "not authorized" when the
+/// policy is unknown or lacks the permission, and a rewritten file rotates the keys without a
+/// restart, while a broken rewrite leaves the last good keys in force.
+#[tokio::test]
+async fn a_policy_signed_token_connects_a_device_and_rotated_keys_apply_without_a_restart() {
+    let tool = common::require_tool("mosquitto_pub");
+    let files = tempfile::tempdir().unwrap();
+    let policies = files.path().join("policies.json");
+    let (old, spare) = (common::base64_key("device-1"), common::base64_key("device-2"));
+    std::fs::write(&policies, policies_json(&old, &spare)).unwrap();
+    let stamp = Stamp::start_with(23, 0, |c| c.hub.policies_file = Some(policies.clone())).await;
+    stamp.register("pdev").await;
+    let host = stamp.host();
+    let resource = format!("{host}/devices/pdev");
+
+    // mosquitto_pub, its password a policy token; the message is stored as the device's.
+    let addr = stamp.mqtt();
+    let out = tokio::process::Command::new(&tool)
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .arg("--cafile")
+        .arg(stamp.dir.path().join("ca.crt"))
+        .args(["-V", "mqttv311", "-i", "pdev", "-q", "1"])
+        .args(["-u", &format!("{host}/pdev/?api-version=2019-10-01")])
+        .args(["-P", &policy_token(&resource, &old, "device")])
+        .args(["-t", "devices/pdev/messages/events/", "-m", r#"{"via":"policy"}"#])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, body) = stamp.api("GET", "/v1/devices/pdev/telemetry", None).await;
+    assert!(body.contains(r#""via":"policy""#), "{body}");
+
+    let connect_with = |password: String| {
+        let mut c = stamp.connect_packet("pdev", &common::base64_key("pdev"));
+        c.password = Some(password.into());
+        c
+    };
+    let ack = |password: String| {
+        let c = connect_with(password);
+        async { code(&stamp.raw_connect(c).await.1) }
+    };
+    // The secondary key, and a token scoped to every device of the hub, are as good.
+    assert_eq!(
+        ack(policy_token(&resource, &spare, "device")).await,
+        connack::ACCEPTED
+    );
+    assert_eq!(
+        ack(policy_token(&format!("{host}/devices"), &old, "device")).await,
+        connack::ACCEPTED
+    );
+    // Refusals: unknown policy, a policy without DeviceConnect, another key, an unregistered device.
+    assert_eq!(
+        ack(policy_token(&resource, &old, "nobody")).await,
+        connack::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        ack(policy_token(
+            &resource,
+            &common::base64_key("service-1"),
+            "service"
+        ))
+        .await,
+        connack::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        ack(policy_token(&resource, &common::base64_key("other"), "device")).await,
+        connack::BAD_USERNAME_OR_PASSWORD
+    );
+    let mut ghost = stamp.connect_packet("ghost", &common::base64_key("ghost"));
+    ghost.password = Some(policy_token(&format!("{host}/devices/ghost"), &old, "device").into());
+    assert_eq!(code(&stamp.raw_connect(ghost).await.1), connack::NOT_AUTHORIZED);
+
+    // Rotation: the secondary becomes primary and a new secondary comes in; the old key stops
+    // working within the recheck interval (1 s), with no restart.
+    let new = common::base64_key("device-3");
+    std::fs::write(&policies, policies_json(&spare, &new)).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ack(policy_token(&resource, &old, "device")).await == connack::ACCEPTED {
+        assert!(
+            std::time::Instant::now() < until,
+            "the retired key still works after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ack(policy_token(&resource, &new, "device")).await,
+        connack::ACCEPTED
+    );
+
+    // A broken rewrite is refused; the keys last read stay in force.
+    std::fs::write(&policies, "{\"policies\": [{\"name\": \"device\"").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        ack(policy_token(&resource, &new, "device")).await,
+        connack::ACCEPTED
+    );
+
+    let (_, metrics) = stamp.api("GET", "/metrics", None).await;
+    for reason in ["unknown_policy", "missing_permission"] {
+        assert!(
+            metrics.contains(&format!(
+                "iotstamp_hub_auth_failures_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason} not counted in:\n{metrics}"
+        );
+    }
+}
+
+/// A stamp whose policies file is missing or broken does not start, and says which file and why.
+#[tokio::test]
+async fn a_stamp_with_an_unusable_policies_file_refuses_to_start_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = common::config_in(dir.path(), 24, 0);
+    let missing = dir.path().join("missing.json");
+    config.hub.policies_file = Some(missing.clone());
+    let err = iotstamp_stamp::start(config.clone())
+        .await
+        .err()
+        .expect("refused");
+    let message = iotstamp_core::causes::Causes(&err).to_string();
+    assert!(message.contains("missing.json"), "{message}");
+
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"policies": [{"name": "d", "permissions": ["DeviceConnect"], "primaryKey": "c2hvcnQ=", "secondaryKey": "c2hvcnQ="}]}"#).unwrap();
+    config.hub.policies_file = Some(broken);
+    let err = iotstamp_stamp::start(config).await.err().expect("refused");
+    let message = iotstamp_core::causes::Causes(&err).to_string();
+    assert!(
+        message.contains("broken.json") && message.contains("primary key"),
+        "{message}"
+    );
+}

@@ -231,6 +231,17 @@ impl ServiceApi {
             .unwrap()
     }
 
+    /// The message ids of the device's stored telemetry, oldest first, read through the router.
+    pub async fn message_ids(&self, device: &str) -> Vec<String> {
+        let page = self.get_json(&format!("/v1/devices/{device}/telemetry")).await;
+        page["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no telemetry page for {device}: {page}"))
+            .iter()
+            .filter_map(|r| r["messageId"].as_str().map(String::from))
+            .collect()
+    }
+
     /// Sends a cloud-to-device message through the router; asserts it was accepted.
     pub async fn send_c2d(&self, device: &str, body: serde_json::Value) {
         let path = format!("/v1/devices/{device}/messages");

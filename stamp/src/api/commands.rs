@@ -45,18 +45,23 @@ pub async fn c2d(
 ) -> Response {
     // Only a registered device gets messages queued for it.
     let key = id.key();
-    match ctx.registry.get(key.clone()).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "deviceNotFound",
-                "no such device in this stamp",
-            );
-        }
-        Err(e) => return storage_error(e),
+    if let Err(refused) = require_registered(&ctx, &key).await {
+        return refused;
     }
     send_c2d(&ctx, &key, properties, body, false).await
+}
+
+/// 404 `deviceNotFound` unless the device is in this stamp's registry (storage's error otherwise).
+async fn require_registered(ctx: &Ctx, key: &str) -> Result<(), Response> {
+    match ctx.registry.get(key.to_string()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            "deviceNotFound",
+            "no such device in this stamp",
+        )),
+        Err(e) => Err(storage_error(e)),
+    }
 }
 
 async fn send_c2d(ctx: &Ctx, key: &str, properties: Properties, body: Bytes, forwarded: bool) -> Response {
@@ -116,16 +121,8 @@ pub async fn method(
     let key = id.key();
     if !waits.connect.is_zero() {
         // Waiting for a device that does not exist would only delay its 404.
-        match ctx.registry.get(key.clone()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "deviceNotFound",
-                    "no such device in this stamp",
-                );
-            }
-            Err(e) => return storage_error(e),
+        if let Err(refused) = require_registered(&ctx, &key).await {
+            return refused;
         }
     }
     let name = params.get("name").map(String::as_str).unwrap_or_default();

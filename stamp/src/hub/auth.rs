@@ -5,13 +5,19 @@
 //! for the same device, signed with the device's registry key and not expired. When the stamp has a
 //! list of host names, both hosts must be on it.
 //!
+//! A token with `skn` is signed by a shared access policy instead (a token service that holds no
+//! device keys): the policy must exist and grant DeviceConnect, and its `sr` may be any prefix of the
+//! device's resource (`{host}`, `{host}/devices` or `{host}/devices/{deviceId}`), as IoT Hub scopes
+//! tokens. The device must still be registered and enabled.
+//!
 //! CONNACK codes (MQTT 3.1.1; MQTT 5 uses 0x85, 0x86, 0x87 and 0x88 for the same cases): a bad client id gets 2 (identifier rejected); anything wrong with the
-//! credentials themselves gets 4 (bad user name or password); a device that is unknown or disabled
-//! gets 5 (not authorized); when the registry cannot be read (storage down), 3 (server unavailable).
+//! credentials themselves gets 4 (bad user name or password); a device that is unknown or disabled,
+//! or a policy that is unknown or does not grant DeviceConnect, gets 5 (not authorized); when the registry cannot be read (storage down), 3 (server unavailable).
 //! A refused device is always told, never silently dropped. An accepted session lasts until the
 //! token's `se` ([`expiry_instant`]); then the hub ends it (MQTT 5: DISCONNECT 0x87 Not authorized).
 
 use iotstamp_core::ids::DeviceId;
+use iotstamp_core::policies::{Permission, Policies, PolicyRefusal};
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 use iotstamp_core::sas::{SasError, SasToken};
 use iotstamp_net::mqtt::{Connect, connack, reason};
@@ -28,6 +34,10 @@ pub enum AuthFailure {
     Disabled,
     Expired,
     BadSignature,
+    /// The token's `skn` names no policy of this hub (or the hub has none).
+    UnknownPolicy,
+    /// The token's policy does not grant DeviceConnect.
+    MissingPermission,
     /// Storage (which holds the registry) did not answer: the device should retry, not give up.
     RegistryUnavailable,
 }
@@ -36,7 +46,9 @@ impl AuthFailure {
     pub fn connack_code(&self) -> u8 {
         match self {
             Self::BadClientId => connack::IDENTIFIER_REJECTED,
-            Self::UnknownDevice | Self::Disabled => connack::NOT_AUTHORIZED,
+            Self::UnknownDevice | Self::Disabled | Self::UnknownPolicy | Self::MissingPermission => {
+                connack::NOT_AUTHORIZED
+            }
             Self::RegistryUnavailable => connack::SERVER_UNAVAILABLE,
             _ => connack::BAD_USERNAME_OR_PASSWORD,
         }
@@ -46,7 +58,9 @@ impl AuthFailure {
     pub fn reason_code(&self) -> u8 {
         match self {
             Self::BadClientId => reason::CLIENT_IDENTIFIER_NOT_VALID,
-            Self::UnknownDevice | Self::Disabled => reason::NOT_AUTHORIZED,
+            Self::UnknownDevice | Self::Disabled | Self::UnknownPolicy | Self::MissingPermission => {
+                reason::NOT_AUTHORIZED
+            }
             Self::RegistryUnavailable => reason::SERVER_UNAVAILABLE,
             _ => reason::BAD_USER_NAME_OR_PASSWORD,
         }
@@ -65,6 +79,8 @@ impl AuthFailure {
             Self::Disabled => "disabled",
             Self::Expired => "expired",
             Self::BadSignature => "bad_signature",
+            Self::UnknownPolicy => "unknown_policy",
+            Self::MissingPermission => "missing_permission",
             Self::RegistryUnavailable => "registry_unavailable",
         }
     }
@@ -84,23 +100,47 @@ pub fn precheck(connect: &Connect, host_names: &[String]) -> Result<(DeviceId, S
     let password = connect.password.as_ref().ok_or(AuthFailure::NoPassword)?;
     let password = std::str::from_utf8(password).map_err(|_| AuthFailure::BadToken)?;
     let token = SasToken::parse(password).map_err(|_| AuthFailure::BadToken)?;
-    let (host, path) = token
-        .resource()
-        .split_once('/')
-        .ok_or(AuthFailure::WrongResource)?;
-    let named = path.strip_prefix("devices/").ok_or(AuthFailure::WrongResource)?;
-    if !named.eq_ignore_ascii_case(device.as_str()) {
+    let (host, path) = token.resource().split_once('/').unwrap_or((token.resource(), ""));
+    if !resource_covers(&token, path, &device) {
         return Err(AuthFailure::WrongResource);
     }
     check_host(host, host_names)?;
     Ok((device, token))
 }
 
-/// The registry half: the device exists, is enabled, and signed the token with its key.
-pub fn verify(token: &SasToken, record: Option<&DeviceRecord>, now_unix: u64) -> Result<(), AuthFailure> {
+/// A device key's token names exactly its device; a policy's may name any prefix of it.
+fn resource_covers(token: &SasToken, path: &str, device: &DeviceId) -> bool {
+    let named = |p: &str| {
+        p.strip_prefix("devices/")
+            .is_some_and(|id| id.eq_ignore_ascii_case(device.as_str()))
+    };
+    if token.key_name().is_none() {
+        return named(path);
+    }
+    path.is_empty() || path == "devices" || named(path)
+}
+
+/// The registry half: the device exists, is enabled, and signed the token with its key, or the
+/// token's policy (one of `policies`) grants DeviceConnect and signed it.
+pub fn verify(
+    token: &SasToken,
+    record: Option<&DeviceRecord>,
+    policies: Option<&Policies>,
+    now_unix: u64,
+) -> Result<(), AuthFailure> {
     let record = record.ok_or(AuthFailure::UnknownDevice)?;
     if record.status == DeviceStatus::Disabled {
         return Err(AuthFailure::Disabled);
+    }
+    if token.key_name().is_some() {
+        let policies = policies.ok_or(AuthFailure::UnknownPolicy)?;
+        return match policies.authorize(token, Permission::DeviceConnect, now_unix) {
+            Ok(_) => Ok(()),
+            Err(PolicyRefusal::UnknownPolicy(_)) => Err(AuthFailure::UnknownPolicy),
+            Err(PolicyRefusal::MissingPermission { .. }) => Err(AuthFailure::MissingPermission),
+            Err(PolicyRefusal::Expired) => Err(AuthFailure::Expired),
+            Err(PolicyRefusal::BadSignature(_)) => Err(AuthFailure::BadSignature),
+        };
     }
     token.verify(&record.primary_key, now_unix).map_err(|e| match e {
         SasError::Expired { .. } => AuthFailure::Expired,
@@ -155,7 +195,7 @@ mod tests {
 
     fn check(c: &Connect, hosts: &[String], rec: Option<&DeviceRecord>) -> Result<(), AuthFailure> {
         let (_, token) = precheck(c, hosts)?;
-        verify(&token, rec, NOW)
+        verify(&token, rec, None, NOW)
     }
 
     #[test]
@@ -220,5 +260,100 @@ mod tests {
         assert_eq!(check(&c, &[], None).map_err(|e| e.connack_code()), Err(5));
         let disabled = record(DeviceStatus::Disabled);
         assert_eq!(check(&c, &[], Some(&disabled)), Err(AuthFailure::Disabled));
+    }
+
+    #[test]
+    fn a_policy_token_connects_a_registered_device_when_the_policy_grants_device_connect() {
+        const POLICY_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        const SECONDARY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+        let policies = Policies::parse(
+            format!(
+                r#"{{"policies": [
+                    {{"name": "device", "permissions": ["DeviceConnect"], "primaryKey": "{POLICY_KEY}", "secondaryKey": "{SECONDARY}"}},
+                    {{"name": "service", "permissions": ["ServiceConnect", "RegistryReadWrite"], "primaryKey": "{POLICY_KEY}", "secondaryKey": "{SECONDARY}"}}
+                ]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let rec = record(DeviceStatus::Enabled);
+        let signed = |sr: &str, key: &str, skn: &str, se: u64| Connect {
+            client_id: "dev1".into(),
+            password: Some(Bytes::from(sign(sr, key, se, Some(skn)).unwrap())),
+            ..Default::default()
+        };
+        let run = |c: &Connect, rec: Option<&DeviceRecord>, policies: Option<&Policies>| {
+            let (_, token) = precheck(c, &["h".into()])?;
+            verify(&token, rec, policies, NOW)
+        };
+        let ok = [
+            signed("h/devices/dev1", POLICY_KEY, "device", NOW + 60),
+            signed("h/devices/dev1", SECONDARY, "device", NOW + 60),
+            signed("h/devices", POLICY_KEY, "device", NOW + 60),
+            signed("h", POLICY_KEY, "device", NOW + 60),
+        ];
+        for c in &ok {
+            assert_eq!(run(c, Some(&rec), Some(&policies)), Ok(()), "{c:?}");
+        }
+        let refused = [
+            (
+                signed("h/devices/dev2", POLICY_KEY, "device", NOW + 60),
+                Some(&rec),
+                AuthFailure::WrongResource,
+                4,
+            ),
+            (
+                signed("h/devicesx", POLICY_KEY, "device", NOW + 60),
+                Some(&rec),
+                AuthFailure::WrongResource,
+                4,
+            ),
+            (
+                signed("h/devices/dev1", POLICY_KEY, "nope", NOW + 60),
+                Some(&rec),
+                AuthFailure::UnknownPolicy,
+                5,
+            ),
+            (
+                signed("h/devices/dev1", POLICY_KEY, "service", NOW + 60),
+                Some(&rec),
+                AuthFailure::MissingPermission,
+                5,
+            ),
+            (
+                signed("h/devices/dev1", KEY, "device", NOW + 60),
+                Some(&rec),
+                AuthFailure::BadSignature,
+                4,
+            ),
+            (
+                signed("h/devices/dev1", POLICY_KEY, "device", NOW - 1),
+                Some(&rec),
+                AuthFailure::Expired,
+                4,
+            ),
+            (
+                signed("h/devices/dev1", POLICY_KEY, "device", NOW + 60),
+                None,
+                AuthFailure::UnknownDevice,
+                5,
+            ),
+        ];
+        for (c, rec, want, code) in refused {
+            let got = run(&c, rec, Some(&policies)).unwrap_err();
+            assert_eq!((got.clone(), got.connack_code()), (want, code), "{c:?}");
+        }
+        // A hub without policies knows none; a device key's token still must name its device.
+        assert_eq!(run(&ok[0], Some(&rec), None), Err(AuthFailure::UnknownPolicy));
+        let device_key_hub_wide = connect("dev1", None, "h", KEY, NOW + 60);
+        assert_eq!(
+            run(&device_key_hub_wide, Some(&rec), Some(&policies)),
+            Err(AuthFailure::WrongResource)
+        );
+        let disabled = record(DeviceStatus::Disabled);
+        assert_eq!(
+            run(&ok[0], Some(&disabled), Some(&policies)),
+            Err(AuthFailure::Disabled)
+        );
     }
 }

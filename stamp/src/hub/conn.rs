@@ -190,7 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let now_us = iotstamp_core::clock::unix_micros();
         let now = now_us / 1_000_000;
         let expiry = auth::expiry_instant(&token, now_us, Instant::now());
-        let device = match auth::verify(&token, record.as_ref(), now) {
+        let policies = self.ctx.policies.as_ref().map(|p| p.current());
+        let policies = policies.as_deref();
+        let device = match auth::verify(&token, record.as_ref(), policies, now) {
             Ok(()) => Ok(device),
             // The record may be a cached one that storage has since replaced.
             Err(refused @ (auth::AuthFailure::UnknownDevice | auth::AuthFailure::BadSignature)) => match self
@@ -200,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 .await
                 .map_err(unavailable)?
             {
-                Some(fresher) => auth::verify(&token, fresher.as_ref(), now).map(|()| device),
+                Some(fresher) => auth::verify(&token, fresher.as_ref(), policies, now).map(|()| device),
                 None => Err(refused),
             },
             Err(other) => Err(other),
