@@ -82,6 +82,24 @@ for n, token in enumerate(sys.stdin):
         client.shutdown()
 "#;
 
+/// After [`PROVISION`]: connects, reports `firmware`, prints `reported`, then prints the first
+/// desired-properties patch it receives (without `$version`) and exits.
+const TWIN_SCRIPT: &str = r#"
+client = IoTHubDeviceClient.create_from_symmetric_key(
+    symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id, server_verification_cert=ca)
+client.connect()
+got = threading.Event()
+def on_desired(patch):
+    print("desired " + json.dumps({k: v for k, v in patch.items() if not k.startswith("$")}), flush=True)
+    got.set()
+client.on_twin_desired_properties_patch_received = on_desired
+client.patch_twin_reported_properties({"firmware": "1.2.3"})
+print("reported", flush=True)
+ok = got.wait(30)
+client.shutdown()
+sys.exit(0 if ok else 3)
+"#;
+
 struct Device {
     child: Child,
     stdin: ChildStdin,
@@ -262,6 +280,62 @@ async fn the_python_sdk_connects_with_a_token_signed_by_the_device_policy() {
 
     let stored = ServiceApi::of_fleet(&state).message_ids("policy-dev").await;
     assert_eq!(stored, ["policy-dev-policy-0"]);
+    let (status, _) = up.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A device twin through the router: the Python SDK reports a property; the application reads the
+/// twin through the router's service API (its etag in `ETag`), a write with a stale `If-Match` is
+/// refused with 412 and reaches nobody, and one with the etag read is pushed to the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twin_is_read_and_written_through_the_router_with_etags() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let up = Up::start(&state, &["--address", "127.0.65.50", "--stamps", "2"]);
+    let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
+    let ca_file = state.join("ca.crt");
+    let mut device = Device::spawn(dir.path(), TWIN_SCRIPT, &fleet, "twin-dev", &ca_file);
+    assert_eq!(device.next_line("reported").await, "reported");
+    let service = ServiceApi::of_fleet(&state);
+
+    let read = service
+        .call(reqwest::Method::GET, "/v1/devices/twin-dev/twin", None)
+        .await;
+    assert_eq!(read.status(), 200);
+    let etag = read
+        .headers()
+        .get("etag")
+        .expect("the router relays the twin's ETag")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let twin: Value = read.json().await.unwrap();
+    assert_eq!(twin["properties"]["reported"]["firmware"], "1.2.3", "{twin}");
+
+    let patch = json!({"properties": {"desired": {"interval": 5}}});
+    let stale = service
+        .call_with(
+            reqwest::Method::PATCH,
+            "/v1/devices/twin-dev/twin",
+            Some(patch.clone()),
+            &[("if-match", "\"AAAAAAAAAAE=\"")],
+        )
+        .await;
+    assert_eq!(stale.status(), 412, "a stale If-Match reaches the stamp");
+    let fresh = service
+        .call_with(
+            reqwest::Method::PATCH,
+            "/v1/devices/twin-dev/twin",
+            Some(patch),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(fresh.status(), 200);
+    assert_eq!(
+        device.next_line("desired patch").await,
+        r#"desired {"interval": 5}"#
+    );
+    assert!(device.child.wait().await.unwrap().success());
     let (status, _) = up.terminate();
     assert_eq!(status.code(), Some(0));
 }

@@ -206,12 +206,7 @@ async fn forward(
         path.push('?');
         path.push_str(&q);
     }
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    match state
-        .stamps
-        .forward(stamp, method, &path, content_type, body)
-        .await
-    {
+    match state.stamps.forward(stamp, method, &path, &headers, body).await {
         Ok(resp) => resp.map(Body::new),
         Err(e) => problem(
             StatusCode::BAD_GATEWAY,

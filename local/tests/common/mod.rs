@@ -213,10 +213,24 @@ impl ServiceApi {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> reqwest::Response {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::call`] with more request headers.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -69,16 +69,29 @@ pub trait StampClient: Send + Sync {
     /// `DELETE /v1/registry/devices/{id}`; a device that is already absent counts as success.
     async fn deregister(&self, stamp: &StampInfo, device_id: &str) -> Result<(), StampError>;
 
-    /// Passes a service call through unchanged, streaming the answer (for SSE).
+    /// Passes a service call through unchanged, streaming the answer (for SSE). Of the request's
+    /// headers, [`FORWARDED_REQUEST_HEADERS`] go along; of the answer's, [`RELAYED_ANSWER_HEADERS`].
     async fn forward(
         &self,
         stamp: &StampInfo,
         method: http::Method,
         path_and_query: &str,
-        content_type: Option<&str>,
+        headers: &http::HeaderMap,
         body: Bytes,
     ) -> Result<http::Response<Body>, StampError>;
 }
+
+/// The caller's headers a passed-through call carries to the stamp: the body's type, and the etag a
+/// twin write is conditional on. The caller's `Authorization` never goes: the router signs with the
+/// stamp's own token.
+pub const FORWARDED_REQUEST_HEADERS: [http::HeaderName; 2] =
+    [http::header::CONTENT_TYPE, http::header::IF_MATCH];
+/// The stamp's answer headers relayed to the caller: the body's type, caching (SSE), and a twin's etag.
+pub const RELAYED_ANSWER_HEADERS: [http::HeaderName; 3] = [
+    http::header::CONTENT_TYPE,
+    http::header::CACHE_CONTROL,
+    http::header::ETAG,
+];
 
 /// How long a call waits for a stamp's answer when nothing longer applies: registrations whole,
 /// and the response headers of a passed-through call.
@@ -272,12 +285,14 @@ impl StampClient for HttpStampClient {
         stamp: &StampInfo,
         method: http::Method,
         path_and_query: &str,
-        content_type: Option<&str>,
+        headers: &http::HeaderMap,
         body: Bytes,
     ) -> Result<http::Response<Body>, StampError> {
         let mut req = self.request(stamp, method, path_and_query)?;
-        if let Some(ct) = content_type {
-            req = req.header(http::header::CONTENT_TYPE, ct);
+        for name in FORWARDED_REQUEST_HEADERS {
+            if let Some(v) = headers.get(&name) {
+                req = req.header(name, v.as_bytes());
+            }
         }
         if !body.is_empty() {
             req = req.body(body);
@@ -291,7 +306,7 @@ impl StampClient for HttpStampClient {
             })?
             .map_err(|e| unreachable(stamp, e))?;
         let mut out = http::Response::builder().status(resp.status().as_u16());
-        for name in [http::header::CONTENT_TYPE, http::header::CACHE_CONTROL] {
+        for name in RELAYED_ANSWER_HEADERS {
             if let Some(v) = resp.headers().get(name.as_str()) {
                 out = out.header(name, v.as_bytes());
             }
