@@ -175,6 +175,7 @@ pub async fn provisioning(args: BenchArgs) -> anyhow::Result<Report> {
             })
             .collect(),
         api_tokens: vec![],
+        policies_file: None,
         assign_wait: Duration::from_secs(5),
         retry_after_secs: 1,
         serving: Defences::default(),

@@ -72,6 +72,18 @@ impl PolicyRefusal {
     }
 }
 
+/// Whether a token for `resource` (its `sr`) may be used on `target`: IoT Hub scopes a token to its
+/// resource and everything below it, so `{host}` covers every device of the hub and
+/// `{host}/devices/{id}` one device. Case-insensitive, as host names and device ids are here.
+pub fn resource_covers(resource: &str, target: &str) -> bool {
+    let (resource, target) = (resource.trim_end_matches('/'), target.trim_end_matches('/'));
+    let Some(head) = target.get(..resource.len()) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case(resource)
+        && (target.len() == resource.len() || target.as_bytes()[resource.len()] == b'/')
+}
+
 /// A policy file that cannot be used; the message names what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum PoliciesError {
@@ -248,5 +260,27 @@ mod tests {
                 .contains("not a policies document")
         );
         assert!(Policies::parse(doc(&[]).as_bytes()).unwrap().policies.is_empty());
+    }
+
+    #[test]
+    fn a_resource_covers_itself_and_what_is_below_it_only() {
+        assert!(resource_covers("hub.example", "hub.example/devices/d1"));
+        assert!(resource_covers("HUB.example/", "hub.example"));
+        assert!(resource_covers("hub.example/devices", "hub.example/devices/d1"));
+        assert!(resource_covers(
+            "hub.example/devices/D1",
+            "hub.example/devices/d1"
+        ));
+        assert!(!resource_covers(
+            "hub.example/devices/d1",
+            "hub.example/devices/d10"
+        ));
+        assert!(!resource_covers("hub.example/devices/d1", "hub.example"));
+        assert!(!resource_covers("hub.ex", "hub.example"));
+        assert!(!resource_covers("other.example", "hub.example/devices/d1"));
+        assert!(!resource_covers(
+            "hub.example/devices/d1/x",
+            "hub.example/devices/d1"
+        ));
     }
 }

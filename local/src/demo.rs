@@ -58,7 +58,8 @@ async fn demo(
             &fleet.file,
             &fleet.router.https_alias_addrs,
             fleet.state.root(),
-            &policy
+            &policy,
+            fleet.service_connection.as_deref(),
         )
     );
     let file = fleet.file.clone();

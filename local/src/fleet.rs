@@ -44,6 +44,8 @@ pub struct Fleet {
     pub router: RunningRouter,
     pub directory: Arc<StaticDirectory>,
     pub stamps: Vec<LiveStamp>,
+    /// For the Azure service SDKs: the router and the `service` policy's key.
+    pub service_connection: Option<String>,
 }
 
 fn random_b64(bytes: usize) -> String {
@@ -57,6 +59,11 @@ fn random_b64(bytes: usize) -> String {
 
 fn random_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The hubs' policies for a new state folder: four random keys.
+fn fresh_policies() -> iotstamp_core::policies::Policies {
+    layout::new_policies(std::array::from_fn(|_| random_b64(32)))
 }
 
 fn fresh_seed(opts: &FleetOptions) -> FleetSeed {
@@ -82,6 +89,8 @@ impl Fleet {
         };
         state.save_fleet(&file)?;
         let ca = state.ensure_ca(clock::unix_secs() as i64)?;
+        state.ensure_policies(fresh_policies)?;
+        let service_connection = layout::service_connection_string(file.router_ip, &state.load_policies()?);
         let mut stamps = Vec::new();
         for entry in &file.stamps {
             stamps.push(start_stamp(&state, &ca, entry).await?);
@@ -101,6 +110,7 @@ impl Fleet {
             router,
             directory,
             stamps,
+            service_connection,
         })
     }
 
@@ -148,12 +158,11 @@ impl Fleet {
 async fn start_stamp(state: &StateDir, ca: &CertKeyPem, entry: &StampEntry) -> anyhow::Result<LiveStamp> {
     let dir = state.stamp_dir(&entry.name);
     let (cert, key) = state.ensure_server_cert(&dir, ca, entry.ip, clock::unix_secs() as i64)?;
-    let policies = state.ensure_policies(|| layout::new_policies(std::array::from_fn(|_| random_b64(32))))?;
     let files = layout::StampFiles {
         cert: &cert,
         key: &key,
         token: &state.stamp_token_file(),
-        policies: &policies,
+        policies: &state.policies_file(),
     };
     let config = layout::stamp_config(entry, &dir, &files);
     let running = iotstamp_stamp::start(config)
@@ -220,6 +229,7 @@ async fn start_router(
         }],
         stamps: Vec::new(),
         api_tokens: vec![file.app_token.clone()],
+        policies_file: Some(state.policies_file()),
         assign_wait: Duration::from_secs(2),
         retry_after_secs: 1,
         serving: iotstamp_net::serve::Defences::default(),

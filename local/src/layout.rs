@@ -151,6 +151,16 @@ pub fn new_policies(keys: [String; 4]) -> Policies {
     }
 }
 
+/// What the Azure service SDKs are given (`IoTHubRegistryManager.from_connection_string`): the
+/// router's address and the `service` policy's primary key; `None` without a `service` policy.
+pub fn service_connection_string(router_ip: Ipv4Addr, policies: &Policies) -> Option<String> {
+    let service = policies.get("service")?;
+    Some(format!(
+        "HostName={router_ip};SharedAccessKeyName={};SharedAccessKey={}",
+        service.name, service.primary_key
+    ))
+}
+
 /// How the router's directory knows a stamp.
 pub fn stamp_info(entry: &StampEntry, ca_pem: &str, token: &str) -> StampInfo {
     StampInfo {

@@ -85,14 +85,20 @@ impl StateDir {
 
     /// Writes the policies file from `make` when there is none; an existing one (perhaps edited
     /// to rotate a key) is kept as it is.
-    pub fn ensure_policies(&self, make: impl FnOnce() -> Policies) -> anyhow::Result<PathBuf> {
+    pub fn ensure_policies(&self, make: impl FnOnce() -> Policies) -> anyhow::Result<()> {
         let path = self.policies_file();
         if !path.exists() {
             std::fs::create_dir_all(&self.root)
                 .with_context(|| format!("creating {}", self.root.display()))?;
             write_private(&path, &serde_json::to_string_pretty(&make())?)?;
         }
-        Ok(path)
+        Ok(())
+    }
+
+    pub fn load_policies(&self) -> anyhow::Result<Policies> {
+        let path = self.policies_file();
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Policies::parse(&bytes).with_context(|| format!("reading {}", path.display()))
     }
 
     /// The stamp API token as a file: the stamp's config names a file, not a value.

@@ -76,7 +76,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &fleet.file,
             &fleet.router.https_alias_addrs,
             fleet.state.root(),
-            &policy
+            &policy,
+            fleet.service_connection.as_deref(),
         )
     );
     let (web_stop, web_stopped) = watch::channel(false);
@@ -104,12 +105,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Where everything listens, the group devices enroll with, and commands to try.
-/// `https_aliases`: the router's other HTTPS addresses (port 443 when it could be bound).
+/// `https_aliases`: the router's other HTTPS addresses (port 443 when it could be bound);
+/// `service_connection`: the connection string for the Azure service SDKs.
 pub fn banner(
     file: &FleetFile,
     https_aliases: &[SocketAddr],
     state_root: &Path,
     policy: &PoolPolicy,
+    service_connection: Option<&str>,
 ) -> String {
     let root = std::path::absolute(state_root).unwrap_or_else(|_| state_root.to_path_buf());
     let ca = root.join("ca.crt");
@@ -156,6 +159,12 @@ pub fn banner(
         "  tokens     service API (router): {}   stamp API: {}",
         file.app_token, file.stamp_token
     );
+    if let Some(connection) = service_connection {
+        let _ = writeln!(
+            out,
+            "  service connection string (Azure IoT Hub service SDKs, port 443; trust the CA, e.g. REQUESTS_CA_BUNDLE):\n    {connection}"
+        );
+    }
     let _ = writeln!(out, "\nsimulate devices (another terminal, same folder):");
     let _ = writeln!(
         out,
@@ -214,6 +223,7 @@ mod tests {
             &["127.0.0.10:443".parse().unwrap()],
             Path::new("/tmp/s"),
             &policy,
+            Some("HostName=127.0.0.10;SharedAccessKeyName=service;SharedAccessKey=a2V5"),
         );
         for want in [
             "https://127.0.0.10:8443 and https://127.0.0.10:443",
@@ -222,6 +232,7 @@ mod tests {
             "ID scope 0NE12345678",
             "--id-scope 0NE12345678 --group-key 'Z2s='",
             "up to 4 stamps",
+            "HostName=127.0.0.10;SharedAccessKeyName=service;SharedAccessKey=a2V5",
         ] {
             assert!(text.contains(want), "`{want}` missing from:\n{text}");
         }

@@ -1,8 +1,10 @@
-//! The unmodified Azure IoT Python SDK (azure-iot-device, from the venv .ci/setup-deps builds)
-//! end to end: devices provision through the router, connect to the hub the router assigned
-//! (port 8883 on that stamp's own loopback address) and send telemetry; an application then uses
-//! only the router's service API, which routes each call to the device's stamp: where the device
-//! is, its stored telemetry, its live stream, a cloud-to-device message and a direct method.
+//! The unmodified Azure IoT Python SDKs end to end. The device SDK (azure-iot-device, from the
+//! venv .ci/setup-deps builds): devices provision through the router, connect to the hub the router
+//! assigned (port 8883 on that stamp's own loopback address) and send telemetry; an application then
+//! uses only the router's service API, which routes each call to the device's stamp: where the
+//! device is, its stored telemetry, its live stream, a cloud-to-device message, a direct method and
+//! its twin. The service SDK (azure-iot-hub, its own venv) does the same from a connection string:
+//! IoT Hub's REST paths on port 443 and a token signed with the `service` policy.
 
 mod common;
 
@@ -98,6 +100,53 @@ print("reported", flush=True)
 ok = got.wait(30)
 client.shutdown()
 sys.exit(0 if ok else 3)
+"#;
+
+/// After [`PROVISION`]: connects, reports `firmware`, answers any direct method with its payload,
+/// prints `reported`, then prints the first desired-properties patch (without `$version`) and, once
+/// a method was answered, exits.
+const SERVICE_SDK_DEVICE_SCRIPT: &str = r#"
+client = IoTHubDeviceClient.create_from_symmetric_key(
+    symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id, server_verification_cert=ca)
+client.connect()
+got_desired, answered = threading.Event(), threading.Event()
+def on_desired(patch):
+    print("desired " + json.dumps({k: v for k, v in patch.items() if not k.startswith("$")}), flush=True)
+    got_desired.set()
+def on_method(req):
+    client.send_method_response(MethodResponse.create_from_method_request(req, 200, {"echo": req.payload}))
+    answered.set()
+client.on_twin_desired_properties_patch_received = on_desired
+client.on_method_request_received = on_method
+client.patch_twin_reported_properties({"firmware": "2.0.0"})
+print("reported", flush=True)
+ok = got_desired.wait(30) and answered.wait(30)
+client.shutdown()
+sys.exit(0 if ok else 3)
+"#;
+
+/// The application, with the service SDK and only a connection string: reads the twin, writes a
+/// desired property with the etag read, invokes a method, and tries a connection string with a
+/// wrong key. One JSON line per step.
+const SERVICE_SDK_SCRIPT: &str = r#"
+import json, sys
+from azure.iot.hub import IoTHubRegistryManager
+from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
+from msrest.exceptions import HttpOperationError
+connection, wrong_connection, device = sys.argv[1:4]
+registry = IoTHubRegistryManager.from_connection_string(connection)
+twin = registry.get_twin(device)
+print(json.dumps({"firmware": twin.properties.reported.get("firmware"), "etag": twin.etag}), flush=True)
+updated = registry.update_twin(device, Twin(properties=TwinProperties(desired={"interval": 7})), twin.etag)
+print(json.dumps({"interval": updated.properties.desired.get("interval")}), flush=True)
+answer = registry.invoke_device_method(device, CloudToDeviceMethod(
+    method_name="echo", payload={"x": 1}, response_timeout_in_seconds=10, connect_timeout_in_seconds=5))
+print(json.dumps({"status": answer.status, "payload": answer.payload}), flush=True)
+try:
+    IoTHubRegistryManager.from_connection_string(wrong_connection).get_twin(device)
+    print(json.dumps({"refused": None}), flush=True)
+except HttpOperationError as e:
+    print(json.dumps({"refused": e.response.status_code}), flush=True)
 "#;
 
 struct Device {
@@ -334,6 +383,71 @@ async fn the_twin_is_read_and_written_through_the_router_with_etags() {
     assert_eq!(
         device.next_line("desired patch").await,
         r#"desired {"interval": 5}"#
+    );
+    assert!(device.child.wait().await.unwrap().success());
+    let (status, _) = up.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The unmodified Azure IoT Hub service SDK (azure-iot-hub) against the router, from the
+/// connection string `iotstamp up` prints: IoT Hub's REST paths on port 443 with a token signed by
+/// the `service` policy reach the device's stamp: the twin (read, then written with its etag and
+/// pushed to the device) and a direct method; a wrong key is refused with 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_sdk_reads_and_writes_a_twin_and_invokes_a_method_through_the_router() {
+    let hub_python = format!("{}/hub-sdk/bin/python", common::tools_cache());
+    assert!(
+        std::path::Path::new(&hub_python).exists(),
+        "{hub_python} is missing: run .ci/setup-deps (it installs azure-iot-hub in its own venv)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s");
+    let mut up = Up::start(&state, &["--address", "127.0.65.60", "--stamps", "1"]);
+    let banner = up.drain().join("\n");
+    let connection = banner
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("HostName="))
+        .unwrap_or_else(|| panic!("no service connection string in the banner:\n{banner}"))
+        .to_string();
+    assert!(
+        banner.contains("https://127.0.65.60:443"),
+        "the service SDKs need port 443:\n{banner}"
+    );
+    let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
+    let ca_file = state.join("ca.crt");
+    let mut device = Device::spawn(dir.path(), SERVICE_SDK_DEVICE_SCRIPT, &fleet, "svc-dev", &ca_file);
+    assert_eq!(device.next_line("reported").await, "reported");
+
+    let script = dir.path().join("service.py");
+    std::fs::write(&script, SERVICE_SDK_SCRIPT).unwrap();
+    let wrong = format!(
+        "{};SharedAccessKey={}",
+        connection.rsplit_once(";SharedAccessKey=").unwrap().0,
+        "d3Jvbmcta2V5LXdyb25nLWtleQ=="
+    );
+    let out = Command::new(&hub_python)
+        .arg(&script)
+        .args([&connection, &wrong, "svc-dev"])
+        .env("REQUESTS_CA_BUNDLE", &ca_file)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "the service SDK script failed:\n{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(steps[0]["firmware"], "2.0.0", "{said}");
+    assert!(steps[0]["etag"].as_str().is_some_and(|e| !e.is_empty()), "{said}");
+    assert_eq!(steps[1], json!({"interval": 7}));
+    assert_eq!(steps[2], json!({"status": 200, "payload": {"echo": {"x": 1}}}));
+    assert_eq!(steps[3], json!({"refused": 401}));
+    assert_eq!(
+        device.next_line("desired patch").await,
+        r#"desired {"interval": 7}"#
     );
     assert!(device.child.wait().await.unwrap().success());
     let (status, _) = up.terminate();

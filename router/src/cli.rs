@@ -95,6 +95,13 @@ pub struct RouterArgs {
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
 
+    /// Shared access policies (JSON: `{"policies": [{"name", "permissions", "primaryKey",
+    /// "secondaryKey"}]}`): the service API also accepts IoT Hub service tokens signed by a policy
+    /// that grants the call's permission (ServiceConnect for calls to a device, RegistryRead to
+    /// read where it is). Read again within a second of a change, so keys rotate without a restart.
+    #[arg(long, env = "IOTSTAMP_ROUTER_POLICIES_FILE")]
+    pub policies_file: Option<PathBuf>,
+
     /// How long a register request waits for its assignment before answering 202 "assigning".
     #[arg(long, default_value_t = 2000)]
     pub assign_wait_ms: u64,
@@ -189,6 +196,7 @@ impl RouterArgs {
             groups: file.groups,
             stamps: file.stamps,
             api_tokens,
+            policies_file: self.policies_file.clone(),
             assign_wait: Duration::from_millis(self.assign_wait_ms),
             retry_after_secs: self.retry_after_secs,
             serving: Defences {

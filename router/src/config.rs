@@ -48,8 +48,11 @@ pub struct RouterConfig {
     pub store: StoreConfig,
     pub groups: Vec<EnrollmentGroupConfig>,
     pub stamps: Vec<StaticStamp>,
-    /// Bearer tokens applications present to the service API. Empty refuses every call.
+    /// Bearer tokens applications present to the service API. Empty refuses every bearer token.
     pub api_tokens: Vec<String>,
+    /// Shared access policies ([`iotstamp_core::policies`]) whose service tokens the service API
+    /// accepts beside the bearer tokens; read again when the file changes.
+    pub policies_file: Option<PathBuf>,
     /// How long a register request waits for its assignment before answering 202 "assigning".
     pub assign_wait: Duration,
     /// What `retry-after` tells devices that must come back.

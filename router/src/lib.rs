@@ -18,6 +18,7 @@
 //!
 //! `router/README.md` has the module map and the walk of one registration through the files.
 
+pub mod access;
 pub mod adapters;
 pub mod app;
 pub mod assignment;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dps;
 pub mod enrollment;
 mod error;
+pub mod iothub_rest;
 pub mod metrics;
 pub mod openapi;
 pub mod service_api;

@@ -46,6 +46,7 @@ fn merge(mut doc: Value, stamp: &Value) -> Value {
         }
         doc["paths"][path] = item;
     }
+    add_iot_hub_paths(&mut doc, stamp);
     // The stamp's schemas and shared responses that the copied operations refer to; the router's
     // own win where both have one (its `Unauthorized` is about its own token).
     for kind in ["schemas", "responses"] {
@@ -61,6 +62,53 @@ fn merge(mut doc: Value, stamp: &Value) -> Value {
         doc["components"][kind] = Value::Object(merged);
     }
     doc
+}
+
+/// IoT Hub's REST paths ([`crate::iothub_rest`]), described from the stamp operations they map to:
+/// `/twins/{id}` is the stamp's twin, `/twins/{id}/methods` its method call with IoT Hub's body.
+/// Both take `api-version` and a service token as well as the bearer token.
+fn add_iot_hub_paths(doc: &mut Value, stamp: &Value) {
+    let api_version = json!({"name": "api-version", "in": "query", "required": false,
+        "description": "IoT Hub's API version; accepted and not used (the shapes are 2021-04-12's)",
+        "schema": {"type": "string"}});
+    let security = json!([{"bearer": []}, {"serviceSas": []}]);
+    let mut twin = stamp["paths"]["/v1/devices/{id}/twin"].clone();
+    if let Some(item) = twin.as_object_mut() {
+        for (_, op) in item.iter_mut().filter(|(k, _)| *k != "parameters") {
+            add_router_answers(&mut op["responses"], stamp);
+            op["security"] = security.clone();
+        }
+        if let Some(params) = item.get_mut("parameters").and_then(Value::as_array_mut) {
+            params.push(api_version.clone());
+        }
+    }
+    doc["paths"]["/twins/{id}"] = twin;
+
+    let mut method = stamp["paths"]["/v1/devices/{id}/methods/{name}"]["post"].clone();
+    method["summary"] =
+        json!("Invoke a direct method (IoT Hub's request body) and wait for the device's answer");
+    method["parameters"] = json!([api_version]);
+    method["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["methodName"],
+    "properties": {
+        "methodName": {"type": "string", "minLength": 1},
+        "payload": {"description": "the method's payload, any JSON"},
+        "responseTimeoutInSeconds": {"type": "integer", "minimum": 5, "maximum": 300, "default": 30},
+        "connectTimeoutInSeconds": {"type": "integer", "minimum": 0, "maximum": 300, "default": 0}
+    }}}}});
+    add_router_answers(&mut method["responses"], stamp);
+    let bad = method["responses"]["400"]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    method["responses"]["400"]["description"] = json!(format!(
+        "badMethodRequest: not IoT Hub's method request (the router); or {bad}"
+    ));
+    method["security"] = security;
+    doc["paths"]["/twins/{id}/methods"] = json!({
+        "parameters": [stamp["paths"]["/v1/devices/{id}/twin"]["parameters"][0].clone()],
+        "post": method,
+    });
 }
 
 /// Adds the router's own answers to one passed-through operation's responses: where the stamp
@@ -151,5 +199,36 @@ mod tests {
                 .unwrap()
                 .contains("not assigned")
         );
+    }
+
+    #[test]
+    fn the_iot_hub_paths_are_described_with_the_stamps_answers_and_the_routers() {
+        let twin = &document()["paths"]["/twins/{id}"];
+        for op in ["get", "patch", "put"] {
+            let described = twin[op]["responses"]["404"]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(described.contains("not assigned"), "{op}: {described}");
+            assert_eq!(twin[op]["security"][1], json!({"serviceSas": []}));
+        }
+        assert_eq!(twin["parameters"][1]["name"], "api-version");
+        let method = &document()["paths"]["/twins/{id}/methods"]["post"];
+        assert_eq!(
+            method["requestBody"]["content"]["application/json"]["schema"]["required"],
+            json!(["methodName"])
+        );
+        assert!(
+            method["responses"]["400"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("badMethodRequest")
+        );
+        assert!(
+            method["responses"]["504"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("timeout")
+        );
+        assert_references_resolve(document(), "the router's document");
     }
 }

@@ -13,8 +13,11 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
 use iotstamp_core::api_bodies::ErrorBody;
 use iotstamp_core::ids::DeviceId;
+use iotstamp_core::policies::Permission;
+use iotstamp_core::sas::url_encode;
 use serde_json::json;
 
+use crate::access::ServiceAccess;
 use crate::adapters::directory::{StampDirectory, find};
 use crate::adapters::stamp_client::StampClient;
 use crate::adapters::store::{AssignmentState, AssignmentStore};
@@ -28,7 +31,7 @@ pub struct ServiceState {
     pub directory: Arc<dyn StampDirectory>,
     pub stamps: Arc<dyn StampClient>,
     pub metrics: Arc<Metrics>,
-    pub api_tokens: Vec<String>,
+    pub access: ServiceAccess,
     /// False until the store is open and interrupted reservations were finished.
     pub ready: AtomicBool,
 }
@@ -71,25 +74,51 @@ async fn metrics(State(state): State<Arc<ServiceState>>) -> Response {
         .into_response()
 }
 
-fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+pub(crate) fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody::new(error, message.into()))).into_response()
 }
 
-fn authorised(state: &ServiceState, headers: &HeaderMap) -> bool {
-    iotstamp_net::bearer::accepts(headers, state.api_tokens.iter().map(String::as_str))
-}
-
-fn unauthorised() -> Response {
-    problem(
+/// 401 unless `headers` authorise a call that needs `needed` (about `device`, if it names one).
+fn authorise(
+    state: &ServiceState,
+    headers: &HeaderMap,
+    needed: Permission,
+    device: Option<&str>,
+) -> Result<(), Box<Response>> {
+    if state.access.allows(headers, needed, device) {
+        return Ok(());
+    }
+    Err(Box::new(problem(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "a valid `Authorization: Bearer <token>` is required",
-    )
+        format!(
+            "a valid `Authorization: Bearer <token>`, or a shared access signature for this host \
+             of a policy that grants {needed:?}, is required"
+        ),
+    )))
+}
+
+/// The device a call is about, once the caller may make it (401 otherwise) and `id` is a device
+/// id (400 `badDeviceId` otherwise).
+pub(crate) fn authorised_device(
+    state: &ServiceState,
+    headers: &HeaderMap,
+    needed: Permission,
+    id: &str,
+) -> Result<DeviceId, Box<Response>> {
+    authorise(state, headers, needed, Some(id))?;
+    DeviceId::parse(id).map_err(|_| {
+        Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "badDeviceId",
+            format!("`{id}` is not a device id"),
+        ))
+    })
 }
 
 async fn stamps(State(state): State<Arc<ServiceState>>, headers: HeaderMap) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
+    if let Err(refused) = authorise(&state, &headers, Permission::RegistryRead, None) {
+        return *refused;
     }
     let counts = match state.store.counts().await {
         Ok(c) => c,
@@ -118,15 +147,9 @@ async fn device(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
-    }
-    let Ok(device) = DeviceId::parse(&id) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "badDeviceId",
-            format!("`{id}` is not a device id"),
-        );
+    let device = match authorised_device(&state, &headers, Permission::RegistryRead, &id) {
+        Ok(d) => d,
+        Err(refused) => return *refused,
     };
     match state.store.get(&device.key()).await {
         Ok(Some(a)) => {
@@ -163,23 +186,35 @@ async fn forward(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
-    }
-    let Ok(device) = DeviceId::parse(&id) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "badDeviceId",
-            format!("`{id}` is not a device id"),
-        );
+    let device = match authorised_device(&state, &headers, Permission::ServiceConnect, &id) {
+        Ok(d) => d,
+        Err(refused) => return *refused,
     };
+    let mut path = format!("/v1/devices/{}/{rest}", url_encode(device.as_str()));
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(&q);
+    }
+    to_device_stamp(&state, &device, method, &path, &headers, body).await
+}
+
+/// Passes a call to the stamp API of the stamp `device` is assigned to (`path_and_query` on that
+/// stamp), and relays the answer; 404 when the device is not assigned.
+pub(crate) async fn to_device_stamp(
+    state: &ServiceState,
+    device: &DeviceId,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let assignment = match state.store.get(&device.key()).await {
         Ok(Some(a)) if a.state == AssignmentState::Assigned => a,
         Ok(_) => {
             return problem(
                 StatusCode::NOT_FOUND,
                 "deviceNotFound",
-                format!("device `{id}` is not assigned"),
+                format!("device `{}` is not assigned", device.as_str()),
             );
         }
         Err(e) => {
@@ -198,15 +233,11 @@ async fn forward(
             format!("stamp `{}` is unknown", assignment.stamp),
         );
     };
-    let mut path = format!(
-        "/v1/devices/{}/{rest}",
-        iotstamp_core::sas::url_encode(device.as_str())
-    );
-    if let Some(q) = query {
-        path.push('?');
-        path.push_str(&q);
-    }
-    match state.stamps.forward(stamp, method, &path, &headers, body).await {
+    match state
+        .stamps
+        .forward(stamp, method, path_and_query, headers, body)
+        .await
+    {
         Ok(resp) => resp.map(Body::new),
         Err(e) => problem(
             StatusCode::BAD_GATEWAY,

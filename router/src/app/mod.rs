@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use iotstamp_core::causes::Causes;
+use iotstamp_core::policies::Policies;
+use iotstamp_net::reloading::{self, Reloading};
 use iotstamp_net::serve::{Listener, Refusal};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,10 +23,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::Error;
+use crate::access::ServiceAccess;
 use crate::adapters::directory::{StampDirectory, StaticDirectory};
 use crate::adapters::stamp_client::{HttpStampClient, StampClient};
 use crate::adapters::store::{AssignmentStore, EmbeddedStore, PostgresStore};
 use crate::assignment::Provisioner;
+use crate::config::ConfigError;
 use crate::config::{RouterConfig, StoreConfig};
 use crate::dps::Dps;
 use crate::enrollment::Enrollments;
@@ -98,6 +102,18 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn AssignmentStore>
     })
 }
 
+/// The policies file, read once here (missing or broken: the router does not start) and again
+/// whenever it changes.
+fn open_policies(config: &RouterConfig) -> Result<Option<Arc<Reloading<Policies>>>, Error> {
+    let Some(path) = &config.policies_file else {
+        return Ok(None);
+    };
+    let parse = |bytes: &[u8]| Policies::parse(bytes).map_err(|e| e.to_string());
+    let policies = Reloading::open(path, parse, reloading::RECHECK)
+        .map_err(|e| ConfigError::Invalid(format!("--policies-file {e}")))?;
+    Ok(Some(Arc::new(policies)))
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
@@ -111,6 +127,7 @@ pub async fn start_with(
     stamps: Arc<dyn StampClient>,
 ) -> Result<RunningRouter, Error> {
     let enrollments = Enrollments::from_config(&config.groups)?;
+    let policies = open_policies(&config)?;
     let store = open_store(&config.store).await?;
     let metrics = Arc::new(Metrics::new());
     let provisioner = Arc::new(Provisioner::new(
@@ -131,7 +148,10 @@ pub async fn start_with(
             directory: directory.clone(),
             stamps: provisioner.stamps.clone(),
             metrics: metrics.clone(),
-            api_tokens: config.api_tokens.clone(),
+            access: ServiceAccess {
+                api_tokens: config.api_tokens.clone(),
+                policies,
+            },
             ready: AtomicBool::new(false),
         }),
     });
@@ -161,7 +181,8 @@ pub async fn start_with(
     let acceptor = TlsAcceptor::from(config.tls.clone());
     let app = crate::dps::http::routes()
         .with_state(state.dps.clone())
-        .merge(crate::service_api::routes().with_state(state.service.clone()));
+        .merge(crate::service_api::routes().with_state(state.service.clone()))
+        .merge(crate::iothub_rest::routes().with_state(state.service.clone()));
     // Every port serves through the one serving layer, with the same defences.
     let port =
         |tcp, tls, name| Listener::new(tcp, tls, config.serving).on_refused(count_refusals(&metrics, name));

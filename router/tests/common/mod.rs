@@ -249,6 +249,7 @@ pub fn router_config(pki: &Pki, ip: &str, stamps: Vec<StaticStamp>, store: Store
         groups: vec![group("fleet", ReprovisionPolicy::Migrate)],
         stamps,
         api_tokens: vec![APP_TOKEN.into()],
+        policies_file: None,
         assign_wait: Duration::from_secs(2),
         retry_after_secs: 1,
         serving: Defences::default(),

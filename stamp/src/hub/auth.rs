@@ -17,7 +17,7 @@
 //! token's `se` ([`expiry_instant`]); then the hub ends it (MQTT 5: DISCONNECT 0x87 Not authorized).
 
 use iotstamp_core::ids::DeviceId;
-use iotstamp_core::policies::{Permission, Policies, PolicyRefusal};
+use iotstamp_core::policies::{self, Permission, Policies, PolicyRefusal};
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 use iotstamp_core::sas::{SasError, SasToken};
 use iotstamp_net::mqtt::{Connect, connack, reason};
@@ -101,23 +101,21 @@ pub fn precheck(connect: &Connect, host_names: &[String]) -> Result<(DeviceId, S
     let password = std::str::from_utf8(password).map_err(|_| AuthFailure::BadToken)?;
     let token = SasToken::parse(password).map_err(|_| AuthFailure::BadToken)?;
     let (host, path) = token.resource().split_once('/').unwrap_or((token.resource(), ""));
-    if !resource_covers(&token, path, &device) {
+    if !token_names_device(&token, host, path, &device) {
         return Err(AuthFailure::WrongResource);
     }
     check_host(host, host_names)?;
     Ok((device, token))
 }
 
-/// A device key's token names exactly its device; a policy's may name any prefix of it.
-fn resource_covers(token: &SasToken, path: &str, device: &DeviceId) -> bool {
-    let named = |p: &str| {
-        p.strip_prefix("devices/")
-            .is_some_and(|id| id.eq_ignore_ascii_case(device.as_str()))
-    };
+/// A device key's token names exactly its device; a policy's may name any resource above it.
+fn token_names_device(token: &SasToken, host: &str, path: &str, device: &DeviceId) -> bool {
     if token.key_name().is_none() {
-        return named(path);
+        return path
+            .strip_prefix("devices/")
+            .is_some_and(|id| id.eq_ignore_ascii_case(device.as_str()));
     }
-    path.is_empty() || path == "devices" || named(path)
+    policies::resource_covers(token.resource(), &format!("{host}/devices/{}", device.as_str()))
 }
 
 /// The registry half: the device exists, is enabled, and signed the token with its key, or the

@@ -1,0 +1,192 @@
+//! Who may call the service API: an application presents one of the router's bearer tokens, or,
+//! as with IoT Hub, a shared access signature of a policy (`Authorization: SharedAccessSignature
+//! sr={host}&sig=…&se=…&skn=service`, what the Azure service SDKs send from a connection string).
+//! The policy must grant the call's permission and the token's `sr` must cover the host the call
+//! was sent to (and the device it is about); the policies file is read again when it changes, so a
+//! rotated key applies without a restart.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+use iotstamp_core::policies::{Permission, Policies, resource_covers};
+use iotstamp_core::sas::SasToken;
+use iotstamp_net::reloading::Reloading;
+
+pub struct ServiceAccess {
+    /// Bearer tokens; an empty list accepts none.
+    pub api_tokens: Vec<String>,
+    /// The shared access policies, when the router has a policies file.
+    pub policies: Option<Arc<Reloading<Policies>>>,
+}
+
+impl ServiceAccess {
+    /// Whether `headers` authorise a call that needs `needed`, about `device` when it names one.
+    pub fn allows(&self, headers: &HeaderMap, needed: Permission, device: Option<&str>) -> bool {
+        if iotstamp_net::bearer::accepts(headers, self.api_tokens.iter().map(String::as_str)) {
+            return true;
+        }
+        let (Some(policies), Some(token)) = (&self.policies, shared_access_signature(headers)) else {
+            return false;
+        };
+        let Some(host) = request_host(headers) else {
+            return false;
+        };
+        let target = match device {
+            Some(id) => format!("{host}/devices/{id}"),
+            None => host.to_string(),
+        };
+        resource_covers(token.resource(), &target)
+            && policies
+                .current()
+                .authorize(&token, needed, iotstamp_core::clock::unix_secs())
+                .is_ok()
+    }
+}
+
+/// The `Authorization` header's SAS token, when it holds one that names a policy.
+fn shared_access_signature(headers: &HeaderMap) -> Option<SasToken> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = SasToken::parse(value).ok()?;
+    token.key_name().is_some().then_some(token)
+}
+
+/// The host the caller addressed (the `Host` header without its port): a token signed for
+/// another hub's name is not good here.
+fn request_host(headers: &HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    Some(match host.rsplit_once(':') {
+        // `[::1]:443` and `name:443` lose the port; a bare IPv6 literal has no brackets to end.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotstamp_core::sas::sign;
+
+    const SERVICE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const DEVICE_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+    fn access(policies_file: &std::path::Path) -> ServiceAccess {
+        std::fs::write(
+            policies_file,
+            format!(
+                r#"{{"policies": [
+                    {{"name": "service", "permissions": ["ServiceConnect", "RegistryRead"], "primaryKey": "{SERVICE_KEY}", "secondaryKey": "{SERVICE_KEY}"}},
+                    {{"name": "device", "permissions": ["DeviceConnect"], "primaryKey": "{DEVICE_KEY}", "secondaryKey": "{DEVICE_KEY}"}}
+                ]}}"#
+            ),
+        )
+        .unwrap();
+        let parse = |b: &[u8]| Policies::parse(b).map_err(|e| e.to_string());
+        ServiceAccess {
+            api_tokens: vec!["app-token".into()],
+            policies: Some(Arc::new(
+                Reloading::open(policies_file, parse, iotstamp_net::reloading::RECHECK).unwrap(),
+            )),
+        }
+    }
+
+    fn headers(host: &str, authorization: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        h.insert(header::AUTHORIZATION, authorization.parse().unwrap());
+        h
+    }
+
+    fn token(sr: &str, key: &str, policy: &str) -> String {
+        sign(sr, key, iotstamp_core::clock::unix_secs() + 600, Some(policy)).unwrap()
+    }
+
+    #[test]
+    fn a_policy_token_for_this_host_with_the_permission_is_allowed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = access(&dir.path().join("policies.json"));
+        let service = token("hub.example", SERVICE_KEY, "service");
+        let allows =
+            |host: &str, auth: &str, needed, device| access.allows(&headers(host, auth), needed, device);
+
+        assert!(allows(
+            "hub.example",
+            "Bearer app-token",
+            Permission::RegistryReadWrite,
+            None
+        ));
+        assert!(allows(
+            "hub.example",
+            &service,
+            Permission::ServiceConnect,
+            Some("d1")
+        ));
+        assert!(allows(
+            "hub.example:443",
+            &service,
+            Permission::RegistryRead,
+            None
+        ));
+        let one_device = token("hub.example/devices/d1", SERVICE_KEY, "service");
+        assert!(allows(
+            "hub.example",
+            &one_device,
+            Permission::ServiceConnect,
+            Some("d1")
+        ));
+
+        assert!(!allows(
+            "hub.example",
+            "Bearer other",
+            Permission::ServiceConnect,
+            None
+        ));
+        assert!(
+            !allows("other.example", &service, Permission::ServiceConnect, Some("d1")),
+            "another host"
+        );
+        assert!(
+            !allows("hub.example", &one_device, Permission::ServiceConnect, Some("d2")),
+            "another device"
+        );
+        assert!(
+            !allows("hub.example", &one_device, Permission::RegistryRead, None),
+            "the whole hub"
+        );
+        assert!(
+            !allows("hub.example", &service, Permission::RegistryReadWrite, None),
+            "not granted"
+        );
+        let device = token("hub.example", DEVICE_KEY, "device");
+        assert!(
+            !allows("hub.example", &device, Permission::ServiceConnect, Some("d1")),
+            "DeviceConnect only"
+        );
+        let forged = token("hub.example", DEVICE_KEY, "service");
+        assert!(
+            !allows("hub.example", &forged, Permission::ServiceConnect, Some("d1")),
+            "wrong key"
+        );
+        let unsigned = sign("hub.example", SERVICE_KEY, 1, Some("service")).unwrap();
+        assert!(
+            !allows("hub.example", &unsigned, Permission::ServiceConnect, Some("d1")),
+            "expired"
+        );
+        let keyless = sign("hub.example", SERVICE_KEY, u64::MAX / 2, None).unwrap();
+        assert!(
+            !allows("hub.example", &keyless, Permission::ServiceConnect, Some("d1")),
+            "no skn"
+        );
+    }
+
+    #[test]
+    fn the_host_loses_only_its_port() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            request_host(&m).map(String::from)
+        };
+        assert_eq!(host("hub.example:8443").as_deref(), Some("hub.example"));
+        assert_eq!(host("127.0.0.10").as_deref(), Some("127.0.0.10"));
+        assert_eq!(host("[::1]:443").as_deref(), Some("[::1]"));
+    }
+}

@@ -1,0 +1,146 @@
+//! IoT Hub's own service REST paths, the ones the Azure service SDKs call (azure-iot-hub's
+//! `IoTHubRegistryManager`, from a connection string), mapped onto the stamp API of the device's
+//! stamp, so those SDKs work against the router unmodified:
+//!
+//! | IoT Hub | the stamp API |
+//! | --- | --- |
+//! | `GET`, `PATCH`, `PUT /twins/{id}` (`If-Match` with the twin's etag, or `*`) | the same on `/v1/devices/{id}/twin` |
+//! | `POST /twins/{id}/methods` with `{"methodName", "payload", "responseTimeoutInSeconds", "connectTimeoutInSeconds"}` | `POST /v1/devices/{id}/methods/{methodName}?timeout=…&connectTimeout=…` with the payload as the body; the answer `{"status", "payload"}` is IoT Hub's |
+//!
+//! The `api-version` query parameter the SDKs send is accepted and not used: these are the shapes
+//! of api-version 2021-04-12. Calls need ServiceConnect ([`crate::access`]). Error answers are the
+//! stamp API's (`{"error", "message"}`), not IoT Hub's numeric error codes; the SDKs raise on the
+//! status either way.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use iotstamp_core::policies::Permission;
+use iotstamp_core::sas::url_encode;
+
+use crate::service_api::{ServiceState, authorised_device, problem, to_device_stamp};
+
+pub fn routes() -> Router<Arc<ServiceState>> {
+    Router::new()
+        .route("/twins/{id}", get(twin).patch(twin).put(twin))
+        .route("/twins/{id}/methods", post(method))
+}
+
+async fn twin(
+    State(state): State<Arc<ServiceState>>,
+    method: Method,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let device = match authorised_device(&state, &headers, Permission::ServiceConnect, &id) {
+        Ok(d) => d,
+        Err(refused) => return *refused,
+    };
+    let path = format!("/v1/devices/{}/twin", url_encode(device.as_str()));
+    to_device_stamp(&state, &device, method, &path, &headers, body).await
+}
+
+/// IoT Hub's direct method request body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MethodCall {
+    method_name: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    response_timeout_in_seconds: Option<u64>,
+    connect_timeout_in_seconds: Option<u64>,
+}
+
+/// The stamp API call for an IoT Hub method request: its path and query, and its body.
+fn stamp_method_call(device_id: &str, body: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let call: MethodCall =
+        serde_json::from_slice(body).map_err(|e| format!("not a direct method request: {e}"))?;
+    if call.method_name.is_empty() {
+        return Err("methodName is empty".into());
+    }
+    let mut path = format!(
+        "/v1/devices/{}/methods/{}",
+        url_encode(device_id),
+        url_encode(&call.method_name)
+    );
+    let waits = [
+        ("timeout", call.response_timeout_in_seconds),
+        ("connectTimeout", call.connect_timeout_in_seconds),
+    ];
+    let mut separator = '?';
+    for (name, value) in waits {
+        if let Some(seconds) = value {
+            path.push_str(&format!("{separator}{name}={seconds}"));
+            separator = '&';
+        }
+    }
+    let payload = serde_json::to_vec(&call.payload).map_err(|e| e.to_string())?;
+    Ok((path, payload))
+}
+
+async fn method(
+    State(state): State<Arc<ServiceState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let device = match authorised_device(&state, &headers, Permission::ServiceConnect, &id) {
+        Ok(d) => d,
+        Err(refused) => return *refused,
+    };
+    let (path, payload) = match stamp_method_call(device.as_str(), &body) {
+        Ok(call) => call,
+        Err(message) => return problem(StatusCode::BAD_REQUEST, "badMethodRequest", message),
+    };
+    // The stamp gets the payload and nothing else of the caller's headers.
+    let mut stamp_headers = HeaderMap::new();
+    stamp_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    to_device_stamp(
+        &state,
+        &device,
+        Method::POST,
+        &path,
+        &stamp_headers,
+        payload.into(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_iot_hub_method_request_becomes_the_stamp_call_with_its_waits() {
+        let body = br#"{"methodName": "re boot", "payload": {"delay": 5}, "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 10}"#;
+        let (path, payload) = stamp_method_call("dev-1", body).unwrap();
+        assert_eq!(
+            path,
+            "/v1/devices/dev-1/methods/re%20boot?timeout=30&connectTimeout=10"
+        );
+        assert_eq!(payload, br#"{"delay":5}"#);
+
+        let (path, payload) = stamp_method_call("d", br#"{"methodName": "m"}"#).unwrap();
+        assert_eq!(
+            (path.as_str(), payload.as_slice()),
+            ("/v1/devices/d/methods/m", &b"null"[..])
+        );
+        let (path, _) =
+            stamp_method_call("d", br#"{"methodName": "m", "connectTimeoutInSeconds": 0}"#).unwrap();
+        assert_eq!(path, "/v1/devices/d/methods/m?connectTimeout=0");
+
+        for bad in [&br#"{"payload": 1}"#[..], b"not json", br#"{"methodName": ""}"#] {
+            assert!(
+                stamp_method_call("d", bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
