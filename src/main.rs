@@ -82,6 +82,8 @@ enum BenchSuite {
     Connections(iotstamp_bench::stamp::cli::ConnectionsArgs),
     /// C2D and direct-method latency when the call lands on another hub replica than the device's.
     Replicas(iotstamp_bench::stamp::cli::ReplicasArgs),
+    /// Durable twin reported-property updates per second and p99, beside QoS 1 telemetry.
+    Twin(iotstamp_bench::stamp::cli::TwinArgs),
     /// Durable HTTPS provisioning beside the same server answering a static body, then through a
     /// local fleet of real stamps.
     Provisioning(iotstamp_bench::fleet::ProvisioningArgs),
@@ -158,6 +160,7 @@ async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
             println!("{}", cli::run_connections(args, me).await?)
         }
         BenchSuite::Replicas(args) => println!("{}", cli::run_replicas(args).await?),
+        BenchSuite::Twin(args) => println!("{}", cli::run_twin(args).await?),
         BenchSuite::Provisioning(args) => print!("{}", iotstamp_bench::fleet::run(args).await?),
     }
     Ok(())

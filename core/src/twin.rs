@@ -155,7 +155,7 @@ pub fn parse_patch(body: &[u8]) -> Result<Value, TwinError> {
 /// Parses the stamp API's twin body: `{"tags": {..}, "properties": {"desired": {..}}}`, both
 /// optional. Other fields of a twin as read (`deviceId`, `etag`, `version`, and `reported` for a
 /// PUT of a twin read before) are ignored; a PATCH naming `reported` is refused, because only the
-/// device writes them.
+/// device writes them. A PUT that leaves `tags` or `desired` out empties them.
 pub fn parse_service_body(
     body: &[u8],
     replace: bool,
@@ -172,7 +172,13 @@ pub fn parse_service_body(
             "reported properties are written by the device only".into(),
         ));
     }
-    let desired = object_field(&mut properties, "desired")?;
+    let mut desired = object_field(&mut properties, "desired")?;
+    let mut tags = tags;
+    if replace {
+        // A PUT is the whole writable twin: what it leaves out is emptied.
+        tags.get_or_insert_default();
+        desired.get_or_insert_default();
+    }
     Ok(ServiceChange {
         replace,
         if_match,
@@ -598,6 +604,12 @@ mod tests {
             twin.reported.properties,
             Map::new(),
             "reported in a PUT is ignored"
+        );
+        let w = twin.apply(&service(true, None, json!({})), T1).unwrap();
+        assert_eq!(w.desired_patch, Some(obj(json!({"b": null}))));
+        assert!(
+            twin.tags.is_empty() && twin.desired.properties.is_empty(),
+            "a PUT empties what it leaves out"
         );
         let pushed: Value = serde_json::from_slice(&desired_push_body(&obj(json!({"b": 3})), 3)).unwrap();
         assert_eq!(pushed, json!({"b": 3, "$version": 3}));

@@ -1,4 +1,4 @@
-//! Command-line arguments for `iotstamp bench hub|storage|connections|replicas`.
+//! Command-line arguments for `iotstamp bench hub|storage|connections|replicas|twin`.
 
 use std::net::Ipv4Addr;
 
@@ -7,6 +7,7 @@ use super::connections::{ConnBenchOptions, connections};
 use super::hub::{HubBenchOptions, hub};
 use super::replicas::{ReplicasBenchOptions, replicas};
 use super::storage::{StorageBenchOptions, storage};
+use super::twin::{TwinBenchOptions, twin};
 
 /// QoS 1 telemetry persisted and acknowledged, beside Debian's mosquitto relaying the same load.
 #[derive(clap::Args, Debug, Clone)]
@@ -105,6 +106,31 @@ pub async fn run_connections(a: ConnectionsArgs, self_exe: String) -> anyhow::Re
         ip: Ipv4Addr::new(127, 0, 0, 201),
         stamp_command: vec![self_exe, "stamp".into()],
         mosquitto: a.mosquitto,
+    })
+    .await
+}
+
+/// Durable reported-property updates per second and their latency, beside QoS 1 telemetry through
+/// the same stamp with the same connections.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TwinArgs {
+    /// Concurrent device connections.
+    #[arg(long, default_value_t = 200)]
+    pub connections: usize,
+    /// Reported patches (and, for the baseline, telemetry messages) each connection sends.
+    #[arg(long, default_value_t = 200)]
+    pub updates: usize,
+    /// Requests in flight per connection (the SDKs wait for each twin answer: 1).
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+}
+
+pub async fn run_twin(a: TwinArgs) -> anyhow::Result<BenchReport> {
+    twin(TwinBenchOptions {
+        connections: a.connections,
+        updates_per_connection: a.updates,
+        window: a.window,
+        ip: Ipv4Addr::new(127, 0, 0, 203),
     })
     .await
 }

@@ -103,6 +103,7 @@ pub async fn hub(opts: HubBenchOptions) -> anyhow::Result<BenchReport> {
         payload_bytes: opts.payload_bytes,
         window: opts.window,
         rate: None,
+        body: None,
     };
 
     let mut config = bench_config(&dir, opts.ip, opts.connections as u64)?;

@@ -49,6 +49,8 @@ pub struct Load {
     pub window: usize,
     /// Total messages per second over all connections; `None` = as fast as acks allow.
     pub rate: Option<f64>,
+    /// What every message carries; `None`: `payload_bytes` bytes of `x`.
+    pub body: Option<&'static [u8]>,
 }
 
 #[derive(Debug, Default)]
@@ -123,7 +125,10 @@ async fn publish_all(
     let window = Arc::new(Semaphore::new(load.window.max(1)));
     let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let n = load.messages_per_client;
-    let payload = bytes::Bytes::from(vec![b'x'; load.payload_bytes]);
+    let payload = match load.body {
+        Some(body) => bytes::Bytes::from_static(body),
+        None => bytes::Bytes::from(vec![b'x'; load.payload_bytes]),
+    };
 
     let writer = {
         let (window, sent) = (window.clone(), sent.clone());

@@ -1,4 +1,4 @@
-//! Benchmarks behind `iotstamp bench hub|storage|connections|replicas`. Each one measures the stamp and a
+//! Benchmarks behind `iotstamp bench hub|storage|connections|replicas|twin`. Each one measures the stamp and a
 //! baseline in the same run, on the same machine, with the same load generator, and returns a table.
 //! They are commands, never timed tests: figures depend on the machine and what else runs on it.
 
@@ -9,6 +9,7 @@ pub mod load;
 pub mod replicas;
 pub mod split;
 pub mod storage;
+pub mod twin;
 
 use std::fmt;
 

@@ -1,0 +1,122 @@
+//! `iotstamp bench twin`: durable twin reported-property updates on one stamp (`--role all`), each
+//! PUBACKed (and answered) only after its commit, beside QoS 1 telemetry from the same connections
+//! through the same stamp in the same run: both are one small durable write per message, so the
+//! telemetry figure is what the twin path could reach.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Context;
+use iotstamp_core::registry::DeviceRecord;
+
+use super::hub::bench_devices;
+use super::load::{self, Client, Load};
+use super::{BenchReport, quantile};
+
+pub struct TwinBenchOptions {
+    pub connections: usize,
+    pub updates_per_connection: usize,
+    /// Requests in flight per connection.
+    pub window: usize,
+    pub ip: Ipv4Addr,
+}
+
+/// A reported patch of about 100 bytes, the size the hub benchmark's telemetry has.
+const PATCH: &[u8] =
+    br#"{"temperature":21.5,"humidity":40,"status":"running","firmware":{"version":"1.4.2","slot":"a"}}"#;
+const REPORTED_TOPIC: &str = "$iothub/twin/PATCH/properties/reported/?$rid=1";
+
+pub async fn twin(opts: TwinBenchOptions) -> anyhow::Result<BenchReport> {
+    let dir = std::env::temp_dir().join(format!("iotstamp-bench-twin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("creating the bench dir")?;
+    let devices = bench_devices(opts.connections)?;
+    let telemetry: Vec<Client> = devices.iter().map(|(_, c)| c.clone()).collect();
+    let reported: Vec<Client> = telemetry
+        .iter()
+        .map(|c| Client {
+            topic: REPORTED_TOPIC.into(),
+            ..c.clone()
+        })
+        .collect();
+    let load = Load {
+        messages_per_client: opts.updates_per_connection,
+        payload_bytes: PATCH.len(),
+        window: opts.window,
+        rate: None,
+        body: Some(PATCH),
+    };
+    let config = super::hub::bench_config(&dir, opts.ip, opts.connections as u64)?;
+    let stamp = iotstamp_stamp::start(config).await?;
+    let store = stamp.store.clone();
+    let records: Vec<DeviceRecord> = devices.into_iter().map(|(r, _)| r).collect();
+    let first = records.first().map(|r| r.device_id.key());
+    tokio::task::spawn_blocking(move || store.put_devices(&records)).await??;
+    let addr = stamp
+        .mqtt_plain
+        .ok_or_else(|| anyhow::anyhow!("no plain listener"))?;
+    // Telemetry first, then the twin, then telemetry again: the two baselines bracket the twin run.
+    let before = load::run(addr, &telemetry, load).await;
+    let twin = load::run(addr, &reported, load).await;
+    let after = load::run(addr, &telemetry, load).await;
+    // Every acknowledged patch is in the store: the first device's reported version counts them.
+    let stored_version = match first {
+        Some(key) => {
+            let store = stamp.store.clone();
+            Some(
+                tokio::task::spawn_blocking(move || store.get_twin(&key))
+                    .await??
+                    .reported
+                    .version,
+            )
+        }
+        None => None,
+    };
+    stamp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut twin, mut before, mut after) = (twin?, before?, after?);
+
+    let mut report = BenchReport::new(format!(
+        "twin: reported patches of {} B, {} connections x {} updates, window {}, one stamp (--role all)",
+        PATCH.len(),
+        opts.connections,
+        opts.updates_per_connection,
+        opts.window
+    ));
+    for (name, telemetry) in [("before", &mut before), ("after", &mut after)] {
+        report
+            .row(
+                format!("reported updates/s (durable), vs telemetry {name}"),
+                "upd/s",
+                twin.rate(),
+            )
+            .baseline("QoS 1 telemetry msg/s", telemetry.rate())
+            .target(">= 5000");
+        report
+            .row(
+                format!("update -> PUBACK p99, vs telemetry {name}"),
+                "ms",
+                quantile(&mut twin.latencies_ms, 0.99),
+            )
+            .baseline(
+                "telemetry PUBACK p99",
+                quantile(&mut telemetry.latencies_ms, 0.99),
+            )
+            .target("<= 50");
+        report
+            .row(
+                format!("update -> PUBACK p50, vs telemetry {name}"),
+                "ms",
+                quantile(&mut twin.latencies_ms, 0.5),
+            )
+            .baseline("telemetry PUBACK p50", quantile(&mut telemetry.latencies_ms, 0.5));
+    }
+    if let Some(version) = stored_version {
+        report.notes.push(format!(
+            "the first device's stored reported $version after the run: {version} ({} updates acknowledged + 1)",
+            opts.updates_per_connection
+        ));
+    }
+    report
+        .notes
+        .push("the load generator runs in this process, beside the stamp, on the same cores".into());
+    Ok(report)
+}
