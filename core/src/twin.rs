@@ -141,10 +141,11 @@ pub fn etag(version: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(version.to_be_bytes())
 }
 
-/// Whether an `If-Match` value (quoted or not, or `*`) names `current`.
+/// Whether an `If-Match` value (quoted or not, or `*`) names `current`. The wildcard may come
+/// quoted too: azure-iot-hub's `replace_twin` and `update_twin` without an etag send `"*"`.
 pub fn etag_matches(if_match: &str, current: &str) -> bool {
-    let given = if_match.trim();
-    given == "*" || given.trim_matches('"') == current
+    let given = if_match.trim().trim_matches('"');
+    given == "*" || given == current
 }
 
 /// Parses a device's reported patch (the MQTT body): a JSON object.
@@ -512,6 +513,7 @@ mod tests {
         assert_eq!(etag(1), "AAAAAAAAAAE=");
         assert!(etag_matches("\"AAAAAAAAAAE=\"", "AAAAAAAAAAE="));
         assert!(etag_matches("*", "AAAAAAAAAAI="));
+        assert!(etag_matches("\"*\"", "AAAAAAAAAAI="), "the service SDK quotes the wildcard");
         assert!(!etag_matches("AAAAAAAAAAE=", "AAAAAAAAAAI="));
     }
 

@@ -59,7 +59,6 @@ async fn demo(
             &fleet.router.https_alias_addrs,
             fleet.state.root(),
             &policy,
-            fleet.service_connection.as_deref(),
         )
     );
     let file = fleet.file.clone();

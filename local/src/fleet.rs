@@ -44,8 +44,6 @@ pub struct Fleet {
     pub router: RunningRouter,
     pub directory: Arc<StaticDirectory>,
     pub stamps: Vec<LiveStamp>,
-    /// For the Azure service SDKs: the router and the `service` policy's key.
-    pub service_connection: Option<String>,
 }
 
 fn random_b64(bytes: usize) -> String {
@@ -83,14 +81,16 @@ impl Fleet {
     /// Starts every stamp of the state folder's fleet (creating the fleet on first use), then the
     /// router in front of them.
     pub async fn start(state: StateDir, opts: &FleetOptions) -> anyhow::Result<Self> {
-        let (file, fresh) = match state.load_fleet()? {
+        let (mut file, fresh) = match state.load_fleet()? {
             Some(file) => (file, false),
             None => (layout::new_fleet(fresh_seed(opts))?, true),
         };
+        state.ensure_policies(fresh_policies)?;
+        // From the policies as they are now: an edited key shows in the next start's string.
+        file.service_connection_string =
+            layout::service_connection_string(file.router_ip, &state.load_policies()?);
         state.save_fleet(&file)?;
         let ca = state.ensure_ca(clock::unix_secs() as i64)?;
-        state.ensure_policies(fresh_policies)?;
-        let service_connection = layout::service_connection_string(file.router_ip, &state.load_policies()?);
         let mut stamps = Vec::new();
         for entry in &file.stamps {
             stamps.push(start_stamp(&state, &ca, entry).await?);
@@ -110,7 +110,6 @@ impl Fleet {
             router,
             directory,
             stamps,
-            service_connection,
         })
     }
 

@@ -76,6 +76,7 @@ pub fn new_fleet(seed: FleetSeed) -> anyhow::Result<FleetFile> {
         stamp_token: seed.stamp_token,
         stamps,
         last_scale_unix: None,
+        service_connection_string: None,
     })
 }
 

@@ -33,6 +33,10 @@ pub struct FleetFile {
     /// When the pool last added a stamp (Unix seconds), for the cooldown.
     #[serde(default)]
     pub last_scale_unix: Option<i64>,
+    /// What the Azure service SDKs are given: the router and the `service` policy's key
+    /// (`HostName=…;SharedAccessKeyName=service;SharedAccessKey=…`), written at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_connection_string: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -77,7 +77,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &fleet.router.https_alias_addrs,
             fleet.state.root(),
             &policy,
-            fleet.service_connection.as_deref(),
         )
     );
     let (web_stop, web_stopped) = watch::channel(false);
@@ -105,14 +104,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Where everything listens, the group devices enroll with, and commands to try.
-/// `https_aliases`: the router's other HTTPS addresses (port 443 when it could be bound);
-/// `service_connection`: the connection string for the Azure service SDKs.
+/// `https_aliases`: the router's other HTTPS addresses (port 443 when it could be bound).
 pub fn banner(
     file: &FleetFile,
     https_aliases: &[SocketAddr],
     state_root: &Path,
     policy: &PoolPolicy,
-    service_connection: Option<&str>,
 ) -> String {
     let root = std::path::absolute(state_root).unwrap_or_else(|_| state_root.to_path_buf());
     let ca = root.join("ca.crt");
@@ -159,7 +156,7 @@ pub fn banner(
         "  tokens     service API (router): {}   stamp API: {}",
         file.app_token, file.stamp_token
     );
-    if let Some(connection) = service_connection {
+    if let Some(connection) = &file.service_connection_string {
         let _ = writeln!(
             out,
             "  service connection string (Azure IoT Hub service SDKs, port 443; trust the CA, e.g. REQUESTS_CA_BUNDLE):\n    {connection}"
@@ -202,7 +199,7 @@ mod tests {
 
     #[test]
     fn the_banner_names_every_endpoint_and_a_command_to_paste() {
-        let file = new_fleet(FleetSeed {
+        let mut file = new_fleet(FleetSeed {
             router_ip: "127.0.0.10".parse().unwrap(),
             stamps: 2,
             quota: 5,
@@ -212,6 +209,8 @@ mod tests {
             stamp_token: "st".into(),
         })
         .unwrap();
+        file.service_connection_string =
+            Some("HostName=127.0.0.10;SharedAccessKeyName=service;SharedAccessKey=a2V5".into());
         let policy = PoolPolicy {
             min_stamps: 2,
             max_stamps: 4,
@@ -223,7 +222,6 @@ mod tests {
             &["127.0.0.10:443".parse().unwrap()],
             Path::new("/tmp/s"),
             &policy,
-            Some("HostName=127.0.0.10;SharedAccessKeyName=service;SharedAccessKey=a2V5"),
         );
         for want in [
             "https://127.0.0.10:8443 and https://127.0.0.10:443",

@@ -102,48 +102,58 @@ client.shutdown()
 sys.exit(0 if ok else 3)
 "#;
 
-/// After [`PROVISION`]: connects, reports `firmware`, answers any direct method with its payload,
-/// prints `reported`, then prints the first desired-properties patch (without `$version`) and, once
-/// a method was answered, exits.
+/// After [`PROVISION`]: connects, reports `firmware` (its registration id), answers any direct
+/// method with its payload, prints `reported`, then prints each desired-properties patch (without
+/// `$version`, keys sorted); exits after two patches and a method.
 const SERVICE_SDK_DEVICE_SCRIPT: &str = r#"
 client = IoTHubDeviceClient.create_from_symmetric_key(
     symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id, server_verification_cert=ca)
 client.connect()
-got_desired, answered = threading.Event(), threading.Event()
+patches, answered = [], threading.Event()
+two_patches = threading.Event()
 def on_desired(patch):
-    print("desired " + json.dumps({k: v for k, v in patch.items() if not k.startswith("$")}), flush=True)
-    got_desired.set()
+    print("desired " + json.dumps({k: v for k, v in patch.items() if not k.startswith("$")}, sort_keys=True), flush=True)
+    patches.append(patch)
+    if len(patches) == 2:
+        two_patches.set()
 def on_method(req):
     client.send_method_response(MethodResponse.create_from_method_request(req, 200, {"echo": req.payload}))
     answered.set()
 client.on_twin_desired_properties_patch_received = on_desired
 client.on_method_request_received = on_method
-client.patch_twin_reported_properties({"firmware": "2.0.0"})
+client.patch_twin_reported_properties({"firmware": reg})
 print("reported", flush=True)
-ok = got_desired.wait(30) and answered.wait(30)
+ok = two_patches.wait(30) and answered.wait(30)
 client.shutdown()
 sys.exit(0 if ok else 3)
 "#;
 
-/// The application, with the service SDK and only a connection string: reads the twin, writes a
-/// desired property with the etag read, invokes a method, and tries a connection string with a
-/// wrong key. One JSON line per step.
+/// The application, with the service SDK and only a connection string, for each device named:
+/// its registry entry, its twin, a desired property written with the etag read, the twin replaced
+/// (tags and desired), and a method; then a connection string with a wrong key. One JSON line each.
 const SERVICE_SDK_SCRIPT: &str = r#"
 import json, sys
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
-connection, wrong_connection, device = sys.argv[1:4]
+connection, wrong_connection = sys.argv[1:3]
 registry = IoTHubRegistryManager.from_connection_string(connection)
-twin = registry.get_twin(device)
-print(json.dumps({"firmware": twin.properties.reported.get("firmware"), "etag": twin.etag}), flush=True)
-updated = registry.update_twin(device, Twin(properties=TwinProperties(desired={"interval": 7})), twin.etag)
-print(json.dumps({"interval": updated.properties.desired.get("interval")}), flush=True)
-answer = registry.invoke_device_method(device, CloudToDeviceMethod(
-    method_name="echo", payload={"x": 1}, response_timeout_in_seconds=10, connect_timeout_in_seconds=5))
-print(json.dumps({"status": answer.status, "payload": answer.payload}), flush=True)
+for device in sys.argv[3:]:
+    entry = registry.get_device(device)
+    print(json.dumps({"device": entry.device_id, "status": entry.status,
+                      "key": entry.authentication.symmetric_key.primary_key}), flush=True)
+    twin = registry.get_twin(device)
+    print(json.dumps({"firmware": twin.properties.reported.get("firmware"), "etag": twin.etag}), flush=True)
+    updated = registry.update_twin(device, Twin(properties=TwinProperties(desired={"interval": 7})), twin.etag)
+    print(json.dumps({"interval": updated.properties.desired.get("interval")}), flush=True)
+    replaced = registry.replace_twin(device, Twin(tags={"site": "a"}, properties=TwinProperties(desired={"mode": "eco"})))
+    desired = {k: v for k, v in replaced.properties.desired.items() if not k.startswith("$")}
+    print(json.dumps({"tags": replaced.tags, "desired": desired}), flush=True)
+    answer = registry.invoke_device_method(device, CloudToDeviceMethod(
+        method_name="echo", payload={"x": 1}, response_timeout_in_seconds=10, connect_timeout_in_seconds=5))
+    print(json.dumps({"status": answer.status, "payload": answer.payload}), flush=True)
 try:
-    IoTHubRegistryManager.from_connection_string(wrong_connection).get_twin(device)
+    IoTHubRegistryManager.from_connection_string(wrong_connection).get_twin(sys.argv[3])
     print(json.dumps({"refused": None}), flush=True)
 except HttpOperationError as e:
     print(json.dumps({"refused": e.response.status_code}), flush=True)
@@ -390,11 +400,12 @@ async fn the_twin_is_read_and_written_through_the_router_with_etags() {
 }
 
 /// The unmodified Azure IoT Hub service SDK (azure-iot-hub) against the router, from the
-/// connection string `iotstamp up` prints: IoT Hub's REST paths on port 443 with a token signed by
-/// the `service` policy reach the device's stamp: the twin (read, then written with its etag and
-/// pushed to the device) and a direct method; a wrong key is refused with 401.
+/// connection string `iotstamp up` writes into `fleet.json` and prints: IoT Hub's REST paths on
+/// port 443 with a token signed by the `service` policy reach each device's stamp (two devices, two
+/// stamps): the registry entry, the twin (read, written with its etag, replaced; each change pushed
+/// to the device) and a direct method; a wrong key is refused with 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_service_sdk_reads_and_writes_a_twin_and_invokes_a_method_through_the_router() {
+async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
     let hub_python = format!("{}/hub-sdk/bin/python", common::tools_cache());
     assert!(
         std::path::Path::new(&hub_python).exists(),
@@ -402,33 +413,54 @@ async fn the_service_sdk_reads_and_writes_a_twin_and_invokes_a_method_through_th
     );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s");
-    let mut up = Up::start(&state, &["--address", "127.0.65.60", "--stamps", "1"]);
+    // Quota 1 on each of two stamps: the two devices land on different stamps.
+    let args = [
+        "--address",
+        "127.0.65.60",
+        "--stamps",
+        "2",
+        "--max-stamps",
+        "2",
+        "--quota",
+        "1",
+    ];
+    let mut up = Up::start(&state, &args);
     let banner = up.drain().join("\n");
-    let connection = banner
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("HostName="))
-        .unwrap_or_else(|| panic!("no service connection string in the banner:\n{banner}"))
-        .to_string();
+    let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
+    let connection = fleet
+        .service_connection_string
+        .clone()
+        .expect("fleet.json has serviceConnectionString");
+    assert!(
+        connection.starts_with("HostName=127.0.65.60;SharedAccessKeyName=service;SharedAccessKey="),
+        "{connection}"
+    );
+    assert!(banner.contains(&connection), "the banner prints it:\n{banner}");
     assert!(
         banner.contains("https://127.0.65.60:443"),
         "the service SDKs need port 443:\n{banner}"
     );
-    let fleet = StateDir::new(&state).load_fleet().unwrap().unwrap();
     let ca_file = state.join("ca.crt");
-    let mut device = Device::spawn(dir.path(), SERVICE_SDK_DEVICE_SCRIPT, &fleet, "svc-dev", &ca_file);
-    assert_eq!(device.next_line("reported").await, "reported");
+    let service = ServiceApi::of_fleet(&state);
+    let ids = ["svc-dev-1", "svc-dev-2"];
+    let mut devices = Vec::new();
+    let mut hubs = std::collections::BTreeSet::new();
+    for id in ids {
+        let mut device = Device::spawn(dir.path(), SERVICE_SDK_DEVICE_SCRIPT, &fleet, id, &ca_file);
+        assert_eq!(device.next_line("reported").await, "reported");
+        hubs.insert(service.get_json(&format!("/v1/devices/{id}")).await["hub"].to_string());
+        devices.push(device);
+    }
+    assert_eq!(hubs.len(), 2, "one device per stamp: {hubs:?}");
 
     let script = dir.path().join("service.py");
     std::fs::write(&script, SERVICE_SDK_SCRIPT).unwrap();
-    let wrong = format!(
-        "{};SharedAccessKey={}",
-        connection.rsplit_once(";SharedAccessKey=").unwrap().0,
-        "d3Jvbmcta2V5LXdyb25nLWtleQ=="
-    );
+    let (without_key, _) = connection.rsplit_once(";SharedAccessKey=").unwrap();
+    let wrong = format!("{without_key};SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleQ==");
     let out = Command::new(&hub_python)
         .arg(&script)
-        .args([&connection, &wrong, "svc-dev"])
+        .args([&connection, &wrong])
+        .args(ids)
         .env("REQUESTS_CA_BUNDLE", &ca_file)
         .output()
         .await
@@ -440,16 +472,32 @@ async fn the_service_sdk_reads_and_writes_a_twin_and_invokes_a_method_through_th
         String::from_utf8_lossy(&out.stderr)
     );
     let steps: Vec<Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(steps[0]["firmware"], "2.0.0", "{said}");
-    assert!(steps[0]["etag"].as_str().is_some_and(|e| !e.is_empty()), "{said}");
-    assert_eq!(steps[1], json!({"interval": 7}));
-    assert_eq!(steps[2], json!({"status": 200, "payload": {"echo": {"x": 1}}}));
-    assert_eq!(steps[3], json!({"refused": 401}));
-    assert_eq!(
-        device.next_line("desired patch").await,
-        r#"desired {"interval": 7}"#
-    );
-    assert!(device.child.wait().await.unwrap().success());
+    assert_eq!(steps.len(), 11, "{said}");
+    for (n, (id, device)) in ids.iter().zip(devices.iter_mut()).enumerate() {
+        let step = &steps[n * 5..];
+        let key = iotstamp_core::sas::derive_device_key(&fleet.group_key, id).unwrap();
+        assert_eq!(step[0], json!({"device": id, "status": "enabled", "key": key}));
+        assert_eq!(step[1]["firmware"], json!(id), "{said}");
+        assert!(step[1]["etag"].as_str().is_some_and(|e| !e.is_empty()), "{said}");
+        assert_eq!(step[2], json!({"interval": 7}));
+        assert_eq!(
+            step[3],
+            json!({"tags": {"site": "a"}, "desired": {"mode": "eco"}})
+        );
+        assert_eq!(step[4], json!({"status": 200, "payload": {"echo": {"x": 1}}}));
+        assert_eq!(
+            device.next_line("desired patch").await,
+            r#"desired {"interval": 7}"#
+        );
+        assert_eq!(
+            device.next_line("replaced desired").await,
+            r#"desired {"interval": null, "mode": "eco"}"#
+        );
+    }
+    assert_eq!(steps[10], json!({"refused": 401}));
+    for mut device in devices {
+        assert!(device.child.wait().await.unwrap().success());
+    }
     let (status, _) = up.terminate();
     assert_eq!(status.code(), Some(0));
 }

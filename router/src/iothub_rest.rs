@@ -5,10 +5,11 @@
 //! | IoT Hub | the stamp API |
 //! | --- | --- |
 //! | `GET`, `PATCH`, `PUT /twins/{id}` (`If-Match` with the twin's etag, or `*`) | the same on `/v1/devices/{id}/twin` |
+//! | `GET /devices/{id}` (RegistryRead) | `GET /v1/registry/devices/{id}`, the record in IoT Hub's device shape (`deviceId`, `status`, `authentication.symmetricKey`) |
 //! | `POST /twins/{id}/methods` with `{"methodName", "payload", "responseTimeoutInSeconds", "connectTimeoutInSeconds"}` | `POST /v1/devices/{id}/methods/{methodName}?timeout=…&connectTimeout=…` with the payload as the body; the answer `{"status", "payload"}` is IoT Hub's |
 //!
 //! The `api-version` query parameter the SDKs send is accepted and not used: these are the shapes
-//! of api-version 2021-04-12. Calls need ServiceConnect ([`crate::access`]). Error answers are the
+//! of api-version 2021-04-12. Twin and method calls need ServiceConnect ([`crate::access`]). Error answers are the
 //! stamp API's (`{"error", "message"}`), not IoT Hub's numeric error codes; the SDKs raise on the
 //! status either way.
 
@@ -18,9 +19,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use iotstamp_core::policies::Permission;
+use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 use iotstamp_core::sas::url_encode;
 
 use crate::service_api::{ServiceState, authorised_device, problem, to_device_stamp};
@@ -29,6 +31,64 @@ pub fn routes() -> Router<Arc<ServiceState>> {
     Router::new()
         .route("/twins/{id}", get(twin).patch(twin).put(twin))
         .route("/twins/{id}/methods", post(method))
+        .route("/devices/{id}", get(device))
+}
+
+/// The largest registry record a stamp answers with (a device id, a key, a status, a group).
+const RECORD_LIMIT: usize = 16 * 1024;
+
+async fn device(
+    State(state): State<Arc<ServiceState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let device = match authorised_device(&state, &headers, Permission::RegistryRead, &id) {
+        Ok(d) => d,
+        Err(refused) => return *refused,
+    };
+    let path = format!("/v1/registry/devices/{}", url_encode(device.as_str()));
+    let answer = to_device_stamp(
+        &state,
+        &device,
+        Method::GET,
+        &path,
+        &HeaderMap::new(),
+        Bytes::new(),
+    )
+    .await;
+    if answer.status() != StatusCode::OK {
+        return answer;
+    }
+    let record = match axum::body::to_bytes(answer.into_body(), RECORD_LIMIT).await {
+        Ok(bytes) => serde_json::from_slice::<DeviceRecord>(&bytes).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match record {
+        Ok(record) => Json(iot_hub_device(&record)).into_response(),
+        Err(e) => problem(
+            StatusCode::BAD_GATEWAY,
+            "stampUnavailable",
+            format!("the stamp's registry answer is unreadable: {e}"),
+        ),
+    }
+}
+
+/// A registry record in IoT Hub's device shape, with only what the record knows: no etag or
+/// generation (nothing here is conditional on them), no connection state.
+fn iot_hub_device(record: &DeviceRecord) -> serde_json::Value {
+    let status = match record.status {
+        DeviceStatus::Enabled => "enabled",
+        DeviceStatus::Disabled => "disabled",
+    };
+    serde_json::json!({
+        "deviceId": record.device_id.as_str(),
+        "status": status,
+        "authentication": {
+            "type": "sas",
+            "symmetricKey": {"primaryKey": record.primary_key, "secondaryKey": null},
+        },
+        "capabilities": {"iotEdge": false},
+    })
 }
 
 async fn twin(

@@ -65,7 +65,8 @@ fn merge(mut doc: Value, stamp: &Value) -> Value {
 }
 
 /// IoT Hub's REST paths ([`crate::iothub_rest`]), described from the stamp operations they map to:
-/// `/twins/{id}` is the stamp's twin, `/twins/{id}/methods` its method call with IoT Hub's body.
+/// `/twins/{id}` is the stamp's twin, `/twins/{id}/methods` its method call with IoT Hub's body,
+/// `/devices/{id}` its registry entry in IoT Hub's shape.
 /// Both take `api-version` and a service token as well as the bearer token.
 fn add_iot_hub_paths(doc: &mut Value, stamp: &Value) {
     let api_version = json!({"name": "api-version", "in": "query", "required": false,
@@ -105,10 +106,29 @@ fn add_iot_hub_paths(doc: &mut Value, stamp: &Value) {
         "badMethodRequest: not IoT Hub's method request (the router); or {bad}"
     ));
     method["security"] = security;
+    let id_parameter = stamp["paths"]["/v1/devices/{id}/twin"]["parameters"][0].clone();
     doc["paths"]["/twins/{id}/methods"] = json!({
-        "parameters": [stamp["paths"]["/v1/devices/{id}/twin"]["parameters"][0].clone()],
+        "parameters": [id_parameter.clone()],
         "post": method,
     });
+
+    let mut device = stamp["paths"]["/v1/registry/devices/{id}"]["get"].clone();
+    device["summary"] = json!("The device's registry entry in IoT Hub's shape");
+    device["parameters"] = json!([api_version]);
+    device["responses"]["200"] = json!({"description": "the device", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["deviceId", "status", "authentication"],
+    "properties": {
+        "deviceId": {"type": "string"},
+        "status": {"type": "string", "enum": ["enabled", "disabled"]},
+        "authentication": {"type": "object", "properties": {
+            "type": {"type": "string", "enum": ["sas"]},
+            "symmetricKey": {"type": "object", "properties": {
+                "primaryKey": {"type": "string"}, "secondaryKey": {"type": "string", "nullable": true}}}}},
+        "capabilities": {"type": "object", "properties": {"iotEdge": {"type": "boolean"}}}
+    }}}}});
+    add_router_answers(&mut device["responses"], stamp);
+    device["security"] = json!([{"bearer": []}, {"serviceSas": []}]);
+    doc["paths"]["/devices/{id}"] = json!({"parameters": [id_parameter], "get": device});
 }
 
 /// Adds the router's own answers to one passed-through operation's responses: where the stamp
