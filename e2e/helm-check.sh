@@ -327,6 +327,37 @@ for mode in defaults overrides norbac; do
     python3 "$WORK/check.py" "$WORK/$mode.yaml" "$mode" "$NS" || fail "render checks failed for $mode values (see ERROR lines above)"
 done
 
+# The router with a policies Secret: mounted read-only where --policies-file points, and nothing
+# of it without one.
+step "render checks: router policies"
+render "$WORK/router-policies.yaml" --set router.enabled=true --set router.namespace=fleet \
+    --set router.policies.secretName=fleet-policies
+render "$WORK/router-plain.yaml" --set router.enabled=true --set router.namespace=fleet
+python3 - "$WORK/router-policies.yaml" "$WORK/router-plain.yaml" <<'PY' || fail "the router's policies Secret is not wired as it should be"
+import sys, yaml
+
+def router_pod(path):
+    for d in yaml.safe_load_all(open(path)):
+        if d and d["kind"] == "Deployment" and any(c["name"] == "router" for c in d["spec"]["template"]["spec"]["containers"]):
+            return d["spec"]["template"]["spec"]
+    sys.exit(f"no router Deployment in {path}")
+
+pod = router_pod(sys.argv[1])
+router = next(c for c in pod["containers"] if c["name"] == "router")
+args = router["args"]
+assert "--policies-file" in args, args
+path = args[args.index("--policies-file") + 1]
+mount = next(m for m in router["volumeMounts"] if m["name"] == "policies")
+assert path == mount["mountPath"] + "/policies.json" and mount.get("readOnly") is True, (path, mount)
+volume = next(v for v in pod["volumes"] if v["name"] == "policies")
+assert volume["secret"]["secretName"] == "fleet-policies", volume
+plain = router_pod(sys.argv[2])
+plain_router = next(c for c in plain["containers"] if c["name"] == "router")
+assert "--policies-file" not in plain_router["args"], plain_router["args"]
+assert all(v["name"] != "policies" for v in plain["volumes"]), plain["volumes"]
+print("  router: --policies-file on the mounted Secret; none without router.policies.secretName")
+PY
+
 # The same rules, printed for the record.
 step "ClusterRole rules (defaults):"
 python3 - "$WORK/defaults.yaml" <<'PY'

@@ -13,6 +13,9 @@ pub fn hub_tls_secret_name(stamp: &str) -> String {
     format!("{stamp}-hub-tls")
 }
 
+/// Key of the policies document in a policies Secret (`spec.hub.policies.secretName`, and the
+/// chart's `router.policies.secretName`).
+pub const POLICIES_KEY: &str = "policies.json";
 /// Key of the token in the token Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Key of the issuing CA's certificate in the hub TLS Secret.

@@ -100,6 +100,11 @@ pub struct HubSpec {
     #[serde(default = "default_max_connections")]
     #[x_kube(validation = Rule::new("self >= 1").message("hub.maxConnections must be at least 1"))]
     pub max_connections: i32,
+    /// IoT Hub's shared access policies: devices may connect with tokens signed by a policy that
+    /// grants DeviceConnect (a token server that holds no device keys). The Secret is mounted into
+    /// the hub pods; editing it rotates the keys without restarting them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<PoliciesSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Resources,
     #[serde(default)]
@@ -114,6 +119,7 @@ impl Default for HubSpec {
             tls: None,
             host_names: Vec::new(),
             max_connections: default_max_connections(),
+            policies: None,
             resources: None,
             pod: PodOverrides::default(),
         }
@@ -168,6 +174,15 @@ impl ServiceType {
 pub struct TlsSpec {
     /// A `kubernetes.io/tls` Secret in the stamp's namespace with `tls.crt` and `tls.key`.
     #[x_kube(validation = Rule::new("self != ''").message("hub.tls.secretName must name a Secret"))]
+    pub secret_name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoliciesSpec {
+    /// A Secret in the stamp's namespace whose `policies.json` key holds the policies:
+    /// `{"policies": [{"name", "permissions": ["DeviceConnect", …], "primaryKey", "secondaryKey"}]}`.
+    #[x_kube(validation = Rule::new("self != ''").message("hub.policies.secretName must name a Secret"))]
     pub secret_name: String,
 }
 

@@ -18,6 +18,8 @@ pub const TLS_DIR: &str = "/etc/iotstamp/tls";
 /// user's own (see [`ApiConfig::tls_cert_file`]).
 pub const API_TLS_DIR: &str = "/etc/iotstamp/api-tls";
 pub const TOKEN_DIR: &str = "/etc/iotstamp/token";
+/// Where the hub pod mounts the shared access policies Secret, when the stamp names one.
+pub const POLICIES_DIR: &str = "/etc/iotstamp/policies";
 pub const DATA_DIR: &str = "/var/lib/iotstamp";
 
 /// Well-known ports, shared by the pod specs, the Services and the stamp's listeners.

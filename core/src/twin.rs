@@ -513,7 +513,10 @@ mod tests {
         assert_eq!(etag(1), "AAAAAAAAAAE=");
         assert!(etag_matches("\"AAAAAAAAAAE=\"", "AAAAAAAAAAE="));
         assert!(etag_matches("*", "AAAAAAAAAAI="));
-        assert!(etag_matches("\"*\"", "AAAAAAAAAAI="), "the service SDK quotes the wildcard");
+        assert!(
+            etag_matches("\"*\"", "AAAAAAAAAAI="),
+            "the service SDK quotes the wildcard"
+        );
         assert!(!etag_matches("AAAAAAAAAAE=", "AAAAAAAAAAI="));
     }
 

@@ -36,6 +36,11 @@ pub fn stamp_config(stamp: &IoTStamp, n: &Names) -> Result<StampConfig, BuildErr
     cfg.ingest.storage_url = Some(n.storage_url());
     cfg.api.storage_url = Some(n.storage_url());
     cfg.storage.retention_secs = retention_secs;
+    if spec.hub.policies.is_some() {
+        // The Secret is mounted there (`hub.rs`); the kubelet swaps in a new version in place.
+        cfg.hub.policies_file =
+            Some(std::path::Path::new(stamp_config::POLICIES_DIR).join(iotstamp_api::secrets::POLICIES_KEY));
+    }
     if spec.hub.tls.is_some() {
         // The device port serves the user's certificate; the API keeps the issued one.
         let api_tls = std::path::Path::new(stamp_config::API_TLS_DIR);

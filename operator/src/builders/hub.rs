@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::pod::{PodInputs, RoleSpec, template};
+use super::pod::{PodInputs, RoleSpec, mount, template, volume_secret};
 use super::storage::port;
 use super::{Names, child_meta, role_labels, role_selector, selector_labels};
 
@@ -111,6 +111,19 @@ pub fn stateful_set(stamp: &IoTStamp, p: &PodInputs) -> StatefulSet {
     if let Some(pod) = template.spec.as_mut() {
         for container in &mut pod.containers {
             container.env.get_or_insert_with(Vec::new).extend(advertise_env());
+        }
+        if let Some(policies) = &spec.policies {
+            // A Secret volume, not an environment variable: the kubelet replaces its files when
+            // the Secret changes, and the hub reads them again (`hub.policiesFile`).
+            pod.volumes
+                .get_or_insert_with(Vec::new)
+                .push(volume_secret("policies", &policies.secret_name));
+            for container in &mut pod.containers {
+                container
+                    .volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .push(mount("policies", stamp_config::POLICIES_DIR));
+            }
         }
     }
     StatefulSet {

@@ -188,7 +188,7 @@ fn volume_config_map(name: &str, config_map: &str) -> Volume {
     }
 }
 
-fn volume_secret(name: &str, secret: &str) -> Volume {
+pub(super) fn volume_secret(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
@@ -201,7 +201,7 @@ fn volume_secret(name: &str, secret: &str) -> Volume {
     }
 }
 
-fn mount(name: &str, path: &str) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),

@@ -649,3 +649,67 @@ fn each_hub_replica_advertises_an_address_its_peers_can_reach() {
     });
     assert!(admitted, "hub pods may reach each other's internal port");
 }
+
+#[test]
+fn a_policies_secret_is_mounted_into_the_hub_pods_only_and_named_in_the_config() {
+    let stamp = fixture_stamp(
+        "s1",
+        serde_json::json!({"deviceQuota": 1, "hub": {"policies": {"secretName": "fleet-policies"}}}),
+    );
+    let children = desired(&stamp, &fixture_inputs()).unwrap();
+    let pod_of = |name: &str| sts(&children, name).spec.clone().unwrap().template.spec.unwrap();
+    let hub = pod_of("s1-hub");
+    let volume = hub
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "policies")
+        .expect("a policies volume on the hub");
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("fleet-policies"));
+    assert_eq!(
+        secret.default_mode,
+        Some(0o400),
+        "owner-only, like the other Secrets"
+    );
+    let mount = hub.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "policies")
+        .expect("mounted in the hub container");
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (stamp_config::POLICIES_DIR, Some(true))
+    );
+    assert_eq!(
+        stamp_config_of(&children).hub.policies_file,
+        Some(std::path::Path::new(stamp_config::POLICIES_DIR).join("policies.json"))
+    );
+    let storage = pod_of("s1-storage");
+    let ingest = match find(&children, "Deployment", "s1-ingest") {
+        Child::Deployment(d) => d.spec.clone().unwrap().template.spec.unwrap(),
+        _ => unreachable!(),
+    };
+    for (role, pod) in [("storage", storage), ("ingest", ingest)] {
+        assert!(
+            !pod.volumes
+                .unwrap_or_default()
+                .iter()
+                .any(|v| v.name == "policies"),
+            "{role} has no use for the policies"
+        );
+    }
+
+    // Without policies: no volume, no file in the config.
+    let plain = desired(
+        &fixture_stamp("s1", serde_json::json!({"deviceQuota": 1})),
+        &fixture_inputs(),
+    )
+    .unwrap();
+    let plain_hub = sts(&plain, "s1-hub").spec.clone().unwrap().template.spec.unwrap();
+    assert!(!plain_hub.volumes.unwrap().iter().any(|v| v.name == "policies"));
+    assert_eq!(stamp_config_of(&plain).hub.policies_file, None);
+}
