@@ -2,7 +2,8 @@
 //! `helm install` of the image scripts/build-image.sh made (`IOTSTAMP_E2E_IMAGE`, loaded into the
 //! node with `e2e/cluster load-image`), then only kubectl-style API calls, unmodified Azure IoT
 //! Python SDK devices on the host, and the router's service API. No host process stands in for a
-//! pod. Steps 1-10 of issue 11, in order, and step 11 (a stamp with two hub pods, issue 13); 1-5
+//! pod. Steps 1-10 of issue 11, in order, and step 11 (a stamp with two hub pods, issue 13, whose
+//! hubs also mount a shared access policies Secret, issue 14); 1-5
 //! build on each other and stop the test when they fail, 6-11 each report on their own and the test
 //! fails at the end naming every failed step.
 //! Timings the closing note needs are printed as `system: ...` lines.
@@ -37,6 +38,8 @@ const PINNED_SCOPE: &str = "0ne00SYS002";
 const REPLICAS_SCOPE: &str = "0ne00SYS003";
 /// The stamp with `hub.replicas: 2` (step 11), outside the pool.
 const REPLICATED: &str = "replicated";
+/// The key of the DeviceConnect policy in the replicated stamp's policies Secret (step 11).
+const DEVICE_POLICY_KEY: &str = "c3lzdGVtLXRlc3QtZGV2aWNlLXBvbGljeS1rZXktMzI=";
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 const APP_TOKEN: &str = "system-test-app-token";
@@ -650,6 +653,18 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
     let stamps = dynamic(sys.client(), &sys.ns, "IoTStamp", "iotstamps");
     let mut spec = stamp_spec();
     spec["hub"]["replicas"] = json!(2);
+    // IoT Hub's shared access policies, from a Secret the hub pods mount (checked at the end).
+    let policies = json!({"policies": [{"name": "device", "permissions": ["DeviceConnect"],
+        "primaryKey": DEVICE_POLICY_KEY, "secondaryKey": DEVICE_POLICY_KEY}]});
+    let secrets: Api<Secret> = Api::namespaced(sys.client(), &sys.ns);
+    let policies_secret = format!("{REPLICATED}-policies");
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(&policies_secret, &[("policies.json", &policies.to_string())])?,
+        )
+        .await?;
+    spec["hub"]["policies"] = json!({"secretName": policies_secret});
     let stamp: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "iotstamp.dev/v1alpha1", "kind": "IoTStamp",
         "metadata": {"name": REPLICATED}, "spec": spec,
@@ -664,7 +679,6 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
         said.hub
     );
 
-    let secrets: Api<Secret> = Api::namespaced(sys.client(), &sys.ns);
     let token = secrets
         .get(&format!("{REPLICATED}-api-token"))
         .await?
@@ -727,7 +741,63 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
     println!(
         "system: {CALLS} C2D messages and {CALLS} direct methods reached a device on a stamp with two hub pods"
     );
-    device.quit().await
+    device.quit().await?;
+
+    // The same device with a token signed by the mounted DeviceConnect policy, from Debian's
+    // mosquitto_pub; a token of a policy the Secret does not hold is refused.
+    let publish = |policy: &str, body: &str| {
+        let resource = format!("{hub}/devices/sys-dev-replicas");
+        let token = iotstamp_core::sas::sign(
+            &resource,
+            DEVICE_POLICY_KEY,
+            unix_now() as u64 + 600,
+            Some(policy),
+        );
+        let mut command = tokio::process::Command::new("mosquitto_pub");
+        command
+            .args(["-h", &hub, "-p", &ports::MQTT_TLS.to_string(), "--cafile"])
+            .arg(&sys.ca_bundle)
+            .args(["-V", "mqttv311", "-i", "sys-dev-replicas", "-q", "1"])
+            .args(["-u", &format!("{hub}/sys-dev-replicas/?api-version=2019-10-01")])
+            .args(["-t", "devices/sys-dev-replicas/messages/events/", "-m", body]);
+        async move {
+            let out = command
+                .arg("-P")
+                .arg(token?)
+                .output()
+                .await
+                .context("running mosquitto_pub")?;
+            anyhow::Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    };
+    let (sent, why) = publish("device", r#"{"via":"policy"}"#).await?;
+    ensure!(
+        sent,
+        "a token of the mounted DeviceConnect policy was refused: {why}"
+    );
+    let (sent, _) = publish("nobody", r#"{"via":"nobody"}"#).await?;
+    ensure!(!sent, "a token of a policy the Secret does not hold was accepted");
+    let stored = http
+        .get(format!(
+            "https://{hub}:{}/v1/devices/sys-dev-replicas/telemetry",
+            ports::API
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        stored.contains(r#""via":"policy""#) && !stored.contains("nobody"),
+        "the stored telemetry: {stored}"
+    );
+    println!(
+        "system: a device connected with a token of the DeviceConnect policy the hub pods mount from a Secret; an unknown policy was refused"
+    );
+    Ok(())
 }
 
 /// Step 9: status.devices.connected of each stamp is the number of devices connected to it.
@@ -940,6 +1010,8 @@ fn release_leftovers(listed: &str, release: &str) -> Vec<String> {
         "secret/app-tokens".to_string(),
         "secret/group-key".to_string(),
         "secret/iotstamp-router-tls".to_string(),
+        // The user's own Secrets, as the three above: the test created them, not the release.
+        format!("secret/{REPLICATED}-policies"),
     ];
     listed
         .lines()
@@ -989,7 +1061,7 @@ async fn the_whole_product_runs_on_a_real_node() -> anyhow::Result<()> {
     }
     if let Err(e) = hub_replicas(&sys).await {
         failed.push(format!(
-            "step 11 (C2D and methods on a stamp with two hub pods): {e:#}"
+            "step 11 (C2D, methods and a policy-signed token on a stamp with two hub pods): {e:#}"
         ));
     }
     if let Err(e) = upgrade_and_uninstall(&sys, &mut devices).await {
