@@ -495,6 +495,16 @@ async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
         );
     }
     assert_eq!(steps[10], json!({"refused": 401}));
+    let metrics = service
+        .call(reqwest::Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"iotstamp_router_service_auth_failures_total{reason="bad_signature"} 1"#),
+        "the wrong key is counted:\n{metrics}"
+    );
     for mut device in devices {
         assert!(device.child.wait().await.unwrap().success());
     }

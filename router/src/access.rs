@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
-use iotstamp_core::policies::{Permission, Policies, resource_covers};
+use iotstamp_core::policies::{Permission, Policies, PolicyRefusal, resource_covers};
 use iotstamp_core::sas::SasToken;
 use iotstamp_net::reloading::Reloading;
 
@@ -19,27 +19,67 @@ pub struct ServiceAccess {
     pub policies: Option<Arc<Reloading<Policies>>>,
 }
 
-impl ServiceAccess {
-    /// Whether `headers` authorise a call that needs `needed`, about `device` when it names one.
-    pub fn allows(&self, headers: &HeaderMap, needed: Permission, device: Option<&str>) -> bool {
-        if iotstamp_net::bearer::accepts(headers, self.api_tokens.iter().map(String::as_str)) {
-            return true;
+/// Why a call was refused: the `reason` label of `iotstamp_router_service_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessRefusal {
+    /// No bearer token that is ours, and no shared access signature.
+    NoCredentials,
+    /// A shared access signature, but the router has no policies file.
+    NoPolicies,
+    /// The token's `sr` does not cover this host (and device).
+    WrongResource,
+    UnknownPolicy,
+    MissingPermission,
+    Expired,
+    BadSignature,
+}
+
+impl AccessRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NoCredentials => "no_credentials",
+            Self::NoPolicies => "no_policies",
+            Self::WrongResource => "wrong_resource",
+            Self::UnknownPolicy => "unknown_policy",
+            Self::MissingPermission => "missing_permission",
+            Self::Expired => "expired",
+            Self::BadSignature => "bad_signature",
         }
-        let (Some(policies), Some(token)) = (&self.policies, shared_access_signature(headers)) else {
-            return false;
-        };
-        let Some(host) = request_host(headers) else {
-            return false;
-        };
+    }
+}
+
+impl ServiceAccess {
+    /// Whether `headers` authorise a call that needs `needed`, about `device` when it names one;
+    /// if not, why.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        needed: Permission,
+        device: Option<&str>,
+    ) -> Result<(), AccessRefusal> {
+        if iotstamp_net::bearer::accepts(headers, self.api_tokens.iter().map(String::as_str)) {
+            return Ok(());
+        }
+        let token = shared_access_signature(headers).ok_or(AccessRefusal::NoCredentials)?;
+        let policies = self.policies.as_ref().ok_or(AccessRefusal::NoPolicies)?;
+        let host = request_host(headers).ok_or(AccessRefusal::WrongResource)?;
         let target = match device {
             Some(id) => format!("{host}/devices/{id}"),
             None => host.to_string(),
         };
-        resource_covers(token.resource(), &target)
-            && policies
-                .current()
-                .authorize(&token, needed, iotstamp_core::clock::unix_secs())
-                .is_ok()
+        if !resource_covers(token.resource(), &target) {
+            return Err(AccessRefusal::WrongResource);
+        }
+        match policies
+            .current()
+            .authorize(&token, needed, iotstamp_core::clock::unix_secs())
+        {
+            Ok(_) => Ok(()),
+            Err(PolicyRefusal::UnknownPolicy(_)) => Err(AccessRefusal::UnknownPolicy),
+            Err(PolicyRefusal::MissingPermission { .. }) => Err(AccessRefusal::MissingPermission),
+            Err(PolicyRefusal::Expired) => Err(AccessRefusal::Expired),
+            Err(PolicyRefusal::BadSignature(_)) => Err(AccessRefusal::BadSignature),
+        }
     }
 }
 
@@ -105,8 +145,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let access = access(&dir.path().join("policies.json"));
         let service = token("hub.example", SERVICE_KEY, "service");
-        let allows =
-            |host: &str, auth: &str, needed, device| access.allows(&headers(host, auth), needed, device);
+        let check =
+            |host: &str, auth: &str, needed, device| access.check(&headers(host, auth), needed, device);
+        let allows = |host: &str, auth: &str, needed, device| check(host, auth, needed, device).is_ok();
 
         assert!(allows(
             "hub.example",
@@ -175,6 +216,50 @@ mod tests {
         assert!(
             !allows("hub.example", &keyless, Permission::ServiceConnect, Some("d1")),
             "no skn"
+        );
+
+        // Each refusal names its reason (the metric's label).
+        let unknown = token("hub.example", SERVICE_KEY, "x");
+        let reasons = [
+            (
+                check("hub.example", "Bearer other", Permission::ServiceConnect, None),
+                "no_credentials",
+            ),
+            (
+                check("other.example", &service, Permission::ServiceConnect, None),
+                "wrong_resource",
+            ),
+            (
+                check("hub.example", &unknown, Permission::ServiceConnect, None),
+                "unknown_policy",
+            ),
+            (
+                check("hub.example", &service, Permission::RegistryReadWrite, None),
+                "missing_permission",
+            ),
+            (
+                check("hub.example", &unsigned, Permission::ServiceConnect, None),
+                "expired",
+            ),
+            (
+                check("hub.example", &forged, Permission::ServiceConnect, None),
+                "bad_signature",
+            ),
+        ];
+        for (got, want) in reasons {
+            assert_eq!(got.map_err(AccessRefusal::reason), Err(want));
+        }
+        let without = ServiceAccess {
+            api_tokens: Vec::new(),
+            policies: None,
+        };
+        assert_eq!(
+            without.check(
+                &headers("hub.example", &service),
+                Permission::ServiceConnect,
+                None
+            ),
+            Err(AccessRefusal::NoPolicies)
         );
     }
 

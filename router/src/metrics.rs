@@ -30,6 +30,11 @@ pub struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StampLabels {
     pub stamp: String,
 }
@@ -44,6 +49,7 @@ pub struct Metrics {
     pub candidates: Gauge,
     pub stamp_errors: Family<StampLabels, Counter>,
     pub refused_connections: Family<RefusalLabels, Counter>,
+    pub service_auth_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +111,12 @@ impl Metrics {
             "Connections closed before their protocol began, by port and reason (limit, TLS, timeout)",
             refused_connections.clone(),
         );
+        let service_auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "service_auth_failures",
+            "Service API calls refused with 401, by reason (no credentials, a service token's resource, policy, permission, expiry or signature)",
+            service_auth_failures.clone(),
+        );
         Self {
             registry,
             registrations,
@@ -115,7 +127,14 @@ impl Metrics {
             candidates,
             stamp_errors,
             refused_connections,
+            service_auth_failures,
         }
+    }
+
+    pub fn service_auth_failure(&self, reason: &'static str) {
+        self.service_auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn refused(&self, port: &'static str, reason: &'static str) {

@@ -85,8 +85,9 @@ fn authorise(
     needed: Permission,
     device: Option<&str>,
 ) -> Result<(), Box<Response>> {
-    if state.access.allows(headers, needed, device) {
-        return Ok(());
+    match state.access.check(headers, needed, device) {
+        Ok(()) => return Ok(()),
+        Err(refused) => state.metrics.service_auth_failure(refused.reason()),
     }
     Err(Box::new(problem(
         StatusCode::UNAUTHORIZED,
