@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use iotstamp_core::policies::Policies;
+
 /// How often a file is looked at, by default.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
@@ -90,6 +92,19 @@ impl<T> Reloading<T> {
         // Every update is a whole assignment: a panic elsewhere cannot leave the state half-made.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Shared access policies ([`Policies`]): the file the hub and the router both read, kept current
+/// at the default [`RECHECK`].
+pub type ReloadingPolicies = Reloading<Policies>;
+
+/// Opens a policies file; [`Reloading::open`]'s errors name the file and what is wrong in it.
+pub fn policies(path: &Path) -> Result<ReloadingPolicies, ReloadError> {
+    Reloading::open(
+        path,
+        |bytes| Policies::parse(bytes).map_err(|e| e.to_string()),
+        RECHECK,
+    )
 }
 
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {

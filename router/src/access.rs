@@ -8,19 +8,19 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
-use iotstamp_core::policies::{Permission, Policies, PolicyRefusal, resource_covers};
+use iotstamp_core::policies::{Permission, PolicyRefusal, resource_covers};
 use iotstamp_core::sas::SasToken;
-use iotstamp_net::reloading::Reloading;
+use iotstamp_net::reloading::ReloadingPolicies;
 
 pub struct ServiceAccess {
     /// Bearer tokens; an empty list accepts none.
     pub api_tokens: Vec<String>,
     /// The shared access policies, when the router has a policies file.
-    pub policies: Option<Arc<Reloading<Policies>>>,
+    pub policies: Option<Arc<ReloadingPolicies>>,
 }
 
 /// Why a call was refused: the `reason` label of `iotstamp_router_service_auth_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessRefusal {
     /// No bearer token that is ours, and no shared access signature.
     NoCredentials,
@@ -28,22 +28,17 @@ pub enum AccessRefusal {
     NoPolicies,
     /// The token's `sr` does not cover this host (and device).
     WrongResource,
-    UnknownPolicy,
-    MissingPermission,
-    Expired,
-    BadSignature,
+    /// The policy check itself refused it (unknown policy, missing permission, expiry, signature).
+    Policy(PolicyRefusal),
 }
 
 impl AccessRefusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             Self::NoCredentials => "no_credentials",
             Self::NoPolicies => "no_policies",
             Self::WrongResource => "wrong_resource",
-            Self::UnknownPolicy => "unknown_policy",
-            Self::MissingPermission => "missing_permission",
-            Self::Expired => "expired",
-            Self::BadSignature => "bad_signature",
+            Self::Policy(refusal) => refusal.reason(),
         }
     }
 }
@@ -70,16 +65,11 @@ impl ServiceAccess {
         if !resource_covers(token.resource(), &target) {
             return Err(AccessRefusal::WrongResource);
         }
-        match policies
+        policies
             .current()
             .authorize(&token, needed, iotstamp_core::clock::unix_secs())
-        {
-            Ok(_) => Ok(()),
-            Err(PolicyRefusal::UnknownPolicy(_)) => Err(AccessRefusal::UnknownPolicy),
-            Err(PolicyRefusal::MissingPermission { .. }) => Err(AccessRefusal::MissingPermission),
-            Err(PolicyRefusal::Expired) => Err(AccessRefusal::Expired),
-            Err(PolicyRefusal::BadSignature(_)) => Err(AccessRefusal::BadSignature),
-        }
+            .map(|_| ())
+            .map_err(AccessRefusal::Policy)
     }
 }
 
@@ -120,11 +110,10 @@ mod tests {
             ),
         )
         .unwrap();
-        let parse = |b: &[u8]| Policies::parse(b).map_err(|e| e.to_string());
         ServiceAccess {
             api_tokens: vec!["app-token".into()],
             policies: Some(Arc::new(
-                Reloading::open(policies_file, parse, iotstamp_net::reloading::RECHECK).unwrap(),
+                iotstamp_net::reloading::policies(policies_file).unwrap(),
             )),
         }
     }
@@ -247,7 +236,7 @@ mod tests {
             ),
         ];
         for (got, want) in reasons {
-            assert_eq!(got.map_err(AccessRefusal::reason), Err(want));
+            assert_eq!(got.map_err(|r| r.reason()), Err(want));
         }
         let without = ServiceAccess {
             api_tokens: Vec::new(),

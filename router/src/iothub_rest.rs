@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use iotstamp_core::policies::Permission;
-use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
+use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::sas::url_encode;
 
 use crate::service_api::{ServiceState, authorised_device, problem, to_device_stamp};
@@ -76,13 +76,10 @@ async fn device(
 /// A registry record in IoT Hub's device shape, with only what the record knows: no etag or
 /// generation (nothing here is conditional on them), no connection state.
 fn iot_hub_device(record: &DeviceRecord) -> serde_json::Value {
-    let status = match record.status {
-        DeviceStatus::Enabled => "enabled",
-        DeviceStatus::Disabled => "disabled",
-    };
+    // The record's status serialises as IoT Hub spells it: `enabled`, `disabled`.
     serde_json::json!({
         "deviceId": record.device_id.as_str(),
-        "status": status,
+        "status": record.status,
         "authentication": {
             "type": "sas",
             "symmetricKey": {"primaryKey": record.primary_key, "secondaryKey": null},
@@ -175,6 +172,27 @@ async fn method(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_record_reads_as_an_iot_hub_device() {
+        use iotstamp_core::ids::DeviceId;
+        use iotstamp_core::registry::DeviceStatus;
+        let mut record = DeviceRecord {
+            device_id: DeviceId::parse("Dev-1").unwrap(),
+            primary_key: "a2V5".into(),
+            status: DeviceStatus::Enabled,
+            enrollment_group: Some("g".into()),
+        };
+        let device = iot_hub_device(&record);
+        assert_eq!(
+            device,
+            serde_json::json!({"deviceId": "Dev-1", "status": "enabled",
+                "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "a2V5", "secondaryKey": null}},
+                "capabilities": {"iotEdge": false}})
+        );
+        record.status = DeviceStatus::Disabled;
+        assert_eq!(iot_hub_device(&record)["status"], "disabled");
+    }
 
     #[test]
     fn an_iot_hub_method_request_becomes_the_stamp_call_with_its_waits() {

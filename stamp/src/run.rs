@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotstamp_core::causes::Causes;
-use iotstamp_core::policies::Policies;
 use iotstamp_core::stamp_config::{StampConfig, StorageConfig};
 use iotstamp_net::limit::ConnectionLimit;
-use iotstamp_net::reloading::{self, Reloading};
+use iotstamp_net::reloading::{self, ReloadingPolicies};
 use iotstamp_net::serve::Defences;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -297,13 +296,11 @@ fn hub_tls(config: &StampConfig) -> Result<Option<Arc<rustls::ServerConfig>>, Er
 
 /// The hub's shared access policies, read at start (a file that cannot be used stops the stamp:
 /// devices that rely on it could not connect) and again whenever it changes.
-fn hub_policies(config: &StampConfig) -> Result<Option<Arc<Reloading<Policies>>>, Error> {
+fn hub_policies(config: &StampConfig) -> Result<Option<Arc<ReloadingPolicies>>, Error> {
     let Some(path) = &config.hub.policies_file else {
         return Ok(None);
     };
-    let parse = |bytes: &[u8]| Policies::parse(bytes).map_err(|e| e.to_string());
-    let policies = Reloading::open(path, parse, reloading::RECHECK)
-        .map_err(|e| Error::Config(format!("hub.policiesFile {e}")))?;
+    let policies = reloading::policies(path).map_err(|e| Error::Config(format!("hub.policiesFile {e}")))?;
     Ok(Some(Arc::new(policies)))
 }
 

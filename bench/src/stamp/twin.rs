@@ -109,10 +109,16 @@ pub async fn twin(opts: TwinBenchOptions) -> anyhow::Result<BenchReport> {
             )
             .baseline("telemetry PUBACK p50", quantile(&mut telemetry.latencies_ms, 0.5));
     }
+    // Acknowledged means stored: the first device's reported $version must count every one of its
+    // acknowledged patches (the twin starts at version 1). A figure without that is no figure.
     if let Some(version) = stored_version {
+        let acknowledged = opts.updates_per_connection as u64;
+        anyhow::ensure!(
+            version == acknowledged + 1,
+            "the first device's stored reported $version is {version} after {acknowledged} acknowledged patches"
+        );
         report.notes.push(format!(
-            "the first device's stored reported $version after the run: {version} ({} updates acknowledged + 1)",
-            opts.updates_per_connection
+            "checked: the first device's stored reported $version is {version} ({acknowledged} acknowledged patches + 1)"
         ));
     }
     report

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use iotstamp_core::causes::Causes;
-use iotstamp_core::policies::Policies;
-use iotstamp_net::reloading::{self, Reloading};
+use iotstamp_net::reloading::{self, ReloadingPolicies};
 use iotstamp_net::serve::{Listener, Refusal};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -104,13 +103,12 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn AssignmentStore>
 
 /// The policies file, read once here (missing or broken: the router does not start) and again
 /// whenever it changes.
-fn open_policies(config: &RouterConfig) -> Result<Option<Arc<Reloading<Policies>>>, Error> {
+fn open_policies(config: &RouterConfig) -> Result<Option<Arc<ReloadingPolicies>>, Error> {
     let Some(path) = &config.policies_file else {
         return Ok(None);
     };
-    let parse = |bytes: &[u8]| Policies::parse(bytes).map_err(|e| e.to_string());
-    let policies = Reloading::open(path, parse, reloading::RECHECK)
-        .map_err(|e| ConfigError::Invalid(format!("--policies-file {e}")))?;
+    let policies =
+        reloading::policies(path).map_err(|e| ConfigError::Invalid(format!("--policies-file {e}")))?;
     Ok(Some(Arc::new(policies)))
 }
 

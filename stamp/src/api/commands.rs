@@ -18,6 +18,7 @@ use iotstamp_core::methods::{self, MethodCallError};
 use iotstamp_core::topics::Properties;
 
 use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id};
+use super::registry::registered;
 use super::{Ctx, error, require_token, storage_error};
 use crate::hub::replicas::Routed;
 use crate::hub::sessions::{C2dOutcome, CommandError, MethodResponse};
@@ -45,23 +46,10 @@ pub async fn c2d(
 ) -> Response {
     // Only a registered device gets messages queued for it.
     let key = id.key();
-    if let Err(refused) = require_registered(&ctx, &key).await {
+    if let Err(refused) = registered(&ctx, &id).await {
         return refused;
     }
     send_c2d(&ctx, &key, properties, body, false).await
-}
-
-/// 404 `deviceNotFound` unless the device is in this stamp's registry (storage's error otherwise).
-async fn require_registered(ctx: &Ctx, key: &str) -> Result<(), Response> {
-    match ctx.registry.get(key.to_string()).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            "deviceNotFound",
-            "no such device in this stamp",
-        )),
-        Err(e) => Err(storage_error(e)),
-    }
 }
 
 async fn send_c2d(ctx: &Ctx, key: &str, properties: Properties, body: Bytes, forwarded: bool) -> Response {
@@ -121,7 +109,7 @@ pub async fn method(
     let key = id.key();
     if !waits.connect.is_zero() {
         // Waiting for a device that does not exist would only delay its 404.
-        if let Err(refused) = require_registered(&ctx, &key).await {
+        if let Err(refused) = registered(&ctx, &id).await {
             return refused;
         }
     }

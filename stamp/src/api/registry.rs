@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 
 use super::extract::DeviceIdPath;
@@ -45,14 +46,23 @@ pub async fn put(
 }
 
 pub async fn get(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
+    match registered(&ctx, &id).await {
+        Ok(record) => Json(record).into_response(),
+        Err(refused) => refused,
+    }
+}
+
+/// The device's registry entry, or the API's answer when there is none: 404 `deviceNotFound`
+/// (storage's error when the registry cannot be read). Every call about one device asks this.
+pub(super) async fn registered(ctx: &Ctx, id: &DeviceId) -> Result<DeviceRecord, Response> {
     match ctx.registry.get(id.key()).await {
-        Ok(Some(record)) => Json(record).into_response(),
-        Ok(None) => error(
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(error(
             StatusCode::NOT_FOUND,
             "deviceNotFound",
             "no such device in this stamp",
-        ),
-        Err(e) => storage_error(e),
+        )),
+        Err(e) => Err(storage_error(e)),
     }
 }
 

@@ -11,17 +11,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use iotstamp_core::ids::DeviceId;
 use iotstamp_core::twin::{self, Twin, TwinChange, TwinError};
 
 use super::commands::command_error;
 use super::extract::DeviceIdPath;
+use super::registry::registered;
 use super::{Ctx, error, require_token, storage_error};
 use crate::hub::replicas::Routed;
 
 pub async fn get(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
     let device_id = match registered(&ctx, &id).await {
-        Ok(d) => d,
+        Ok(record) => record.device_id.to_string(),
         Err(r) => return r,
     };
     match ctx.twins.twin(id.key()).await {
@@ -46,7 +46,7 @@ async fn write(
     replace: bool,
 ) -> Response {
     let device_id = match registered(&ctx, &id).await {
-        Ok(d) => d,
+        Ok(record) => record.device_id.to_string(),
         Err(r) => return r,
     };
     let if_match = match headers.get(header::IF_MATCH).map(|v| v.to_str()) {
@@ -79,19 +79,6 @@ async fn write(
         }
     }
     twin_answer(&written.twin, &device_id)
-}
-
-/// The device's id as registered, or the API's 404 when it is not.
-async fn registered(ctx: &Ctx, id: &DeviceId) -> Result<String, Response> {
-    match ctx.registry.get(id.key()).await {
-        Ok(Some(record)) => Ok(record.device_id.to_string()),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            "deviceNotFound",
-            "no such device in this stamp",
-        )),
-        Err(e) => Err(storage_error(e)),
-    }
 }
 
 fn twin_answer(twin: &Twin, device_id: &str) -> Response {

@@ -15,9 +15,8 @@ pub mod v5;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotstamp_core::policies::Policies;
 use iotstamp_net::limit::ConnectionLimit;
-use iotstamp_net::reloading::Reloading;
+use iotstamp_net::reloading::ReloadingPolicies;
 use iotstamp_net::serve::{Defences, Listener, Refusal};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,7 +32,7 @@ pub struct HubCtx {
     pub stamp: String,
     pub host_names: Vec<String>,
     /// The shared access policies whose DeviceConnect tokens CONNECT accepts, when configured.
-    pub policies: Option<Arc<Reloading<Policies>>>,
+    pub policies: Option<Arc<ReloadingPolicies>>,
     /// Where CONNECT looks devices up: the store here, or storage's registry through a cache.
     pub registry: Arc<dyn Registry>,
     /// Where the devices' twins are read and written (storage, here or through its internal API).
