@@ -4,6 +4,7 @@
 
 pub mod allocation;
 pub mod api_bodies;
+pub mod c2d;
 pub mod causes;
 pub mod clock;
 pub mod dps;

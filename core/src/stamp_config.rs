@@ -54,6 +54,43 @@ pub struct StampConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The cloud-to-device queue's rules (IoT Hub's `cloudToDevice` settings).
+    #[serde(default)]
+    pub cloud_to_device: CloudToDeviceConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CloudToDeviceConfig {
+    /// How long a message waits for its device when the sender sets no expiry (60 s to 2 days).
+    pub default_ttl_secs: u64,
+    /// Deliveries without an acknowledgement before a message is dead-lettered (1 to 100).
+    pub max_delivery_count: u32,
+    /// How long a delivered message waits for the device's PUBACK before it is delivered again.
+    pub lock_timeout_secs: u64,
+}
+
+impl Default for CloudToDeviceConfig {
+    /// IoT Hub's: 1 hour, 10 deliveries, a 1-minute lock.
+    fn default() -> Self {
+        let d = crate::c2d::Settings::default();
+        Self {
+            default_ttl_secs: d.default_ttl.as_secs(),
+            max_delivery_count: d.max_delivery_count,
+            lock_timeout_secs: d.lock_timeout.as_secs(),
+        }
+    }
+}
+
+impl CloudToDeviceConfig {
+    /// The queue's settings, or what is out of range.
+    pub fn settings(&self) -> Result<crate::c2d::Settings, String> {
+        crate::c2d::Settings::new(
+            self.default_ttl_secs,
+            self.max_delivery_count,
+            self.lock_timeout_secs,
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

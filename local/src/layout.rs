@@ -112,6 +112,7 @@ pub fn stamp_config(entry: &StampEntry, dir: &Path, files: &StampFiles) -> Stamp
         ingest: Default::default(),
         storage: Default::default(),
         api: Default::default(),
+        cloud_to_device: Default::default(),
     };
     config.hub.mqtt_listen = mqtt_addr(entry.ip);
     config.hub.tls_cert_file = files.cert.to_path_buf();

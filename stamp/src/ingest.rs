@@ -225,7 +225,7 @@ mod tests {
             linger: Duration::from_millis(5),
         };
         let (ingest, writer) = Ingest::spawn(
-            LocalStore::new(store.clone(), 100).unwrap(),
+            LocalStore::new(store.clone(), 100, Default::default()).unwrap(),
             policy,
             Metrics::new(),
             shutdown,

@@ -102,7 +102,8 @@ fn peer_url<'a>(url: &'a Option<String>, field: &str, role: &str) -> Result<&'a 
 async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
     let config = role.config;
     let store = run::open_store(config).await?;
-    let local = LocalStore::new(store.clone(), config.device_quota)?;
+    let c2d = run::c2d_settings(config)?;
+    let local = LocalStore::new(store.clone(), config.device_quota, c2d)?;
     let probes = Probes {
         metrics: role.metrics,
         dependencies: vec![local.clone()],
@@ -118,7 +119,7 @@ async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error
     )
     .await?;
     running.listeners.push(run::until_shutdown(
-        run::retention(store, config.storage.clone()),
+        run::retention(store, config.storage.clone(), c2d),
         role.shutdown.clone(),
     ));
     Ok(())
@@ -161,6 +162,7 @@ async fn hub(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error> {
         registry: CachedRegistry::new(storage.clone()),
         telemetry: storage.clone(),
         twins: storage.clone(),
+        c2d: storage.clone(),
         writer: ingest.clone(),
         directory: storage.clone(),
         live_from_storage: Some(storage.clone()),

@@ -27,7 +27,7 @@ use crate::seams::client::InternalClient;
 use crate::seams::directory::{LocalDirectory, SessionDirectory};
 use crate::seams::local::LocalStore;
 use crate::seams::server::{Probes, probe_routes};
-use crate::seams::{BatchWriter, Ready, Registry, TelemetryQuery, Twins};
+use crate::seams::{BatchWriter, CloudToDevice, Ready, Registry, TelemetryQuery, Twins};
 use crate::storage::Store;
 
 /// A stamp running in this process.
@@ -74,13 +74,15 @@ pub(crate) async fn stop(
 pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let token = read_token(&config)?;
     let store = open_store(&config).await?;
-    let local = LocalStore::new(store.clone(), config.device_quota)?;
+    let c2d = c2d_settings(&config)?;
+    let local = LocalStore::new(store.clone(), config.device_quota, c2d)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Metrics::new();
     let seams = Seams {
         registry: local.clone(),
         telemetry: local.clone(),
         twins: local.clone(),
+        c2d: local.clone(),
         writer: local.clone(),
         dependencies: vec![local],
         directory: LocalDirectory::new(),
@@ -89,7 +91,7 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     };
     let mut edge = start_edge(&config, token, seams, metrics, shutdown).await?;
     edge.listeners.push(until_shutdown(
-        retention(store.clone(), config.storage.clone()),
+        retention(store.clone(), config.storage.clone(), c2d),
         shutdown_tx.subscribe(),
     ));
     Ok(RunningStamp {
@@ -111,6 +113,7 @@ pub(crate) struct Seams {
     pub registry: Arc<dyn Registry>,
     pub telemetry: Arc<dyn TelemetryQuery>,
     pub twins: Arc<dyn Twins>,
+    pub c2d: Arc<dyn CloudToDevice>,
     /// Where the edge's ingest batcher sends batches.
     pub writer: Arc<dyn BatchWriter>,
     /// What `/readyz` waits for.
@@ -148,6 +151,7 @@ pub(crate) async fn start_edge(
     let tls = hub_tls(config)?;
     let api_tls = api_tls(config, tls.is_some())?;
     let policies = hub_policies(config)?;
+    let c2d_settings = c2d_settings(config)?;
     let (ingest, writer) = Ingest::spawn(
         seams.writer,
         batch_policy(config),
@@ -184,6 +188,8 @@ pub(crate) async fn start_edge(
         policies,
         registry: seams.registry.clone(),
         twins: seams.twins.clone(),
+        c2d: seams.c2d.clone(),
+        c2d_lock_timeout: c2d_settings.lock_timeout,
         ingest: ingest.clone(),
         sessions: sessions.clone(),
         replicas: replicas.clone(),
@@ -228,6 +234,8 @@ pub(crate) async fn start_edge(
         registry: seams.registry,
         telemetry: seams.telemetry,
         twins: seams.twins,
+        c2d: seams.c2d,
+        c2d_settings,
         sessions: sessions.clone(),
         replicas,
         live: match seams.live_from_storage {
@@ -437,9 +445,15 @@ pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
         .map_err(|e| Error::io("reading a bound address", e))
 }
 
+/// The C2D queue's settings from the config, or the field that is out of range.
+pub(crate) fn c2d_settings(config: &StampConfig) -> Result<iotstamp_core::c2d::Settings, Error> {
+    config.cloud_to_device.settings().map_err(Error::Config)
+}
+
 /// Deletes telemetry older than the retention period, and the oldest beyond `storage.maxBytes`, every
-/// tenth of the period (at most once a minute).
-pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig) {
+/// tenth of the period (at most once a minute); also the C2D messages that expired in queues no
+/// connection visits.
+pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig, c2d: iotstamp_core::c2d::Settings) {
     let retention_secs = config.retention_secs;
     let period = Duration::from_secs((retention_secs / 10).clamp(1, 60));
     let mut tick = tokio::time::interval(period);
@@ -449,6 +463,7 @@ pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig) {
             iotstamp_core::clock::unix_micros().saturating_sub(retention_secs.saturating_mul(1_000_000));
         let store = store.clone();
         let by_age_and_size = move || {
+            crate::seams::local::log_removed(store.expire_c2d(iotstamp_core::clock::unix_millis(), &c2d)?);
             let by_age = store.expire(cutoff)?;
             let by_size = config.max_bytes.map(|max| store.shrink_to(max)).transpose()?;
             Ok::<_, Error>(by_age + by_size.unwrap_or(0))

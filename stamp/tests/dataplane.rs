@@ -180,7 +180,10 @@ async fn cloud_to_device_and_direct_method_round_trip() {
     else {
         unreachable!()
     };
-    assert_eq!(p.topic, "devices/dev1/messages/devicebound/%24.mid=c1&color=red");
+    assert_eq!(
+        p.topic,
+        "devices/dev1/messages/devicebound/%24.mid=c1&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound&color=red"
+    );
     assert_eq!(&p.payload[..], b"hello");
 
     let responder = tokio::spawn(async move {

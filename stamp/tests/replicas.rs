@@ -264,13 +264,24 @@ async fn every_call_reaches_the_device_whichever_hub_receives_it() {
     drop(first);
     let mut device = stamp.device(2, "dev1").await;
 
-    // C2D through hub 0, which does not hold the session: delivered at once, not queued.
+    // C2D through hub 0, which does not hold the session: hub 2's session is told at once.
     let (status, body) = stamp
-        .api(0, "POST", "/v1/devices/dev1/messages?color=red", Some("hello"))
+        .api(
+            0,
+            "POST",
+            "/v1/devices/dev1/messages?%24.mid=m1&color=red",
+            Some("hello"),
+        )
         .await;
-    assert_eq!((status, body.as_str()), (202, r#"{"status":"sent"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (202, r#"{"messageId":"m1","status":"queued"}"#)
+    );
     let message = next_publish(&mut device).await;
-    assert_eq!(message.topic, "devices/dev1/messages/devicebound/color=red");
+    assert_eq!(
+        message.topic,
+        "devices/dev1/messages/devicebound/%24.mid=m1&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound&color=red"
+    );
     assert_eq!(&message.payload[..], b"hello");
 
     // A direct method through hub 1: the device's answer comes back through it.
@@ -331,7 +342,10 @@ async fn a_message_for_a_device_connected_nowhere_is_delivered_on_whichever_hub_
     let (status, body) = stamp
         .api(0, "POST", "/v1/devices/away/messages", Some("while you were out"))
         .await;
-    assert_eq!((status, body.as_str()), (202, r#"{"status":"queued"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (202, r#"{"messageId":"c2d-1","status":"queued"}"#)
+    );
     let (status, _) = stamp
         .api(1, "POST", "/v1/devices/away/methods/ping?timeout=5", Some("{}"))
         .await;
@@ -355,7 +369,10 @@ async fn a_connection_on_another_hub_takes_the_session_over() {
     let (status, body) = stamp
         .api(0, "POST", "/v1/devices/twice/messages", Some("to the new one"))
         .await;
-    assert_eq!((status, body.as_str()), (202, r#"{"status":"sent"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (202, r#"{"messageId":"c2d-1","status":"queued"}"#)
+    );
     assert_eq!(&next_publish(&mut new).await.payload[..], b"to the new one");
     let (status, body) = method_via(&stamp, 0, &mut new, "twice").await;
     assert_eq!(status, 200, "{body}");
@@ -413,18 +430,21 @@ async fn after_kill_9_of_its_hub_calls_fail_fast_until_the_device_reconnects_or_
 
     kill_9(&mut stamp.hubs[0]).await;
     drop((doomed, orphaned));
-    // The directory still names the dead hub: calls fail at once (503), none claims success.
+    // The directory still names the dead hub: a method fails at once (503), never a false
+    // success; a C2D message is durable in storage whatever the hubs do, so it is queued.
     let (status, body) = quick(&stamp, 2, "/v1/devices/survivor/messages").await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 202, "{body}");
     let (status, body) = quick(&stamp, 1, "/v1/devices/orphan/methods/ping?timeout=30").await;
     assert_eq!(status, 503, "{body}");
 
-    // The device that reconnects elsewhere gets its calls at once.
+    // The device that reconnects elsewhere gets its calls at once: the message queued while its
+    // hub was dead, then a new one.
     let mut device = stamp.device(1, "survivor").await;
+    assert_eq!(&next_publish(&mut device).await.payload[..], b"{}");
     let (status, body) = stamp
         .api(2, "POST", "/v1/devices/survivor/messages", Some("found"))
         .await;
-    assert_eq!((status, body.as_str()), (202, r#"{"status":"sent"}"#));
+    assert_eq!(status, 202, "{body}");
     assert_eq!(&next_publish(&mut device).await.payload[..], b"found");
     let (status, body) = method_via(&stamp, 2, &mut device, "survivor").await;
     assert_eq!(status, 200, "{body}");
@@ -436,7 +456,7 @@ async fn after_kill_9_of_its_hub_calls_fail_fast_until_the_device_reconnects_or_
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("deviceNotConnected"), "{body}");
     let (status, body) = quick(&stamp, 1, "/v1/devices/orphan/messages").await;
-    assert_eq!((status, body.as_str()), (202, r#"{"status":"queued"}"#));
+    assert_eq!(status, 202, "{body}");
     assert_eq!(stamp.connected(1).await, 2, "survivor and bystander");
 }
 

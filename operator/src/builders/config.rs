@@ -28,6 +28,7 @@ pub fn stamp_config(stamp: &IoTStamp, n: &Names) -> Result<StampConfig, BuildErr
         ingest: Default::default(),
         storage: Default::default(),
         api: Default::default(),
+        cloud_to_device: Default::default(),
     };
     cfg.hub.host_names = host_names;
     cfg.hub.max_connections = spec.hub.max_connections.max(1) as u32;

@@ -90,8 +90,8 @@ pub fn network_policy(n: &Names, metrics_from: &[MetricsPeer]) -> NetworkPolicy 
 /// One PodDisruptionBudget per role, limiting what voluntary disruptions (node drains, cluster
 /// upgrades) may take at once. Rolling updates by the workload controllers are not evictions and
 /// are not held by them.
-/// - hub: sessions and queued cloud-to-device messages live in the pod's memory, so evicting the
-///   last hub pod disconnects every device and loses what was queued. At one replica the budget
+/// - hub: sessions live in the pod's memory (queued cloud-to-device messages are in storage), so
+///   evicting the last hub pod disconnects every device. At one replica the budget
 ///   allows no eviction (a drain waits until a person moves the pod, or runs two replicas); with
 ///   more, one pod at a time, and its devices reconnect to the others.
 /// - ingest: stateless; the hub acknowledges a message only once it is stored, so an evicted ingest

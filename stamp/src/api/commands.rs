@@ -1,5 +1,8 @@
-//! Commands to devices: `POST /v1/devices/{id}/messages` (cloud-to-device; query parameters become the
-//! message's property bag; `sent`, or `queued` until the device connects and subscribes) and
+//! Commands to devices: `POST /v1/devices/{id}/messages` (cloud-to-device, by IoT Hub's rules in
+//! [`iotstamp_core::c2d`]: query parameters become the message's property bag; answered once the
+//! message is durable in storage's queue; delivered by the device's connection, see
+//! [`crate::hub::c2d`]), `GET /v1/devices/{id}/messages/feedback` (what became of the messages
+//! whose sender asked with `iothub-ack`) and
 //! `POST /v1/devices/{id}/methods/{name}` (direct method, by IoT Hub's rules in
 //! [`iotstamp_core::methods`]: waits up to `?connectTimeout=` seconds, default 0, for the device to
 //! connect and subscribe, then up to `?timeout=` seconds, 5 to 300, default 30, for its answer;
@@ -14,23 +17,21 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use iotstamp_core::c2d::{self, C2dError};
 use iotstamp_core::methods::{self, MethodCallError};
-use iotstamp_core::topics::Properties;
 
 use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id};
 use super::registry::registered;
 use super::{Ctx, error, require_token, storage_error};
 use crate::hub::replicas::Routed;
-use crate::hub::sessions::{C2dOutcome, CommandError, MethodResponse};
+use crate::hub::sessions::{CommandError, MethodResponse};
+use crate::storage::c2d::{C2dAnswer, C2dOp};
 
 pub(super) fn command_error(e: CommandError) -> Response {
     let (status, code) = match e {
         CommandError::NotConnected => (StatusCode::NOT_FOUND, "deviceNotConnected"),
         CommandError::NotSubscribed(_) => (StatusCode::CONFLICT, "deviceNotSubscribed"),
         CommandError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "deviceBusy"),
-        // IoT Hub's answer (403004) when a device's queue is full: the sender's to handle.
-        CommandError::DeviceQueueFull => (StatusCode::FORBIDDEN, "deviceMaximumQueueDepthExceeded"),
-        CommandError::HubQueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queueFull"),
         CommandError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         CommandError::Gone => (StatusCode::BAD_GATEWAY, "deviceDisconnected"),
         CommandError::Moved => (StatusCode::SERVICE_UNAVAILABLE, "deviceMoving"),
@@ -44,29 +45,80 @@ pub async fn c2d(
     ApiQuery(properties): ApiQuery<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
+    let now_ms = iotstamp_core::clock::unix_millis();
+    let message = match c2d::Message::new(id.as_str(), properties, &body, now_ms, &ctx.c2d_settings) {
+        Ok(message) => message,
+        Err(e @ C2dError::PayloadTooLarge(_)) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "payloadTooLarge", e);
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "badMessage", e),
+    };
     // Only a registered device gets messages queued for it.
-    let key = id.key();
     if let Err(refused) = registered(&ctx, &id).await {
         return refused;
     }
-    send_c2d(&ctx, &key, properties, body, false).await
+    let key = id.key();
+    let message_id = match ctx.c2d.c2d(key.clone(), C2dOp::Enqueue { message }).await {
+        Ok(C2dAnswer::Enqueued { message_id, .. }) => message_id,
+        // IoT Hub's answer (403004) when a device's queue is full: the sender's to handle.
+        Ok(C2dAnswer::Full) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "deviceMaximumQueueDepthExceeded",
+                format!("{} messages already wait for this device", c2d::MAX_PENDING),
+            );
+        }
+        Ok(other) => return storage_error(crate::Error::Unavailable(format!("storage answered {other:?}"))),
+        Err(e) => return storage_error(e),
+    };
+    // The message is durable: tell the device's session, wherever it is. If that does not get
+    // through, the device still gets it at its next C2D SUBSCRIBE.
+    match ctx.replicas.c2d_waiting(&key, false).await {
+        Ok(Routed::Here(Ok(()) | Err(CommandError::NotConnected))) => {}
+        Ok(Routed::There { status, .. }) if status.is_success() || status == StatusCode::NOT_FOUND => {}
+        Ok(other) => {
+            tracing::info!(device = id.as_str(), outcome = ?other, "queued C2D: the device's session was not told")
+        }
+        Err(e) => {
+            tracing::info!(device = id.as_str(), error = %e, "queued C2D: the device's session was not told")
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "queued", "messageId": message_id })),
+    )
+        .into_response()
 }
 
-async fn send_c2d(ctx: &Ctx, key: &str, properties: Properties, body: Bytes, forwarded: bool) -> Response {
-    match ctx.replicas.send_c2d(key, properties, body, forwarded).await {
-        Ok(Routed::Here(outcome)) => {
-            let status = match outcome {
-                Ok(C2dOutcome::Sent) => "sent",
-                Ok(C2dOutcome::Queued) => "queued",
-                Err(e) => return command_error(e),
-            };
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "status": status })),
-            )
-                .into_response()
-        }
-        Ok(Routed::There { status, body }) => relayed(status, body),
+#[derive(Debug, serde::Deserialize)]
+pub struct FeedbackQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most feedback records one page holds.
+const FEEDBACK_PAGE: usize = 1000;
+
+/// The device's feedback records, oldest first: `{"items": [...], "next": N}`; pass `next` as
+/// `after` for the following page.
+pub async fn feedback(
+    State(ctx): State<Ctx>,
+    DeviceIdPath(id): DeviceIdPath,
+    ApiQuery(q): ApiQuery<FeedbackQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=FEEDBACK_PAGE).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "badLimit",
+            format!("limit must be 1 to {FEEDBACK_PAGE}"),
+        );
+    }
+    if let Err(refused) = registered(&ctx, &id).await {
+        return refused;
+    }
+    match ctx.c2d.feedback(id.key(), q.after, limit).await {
+        Ok(page) => Json(page).into_response(),
         Err(e) => storage_error(e),
     }
 }
@@ -137,7 +189,10 @@ fn device_answer(response: MethodResponse) -> Response {
 /// connected here. Paths carry device keys; nothing is forwarded on from here.
 pub fn hub_routes(ctx: Ctx) -> Router {
     Router::new()
-        .route("/internal/v1/hub/devices/{key}/messages", post(forwarded_c2d))
+        .route(
+            "/internal/v1/hub/devices/{key}/messages/waiting",
+            post(forwarded_c2d_waiting),
+        )
         .route(
             "/internal/v1/hub/devices/{key}/methods/{name}",
             post(forwarded_method),
@@ -150,13 +205,13 @@ pub fn hub_routes(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
-async fn forwarded_c2d(
-    State(ctx): State<Ctx>,
-    Path(key): Path<String>,
-    Query(properties): Query<Vec<(String, String)>>,
-    body: Bytes,
-) -> Response {
-    send_c2d(&ctx, &key, properties, body, true).await
+async fn forwarded_c2d_waiting(State(ctx): State<Ctx>, Path(key): Path<String>) -> Response {
+    match ctx.replicas.c2d_waiting(&key, true).await {
+        Ok(Routed::Here(Ok(()))) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Routed::Here(Err(e))) => command_error(e),
+        Ok(Routed::There { status, body }) => relayed(status, body),
+        Err(e) => storage_error(e),
+    }
 }
 
 async fn forwarded_method(

@@ -29,7 +29,7 @@ use crate::hub::sessions::Sessions;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::seams::server::{Probes, probe_routes};
-use crate::seams::{Registry, TelemetryQuery, Twins};
+use crate::seams::{CloudToDevice, Registry, TelemetryQuery, Twins};
 
 pub struct ApiCtx {
     /// The registry in storage (in this process, or storage's internal API behind the hub's cache).
@@ -37,6 +37,9 @@ pub struct ApiCtx {
     pub telemetry: Arc<dyn TelemetryQuery>,
     /// The device twins in storage.
     pub twins: Arc<dyn Twins>,
+    /// The durable C2D queue in storage, and its rules (the default TTL of a message).
+    pub c2d: Arc<dyn CloudToDevice>,
+    pub c2d_settings: iotstamp_core::c2d::Settings,
     pub sessions: Arc<Sessions>,
     /// The session directory's view across hub replicas (forwarding, connected count, ends).
     pub replicas: Arc<Replicas>,
@@ -69,6 +72,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/devices/{id}/stream", get(live::device))
         .route("/v1/stream", get(live::all))
         .route("/v1/devices/{id}/messages", post(commands::c2d))
+        .route("/v1/devices/{id}/messages/feedback", get(commands::feedback))
         .route("/v1/devices/{id}/methods/{name}", post(commands::method))
         .route(
             "/v1/devices/{id}/twin",

@@ -33,7 +33,7 @@ pub async fn put(
     let result = ctx.registry.put(record.clone()).await;
     if result.is_ok()
         && record.status == DeviceStatus::Disabled
-        && let Err(e) = ctx.replicas.end_everywhere(&id.key(), false).await
+        && let Err(e) = ctx.replicas.end_everywhere(&id.key()).await
     {
         // Stored: other hubs' caches refuse it within seconds even if they did not hear now.
         tracing::warn!(error = %e, "a disabled device's sessions on other hubs were not ended");
@@ -69,7 +69,7 @@ pub(super) async fn registered(ctx: &Ctx, id: &DeviceId) -> Result<DeviceRecord,
 pub async fn delete(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
     match ctx.registry.delete(id.key()).await {
         Ok(true) => {
-            if let Err(e) = ctx.replicas.end_everywhere(&id.key(), true).await {
+            if let Err(e) = ctx.replicas.end_everywhere(&id.key()).await {
                 tracing::warn!(error = %e, "a deleted device's sessions on other hubs were not ended");
             }
             StatusCode::NO_CONTENT.into_response()

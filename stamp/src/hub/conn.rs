@@ -1,9 +1,10 @@
 //! One device connection, from the first byte after TLS to the close: CONNECT (with a deadline),
 //! authentication, then the session loop.
 //!
-//! The loop owns the socket and serves four sources: bytes from the device, durable-acks from ingest
-//! (PUBACKs go out in PUBLISH order, only once storage has the message), messages queued by the API
-//! (C2D, method requests), and the kick of a newer connection for the same device. It stops reading the
+//! The loop owns the socket and serves five sources: bytes from the device, durable-acks from ingest
+//! (PUBACKs go out in PUBLISH order, only once storage has the message), requests the API hands the
+//! session (method requests, desired-property pushes), C2D deliveries leased from storage's queue
+//! ([`super::c2d`]: PUBACKs complete them), and the kick of a newer connection for the same device. It stops reading the
 //! socket while [`MAX_INFLIGHT`] QoS 1 messages wait for storage, and `Ingest::submit` waits when ingest
 //! is full: that is the backpressure that keeps memory bounded when storage is slow.
 //!
@@ -24,9 +25,11 @@ use tokio::time::Instant;
 
 use super::HubCtx;
 use super::auth;
+use super::c2d::{self, Deliveries};
 use super::handler::{AckFuture, PacketHandler};
-use super::sessions::SessionGuard;
+use super::sessions::{SUB_C2D, SessionGuard};
 use super::v5;
+use crate::storage::c2d::{C2dAnswer, C2dOp};
 
 /// QoS 1 messages of one connection that may wait for storage before the hub stops reading it.
 pub const MAX_INFLIGHT: usize = 256;
@@ -79,6 +82,16 @@ impl Close {
 impl From<std::io::Error> for Close {
     fn from(e: std::io::Error) -> Self {
         Close::Io(e)
+    }
+}
+
+/// The packet id after `pkid` that no C2D delivery still waits on (0 is not a packet id).
+fn next_free_pkid(mut pkid: u16, deliveries: &Deliveries) -> u16 {
+    loop {
+        pkid = pkid.checked_add(1).unwrap_or(1);
+        if !deliveries.in_use(pkid) {
+            return pkid;
+        }
     }
 }
 
@@ -220,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         &self,
         device: iotstamp_core::ids::DeviceId,
     ) -> Result<(iotstamp_core::ids::DeviceId, SessionGuard), auth::AuthFailure> {
-        match self.ctx.replicas.register(&device.key(), device.as_str()).await {
+        match self.ctx.replicas.register(&device.key()).await {
             Ok(guard) => Ok((device, guard)),
             Err(e) => {
                 tracing::warn!(error = %e, "session directory unavailable at CONNECT");
@@ -249,9 +262,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn session(
         &mut self,
         device: &iotstamp_core::ids::DeviceId,
+        guard: SessionGuard,
+        keep_alive: u16,
+        token_expiry: Instant,
+    ) -> Result<(), Close> {
+        let mut deliveries = Deliveries::default();
+        let result = self
+            .session_loop(device, guard, keep_alive, token_expiry, &mut deliveries)
+            .await;
+        let unacknowledged = deliveries.unacknowledged();
+        if !unacknowledged.is_empty() {
+            // Unlocked now, the next connection gets them at once instead of after the lock.
+            let queue = self.ctx.c2d.clone();
+            let op = C2dOp::Abandon { seqs: unacknowledged };
+            let key = device.key();
+            tokio::spawn(async move {
+                if let Err(e) = queue.c2d(key, op).await {
+                    tracing::debug!(error = %Causes(&e), "C2D deliveries not abandoned; their locks lapse instead");
+                }
+            });
+        }
+        result
+    }
+
+    async fn session_loop(
+        &mut self,
+        device: &iotstamp_core::ids::DeviceId,
         mut guard: SessionGuard,
         keep_alive: u16,
         token_expiry: Instant,
+        deliveries: &mut Deliveries,
     ) -> Result<(), Close> {
         let device_key = device.key();
         self.ctx.metrics.connects.inc();
@@ -275,43 +315,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let mut shutdown = self.ctx.shutdown.clone();
         let max_packet = self.ctx.max_packet;
         let version = self.version;
+        let c2d_waiting = guard.c2d_waiting.clone();
         let mut handler = PacketHandler {
             device: device.as_str(),
             device_key: &device_key,
             subs: &guard.subs,
+            c2d_waiting: &c2d_waiting,
             version,
         };
+        let lock_timeout = self.ctx.c2d_lock_timeout;
+        // The lease in progress and how many it asked for.
+        let mut lease: Option<(
+            usize,
+            futures::future::BoxFuture<'static, Result<C2dAnswer, crate::Error>>,
+        )> = None;
 
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(8192);
             }
+            if lease.is_none()
+                && guard.subs.load(std::sync::atomic::Ordering::Relaxed) & SUB_C2D != 0
+                && let Some(max) = deliveries.lease_now()
+            {
+                let (queue, key) = (self.ctx.c2d.clone(), device_key.clone());
+                lease = Some((
+                    max,
+                    Box::pin(async move { queue.c2d(key, C2dOp::Lease { max }).await }),
+                ));
+            }
+            let look_again = deliveries.look_again_at();
             tokio::select! {
+                _ = c2d_waiting.notified() => deliveries.want(),
+                answer = async { lease.as_mut().map(|(_, f)| f).expect("guarded").await }, if lease.is_some() => {
+                    let asked = lease.take().map_or(0, |(asked, _)| asked);
+                    match answer {
+                        Ok(C2dAnswer::Leased { deliveries: leased, .. }) => {
+                            let got = leased.len();
+                            for delivery in leased {
+                                next_pkid = next_free_pkid(next_pkid, deliveries);
+                                let (topic, payload) = c2d::wire(device.as_str(), &delivery);
+                                let publish = Packet::Publish(Publish {
+                                    topic,
+                                    qos: 1,
+                                    retain: false,
+                                    dup: delivery.message.delivery_count > 1,
+                                    pkid: next_pkid,
+                                    payload,
+                                    properties: Properties::default(),
+                                });
+                                deliveries.sent(next_pkid, delivery.seq);
+                                self.send_to_device(device.as_str(), publish);
+                            }
+                            deliveries.leased(asked, got, lock_timeout, Instant::now());
+                        }
+                        Ok(other) => {
+                            tracing::warn!(answer = ?other, "storage answered a C2D lease with something else");
+                            deliveries.lease_failed(Instant::now());
+                        }
+                        Err(e) => {
+                            tracing::warn!(device = device.as_str(), error = %Causes(&e), "C2D lease failed; trying again");
+                            deliveries.lease_failed(Instant::now());
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(look_again.unwrap_or_else(|| Instant::now() + far)), if look_again.is_some() => {
+                    deliveries.look_again();
+                }
                 _ = guard.kick.notified() => return Err(Close::TakenOver),
                 _ = crate::stopped(&mut shutdown) => return Err(Close::Shutdown),
                 _ = tokio::time::sleep_until(deadline) => return Err(Close::KeepAlive),
                 // The token was checked at CONNECT only; IoT Hub ends the session when it expires.
                 _ = tokio::time::sleep_until(token_expiry) => return Err(Close::TokenExpired),
                 Some(out) = guard.rx.recv() => {
-                    next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                    let size = out.payload.len();
+                    // Method requests and desired pushes: QoS 0, no packet id.
                     let publish = Packet::Publish(Publish {
                         topic: out.topic,
-                        qos: out.qos,
+                        qos: 0,
                         retain: false,
                         dup: false,
-                        pkid: if out.qos > 0 { next_pkid } else { 0 },
+                        pkid: 0,
                         payload: out.payload,
                         properties: Properties::default(),
                     });
-                    // MQTT 5: a packet beyond the client's maximum must not be sent (it is dropped).
-                    if self.client_max_packet.is_some_and(|max| mqtt::encoded_len(&publish, version) > max) {
-                        tracing::debug!(device = device.as_str(), size, "message larger than the client accepts");
-                        continue;
-                    }
-                    self.ctx.metrics.messages_out.inc();
-                    self.ctx.metrics.bytes_out.inc_by(size as u64);
-                    self.encode(&publish);
+                    self.send_to_device(device.as_str(), publish);
                 }
                 Some((pkid, durable)) = acks.next(), if !acks.is_empty() => {
                     self.puback(pkid, durable)?;
@@ -332,12 +419,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                             self.flush().await?;
                             return Ok(());
                         }
+                        if let Packet::PubAck(pkid) = packet
+                            && let Some(seq) = deliveries.acked(pkid)
+                        {
+                            self.complete_c2d(&device_key, seq);
+                            continue;
+                        }
                         handler.handle(&self.ctx, packet, &mut self.wbuf, &mut acks).await?;
                     }
                 }
             }
             self.flush().await?;
         }
+    }
+
+    /// Writes a PUBLISH to the device unless it is larger than the client accepts (MQTT 5: such a
+    /// packet must not be sent; it is dropped).
+    fn send_to_device(&mut self, device: &str, publish: Packet) {
+        let size = match &publish {
+            Packet::Publish(p) => p.payload.len(),
+            _ => 0,
+        };
+        if self
+            .client_max_packet
+            .is_some_and(|max| mqtt::encoded_len(&publish, self.version) > max)
+        {
+            tracing::debug!(device, size, "message larger than the client accepts");
+            return;
+        }
+        self.ctx.metrics.messages_out.inc();
+        self.ctx.metrics.bytes_out.inc_by(size as u64);
+        self.encode(&publish);
+    }
+
+    /// The device acknowledged a C2D delivery: it leaves the queue (in the background; if that
+    /// write fails the message comes again after its lock, which at-least-once allows).
+    fn complete_c2d(&self, device_key: &str, seq: u64) {
+        let (queue, key) = (self.ctx.c2d.clone(), device_key.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = queue.c2d(key, C2dOp::Complete { seq }).await {
+                tracing::warn!(error = %Causes(&e), "C2D completion not stored; the message will be delivered again");
+            }
+        });
     }
 
     fn puback(&mut self, pkid: u16, durable: bool) -> Result<(), Close> {

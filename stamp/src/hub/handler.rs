@@ -1,5 +1,5 @@
 //! What a device's packets do once its session is up: telemetry to ingest (PUBACK when durable),
-//! method responses to the session table, twin reads and reported patches to storage (answered
+//! method responses to the session table, a C2D SUBSCRIBE to the connection's deliveries, twin reads and reported patches to storage (answered
 //! once durable), SUBSCRIBE/UNSUBSCRIBE against the device's ACL, PINGREQ. The connection loop ([`super::conn`]) owns the socket and calls in here.
 
 use std::sync::atomic::Ordering;
@@ -33,6 +33,8 @@ pub(super) struct PacketHandler<'a> {
     pub device: &'a str,
     pub device_key: &'a str,
     pub subs: &'a std::sync::atomic::AtomicU8,
+    /// The session's "C2D messages may wait" signal (see [`super::c2d`]).
+    pub c2d_waiting: &'a tokio::sync::Notify,
     pub version: Version,
 }
 
@@ -75,7 +77,7 @@ impl PacketHandler<'_> {
                 }
                 if self.subs.load(Ordering::Relaxed) & SUB_C2D != 0 {
                     // Messages sent while the device was away go out right after the SUBACK.
-                    ctx.replicas.deliver_queued(self.device_key).await;
+                    self.c2d_waiting.notify_one();
                 }
                 Ok(())
             }
@@ -93,7 +95,7 @@ impl PacketHandler<'_> {
                 mqtt::encode_as(&Packet::PingResp, self.version, out);
                 Ok(())
             }
-            // Acks of our QoS 1 deliveries: delivery is at-most-once past the socket, nothing to do.
+            // Acks of C2D deliveries are the connection's (it completes them in storage).
             Packet::PubAck(_) => Ok(()),
             Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Err(Close::Protocol("QoS 2 flow")),
             Packet::Connect(_) => Err(Close::Protocol("second CONNECT")),

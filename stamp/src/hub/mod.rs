@@ -5,9 +5,9 @@
 //! Architecture and why rumqttd is not in the data path: see stamp/README.md.
 
 pub mod auth;
+pub mod c2d;
 pub mod conn;
 mod handler;
-pub mod offline;
 pub mod replicas;
 pub mod sessions;
 pub mod v5;
@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::seams::{Registry, Twins};
+use crate::seams::{CloudToDevice, Registry, Twins};
 use sessions::Sessions;
 
 /// What every connection task shares.
@@ -37,9 +37,13 @@ pub struct HubCtx {
     pub registry: Arc<dyn Registry>,
     /// Where the devices' twins are read and written (storage, here or through its internal API).
     pub twins: Arc<dyn Twins>,
+    /// The durable C2D queue in storage, which sessions lease deliveries from.
+    pub c2d: Arc<dyn CloudToDevice>,
+    /// How long a C2D delivery stays locked waiting for its PUBACK (the queue's setting).
+    pub c2d_lock_timeout: Duration,
     pub ingest: Arc<Ingest>,
     pub sessions: Arc<Sessions>,
-    /// Where sessions are claimed and queued C2D collected, across hub replicas.
+    /// Where sessions are claimed across hub replicas.
     pub replicas: Arc<replicas::Replicas>,
     pub metrics: Arc<Metrics>,
     pub max_packet: usize,

@@ -3,9 +3,9 @@
 //!
 //! This hub claims each accepted device in the session directory ([`crate::seams::directory`],
 //! kept by storage) and releases it when the session ends. A call for a device that is not here
-//! (C2D, a method, a desired-property push) is forwarded to the owner's internal API
-//! (`hub.internalListen`, same bearer token) and its answer relayed as it came; a message for a device connected nowhere waits in the directory and goes out
-//! at the device's C2D SUBSCRIBE, on whichever hub that is. A new session on another hub tells the
+//! (a method, a desired-property push, the signal that C2D messages wait in storage) is forwarded
+//! to the owner's internal API (`hub.internalListen`, same bearer token) and its answer relayed as
+//! it came. A new session on another hub tells the
 //! old owner to end its session; disabling a device ends it on every hub and drops their cached
 //! record. With `--role all` the directory is in process and nothing is ever forwarded.
 
@@ -16,17 +16,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use iotstamp_core::methods::Waits;
-use iotstamp_core::topics::Properties;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::sync::{mpsc, watch};
 
-use super::offline::PER_DEVICE;
-use super::sessions::{C2dOutcome, CommandError, MethodResponse, SessionGuard, Sessions};
+use super::sessions::{CommandError, MethodResponse, SessionGuard, Sessions};
 use crate::Error;
 use crate::metrics::Metrics;
 use crate::seams::Registry;
 use crate::seams::client::{InternalClient, device_path};
-use crate::seams::directory::{Answer, Call, HEARTBEAT, Message, Owner, SessionDirectory};
+use crate::seams::directory::{Answer, Call, HEARTBEAT, Owner, SessionDirectory};
 
 /// A forwarded session end or C2D message is quick work on the far side.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,7 +102,7 @@ impl Replicas {
 
     /// Claims the device for this hub (before its CONNACK) and registers its session here; tells a
     /// previous owner on another hub to end its session. Fails when the directory cannot be reached.
-    pub async fn register(&self, device_key: &str, device_id: &str) -> Result<SessionGuard, Error> {
+    pub async fn register(&self, device_key: &str) -> Result<SessionGuard, Error> {
         let claim = Call::Claim {
             device: device_key.to_string(),
             hub: self.hub.clone(),
@@ -113,7 +111,7 @@ impl Replicas {
             Answer::Claimed { epoch, previous } => (epoch, previous),
             other => return Err(unexpected("claim", &other)),
         };
-        let guard = self.sessions.register(device_key, device_id, epoch);
+        let guard = self.sessions.register(device_key, epoch);
         if let Some(previous) = previous.filter(|p| p.hub != self.hub) {
             // The device is usable here already; the old session ends as soon as its hub hears.
             let peer = self.peer(&previous.hub);
@@ -134,56 +132,14 @@ impl Replicas {
         Ok(guard)
     }
 
-    /// Sends a C2D message wherever the device is: here, through its hub, or into the directory's
-    /// queue when it is connected nowhere. `forwarded`: the call came from another hub, which
-    /// already asked the directory; it is not sent on again.
-    pub async fn send_c2d(
-        &self,
-        device_key: &str,
-        properties: Properties,
-        payload: Bytes,
-        forwarded: bool,
-    ) -> Result<Routed<C2dOutcome>, Error> {
-        if self.sessions.is_connected(device_key) {
-            return Ok(Routed::Here(self.sessions.send_c2d(
-                device_key,
-                &properties,
-                payload,
-            )));
-        }
-        let message = Message {
-            properties: properties.clone(),
-            payload: payload.clone(),
-        };
-        let offer = Call::Offer {
-            device: device_key.to_string(),
-            message,
-        };
-        let owner = match self.directory.call(offer).await? {
-            Answer::Queued => return Ok(Routed::Here(Ok(C2dOutcome::Queued))),
-            Answer::QueueFull { full } => return Ok(Routed::Here(Err(full.into()))),
-            Answer::Owned { owner } => owner,
-            other => return Err(unexpected("offer", &other)),
-        };
-        if owner.hub == self.hub {
-            // Claimed here a moment ago (or just leaving): this hub's own queue serves it.
-            return Ok(Routed::Here(self.sessions.send_c2d(
-                device_key,
-                &properties,
-                payload,
-            )));
-        }
-        if forwarded {
-            return Ok(Routed::Here(Err(CommandError::Moved)));
-        }
-        let query: Vec<String> = properties
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-            .collect();
-        let path = format!("{}/messages?{}", peer_path(device_key), query.join("&"));
-        let result = forward(&*self.peer(&owner.hub)?, &path, Some(payload), PEER_TIMEOUT).await;
-        count(&self.metrics, "c2d", &result);
-        result
+    /// Tells the device's session, wherever it is connected, that C2D messages wait for it in
+    /// storage. `forwarded`: the call came from another hub; it is not sent on again.
+    pub async fn c2d_waiting(&self, device_key: &str, forwarded: bool) -> Result<Routed<()>, Error> {
+        let path = format!("{}/messages/waiting", peer_path(device_key));
+        self.at_owner(device_key, forwarded, "c2d", path, None, || {
+            self.sessions.c2d_waiting(device_key)
+        })
+        .await
     }
 
     /// Invokes a direct method once the device is connected and subscribed to methods, on any
@@ -258,60 +214,42 @@ impl Replicas {
         body: Bytes,
         forwarded: bool,
     ) -> Result<Routed<()>, Error> {
+        let path = format!("{}/twin/desired?version={version}", peer_path(device_key));
+        self.at_owner(device_key, forwarded, "desired", path, Some(body.clone()), || {
+            self.sessions.push_desired(device_key, version, body.clone())
+        })
+        .await
+    }
+
+    /// Runs `here` if the device's session is on this hub, or forwards `path` (with `body`) to the
+    /// hub that holds it, counted as `kind`.
+    async fn at_owner<T>(
+        &self,
+        device_key: &str,
+        forwarded: bool,
+        kind: &'static str,
+        path: String,
+        body: Option<Bytes>,
+        here: impl Fn() -> Result<T, CommandError>,
+    ) -> Result<Routed<T>, Error> {
         if self.sessions.is_connected(device_key) {
-            return Ok(Routed::Here(
-                self.sessions.push_desired(device_key, version, body),
-            ));
+            return Ok(Routed::Here(here()));
         }
         let owner = match self.owner(device_key).await? {
             None => return Ok(Routed::Here(Err(CommandError::NotConnected))),
-            Some(owner) if owner.hub == self.hub => {
-                return Ok(Routed::Here(
-                    self.sessions.push_desired(device_key, version, body),
-                ));
-            }
+            Some(owner) if owner.hub == self.hub => return Ok(Routed::Here(here())),
             Some(_) if forwarded => return Ok(Routed::Here(Err(CommandError::Moved))),
             Some(owner) => owner,
         };
-        let path = format!("{}/twin/desired?version={version}", peer_path(device_key));
-        let result = forward(&*self.peer(&owner.hub)?, &path, Some(body), PEER_TIMEOUT).await;
-        count(&self.metrics, "desired", &result);
+        let result = forward(&*self.peer(&owner.hub)?, &path, body, PEER_TIMEOUT).await;
+        count(&self.metrics, kind, &result);
         result
     }
 
-    /// Hands the device's queued C2D messages (the directory's, then this hub's) to its session.
-    /// If the directory cannot be reached, its messages stay there for the next subscribe.
-    pub async fn deliver_queued(&self, device_key: &str) {
-        let take = Call::Take {
-            device: device_key.to_string(),
-            max: PER_DEVICE,
-        };
-        let earlier = match self.directory.call(take).await {
-            Ok(Answer::Taken { messages }) => messages,
-            Ok(other) => {
-                tracing::warn!(error = %unexpected("take", &other), "queued C2D not collected");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "queued C2D not collected");
-                Vec::new()
-            }
-        };
-        let earlier = earlier.into_iter().map(|m| (m.properties, m.payload)).collect();
-        self.sessions.deliver_queued(device_key, earlier);
-    }
-
     /// Ends the device's session on every hub and drops their cached record (it was disabled or
-    /// deleted); with `forget`, also what is queued for it.
-    pub async fn end_everywhere(&self, device_key: &str, forget: bool) -> Result<(), Error> {
+    /// deleted; a deleted device's queue went with its registry entry in storage).
+    pub async fn end_everywhere(&self, device_key: &str) -> Result<(), Error> {
         self.end_here(device_key, None);
-        if forget {
-            self.sessions.forget_queued(device_key);
-            let call = Call::Forget {
-                device: device_key.to_string(),
-            };
-            self.directory.call(call).await?;
-        }
         let hubs = match self.directory.call(Call::View).await? {
             Answer::View { hubs, .. } => hubs,
             other => return Err(unexpected("view", &other)),

@@ -1,6 +1,6 @@
 //! The live device sessions of one hub: who is connected, what each subscribed to, and the paths from
-//! the stamp API to a device (cloud-to-device messages, direct methods, desired-property pushes) and
-//! back (method responses).
+//! the stamp API to a device (the signal that cloud-to-device messages wait in storage, direct
+//! methods, desired-property pushes) and back (method responses).
 //!
 //! One session per device: registering a device that already has one kicks the old connection (IoT
 //! Hub's rule: the newest connection wins). A session unregisters itself when its guard drops, but only
@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use iotstamp_core::topics::{self, Properties};
+use iotstamp_core::topics;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::offline::{OfflineQueue, QueueFull, Queued};
 use crate::metrics::Metrics;
 
 /// Subscription bits a session holds.
@@ -27,14 +26,14 @@ pub const SUB_METHODS: u8 = 2;
 pub const SUB_TWIN: u8 = 4;
 pub const SUB_DESIRED: u8 = 8;
 
-/// Messages queued to a device beyond this are refused with [`CommandError::Busy`].
+/// Requests queued to a device beyond this are refused with [`CommandError::Busy`].
 const OUTBOUND_QUEUE: usize = 64;
 
+/// A QoS 0 PUBLISH the API hands a session (a method request, a desired-property push).
 #[derive(Debug)]
 pub struct Outbound {
     pub topic: String,
     pub payload: Bytes,
-    pub qos: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,11 +44,6 @@ pub enum CommandError {
     NotSubscribed(&'static str),
     #[error("the device's outbound queue is full")]
     Busy,
-    /// IoT Hub's limit: 50 messages waiting for one device.
-    #[error("the device already has the most messages waiting that a device may have")]
-    DeviceQueueFull,
-    #[error("the hub's offline queue is full")]
-    HubQueueFull,
     #[error("the device did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the device disconnected before answering")]
@@ -57,23 +51,6 @@ pub enum CommandError {
     /// A forwarded call reached a hub the device just left for another one.
     #[error("the device moved to another hub replica; retry")]
     Moved,
-}
-
-impl From<QueueFull> for CommandError {
-    fn from(full: QueueFull) -> Self {
-        match full {
-            QueueFull::Device => Self::DeviceQueueFull,
-            QueueFull::Hub => Self::HubQueueFull,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum C2dOutcome {
-    /// Handed to the device's connection.
-    Sent,
-    /// Kept until the device connects and subscribes.
-    Queued,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,19 +63,16 @@ struct Entry {
     id: u64,
     /// The epoch of this session's claim in the session directory.
     epoch: u64,
-    /// The id as the device spelled it in CONNECT: topics to the device use its spelling.
-    device_id: String,
     tx: mpsc::Sender<Outbound>,
     subs: Arc<AtomicU8>,
     kick: Arc<Notify>,
+    c2d_waiting: Arc<Notify>,
 }
 
 #[derive(Default)]
 struct Inner {
     live: HashMap<String, Entry>,
     methods: HashMap<(String, String), oneshot::Sender<MethodResponse>>,
-    /// C2D messages waiting for the device to connect and subscribe.
-    offline: OfflineQueue,
 }
 
 pub struct Sessions {
@@ -122,6 +96,9 @@ pub struct SessionGuard {
     pub rx: mpsc::Receiver<Outbound>,
     pub subs: Arc<AtomicU8>,
     pub kick: Arc<Notify>,
+    /// Notified when cloud-to-device messages were queued for the device: its connection leases
+    /// them from storage.
+    pub c2d_waiting: Arc<Notify>,
 }
 
 impl Drop for SessionGuard {
@@ -167,18 +144,19 @@ impl Sessions {
 
     /// Makes this connection the device's session (its directory claim got `epoch`), kicking any
     /// previous one on this hub.
-    pub fn register(self: &Arc<Self>, device_key: &str, device_id: &str, epoch: u64) -> SessionGuard {
+    pub fn register(self: &Arc<Self>, device_key: &str, epoch: u64) -> SessionGuard {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let subs = Arc::new(AtomicU8::new(0));
         let kick = Arc::new(Notify::new());
+        let c2d_waiting = Arc::new(Notify::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             id,
             epoch,
-            device_id: device_id.to_string(),
             tx,
             subs: subs.clone(),
             kick: kick.clone(),
+            c2d_waiting: c2d_waiting.clone(),
         };
         let mut inner = self.lock();
         if let Some(old) = inner.live.insert(device_key.to_string(), entry) {
@@ -193,6 +171,7 @@ impl Sessions {
             rx,
             subs,
             kick,
+            c2d_waiting,
         }
     }
 
@@ -226,68 +205,14 @@ impl Sessions {
         inner.live.iter().map(|(k, e)| (k.clone(), e.epoch)).collect()
     }
 
-    /// Sends a cloud-to-device message (QoS 1) to the device if it is connected and subscribed to
-    /// them; otherwise keeps it until it is (bounded, see [`super::offline`]).
-    pub fn send_c2d(
-        &self,
-        device_key: &str,
-        properties: &Properties,
-        payload: Bytes,
-    ) -> Result<C2dOutcome, CommandError> {
-        let mut inner = self.lock();
-        if let Some(entry) = inner.live.get(device_key)
-            && entry.subs.load(Ordering::Relaxed) & SUB_C2D != 0
-        {
-            let topic = topics::c2d_topic(&entry.device_id, properties);
-            let outbound = Outbound {
-                topic,
-                payload,
-                qos: 1,
-            };
-            return match entry.tx.try_send(outbound) {
-                Ok(()) => Ok(C2dOutcome::Sent),
-                Err(_) => Err(CommandError::Busy),
-            };
-        }
-        inner
-            .offline
-            .push(device_key, properties.clone(), payload, Instant::now())?;
-        Ok(C2dOutcome::Queued)
-    }
-
-    /// Hands the device's queued C2D messages to its session (called once it subscribed to them):
-    /// `earlier` (kept by the session directory while the device was connected nowhere), then those
-    /// queued here. What does not fit in the session's outbound queue stays queued here for the
-    /// next subscribe.
-    pub fn deliver_queued(&self, device_key: &str, earlier: Vec<(Properties, Bytes)>) {
-        let mut inner = self.lock();
-        let now = Instant::now();
-        if !earlier.is_empty() {
-            let earlier = earlier.into_iter().map(|(p, b)| Queued::new(p, b, now)).collect();
-            inner.offline.requeue(device_key, earlier);
-        }
-        let Some(entry) = inner.live.get(device_key) else {
-            return;
-        };
-        let (tx, device_id) = (entry.tx.clone(), entry.device_id.clone());
-        let mut messages = inner.offline.take(device_key, tx.capacity(), now).into_iter();
-        while let Some(m) = messages.next() {
-            let outbound = Outbound {
-                topic: topics::c2d_topic(&device_id, &m.properties),
-                payload: m.payload.clone(),
-                qos: 1,
-            };
-            if tx.try_send(outbound).is_err() {
-                let rest = std::iter::once(m).chain(messages).collect();
-                inner.offline.requeue(device_key, rest);
-                return;
-            }
-        }
-    }
-
-    /// Forgets what is queued for a device that left the registry.
-    pub fn forget_queued(&self, device_key: &str) {
-        self.lock().offline.clear(device_key);
+    /// Tells the device's session here that cloud-to-device messages wait for it in storage (its
+    /// connection leases them once it has subscribed to them).
+    pub fn c2d_waiting(&self, device_key: &str) -> Result<(), CommandError> {
+        let inner = self.lock();
+        let entry = inner.live.get(device_key).ok_or(CommandError::NotConnected)?;
+        // A stored permit: a signal while the connection is busy is not lost.
+        entry.c2d_waiting.notify_one();
+        Ok(())
     }
 
     /// Resolves when the next device subscribes to direct methods here. Create it before looking,
@@ -321,11 +246,7 @@ impl Sessions {
             let topic = topics::method_request_topic(method, &rid);
             entry
                 .tx
-                .try_send(Outbound {
-                    topic,
-                    payload,
-                    qos: 0,
-                })
+                .try_send(Outbound { topic, payload })
                 .map_err(|_| CommandError::Busy)?;
             inner.methods.insert(pending.clone(), tx);
         }
@@ -360,7 +281,6 @@ impl Sessions {
         let outbound = Outbound {
             topic: topics::desired_patch_topic(version),
             payload: body,
-            qos: 0,
         };
         entry.tx.try_send(outbound).map_err(|_| CommandError::Busy)
     }
@@ -373,8 +293,8 @@ mod tests {
     #[tokio::test]
     async fn newest_session_wins_and_old_guard_cannot_remove_it() {
         let s = Sessions::new(Metrics::new());
-        let old = s.register("d", "D", 1);
-        let new = s.register("d", "D", 2);
+        let old = s.register("d", 1);
+        let new = s.register("d", 2);
         // The old connection was told to go.
         tokio::time::timeout(Duration::from_secs(1), old.kick.notified())
             .await
@@ -386,31 +306,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn c2d_waits_for_a_subscribed_device_and_methods_need_one() {
+    async fn queued_messages_wake_the_session_and_methods_need_a_subscribed_one() {
         let s = Sessions::new(Metrics::new());
-        assert_eq!(
-            s.send_c2d("d", &vec![], Bytes::from_static(b"early")),
-            Ok(C2dOutcome::Queued)
-        );
+        assert_eq!(s.c2d_waiting("d"), Err(CommandError::NotConnected));
         assert_eq!(
             s.invoke("d", "m", Bytes::new(), Duration::from_secs(1)).await,
             Err(CommandError::NotConnected)
         );
-        let mut g = s.register("d", "Dev", 1);
-        assert_eq!(
-            s.send_c2d("d", &vec![], Bytes::from_static(b"before subscribe")),
-            Ok(C2dOutcome::Queued)
-        );
-        g.subs.fetch_or(SUB_C2D | SUB_METHODS, Ordering::Relaxed);
-        s.deliver_queued("d", vec![]);
-        assert_eq!(g.rx.recv().await.unwrap().payload, "early");
-        assert_eq!(g.rx.recv().await.unwrap().payload, "before subscribe");
-        assert_eq!(
-            s.send_c2d("d", &vec![("a".into(), "1".into())], Bytes::from_static(b"hi")),
-            Ok(C2dOutcome::Sent)
-        );
-        let out = g.rx.recv().await.unwrap();
-        assert_eq!(out.topic, "devices/Dev/messages/devicebound/a=1");
+        let mut g = s.register("d", 1);
+        s.c2d_waiting("d").unwrap();
+        tokio::time::timeout(Duration::from_secs(1), g.c2d_waiting.notified())
+            .await
+            .expect("the signal given before the connection looked is kept");
+        g.subs.fetch_or(SUB_METHODS, Ordering::Relaxed);
 
         let s2 = s.clone();
         let call = tokio::spawn(async move {

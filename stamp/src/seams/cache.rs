@@ -157,7 +157,7 @@ mod tests {
     async fn writes_through_the_cache_take_effect_at_once_and_others_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10).unwrap());
+        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10, Default::default()).unwrap());
         assert_eq!(cache.get("dev1".into()).await.unwrap(), None);
 
         cache.put(device(DeviceStatus::Enabled)).await.unwrap();
@@ -194,7 +194,7 @@ mod tests {
     async fn a_refusal_rechecks_storage_once_the_cached_record_is_a_second_old() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10).unwrap());
+        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10, Default::default()).unwrap());
         store.put_device(&device(DeviceStatus::Enabled), 10).unwrap();
         assert_eq!(
             cache.get("dev1".into()).await.unwrap().unwrap().primary_key,

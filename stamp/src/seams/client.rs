@@ -16,9 +16,10 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use super::directory::{Answer, Call, SessionDirectory};
 use iotstamp_core::twin::{Twin, TwinChange, TwinError};
 
-use super::twin_writer::TwinOutcome;
-use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
+use super::group_commit::TwinOutcome;
+use super::{BatchWriter, CloudToDevice, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::Error;
+use crate::storage::c2d::{C2dAnswer, C2dOp, FeedbackPage};
 use crate::storage::record::TelemetryRecord;
 use crate::storage::{Page, PutOutcome};
 
@@ -307,6 +308,35 @@ impl Twins for InternalClient {
                 (StatusCode::OK, body) => Ok(Ok(self.decode(&body)?)),
                 // Storage's refusals carry the twin rule that refused (see seams::server).
                 (status, body) if is_twin_refusal(status) => Ok(Err(self.decode::<TwinError>(&body)?)),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+}
+
+impl CloudToDevice for InternalClient {
+    fn c2d(&self, device_key: String, op: C2dOp) -> Fut<'_, C2dAnswer> {
+        Box::pin(async move {
+            let path = format!("/internal/v1/c2d/{}", device_path(&device_key));
+            let body = serde_json::to_vec(&op).map_err(|e| Error::Corrupt(e.to_string()))?;
+            match self.call(Method::POST, &path, Some(body), WRITE_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+
+    fn feedback(&self, device_key: String, after: Option<u64>, limit: usize) -> Fut<'_, FeedbackPage> {
+        Box::pin(async move {
+            let mut path = format!(
+                "/internal/v1/c2d/{}/feedback?limit={limit}",
+                device_path(&device_key)
+            );
+            if let Some(after) = after {
+                path.push_str(&format!("&after={after}"));
+            }
+            match self.call(Method::GET, &path, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body),
                 (status, body) => Err(self.unexpected(status, &body)),
             }
         })

@@ -1,5 +1,4 @@
-//! The session directory: which hub replica holds each connected device's session, and the C2D
-//! messages kept for devices that are connected nowhere. It lives with storage, the stamp's one
+//! The session directory: which hub replica holds each connected device's session. It lives with storage, the stamp's one
 //! stateful process, so every hub replica sees one answer (in `--role all`, in this process). Why
 //! it looks like this: see "Hub replicas" in stamp/README.md.
 //!
@@ -10,8 +9,6 @@
 //!   a **lease** it renews with a heartbeat ([`HEARTBEAT`]); when it lapses ([`LEASE`], a hub that
 //!   was killed) its entries are dropped. A hub that sees a new directory (storage restarted)
 //!   registers the sessions it holds again.
-//! - An offered C2D message is queued only when no hub holds the device, in one step, so a message
-//!   cannot be queued after the device's hub already collected the queue.
 //!
 //! [`DirectoryState`] is pure (the caller passes the clock); [`LocalDirectory`] serves it in this
 //! process, the storage route `POST /internal/v1/directory` serves it to hub replicas.
@@ -20,13 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use bytes::Bytes;
-use iotstamp_core::topics::Properties;
-
 use super::Fut;
-use crate::hub::offline::{OfflineQueue, QueueFull};
 
 /// How often a hub renews its lease.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -38,27 +29,6 @@ pub const LEASE: Duration = Duration::from_secs(7);
 pub struct Owner {
     pub hub: String,
     pub epoch: u64,
-}
-
-/// A C2D message on the wire: its property bag and payload (base64).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Message {
-    pub properties: Properties,
-    #[serde(with = "b64")]
-    pub payload: Bytes,
-}
-
-mod b64 {
-    use super::*;
-    pub fn serialize<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&B64.encode(b))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        let text: String = serde::Deserialize::deserialize(d)?;
-        B64.decode(text)
-            .map(Bytes::from)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// One request to the directory.
@@ -77,20 +47,6 @@ pub enum Call {
         epoch: u64,
     },
     Owner {
-        device: String,
-    },
-    /// Queue a C2D message unless a hub holds the device (then say which).
-    Offer {
-        device: String,
-        message: Message,
-    },
-    /// The device's queued messages, oldest first (its hub collects them at the C2D SUBSCRIBE).
-    Take {
-        device: String,
-        max: usize,
-    },
-    /// The device left the registry: drop what is queued for it.
-    Forget {
         device: String,
     },
     /// Renews `hub`'s lease; with `sessions`, also (re)registers those it holds, each unless a newer
@@ -114,16 +70,6 @@ pub enum Answer {
     Owner {
         owner: Option<Owner>,
     },
-    Queued,
-    QueueFull {
-        full: QueueFull,
-    },
-    Owned {
-        owner: Owner,
-    },
-    Taken {
-        messages: Vec<Message>,
-    },
     /// `directory` identifies this directory's lifetime: when it changes, storage restarted.
     Heartbeat {
         directory: u64,
@@ -145,7 +91,6 @@ pub struct DirectoryState {
     sessions: HashMap<String, Owner>,
     /// Hub → when its lease lapses.
     leases: HashMap<String, Instant>,
-    offline: OfflineQueue,
     next_epoch: u64,
 }
 
@@ -156,7 +101,6 @@ impl DirectoryState {
             instance: first_epoch,
             sessions: HashMap::new(),
             leases: HashMap::new(),
-            offline: OfflineQueue::default(),
             next_epoch: first_epoch,
         }
     }
@@ -180,33 +124,6 @@ impl DirectoryState {
             Call::Owner { device } => Answer::Owner {
                 owner: self.sessions.get(&device).cloned(),
             },
-            Call::Offer { device, message } => {
-                if let Some(owner) = self.sessions.get(&device) {
-                    return Answer::Owned { owner: owner.clone() };
-                }
-                match self
-                    .offline
-                    .push(&device, message.properties, message.payload, now)
-                {
-                    Ok(()) => Answer::Queued,
-                    Err(full) => Answer::QueueFull { full },
-                }
-            }
-            Call::Take { device, max } => Answer::Taken {
-                messages: self
-                    .offline
-                    .take(&device, max, now)
-                    .into_iter()
-                    .map(|q| Message {
-                        properties: q.properties,
-                        payload: q.payload,
-                    })
-                    .collect(),
-            },
-            Call::Forget { device } => {
-                self.offline.clear(&device);
-                Answer::Done
-            }
             Call::Heartbeat { hub, sessions } => {
                 self.leases.insert(hub.clone(), now + LEASE);
                 for (device, epoch) in sessions.unwrap_or_default() {
@@ -298,20 +215,6 @@ mod tests {
         }
     }
 
-    fn offer(d: &mut DirectoryState, device: &str, now: Instant) -> Answer {
-        let message = Message {
-            properties: vec![],
-            payload: Bytes::from_static(b"m"),
-        };
-        d.apply(
-            Call::Offer {
-                device: device.into(),
-                message,
-            },
-            now,
-        )
-    }
-
     #[test]
     fn the_newest_claim_wins_and_a_stale_release_cannot_remove_it() {
         let now = Instant::now();
@@ -367,11 +270,7 @@ mod tests {
             },
             "a's lease lapsed: its device is connected nowhere"
         );
-        assert_eq!(
-            offer(&mut d, "a1", now + LEASE),
-            Answer::Queued,
-            "and C2D for it waits in the directory"
-        );
+        assert_eq!(owner(&mut d, "a1", now + LEASE), None);
     }
 
     #[test]
@@ -391,32 +290,5 @@ mod tests {
         );
         let (next, _) = claim(&mut d, "stay", "http://b", now);
         assert!(next > 5_000, "epochs stay above every restored one");
-    }
-
-    #[test]
-    fn an_offer_to_an_owned_device_names_the_owner_and_queues_nothing() {
-        let now = Instant::now();
-        let mut d = DirectoryState::new(1);
-        assert_eq!(offer(&mut d, "dev", now), Answer::Queued);
-        let (epoch, _) = claim(&mut d, "dev", "http://a", now);
-        assert_eq!(
-            offer(&mut d, "dev", now),
-            Answer::Owned {
-                owner: Owner {
-                    hub: "http://a".into(),
-                    epoch
-                }
-            }
-        );
-        match d.apply(
-            Call::Take {
-                device: "dev".into(),
-                max: 50,
-            },
-            now,
-        ) {
-            Answer::Taken { messages } => assert_eq!(messages.len(), 1, "only the one offered before"),
-            other => panic!("{other:?}"),
-        }
     }
 }

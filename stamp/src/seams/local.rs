@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use iotstamp_core::c2d;
 use iotstamp_core::registry::DeviceRecord;
-
 use iotstamp_core::twin::{Twin, TwinChange};
 
+use super::group_commit::{self, GroupCommit, TwinOutcome};
 use super::registry_writer::RegistryWriter;
-use super::twin_writer::{TwinOutcome, TwinWriter};
-use super::{BatchWriter, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
+use super::{BatchWriter, CloudToDevice, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::Error;
+use crate::storage::c2d::{C2dAnswer, C2dOp, FeedbackPage};
 use crate::storage::record::TelemetryRecord;
 use crate::storage::{Page, PutOutcome, Store};
 
@@ -20,7 +21,10 @@ pub struct LocalStore {
     /// Registry writes go through group commit; reads go straight to the store.
     registry_writes: RegistryWriter,
     /// Twin writes go through their own group commit; reads go straight to the store.
-    twin_writes: TwinWriter,
+    twin_writes: GroupCommit<TwinChange, TwinOutcome>,
+    /// Every C2D queue operation writes (a delivery locks, an acknowledgement removes): all of
+    /// them go through group commit.
+    c2d_writes: GroupCommit<C2dOp, C2dAnswer>,
     /// The device quota in force: `deviceQuota` from the config at start, then what the stamp API
     /// was last told (the operator pushes every change; see `api::quota`). Not stored: a restarted
     /// storage reads its config again, which by then carries the operator's current value.
@@ -28,13 +32,23 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    pub fn new(store: Arc<Store>, quota: u64) -> Result<Arc<Self>, Error> {
+    pub fn new(store: Arc<Store>, quota: u64, c2d: c2d::Settings) -> Result<Arc<Self>, Error> {
         let registry_writes = RegistryWriter::start(store.clone())?;
-        let twin_writes = TwinWriter::start(store.clone())?;
+        let twin_writes = group_commit::twins(store.clone())?;
+        let c2d_writes = GroupCommit::start(
+            "c2d-writer",
+            store.clone(),
+            Box::new(move |store, ops| {
+                let (answers, removed) = store.write_c2d(ops, iotstamp_core::clock::unix_millis(), &c2d)?;
+                log_removed(removed);
+                Ok(answers)
+            }),
+        )?;
         Ok(Arc::new(Self {
             store,
             registry_writes,
             twin_writes,
+            c2d_writes,
             quota: AtomicU64::new(quota),
         }))
     }
@@ -104,5 +118,25 @@ impl Twins for LocalStore {
     }
     fn change_twin(&self, device_key: String, change: TwinChange) -> Fut<'_, TwinOutcome> {
         Box::pin(self.twin_writes.write(device_key, change))
+    }
+}
+
+impl CloudToDevice for LocalStore {
+    fn c2d(&self, device_key: String, op: C2dOp) -> Fut<'_, C2dAnswer> {
+        Box::pin(self.c2d_writes.write(device_key, op))
+    }
+    fn feedback(&self, device_key: String, after: Option<u64>, limit: usize) -> Fut<'_, FeedbackPage> {
+        self.run(move |s| s.c2d_feedback(&device_key, after, limit))
+    }
+}
+
+/// Messages that left a queue unacknowledged are the operator's business: say so.
+pub(crate) fn log_removed(removed: crate::storage::c2d::Removed) {
+    if removed.expired > 0 || removed.dead_lettered > 0 {
+        tracing::info!(
+            expired = removed.expired,
+            dead_lettered = removed.dead_lettered,
+            "cloud-to-device messages left their queues unacknowledged"
+        );
     }
 }

@@ -11,14 +11,18 @@
 //!   [`cache::CachedRegistry`].
 //! - [`TelemetryQuery`]: reading a device's series (the stamp API's queries and aggregates).
 //! - [`Twins`]: the device twins, which live in storage; written through group commit
-//!   ([`twin_writer`]), answered once durable.
+//!   ([`group_commit`]), answered once durable.
+//! - [`CloudToDevice`]: the durable C2D queue and its feedback, in storage; every operation
+//!   (send, delivery, acknowledgement) goes through group commit too.
 //!
 //! Wire format ([`server`] serves it, [`client`] speaks it), all under the internal bearer token:
 //! `POST /internal/v1/telemetry` (JSON array of records; 204 after the commit),
 //! `GET /internal/v1/telemetry/{device}?from=&to=&limit=&after=` (µs; a page),
 //! `GET|PUT|DELETE /internal/v1/registry/{device}`, `GET /internal/v1/registry` (`{"count": n}`),
 //! `GET|PUT /internal/v1/quota` (`{"deviceQuota": n}`), `GET|POST /internal/v1/twins/{device}` (the
-//! stored twin; a `TwinChange` → 200 `TwinWritten`, or its refusal's status with the `TwinError`), and `/healthz`, `/readyz` without a token
+//! stored twin; a `TwinChange` → 200 `TwinWritten`, or its refusal's status with the `TwinError`),
+//! `POST /internal/v1/c2d/{device}` (a `C2dOp` → 200 `C2dAnswer` once durable),
+//! `GET /internal/v1/c2d/{device}/feedback?after=&limit=` (a `FeedbackPage`), and `/healthz`, `/readyz` without a token
 //! for the kubelet.
 //!
 //! The device quota lives where the registry writes are checked: with the store (storage's registry
@@ -28,19 +32,20 @@
 pub mod cache;
 pub mod client;
 pub mod directory;
+pub mod group_commit;
 pub mod local;
 pub mod registry_writer;
 pub mod server;
-pub mod twin_writer;
 
 use futures::future::BoxFuture;
 use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::twin::{Twin, TwinChange};
 
 use crate::Error;
+use crate::storage::c2d::{C2dAnswer, C2dOp, FeedbackPage};
 use crate::storage::record::{Cursor, TelemetryRecord};
 use crate::storage::{Page, PutOutcome};
-use twin_writer::TwinOutcome;
+use group_commit::TwinOutcome;
 
 pub type Fut<'a, T> = BoxFuture<'a, Result<T, Error>>;
 
@@ -98,4 +103,12 @@ pub trait Twins: Send + Sync {
     /// Applies a change; `Ok(Ok(_))` only once it is durable, `Ok(Err(_))` when the twin rules
     /// refused it (nothing changed).
     fn change_twin(&self, device_key: String, change: TwinChange) -> Fut<'_, TwinOutcome>;
+}
+
+/// The durable cloud-to-device queue. Keys are lower-cased device ids.
+pub trait CloudToDevice: Send + Sync {
+    /// Applies one operation to the device's queue; answered once it is durable.
+    fn c2d(&self, device_key: String, op: C2dOp) -> Fut<'_, C2dAnswer>;
+    /// A page of the device's delivery feedback, oldest first, after `after`.
+    fn feedback(&self, device_key: String, after: Option<u64>, limit: usize) -> Fut<'_, FeedbackPage>;
 }

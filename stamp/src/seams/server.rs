@@ -17,11 +17,12 @@ use super::directory::{Call, LocalDirectory};
 use super::local::LocalStore;
 use iotstamp_core::twin::TwinChange;
 
-use super::{BatchWriter, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
+use super::{BatchWriter, CloudToDevice, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::api::{Token, error, live, require_token, storage_error};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::storage::PutOutcome;
+use crate::storage::c2d::C2dOp;
 use crate::storage::record::{Cursor, TelemetryRecord};
 
 /// A batch is at most ingest's queued-bytes budget of payload, grown by JSON and base64.
@@ -126,6 +127,8 @@ pub fn storage_routes(state: StorageState, token: Token) -> Router {
             get(get_device).put(put_device).delete(delete_device),
         )
         .route("/internal/v1/twins/{device}", get(get_twin).post(change_twin))
+        .route("/internal/v1/c2d/{device}", post(c2d_op))
+        .route("/internal/v1/c2d/{device}/feedback", get(c2d_feedback))
         .route("/internal/v1/directory", post(directory))
         .route("/internal/v1/stream", get(live::storage_feed))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
@@ -304,6 +307,39 @@ async fn delete_device(State(store): State<Arc<LocalStore>>, Path(device_key): P
 async fn get_twin(State(store): State<Arc<LocalStore>>, Path(device_key): Path<String>) -> Response {
     match store.twin(device_key).await {
         Ok(twin) => axum::Json(twin).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// 200 with the `C2dAnswer` once durable.
+async fn c2d_op(
+    State(store): State<Arc<LocalStore>>,
+    Path(device_key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let op: C2dOp = match serde_json::from_slice(&body) {
+        Ok(op) => op,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "badC2dOperation", e),
+    };
+    match store.c2d(device_key, op).await {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FeedbackQuery {
+    after: Option<u64>,
+    limit: usize,
+}
+
+async fn c2d_feedback(
+    State(store): State<Arc<LocalStore>>,
+    Path(device_key): Path<String>,
+    Query(q): Query<FeedbackQuery>,
+) -> Response {
+    match store.feedback(device_key, q.after, q.limit).await {
+        Ok(page) => axum::Json(page).into_response(),
         Err(e) => storage_error(e),
     }
 }

@@ -1,5 +1,5 @@
-//! The stamp's embedded store: the device registry, the device twins and the telemetry series, in
-//! one redb file.
+//! The stamp's embedded store: the device registry, the device twins, the cloud-to-device queue
+//! and the telemetry series, in one redb file.
 //!
 //! Why redb (see stamp/README.md for the figures): pure Rust, one file, copy-on-write B-trees with a
 //! crash-safe commit (checksummed, fsync'd before `commit` returns), ordered range scans for "one
@@ -10,6 +10,7 @@
 //! All methods block (disk I/O); async callers run them on `spawn_blocking`.
 
 pub mod aggregate;
+pub mod c2d;
 mod cap;
 pub mod record;
 mod registry;
@@ -60,6 +61,9 @@ impl Store {
         tx.open_table(TELEMETRY)?;
         tx.open_table(SERIES)?;
         tx.open_table(TWINS)?;
+        tx.open_table(c2d::C2D)?;
+        tx.open_table(c2d::C2D_FEEDBACK)?;
+        tx.open_table(c2d::C2D_META)?;
         tx.commit()?;
         let mut known = std::collections::HashSet::new();
         for entry in db.begin_read()?.open_table(SERIES)?.iter()? {

@@ -23,6 +23,9 @@ pub struct RegistryBatch<'t> {
     table: redb::Table<'t, &'static str, &'static [u8]>,
     /// A deleted device's twin goes with it, so a device registered again starts afresh.
     twins: redb::Table<'t, &'static str, &'static [u8]>,
+    /// …and so do its cloud-to-device queue and feedback.
+    c2d: redb::Table<'t, &'static [u8], &'static [u8]>,
+    c2d_feedback: redb::Table<'t, &'static [u8], &'static [u8]>,
     /// Devices held, as the earlier writes of the batch left it: the quota is checked against it,
     /// so a batch can never overshoot the quota either.
     count: u64,
@@ -46,10 +49,11 @@ impl RegistryBatch<'_> {
         }))
     }
 
-    /// Removes a device and its twin (its telemetry stays until retention takes it); whether it
-    /// was there.
+    /// Removes a device, its twin and its cloud-to-device queue (its telemetry stays until
+    /// retention takes it); whether it was there.
     pub fn delete(&mut self, device_key: &str) -> Result<bool, Error> {
         self.twins.remove(device_key)?;
+        super::c2d::purge(&mut self.c2d, &mut self.c2d_feedback, device_key)?;
         let existed = self.table.remove(device_key)?.is_some();
         self.count -= u64::from(existed);
         Ok(existed)
@@ -67,8 +71,16 @@ impl Store {
         let written = {
             let table = tx.open_table(REGISTRY)?;
             let twins = tx.open_table(TWINS)?;
+            let c2d = tx.open_table(super::c2d::C2D)?;
+            let c2d_feedback = tx.open_table(super::c2d::C2D_FEEDBACK)?;
             let count = table.len()?;
-            writes(&mut RegistryBatch { table, twins, count })?
+            writes(&mut RegistryBatch {
+                table,
+                twins,
+                c2d,
+                c2d_feedback,
+                count,
+            })?
         };
         tx.commit()?;
         Ok(written)

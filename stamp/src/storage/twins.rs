@@ -2,7 +2,7 @@
 //!
 //! [`Store::write_twins`] applies a batch of changes in order inside one transaction (two changes
 //! of one device in a batch see each other) and commits once, so concurrent reported patches
-//! share an fsync (see `seams::twin_writer`). A refused change writes nothing for itself and does
+//! share an fsync (see `seams::group_commit`). A refused change writes nothing for itself and does
 //! not stop the others. A device without a row has the default twin (every version 1).
 
 use iotstamp_core::twin::{Twin, TwinChange, TwinError, TwinWritten};
