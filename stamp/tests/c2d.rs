@@ -1,11 +1,13 @@
 //! Cloud-to-device messages through the durable queue, by IoT Hub's rules: kept in storage (50 per
-//! device, through a restart), delivered in order with IoT Hub's property bag, redelivered until
-//! acknowledged, dead-lettered or expired, and feedback read back.
+//! device, through a restart and a `kill -9`), delivered in order with IoT Hub's property bag (as
+//! the unmodified Python SDK reads it), redelivered until acknowledged, dead-lettered or expired,
+//! and feedback read back.
 
 mod common;
 
 use std::time::Duration;
 
+use common::process::{kill_9, spawn, wait_listening};
 use common::{Raw, Stamp};
 use iotstamp_net::mqtt::{Packet, Publish};
 
@@ -216,4 +218,98 @@ async fn a_delivery_the_device_left_without_acknowledging_is_sent_again_on_its_n
         .await
         .expect("sent again");
     assert_eq!((p.payload.as_ref(), p.dup), (&b"once"[..], true));
+}
+
+/// The unmodified SDK receives `n` C2D messages and prints what it read of each.
+const SDK_RECEIVE: &str = r#"
+import sys, json, threading
+from azure.iot.device import IoTHubDeviceClient
+key, host, device, ca_file, n = sys.argv[1:6]
+client = IoTHubDeviceClient.create_from_symmetric_key(
+    symmetric_key=key, hostname=host, device_id=device, server_verification_cert=open(ca_file).read())
+client.connect()
+got, done = [], threading.Event()
+def on_message(m):
+    got.append({"data": m.data.decode(), "message_id": m.message_id, "correlation_id": m.correlation_id,
+                "content_type": m.content_type, "expiry": m.expiry_time_utc, "ack": m.ack,
+                "custom": m.custom_properties})
+    if len(got) == int(n):
+        done.set()
+client.on_message_received = on_message
+done.wait(30)
+print(json.dumps(got), flush=True)
+client.shutdown()
+"#;
+
+#[tokio::test]
+async fn queued_messages_survive_kill_9_and_the_sdk_reads_iot_hubs_properties() {
+    const IP: [u8; 4] = [127, 0, 0, 143];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, ca_pem) = common::config_in(dir.path(), IP[3], 8883);
+    let api: std::net::SocketAddr = (IP, 18443).into();
+    config.api.listen = api;
+    config.api.metrics_listen = (IP, 19090).into();
+    let config_file = dir.path().join("stamp.json");
+    std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
+    let call = async |method: &str, path: &str, body: Option<&str>| {
+        let io = common::tls_stream(api, &ca_pem).await;
+        common::http(io, method, path, body, Some(common::TOKEN)).await
+    };
+
+    let mut child = spawn(&config_file, "all");
+    wait_listening(api).await;
+    let key = common::base64_key("c2d-k9");
+    let record = serde_json::json!({"deviceId": "c2d-k9", "primaryKey": key}).to_string();
+    assert_eq!(call("PUT", "/v1/registry/devices/c2d-k9", Some(&record)).await.0, 201);
+    let expiry = iotstamp_core::twin::timestamp(iotstamp_core::clock::unix_millis() + 3_600_000);
+    let full = format!(
+        "/v1/devices/c2d-k9/messages?%24.mid=k9-1&%24.cid=corr-1&%24.ct=application%2Fjson&%24.exp={}&iothub-ack=full&color=red",
+        expiry.replace(':', "%3A")
+    );
+    assert_eq!(call("POST", &full, Some(r#"{"n":1}"#)).await.0, 202);
+    assert_eq!(call("POST", "/v1/devices/c2d-k9/messages", Some("plain")).await.0, 202);
+
+    // Answered means durable: a SIGKILL right after loses nothing.
+    kill_9(&mut child).await;
+    let mut child = spawn(&config_file, "all");
+    wait_listening(api).await;
+
+    let script = dir.path().join("receive.py");
+    std::fs::write(&script, SDK_RECEIVE).unwrap();
+    let host = IP.map(|b| b.to_string()).join(".");
+    let out = tokio::process::Command::new(common::venv_python())
+        .arg(&script)
+        .args([key.as_str(), host.as_str(), "c2d-k9"])
+        .arg(dir.path().join("ca.crt"))
+        .arg("2")
+        .output()
+        .await
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_str(common::succeeded(&out).trim()).unwrap();
+    assert_eq!(
+        got[0],
+        serde_json::json!({
+            "data": r#"{"n":1}"#, "message_id": "k9-1", "correlation_id": "corr-1",
+            "content_type": "application/json", "expiry": expiry, "ack": "full",
+            "custom": {"color": "red"}
+        })
+    );
+    assert_eq!(got[1]["data"], "plain");
+    assert!(got[1]["message_id"].as_str().is_some_and(|id| id.starts_with("c2d-")), "{got}");
+
+    // The SDK acknowledged both: the one that asked for feedback reports success.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = call("GET", "/v1/devices/c2d-k9/messages/feedback", None).await;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if page["items"].as_array().is_some_and(|items| !items.is_empty()) {
+            assert_eq!(page["items"][0]["originalMessageId"], "k9-1");
+            assert_eq!(page["items"][0]["statusCode"], "Success");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no feedback: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill_9(&mut child).await;
 }
