@@ -84,6 +84,8 @@ enum BenchSuite {
     Replicas(iotstamp_bench::stamp::cli::ReplicasArgs),
     /// Durable twin reported-property updates per second and p99, beside QoS 1 telemetry.
     Twin(iotstamp_bench::stamp::cli::TwinArgs),
+    /// C2D messages through the durable queue (API send to device PUBACK), beside direct methods.
+    C2d(iotstamp_bench::stamp::cli::C2dArgs),
     /// Durable HTTPS provisioning beside the same server answering a static body, then through a
     /// local fleet of real stamps.
     Provisioning(iotstamp_bench::fleet::ProvisioningArgs),
@@ -161,6 +163,7 @@ async fn bench(suite: BenchSuite) -> anyhow::Result<()> {
         }
         BenchSuite::Replicas(args) => println!("{}", cli::run_replicas(args).await?),
         BenchSuite::Twin(args) => println!("{}", cli::run_twin(args).await?),
+        BenchSuite::C2d(args) => println!("{}", cli::run_c2d(args).await?),
         BenchSuite::Provisioning(args) => print!("{}", iotstamp_bench::fleet::run(args).await?),
     }
     Ok(())

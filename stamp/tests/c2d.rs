@@ -260,14 +260,20 @@ async fn queued_messages_survive_kill_9_and_the_sdk_reads_iot_hubs_properties() 
     wait_listening(api).await;
     let key = common::base64_key("c2d-k9");
     let record = serde_json::json!({"deviceId": "c2d-k9", "primaryKey": key}).to_string();
-    assert_eq!(call("PUT", "/v1/registry/devices/c2d-k9", Some(&record)).await.0, 201);
+    assert_eq!(
+        call("PUT", "/v1/registry/devices/c2d-k9", Some(&record)).await.0,
+        201
+    );
     let expiry = iotstamp_core::twin::timestamp(iotstamp_core::clock::unix_millis() + 3_600_000);
     let full = format!(
         "/v1/devices/c2d-k9/messages?%24.mid=k9-1&%24.cid=corr-1&%24.ct=application%2Fjson&%24.exp={}&iothub-ack=full&color=red",
         expiry.replace(':', "%3A")
     );
     assert_eq!(call("POST", &full, Some(r#"{"n":1}"#)).await.0, 202);
-    assert_eq!(call("POST", "/v1/devices/c2d-k9/messages", Some("plain")).await.0, 202);
+    assert_eq!(
+        call("POST", "/v1/devices/c2d-k9/messages", Some("plain")).await.0,
+        202
+    );
 
     // Answered means durable: a SIGKILL right after loses nothing.
     kill_9(&mut child).await;
@@ -295,7 +301,12 @@ async fn queued_messages_survive_kill_9_and_the_sdk_reads_iot_hubs_properties() 
         })
     );
     assert_eq!(got[1]["data"], "plain");
-    assert!(got[1]["message_id"].as_str().is_some_and(|id| id.starts_with("c2d-")), "{got}");
+    assert!(
+        got[1]["message_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("c2d-")),
+        "{got}"
+    );
 
     // The SDK acknowledged both: the one that asked for feedback reports success.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

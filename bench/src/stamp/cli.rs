@@ -1,8 +1,9 @@
-//! Command-line arguments for `iotstamp bench hub|storage|connections|replicas|twin`.
+//! Command-line arguments for `iotstamp bench hub|storage|connections|replicas|twin|c2d`.
 
 use std::net::Ipv4Addr;
 
 use super::BenchReport;
+use super::c2d::{C2dBenchOptions, c2d};
 use super::connections::{ConnBenchOptions, connections};
 use super::hub::{HubBenchOptions, hub};
 use super::replicas::{ReplicasBenchOptions, replicas};
@@ -131,6 +132,31 @@ pub async fn run_twin(a: TwinArgs) -> anyhow::Result<BenchReport> {
         updates_per_connection: a.updates,
         window: a.window,
         ip: Ipv4Addr::new(127, 0, 0, 203),
+    })
+    .await
+}
+
+/// Cloud-to-device messages through the durable queue, sent through the API and acknowledged by
+/// connected devices, beside direct methods from the same senders to the same devices.
+#[derive(clap::Args, Debug, Clone)]
+pub struct C2dArgs {
+    /// Connected devices, each subscribed to its C2D topic.
+    #[arg(long, default_value_t = 200)]
+    pub devices: usize,
+    /// Messages sent to each device (and, for the baseline, methods called on it).
+    #[arg(long, default_value_t = 100)]
+    pub messages: usize,
+    /// HTTP connections sending through the stamp API at once.
+    #[arg(long, default_value_t = 64)]
+    pub senders: usize,
+}
+
+pub async fn run_c2d(a: C2dArgs) -> anyhow::Result<BenchReport> {
+    c2d(C2dBenchOptions {
+        devices: a.devices,
+        messages_per_device: a.messages,
+        senders: a.senders,
+        ip: Ipv4Addr::new(127, 0, 0, 204),
     })
     .await
 }

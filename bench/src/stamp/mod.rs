@@ -1,7 +1,8 @@
-//! Benchmarks behind `iotstamp bench hub|storage|connections|replicas|twin`. Each one measures the stamp and a
+//! Benchmarks behind `iotstamp bench hub|storage|connections|replicas|twin|c2d`. Each one measures the stamp and a
 //! baseline in the same run, on the same machine, with the same load generator, and returns a table.
 //! They are commands, never timed tests: figures depend on the machine and what else runs on it.
 
+pub mod c2d;
 pub mod cli;
 pub mod connections;
 pub mod hub;

@@ -69,7 +69,8 @@ pub async fn replicas(opts: ReplicasBenchOptions) -> anyhow::Result<BenchReport>
 async fn measure(stamp: &SplitStamp, client: &Client, calls: usize) -> anyhow::Result<[Vec<f64>; 4]> {
     let (mqtt_addr, owner_api) = stamp.hubs[0];
     let other_api = stamp.hubs[1].1;
-    let mut received = device(mqtt_addr, client).await?;
+    let (tx, mut received) = mpsc::unbounded_channel();
+    device(mqtt_addr, client, tx).await?;
     let c2d_path = format!("/v1/devices/{}/messages", client.client_id);
     let method_path = format!("/v1/devices/{}/methods/ping?timeout=5", client.client_id);
     let mut out: [Vec<f64>; 4] = Default::default();
@@ -78,7 +79,8 @@ async fn measure(stamp: &SplitStamp, client: &Client, calls: usize) -> anyhow::R
         // The first calls open connections and fill caches; they are not counted.
         for n in 0..calls + 10 {
             let started = Instant::now();
-            api.post(&c2d_path, "x", StatusCode::ACCEPTED).await?;
+            api.post(&c2d_path, Bytes::from_static(b"x"), StatusCode::ACCEPTED)
+                .await?;
             tokio::time::timeout(Duration::from_secs(10), received.recv())
                 .await
                 .context("the device got no C2D message within 10 s")?
@@ -87,7 +89,8 @@ async fn measure(stamp: &SplitStamp, client: &Client, calls: usize) -> anyhow::R
                 out[2 * i].push(started.elapsed().as_secs_f64() * 1e3);
             }
             let started = Instant::now();
-            api.post(&method_path, "{}", StatusCode::OK).await?;
+            api.post(&method_path, Bytes::from_static(b"{}"), StatusCode::OK)
+                .await?;
             if n >= 10 {
                 out[2 * i + 1].push(started.elapsed().as_secs_f64() * 1e3);
             }
@@ -97,12 +100,12 @@ async fn measure(stamp: &SplitStamp, client: &Client, calls: usize) -> anyhow::R
 }
 
 /// One kept-alive HTTP/1.1 connection to a hub's (plain) stamp API, calls made one at a time.
-struct Api {
+pub(super) struct Api {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Api {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
         let tcp = TcpStream::connect(addr)
             .await
             .context("connecting to the stamp API")?;
@@ -112,13 +115,26 @@ impl Api {
         Ok(Self { send })
     }
 
-    async fn post(&mut self, path: &str, body: &'static str, want: StatusCode) -> anyhow::Result<()> {
+    /// Fails unless the API answers `want`.
+    pub(super) async fn post(&mut self, path: &str, body: Bytes, want: StatusCode) -> anyhow::Result<()> {
+        let (status, body) = self.call(path, body).await?;
+        if status != want {
+            bail!(
+                "the stamp API answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+
+    /// A POST and its answer.
+    pub(super) async fn call(&mut self, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
         let request = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header(http::header::HOST, "stamp")
             .header(http::header::AUTHORIZATION, "Bearer bench-token")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))?;
+            .body(Full::new(body))?;
         let send = async {
             self.send.ready().await?;
             self.send.send_request(request).await
@@ -128,19 +144,17 @@ impl Api {
             .context("the stamp API did not answer within 10 s")??;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        if status != want {
-            bail!(
-                "the stamp API answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-        }
-        Ok(())
+        Ok((status, body))
     }
 }
 
 /// Connects the device, subscribes it to C2D and methods, and serves it in a task: methods are
-/// answered at once, each C2D message is reported on the returned channel.
-async fn device(addr: SocketAddr, client: &Client) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
+/// answered at once, each C2D message is acknowledged and its payload reported on `received`.
+pub(super) async fn device(
+    addr: SocketAddr,
+    client: &Client,
+    received: mpsc::UnboundedSender<Bytes>,
+) -> anyhow::Result<()> {
     let what = "the bench device's connection";
     let mut tcp = TcpStream::connect(addr).await.context(what)?;
     tcp.set_nodelay(true).context(what)?;
@@ -164,7 +178,6 @@ async fn device(addr: SocketAddr, client: &Client) -> anyhow::Result<mpsc::Unbou
     mqtt::encode(&subscribe, &mut out);
     tcp.write_all(&out).await.context(what)?;
     until(&mut tcp, &mut buf, |p| Ok(matches!(p, Packet::SubAck { .. }))).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             while let Ok(Some(p)) = mqtt::decode(&mut buf, 1 << 20) {
@@ -189,7 +202,7 @@ async fn device(addr: SocketAddr, client: &Client) -> anyhow::Result<mpsc::Unbou
                     if p.qos == 1 {
                         mqtt::encode(&Packet::PubAck(p.pkid), &mut reply);
                     }
-                    let _ = tx.send(());
+                    let _ = received.send(p.payload);
                 }
                 if tcp.write_all(&reply).await.is_err() {
                     return;
@@ -201,7 +214,7 @@ async fn device(addr: SocketAddr, client: &Client) -> anyhow::Result<mpsc::Unbou
             }
         }
     });
-    Ok(rx)
+    Ok(())
 }
 
 /// Reads packets until `done` says so (10 s at most).

@@ -1,0 +1,244 @@
+//! `iotstamp bench c2d`: cloud-to-device messages through the durable queue on one stamp
+//! (`--role all`). Senders post messages through the stamp API (each answered once it is durable in
+//! storage); the devices, connected and subscribed, acknowledge each (which completes it in
+//! storage). Beside it in the same run, before and after: direct methods from the same senders to
+//! the same devices, the stamp's path from the API to a device and back with no storage at all,
+//! which is what the queue's three durable writes per message (enqueue, lease, complete) cost
+//! against.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::sync::mpsc;
+
+use super::hub::{bench_config, bench_devices};
+use super::replicas::{Api, device};
+use super::{BenchReport, quantile};
+
+pub struct C2dBenchOptions {
+    pub devices: usize,
+    pub messages_per_device: usize,
+    /// HTTP connections sending at once.
+    pub senders: usize,
+    pub ip: Ipv4Addr,
+}
+
+/// What one phase measured.
+struct Phase {
+    /// Calls (or messages) per second over the phase.
+    rate: f64,
+    latencies_ms: Vec<f64>,
+}
+
+pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
+    if opts.devices == 0 || opts.messages_per_device == 0 || opts.senders == 0 {
+        bail!("--devices, --messages and --senders must be at least 1");
+    }
+    let dir = std::env::temp_dir().join(format!("iotstamp-bench-c2d-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("creating the bench dir")?;
+    let config = bench_config(&dir, opts.ip, opts.devices as u64)?;
+    let devices = bench_devices(opts.devices)?;
+    let stamp = iotstamp_stamp::start(config).await?;
+    let result = async {
+        let store = stamp.store.clone();
+        let records: Vec<_> = devices.iter().map(|(r, _)| r.clone()).collect();
+        tokio::task::spawn_blocking(move || store.put_devices(&records)).await??;
+        let mqtt = stamp
+            .mqtt_plain
+            .ok_or_else(|| anyhow!("no plain MQTT listener"))?;
+        let (tx, received) = mpsc::unbounded_channel();
+        for (_, client) in &devices {
+            device(mqtt, client, tx.clone()).await?;
+        }
+        drop(tx);
+        let ids: Arc<Vec<String>> = Arc::new(devices.iter().map(|(_, c)| c.client_id.clone()).collect());
+        let before = methods(stamp.api, &ids, &opts).await?;
+        let (sent, delivered, refused) = messages(stamp.api, &ids, &opts, received).await?;
+        let after = methods(stamp.api, &ids, &opts).await?;
+        Ok::<_, anyhow::Error>((before, sent, delivered, refused, after))
+    }
+    .await;
+    stamp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut before, mut sent, mut delivered, refused, mut after) = result?;
+
+    let total = opts.devices * opts.messages_per_device;
+    let mut report = BenchReport::new(format!(
+        "c2d: {total} messages of about 20 B to {} connected devices ({} each), {} API senders, one stamp (--role all)",
+        opts.devices, opts.messages_per_device, opts.senders
+    ));
+    for (name, methods) in [("before", &mut before), ("after", &mut after)] {
+        report
+            .row(
+                format!("messages delivered and acked/s, vs methods {name}"),
+                "msg/s",
+                delivered.rate,
+            )
+            .baseline("direct methods/s, no storage", methods.rate)
+            .target(">= 5000");
+    }
+    report
+        .row("sends answered (durable)/s", "msg/s", sent.rate)
+        .baseline("direct methods/s before", before.rate);
+    for q in [0.5, 0.99] {
+        let p = (q * 100.0) as u32;
+        report
+            .row(
+                format!("send -> device p{p}"),
+                "ms",
+                quantile(&mut delivered.latencies_ms, q),
+            )
+            .baseline(
+                format!("method round trip p{p}"),
+                quantile(&mut before.latencies_ms, q),
+            );
+        report
+            .row(
+                format!("send -> 202 p{p}"),
+                "ms",
+                quantile(&mut sent.latencies_ms, q),
+            )
+            .baseline(
+                format!("method round trip p{p}"),
+                quantile(&mut before.latencies_ms, q),
+            );
+    }
+    report.notes.push(format!(
+        "checked: every one of the {total} messages reached its device (distinct payloads counted)"
+    ));
+    if refused > 0 {
+        report.notes.push(format!(
+            "{refused} sends met a full device queue (50 waiting, 403) and were sent again 5 ms later"
+        ));
+    }
+    report.notes.push(
+        "per message: the API's enqueue, the device's lease and its PUBACK's completion, each a group-committed redb write"
+            .into(),
+    );
+    report
+        .notes
+        .push("IoT Hub S3 allows 83 C2D sends/s per unit; the load generator runs in this process".into());
+    Ok(report)
+}
+
+/// Direct methods from `opts.senders` connections, round robin over the devices.
+async fn methods(api: SocketAddr, ids: &Arc<Vec<String>>, opts: &C2dBenchOptions) -> anyhow::Result<Phase> {
+    let total = ids.len() * opts.messages_per_device;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..opts.senders {
+        let (ids, next) = (ids.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut api = Api::connect(api).await?;
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let path = format!("/v1/devices/{}/methods/ping?timeout=5", ids[n % ids.len()]);
+                let t = Instant::now();
+                api.post(&path, Bytes::from_static(b"{}"), StatusCode::OK).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }));
+    }
+    let mut latencies_ms = Vec::with_capacity(total);
+    for task in tasks {
+        latencies_ms.extend(task.await??);
+    }
+    Ok(Phase {
+        rate: total as f64 / started.elapsed().as_secs_f64(),
+        latencies_ms,
+    })
+}
+
+/// Sends every message and waits until each has reached its device. Returns the sends (answer
+/// rate and latency), the deliveries (rate over the whole phase, send-to-device latency) and how
+/// many sends met a full queue.
+async fn messages(
+    api: SocketAddr,
+    ids: &Arc<Vec<String>>,
+    opts: &C2dBenchOptions,
+    mut received: mpsc::UnboundedReceiver<Bytes>,
+) -> anyhow::Result<(Phase, Phase, u64)> {
+    let total = ids.len() * opts.messages_per_device;
+    let next = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let collect = tokio::spawn(async move {
+        let mut seen = HashSet::with_capacity(total);
+        let mut latencies = Vec::with_capacity(total);
+        while seen.len() < total {
+            let payload = tokio::time::timeout(Duration::from_secs(30), received.recv())
+                .await
+                .map_err(|_| anyhow!("{} of {total} messages arrived; none for 30 s", seen.len()))?
+                .ok_or_else(|| anyhow!("the devices' connections closed"))?;
+            let text = std::str::from_utf8(&payload).context("a bench payload")?;
+            let (n, sent_us) = text.split_once(':').ok_or_else(|| anyhow!("payload {text:?}"))?;
+            let sent_us: u64 = sent_us.parse()?;
+            if seen.insert(n.to_string()) {
+                let now_us = started.elapsed().as_micros() as u64;
+                latencies.push(now_us.saturating_sub(sent_us) as f64 / 1e3);
+            }
+        }
+        Ok::<_, anyhow::Error>((latencies, started.elapsed()))
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..opts.senders {
+        let (ids, next, refused) = (ids.clone(), next.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut api = Api::connect(api).await?;
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let path = format!("/v1/devices/{}/messages", ids[n % ids.len()]);
+                loop {
+                    let t = Instant::now();
+                    let body = Bytes::from(format!("{n}:{}", started.elapsed().as_micros()));
+                    match api.call(&path, body).await? {
+                        (StatusCode::ACCEPTED, _) => {
+                            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                            break;
+                        }
+                        (StatusCode::FORBIDDEN, _) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        (status, body) => bail!(
+                            "the stamp API answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        ),
+                    }
+                }
+            }
+        }));
+    }
+    let mut send_latencies = Vec::with_capacity(total);
+    for task in tasks {
+        send_latencies.extend(task.await??);
+    }
+    let sends_done = started.elapsed();
+    let (latencies_ms, all_delivered) = collect.await??;
+    Ok((
+        Phase {
+            rate: total as f64 / sends_done.as_secs_f64(),
+            latencies_ms: send_latencies,
+        },
+        Phase {
+            rate: total as f64 / all_delivered.as_secs_f64(),
+            latencies_ms,
+        },
+        refused.load(Ordering::Relaxed),
+    ))
+}
