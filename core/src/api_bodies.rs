@@ -21,6 +21,25 @@ pub struct StampStats {
     pub device_quota: Option<u64>,
 }
 
+/// One page of a stamp's registry, in device-key order (`GET /v1/registry/devices`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryPage {
+    pub items: Vec<crate::registry::DeviceRecord>,
+    /// The last key of this page: pass it as `after` for the next; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// How many devices a stamp's registry holds, and how many of them are disabled
+/// (`GET /v1/registry/statistics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatistics {
+    pub total: u64,
+    pub disabled: u64,
+}
+
 /// The error body of our HTTPS APIs (the stamp API and the router's `/v1` service API):
 /// `{"error": code, "message": text}`, the code a stable camelCase word for programs, the message
 /// for people.

@@ -10,11 +10,12 @@ pub const STAMP_API: &str = include_str!("openapi/stamp-api.json");
 
 /// The paths of the stamp API that the router's service API passes through, as the router serves
 /// them (`/v1/devices/{id}/...`).
-pub const DEVICE_PATHS: [&str; 6] = [
+pub const DEVICE_PATHS: [&str; 7] = [
     "/v1/devices/{id}/telemetry",
     "/v1/devices/{id}/telemetry/aggregates",
     "/v1/devices/{id}/stream",
     "/v1/devices/{id}/messages",
+    "/v1/devices/{id}/messages/feedback",
     "/v1/devices/{id}/methods/{name}",
     "/v1/devices/{id}/twin",
 ];

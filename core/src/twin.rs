@@ -107,6 +107,12 @@ pub enum TwinChange {
         patch: Value,
     },
     Service(ServiceChange),
+    /// The device moved here from another stamp with its data (DPS's "reprovision and migrate
+    /// data"): its twin there, taken whole (versions and metadata too, so etags go on), unless
+    /// this stamp's twin was written already (the device or the application got here first).
+    Migrated {
+        twin: Twin,
+    },
 }
 
 /// A change that was kept: the twin after it, and the desired patch to push to the device
@@ -206,6 +212,12 @@ impl Twin {
                 None
             }
             TwinChange::Service(change) => next.change_by_service(change, now_ms)?,
+            TwinChange::Migrated { twin } => {
+                if *self == Twin::default() {
+                    next = twin.clone();
+                }
+                None
+            }
         };
         *self = next.clone();
         Ok(TwinWritten {
@@ -504,6 +516,22 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_migrated_twin_is_taken_whole_only_by_a_twin_never_written() {
+        let mut old = Twin::default();
+        old.apply(&reported(json!({"battery": 80})), T0).unwrap();
+        let mut fresh = Twin::default();
+        fresh
+            .apply(&TwinChange::Migrated { twin: old.clone() }, T1)
+            .unwrap();
+        assert_eq!(fresh, old, "versions and metadata come along");
+        let mut written = Twin::default();
+        written.apply(&reported(json!({"battery": 5})), T1).unwrap();
+        let before = written.clone();
+        written.apply(&TwinChange::Migrated { twin: old }, T1).unwrap();
+        assert_eq!(written, before, "what the device wrote here first stays");
     }
 
     #[test]

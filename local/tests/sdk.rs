@@ -138,6 +138,12 @@ from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 connection, wrong_connection = sys.argv[1:3]
 registry = IoTHubRegistryManager.from_connection_string(connection)
+print(json.dumps(sorted(d.device_id for d in registry.get_devices(max_number_of_devices=10))), flush=True)
+print(json.dumps([d.device_id for d in registry.get_devices(max_number_of_devices=1)]), flush=True)
+stats = registry.get_device_registry_statistics()
+print(json.dumps({"total": stats.total_device_count, "enabled": stats.enabled_device_count,
+                  "disabled": stats.disabled_device_count}), flush=True)
+print(json.dumps({"connected": registry.get_service_statistics().connected_device_count}), flush=True)
 for device in sys.argv[3:]:
     entry = registry.get_device(device)
     print(json.dumps({"device": entry.device_id, "status": entry.status,
@@ -402,8 +408,9 @@ async fn the_twin_is_read_and_written_through_the_router_with_etags() {
 /// The unmodified Azure IoT Hub service SDK (azure-iot-hub) against the router, from the
 /// connection string `iotstamp up` writes into `fleet.json` and prints: IoT Hub's REST paths on
 /// port 443 with a token signed by the `service` policy reach each device's stamp (two devices, two
-/// stamps): the registry entry, the twin (read, written with its etag, replaced; each change pushed
-/// to the device) and a direct method; a wrong key is refused with 401.
+/// stamps): the fleet's device list and statistics, the registry entry, the twin (read, written
+/// with its etag, replaced; each change pushed to the device) and a direct method; a wrong key is
+/// refused with 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
     let hub_python = format!("{}/hub-sdk/bin/python", common::tools_cache());
@@ -472,9 +479,14 @@ async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
         String::from_utf8_lossy(&out.stderr)
     );
     let steps: Vec<Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(steps.len(), 11, "{said}");
+    assert_eq!(steps.len(), 15, "{said}");
+    // The fleet's registry through one call: both stamps' devices, the first in id order, counted.
+    assert_eq!(steps[0], json!(ids), "get_devices");
+    assert_eq!(steps[1], json!([ids[0]]), "get_devices(1)");
+    assert_eq!(steps[2], json!({"total": 2, "enabled": 2, "disabled": 0}));
+    assert_eq!(steps[3], json!({"connected": 2}), "both devices are connected");
     for (n, (id, device)) in ids.iter().zip(devices.iter_mut()).enumerate() {
-        let step = &steps[n * 5..];
+        let step = &steps[4 + n * 5..];
         let key = iotstamp_core::sas::derive_device_key(&fleet.group_key, id).unwrap();
         assert_eq!(step[0], json!({"device": id, "status": "enabled", "key": key}));
         assert_eq!(step[1]["firmware"], json!(id), "{said}");
@@ -494,7 +506,7 @@ async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
             r#"desired {"interval": null, "mode": "eco"}"#
         );
     }
-    assert_eq!(steps[10], json!({"refused": 401}));
+    assert_eq!(steps[14], json!({"refused": 401}));
     let metrics = service
         .call(reqwest::Method::GET, "/metrics", None)
         .await

@@ -128,7 +128,47 @@ fn add_iot_hub_paths(doc: &mut Value, stamp: &Value) {
     }}}}});
     add_router_answers(&mut device["responses"], stamp);
     device["security"] = json!([{"bearer": []}, {"serviceSas": []}]);
-    doc["paths"]["/devices/{id}"] = json!({"parameters": [id_parameter], "get": device});
+    doc["paths"]["/devices/{id}"] = json!({"parameters": [id_parameter], "get": device.clone()});
+
+    // Fleet-wide calls, answered from every stamp at once.
+    let every_stamp = json!({"description": "stampUnavailable: a stamp did not answer (the router)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let fleet_call = |summary: &str, parameters: Value, body: Value| {
+        json!({"get": {
+            "summary": summary,
+            "parameters": parameters,
+            "security": [{"bearer": []}, {"serviceSas": []}],
+            "responses": {
+                "200": {"description": "the answer", "content": {"application/json": {"schema": body}}},
+                "401": {"$ref": "#/components/responses/Unauthorized"},
+                "503": every_stamp,
+            }
+        }})
+    };
+    let top = json!({"name": "top", "in": "query", "required": false,
+        "description": "at most this many devices; outside 1 to 1000 means 1000",
+        "schema": {"type": "integer"}});
+    let mut devices = fleet_call(
+        "The fleet's first devices in id order, in IoT Hub's shape (RegistryRead)",
+        json!([top, api_version]),
+        json!({"type": "array", "items": device["responses"]["200"]["content"]["application/json"]["schema"]}),
+    );
+    devices["get"]["responses"]["400"] = json!({"description": "badRequest: `top` is not an integer",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    doc["paths"]["/devices"] = devices;
+    let count = json!({"type": "integer", "minimum": 0});
+    doc["paths"]["/statistics/devices"] = fleet_call(
+        "How many devices the fleet's registries hold (RegistryRead)",
+        json!([api_version]),
+        json!({"type": "object", "required": ["totalDeviceCount", "enabledDeviceCount", "disabledDeviceCount"],
+            "properties": {"totalDeviceCount": count, "enabledDeviceCount": count, "disabledDeviceCount": count}}),
+    );
+    doc["paths"]["/statistics/service"] = fleet_call(
+        "How many devices are connected across the fleet (ServiceConnect)",
+        json!([api_version]),
+        json!({"type": "object", "required": ["connectedDeviceCount"],
+            "properties": {"connectedDeviceCount": count}}),
+    );
 }
 
 /// Adds the router's own answers to one passed-through operation's responses: where the stamp

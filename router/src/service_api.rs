@@ -79,7 +79,7 @@ pub(crate) fn problem(status: StatusCode, error: &str, message: impl Into<String
 }
 
 /// 401 unless `headers` authorise a call that needs `needed` (about `device`, if it names one).
-fn authorise(
+pub(crate) fn authorise(
     state: &ServiceState,
     headers: &HeaderMap,
     needed: Permission,

@@ -283,7 +283,7 @@ async fn a_stamp_whose_registry_is_full_is_skipped() {
 }
 
 #[tokio::test]
-async fn draining_stamp_moves_devices_under_migrate_and_keeps_them_under_never() {
+async fn draining_stamp_moves_devices_under_migrate_with_their_twins_and_keeps_them_under_never() {
     let s = setup(&[10, 10], |c| {
         let mut never = group("keepers", ReprovisionPolicy::Never);
         never.id_scope = "0ne00OTHER".into();
@@ -293,6 +293,12 @@ async fn draining_stamp_moves_devices_under_migrate_and_keeps_them_under_never()
     .await;
     let first = s.dps.provision("mover").await;
     assert_eq!(first.body["registrationState"]["assignedHub"], "hub-0.local");
+    let twin = json!({"version": 7, "tags": {"site": "a"}});
+    s.stamps[0]
+        .twins
+        .lock()
+        .unwrap()
+        .insert("mover".into(), twin.clone());
     let mut stamps = (*s.directory.snapshot()).clone();
     stamps[0].draining = true;
     stamps[1].ready = true;
@@ -305,6 +311,8 @@ async fn draining_stamp_moves_devices_under_migrate_and_keeps_them_under_never()
     assert_eq!(state["assignedHub"], "hub-1.local");
     assert_eq!(state["substatus"], "deviceDataMigrated");
     assert!(s.stamps[1].holds("mover").is_some());
+    // Its twin came along before it heard where to go.
+    assert_eq!(s.stamps[1].twins.lock().unwrap().get("mover"), Some(&twin));
     // The old stamp forgets it (in the background).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.stamps[0].holds("mover").is_none());

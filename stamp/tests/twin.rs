@@ -349,3 +349,61 @@ async fn bad_twin_input_over_mqtt_and_the_api_is_refused_and_changes_nothing() {
         other => panic!("expected the desired push, got {other:?}"),
     }
 }
+
+/// What the router does when a device moves stamps with its data: the stored twin read at the old
+/// stamp and written at the new one is the same twin there (etag and all), and a twin the new stamp
+/// already has is never overwritten.
+#[tokio::test]
+async fn a_twin_moves_whole_to_another_stamp_but_never_over_one_written_there() {
+    let (old, new) = (Stamp::start(144).await, Stamp::start(145).await);
+    for stamp in [&old, &new] {
+        stamp.register("mover").await;
+        stamp.register("early").await;
+    }
+    let desired = r#"{"tags": {"site": "A"}, "properties": {"desired": {"interval": 30}}}"#;
+    for id in ["mover", "early"] {
+        let (status, body) = old
+            .api("PATCH", &format!("/v1/devices/{id}/twin"), Some(desired))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, early_here) = new
+        .api(
+            "PATCH",
+            "/v1/devices/early/twin",
+            Some(r#"{"tags": {"site": "B"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{early_here}");
+
+    for id in ["mover", "early"] {
+        let (status, stored) = old
+            .api("GET", &format!("/v1/registry/devices/{id}/twin"), None)
+            .await;
+        assert_eq!(status, 200, "{stored}");
+        let (status, body) = new
+            .api("PUT", &format!("/v1/registry/devices/{id}/twin"), Some(&stored))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let view = async |stamp: &Stamp, id: &str| {
+        let (_, body) = stamp.api("GET", &format!("/v1/devices/{id}/twin"), None).await;
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    assert_eq!(
+        view(&new, "mover").await,
+        view(&old, "mover").await,
+        "the same twin, etag and all"
+    );
+    assert_eq!(
+        view(&new, "early").await["tags"],
+        json!({"site": "B"}),
+        "written here first: kept"
+    );
+    let (status, _) = new
+        .api("PUT", "/v1/registry/devices/mover/twin", Some("not a twin"))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = new.api("GET", "/v1/registry/devices/nobody/twin", None).await;
+    assert_eq!(status, 404);
+}

@@ -127,14 +127,25 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// Direct methods from `opts.senders` connections, round robin over the devices.
-async fn methods(api: SocketAddr, ids: &Arc<Vec<String>>, opts: &C2dBenchOptions) -> anyhow::Result<Phase> {
-    let total = ids.len() * opts.messages_per_device;
+/// What one sender does for call `n`: the path and body to POST (made at each try).
+type Call = Arc<dyn Fn(usize) -> (String, Bytes) + Send + Sync>;
+
+/// Makes `total` calls from `senders` kept-alive API connections, each taking the next call
+/// number until none is left; every call must be answered `want`, except that `retry_on` (a full
+/// device queue) is counted in `retried` and tried again 5 ms later. Returns each call's latency.
+async fn spread(
+    api: SocketAddr,
+    senders: usize,
+    total: usize,
+    call: Call,
+    want: StatusCode,
+    retry_on: Option<StatusCode>,
+    retried: Arc<AtomicU64>,
+) -> anyhow::Result<Vec<f64>> {
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..opts.senders {
-        let (ids, next) = (ids.clone(), next.clone());
+    for _ in 0..senders {
+        let (next, call, retried) = (next.clone(), call.clone(), retried.clone());
         tasks.push(tokio::spawn(async move {
             let mut api = Api::connect(api).await?;
             let mut latencies = Vec::new();
@@ -143,17 +154,53 @@ async fn methods(api: SocketAddr, ids: &Arc<Vec<String>>, opts: &C2dBenchOptions
                 if n >= total {
                     return Ok::<_, anyhow::Error>(latencies);
                 }
-                let path = format!("/v1/devices/{}/methods/ping?timeout=5", ids[n % ids.len()]);
-                let t = Instant::now();
-                api.post(&path, Bytes::from_static(b"{}"), StatusCode::OK).await?;
-                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                loop {
+                    let (path, body) = call(n);
+                    let t = Instant::now();
+                    match api.call(&path, body).await? {
+                        (status, _) if status == want => {
+                            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                            break;
+                        }
+                        (status, _) if Some(status) == retry_on => {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        (status, body) => bail!(
+                            "the stamp API answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        ),
+                    }
+                }
             }
         }));
     }
-    let mut latencies_ms = Vec::with_capacity(total);
+    let mut latencies = Vec::with_capacity(total);
     for task in tasks {
-        latencies_ms.extend(task.await??);
+        latencies.extend(task.await??);
     }
+    Ok(latencies)
+}
+
+/// Direct methods from `opts.senders` connections, round robin over the devices.
+async fn methods(api: SocketAddr, ids: &Arc<Vec<String>>, opts: &C2dBenchOptions) -> anyhow::Result<Phase> {
+    let total = ids.len() * opts.messages_per_device;
+    let ids = ids.clone();
+    let call: Call = Arc::new(move |n| {
+        let path = format!("/v1/devices/{}/methods/ping?timeout=5", ids[n % ids.len()]);
+        (path, Bytes::from_static(b"{}"))
+    });
+    let started = Instant::now();
+    let latencies_ms = spread(
+        api,
+        opts.senders,
+        total,
+        call,
+        StatusCode::OK,
+        None,
+        Arc::default(),
+    )
+    .await?;
     Ok(Phase {
         rate: total as f64 / started.elapsed().as_secs_f64(),
         latencies_ms,
@@ -170,7 +217,6 @@ async fn messages(
     mut received: mpsc::UnboundedReceiver<Bytes>,
 ) -> anyhow::Result<(Phase, Phase, u64)> {
     let total = ids.len() * opts.messages_per_device;
-    let next = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let collect = tokio::spawn(async move {
@@ -191,43 +237,25 @@ async fn messages(
         }
         Ok::<_, anyhow::Error>((latencies, started.elapsed()))
     });
-    let mut tasks = Vec::new();
-    for _ in 0..opts.senders {
-        let (ids, next, refused) = (ids.clone(), next.clone(), refused.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut api = Api::connect(api).await?;
-            let mut latencies = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                let path = format!("/v1/devices/{}/messages", ids[n % ids.len()]);
-                loop {
-                    let t = Instant::now();
-                    let body = Bytes::from(format!("{n}:{}", started.elapsed().as_micros()));
-                    match api.call(&path, body).await? {
-                        (StatusCode::ACCEPTED, _) => {
-                            latencies.push(t.elapsed().as_secs_f64() * 1e3);
-                            break;
-                        }
-                        (StatusCode::FORBIDDEN, _) => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        (status, body) => bail!(
-                            "the stamp API answered {status}: {}",
-                            String::from_utf8_lossy(&body)
-                        ),
-                    }
-                }
-            }
-        }));
-    }
-    let mut send_latencies = Vec::with_capacity(total);
-    for task in tasks {
-        send_latencies.extend(task.await??);
-    }
+    let ids = ids.clone();
+    // The payload carries the call number (to count each message once) and when it was sent.
+    let call: Call = Arc::new(move |n| {
+        let path = format!("/v1/devices/{}/messages", ids[n % ids.len()]);
+        (
+            path,
+            Bytes::from(format!("{n}:{}", started.elapsed().as_micros())),
+        )
+    });
+    let send_latencies = spread(
+        api,
+        opts.senders,
+        total,
+        call,
+        StatusCode::ACCEPTED,
+        Some(StatusCode::FORBIDDEN),
+        refused.clone(),
+    )
+    .await?;
     let sends_done = started.elapsed();
     let (latencies_ms, all_delivered) = collect.await??;
     Ok((

@@ -69,6 +69,12 @@ pub trait StampClient: Send + Sync {
     /// `DELETE /v1/registry/devices/{id}`; a device that is already absent counts as success.
     async fn deregister(&self, stamp: &StampInfo, device_id: &str) -> Result<(), StampError>;
 
+    /// Copies the device's stored twin from `from` (`GET /v1/registry/devices/{id}/twin`) to `to`
+    /// (`PUT` there, kept only if the twin there was never written). Nothing to copy (the device
+    /// is gone from `from`) is success.
+    async fn migrate_twin(&self, from: &StampInfo, to: &StampInfo, device_id: &str)
+    -> Result<(), StampError>;
+
     /// Passes a service call through unchanged, streaming the answer (for SSE). Of the request's
     /// headers, [`FORWARDED_REQUEST_HEADERS`] go along; of the answer's, [`RELAYED_ANSWER_HEADERS`].
     async fn forward(
@@ -214,6 +220,14 @@ fn unreachable(stamp: &StampInfo, source: reqwest::Error) -> StampError {
     }
 }
 
+async fn rejected(stamp: &StampInfo, status: u16, resp: reqwest::Response) -> StampError {
+    StampError::Rejected {
+        stamp: stamp.name.clone(),
+        status,
+        body: resp.text().await.unwrap_or_default(),
+    }
+}
+
 fn device_path(device_id: &str) -> String {
     format!(
         "/v1/registry/devices/{}",
@@ -260,6 +274,37 @@ impl StampClient for HttpStampClient {
                 status,
                 body: resp.text().await.unwrap_or_default(),
             }),
+        }
+    }
+
+    async fn migrate_twin(
+        &self,
+        from: &StampInfo,
+        to: &StampInfo,
+        device_id: &str,
+    ) -> Result<(), StampError> {
+        let path = format!("{}/twin", device_path(device_id));
+        let resp = self
+            .request(from, http::Method::GET, &path)?
+            .timeout(self.call_timeout)
+            .send()
+            .await
+            .map_err(|e| unreachable(from, e))?;
+        let twin: serde_json::Value = match resp.status().as_u16() {
+            200 => resp.json().await.map_err(|e| unreachable(from, e))?,
+            404 => return Ok(()),
+            status => return Err(rejected(from, status, resp).await),
+        };
+        let resp = self
+            .request(to, http::Method::PUT, &path)?
+            .timeout(self.call_timeout)
+            .json(&twin)
+            .send()
+            .await
+            .map_err(|e| unreachable(to, e))?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            status => Err(rejected(to, status, resp).await),
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! read the device's record → keep it (sticky), or choose a stamp and reserve it (durable, within
 //! quota) → register the device at that stamp → commit the reservation (durable) → answer
-//! "assigned". A reservation found on the way (an earlier attempt, maybe before a crash) is
+//! "assigned". A device that moves with its data (reprovision policy `migrate`) has its twin
+//! copied from the stamp it leaves to the new one between the registration and the commit, so
+//! it finds its twin when it connects. A reservation found on the way (an earlier attempt, maybe before a crash) is
 //! finished at its own stamp, so a device is never registered at two stamps by accident. A stamp
 //! that refuses the device gets its slot back and is left out of the rest of the request; a stamp
 //! that does not answer keeps the reservation, for the next attempt or for recovery to finish.
@@ -50,6 +52,8 @@ pub enum Observation {
     Chosen(Result<StampInfo, ProvisionError>),
     Reserved(ReserveOutcome),
     Registered(Result<(), StampError>),
+    /// Whether the device's twin was copied from the stamp it left.
+    Migrated(Result<(), StampError>),
     /// Whether the release deleted the reservation.
     Released(bool),
     /// The record after the commit.
@@ -71,6 +75,8 @@ pub enum Action {
     },
     /// Write the device into the stamp's registry (idempotent).
     Register { stamp: StampInfo, record: DeviceRecord },
+    /// Copy the device's twin from the stamp it leaves to the one it registered at.
+    Migrate { from: StampInfo, to: StampInfo },
     /// Delete the reservation at `stamp`: the stamp refused the device.
     Release { stamp: String },
     /// Turn the reservation at `stamp` into an assignment.
@@ -136,6 +142,11 @@ enum Phase {
         stamp: String,
         hub: String,
     },
+    Migrating {
+        stamp: String,
+        hub: String,
+        from: StampInfo,
+    },
     Releasing {
         stamp: String,
     },
@@ -156,6 +167,9 @@ pub struct Machine {
     excluded: Vec<String>,
     /// The directory snapshot of the current attempt.
     stamps: Arc<Vec<StampInfo>>,
+    /// In this attempt, the stamp whose data the device takes along (policy `migrate`, off an
+    /// assigned stamp still in the directory).
+    migrate_from: Option<StampInfo>,
     phase: Phase,
 }
 
@@ -167,6 +181,7 @@ impl Machine {
             attempts: 0,
             excluded: Vec::new(),
             stamps: Arc::default(),
+            migrate_from: None,
             phase: Phase::Ended,
         };
         let first = machine.read();
@@ -181,6 +196,7 @@ impl Machine {
             attempts: 0,
             excluded: Vec::new(),
             stamps,
+            migrate_from: None,
             phase: Phase::Ended,
         };
         let first = if find(&machine.stamps, &reservation.stamp).is_some_and(StampInfo::usable) {
@@ -240,7 +256,14 @@ impl Machine {
                             delta: -1,
                         });
                         if let Some(info) = find(&self.stamps, &old.stamp) {
-                            notes.push(Note::Forget { stamp: info.clone() });
+                            let takes_data = reservation.substatus == Substatus::DeviceDataMigrated
+                                && old.state == AssignmentState::Assigned;
+                            if takes_data {
+                                // Forgotten there once its twin is copied.
+                                self.migrate_from = Some(info.clone());
+                            } else {
+                                notes.push(Note::Forget { stamp: info.clone() });
+                            }
                         }
                     }
                     self.complete(req, reservation).noting(notes)
@@ -251,13 +274,23 @@ impl Machine {
             (Phase::Registering { stamp, hub }, Observation::Registered(result)) => {
                 let failed = Note::StampFailed { stamp: stamp.clone() };
                 match result {
-                    Ok(()) => {
-                        self.phase = Phase::Committing {
-                            stamp: stamp.clone(),
-                            hub,
-                        };
-                        Next::to(Action::Commit { stamp })
-                    }
+                    Ok(()) => match (self.migrate_from.take(), find(&self.stamps, &stamp).cloned()) {
+                        (Some(from), Some(to)) => {
+                            self.phase = Phase::Migrating {
+                                stamp,
+                                hub,
+                                from: from.clone(),
+                            };
+                            Next::to(Action::Migrate { from, to })
+                        }
+                        _ => {
+                            self.phase = Phase::Committing {
+                                stamp: stamp.clone(),
+                                hub,
+                            };
+                            Next::to(Action::Commit { stamp })
+                        }
+                    },
                     // The stamp definitely did not take the device: give the slot back.
                     Err(StampError::QuotaExceeded(_) | StampError::Rejected { .. }) => {
                         self.phase = Phase::Releasing { stamp: stamp.clone() };
@@ -272,6 +305,22 @@ impl Machine {
                         )))
                         .noting([failed]),
                 }
+            }
+            // Best effort: a twin that could not be copied is lost with the old registration (a
+            // device is never left registered at two stamps), and the failure is counted.
+            (Phase::Migrating { stamp, hub, from }, Observation::Migrated(result)) => {
+                let mut notes = Vec::new();
+                if result.is_err() {
+                    notes.push(Note::StampFailed {
+                        stamp: from.name.clone(),
+                    });
+                }
+                notes.push(Note::Forget { stamp: from });
+                self.phase = Phase::Committing {
+                    stamp: stamp.clone(),
+                    hub,
+                };
+                Next::to(Action::Commit { stamp }).noting(notes)
             }
             (Phase::Releasing { stamp }, Observation::Released(released)) => {
                 let count = released.then(|| Note::Counted {
@@ -397,6 +446,7 @@ impl Machine {
             )));
         }
         self.attempts += 1;
+        self.migrate_from = None;
         self.phase = Phase::Reading;
         Next::to(Action::Read)
     }
@@ -421,6 +471,7 @@ fn observation_name(seen: &Observation) -> &'static str {
         Observation::Chosen(_) => "a choice",
         Observation::Reserved(_) => "a reservation",
         Observation::Registered(_) => "a registration",
+        Observation::Migrated(_) => "a twin migration",
         Observation::Released(_) => "a release",
         Observation::Committed(_) => "a commit",
     }

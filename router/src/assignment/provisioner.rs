@@ -119,6 +119,13 @@ impl Provisioner {
                     }
                     Observation::Registered(registered)
                 }
+                Action::Migrate { from, to } => {
+                    let migrated = self.stamps.migrate_twin(&from, &to, req.device_id).await;
+                    if let Err(e) = &migrated {
+                        tracing::warn!(from = %from.name, to = %to.name, device = req.device_id, error = %Causes(e), "the device's twin was not migrated");
+                    }
+                    Observation::Migrated(migrated)
+                }
                 Action::Release { stamp } => {
                     Observation::Released(self.store.release(req.key, &stamp).await?)
                 }

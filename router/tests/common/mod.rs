@@ -70,6 +70,8 @@ pub struct FakeStamp {
     pub addr: SocketAddr,
     pub quota: usize,
     pub registry: Arc<Mutex<HashMap<String, DeviceRecord>>>,
+    /// Stored twins by device key, as `GET|PUT /v1/registry/devices/{id}/twin` see them.
+    pub twins: Arc<Mutex<HashMap<String, Value>>>,
     pub puts: Arc<AtomicUsize>,
     pub delay: Arc<Mutex<Duration>>,
     _shutdown: watch::Sender<bool>,
@@ -79,6 +81,7 @@ pub struct FakeStamp {
 struct StampState {
     quota: usize,
     registry: Arc<Mutex<HashMap<String, DeviceRecord>>>,
+    twins: Arc<Mutex<HashMap<String, Value>>>,
     puts: Arc<AtomicUsize>,
     delay: Arc<Mutex<Duration>>,
 }
@@ -140,6 +143,37 @@ async fn delete_device(State(s): State<StampState>, h: HeaderMap, Path(id): Path
     }
 }
 
+/// The stored twin of a registered device (404 otherwise), as the stamp answers the router.
+async fn get_twin(State(s): State<StampState>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let key = id.to_ascii_lowercase();
+    if !authorised(&h) || !s.registry.lock().unwrap().contains_key(&key) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let twin = s
+        .twins
+        .lock()
+        .unwrap()
+        .get(&key)
+        .cloned()
+        .unwrap_or(json!({"version": 1}));
+    Json(twin).into_response()
+}
+
+/// A migrated twin: kept when the device has none here yet, as the stamp does.
+async fn put_twin(
+    State(s): State<StampState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(twin): Json<Value>,
+) -> Response {
+    let key = id.to_ascii_lowercase();
+    if !authorised(&h) || !s.registry.lock().unwrap().contains_key(&key) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let mut twins = s.twins.lock().unwrap();
+    Json(twins.entry(key).or_insert(twin).clone()).into_response()
+}
+
 /// Stands in for the stamp's telemetry query: echoes what it was asked, so pass-through is visible.
 async fn telemetry(h: HeaderMap, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
     if !authorised(&h) {
@@ -164,6 +198,7 @@ impl FakeStamp {
         let state = StampState {
             quota,
             registry: Arc::default(),
+            twins: Arc::default(),
             puts: Arc::default(),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
         };
@@ -172,6 +207,7 @@ impl FakeStamp {
                 "/v1/registry/devices/{id}",
                 put(put_device).get(get_device).delete(delete_device),
             )
+            .route("/v1/registry/devices/{id}/twin", get(get_twin).put(put_twin))
             .route("/v1/devices/{id}/telemetry", get(telemetry))
             .with_state(state.clone())
             .merge(extra);
@@ -189,6 +225,7 @@ impl FakeStamp {
             addr,
             quota,
             registry: state.registry,
+            twins: state.twins,
             puts: state.puts,
             delay: state.delay,
             _shutdown: tx,

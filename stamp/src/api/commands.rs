@@ -20,7 +20,7 @@ use axum::routing::post;
 use iotstamp_core::c2d::{self, C2dError};
 use iotstamp_core::methods::{self, MethodCallError};
 
-use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id};
+use super::extract::{ApiQuery, DeviceIdPath, PathParams, device_id, page_limit};
 use super::registry::registered;
 use super::{Ctx, error, require_token, storage_error};
 use crate::hub::replicas::Routed;
@@ -106,14 +106,10 @@ pub async fn feedback(
     DeviceIdPath(id): DeviceIdPath,
     ApiQuery(q): ApiQuery<FeedbackQuery>,
 ) -> Response {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=FEEDBACK_PAGE).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "badLimit",
-            format!("limit must be 1 to {FEEDBACK_PAGE}"),
-        );
-    }
+    let limit = match page_limit(q.limit, 100, FEEDBACK_PAGE) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
     if let Err(refused) = registered(&ctx, &id).await {
         return refused;
     }

@@ -57,3 +57,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e| error(StatusCode::BAD_REQUEST, "badQuery", e.body_text()))
     }
 }
+
+/// A page size from the query: `default` when absent, refused with 400 `badLimit` outside 1 to `max`.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Response> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(super::error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "badLimit",
+            format!("limit must be 1 to {max}"),
+        ))
+    }
+}

@@ -60,9 +60,15 @@ pub type Token = Arc<str>;
 /// The full API, as served on the API listener.
 pub fn router(ctx: Ctx) -> Router {
     let v1 = Router::new()
+        .route("/v1/registry/devices", get(registry::list))
+        .route("/v1/registry/statistics", get(registry::statistics))
         .route(
             "/v1/registry/devices/{id}",
             put(registry::put).get(registry::get).delete(registry::delete),
+        )
+        .route(
+            "/v1/registry/devices/{id}/twin",
+            get(twin::stored).put(twin::migrate),
         )
         .route("/v1/devices/{id}/telemetry", get(telemetry::query))
         .route(

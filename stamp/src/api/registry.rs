@@ -1,4 +1,5 @@
-//! `PUT/GET/DELETE /v1/registry/devices/{id}`: the router registers the devices it assigns here.
+//! `PUT/GET/DELETE /v1/registry/devices/{id}`: the router registers the devices it assigns here;
+//! `GET /v1/registry/devices` pages through them, `GET /v1/registry/statistics` counts them.
 
 use axum::Json;
 use axum::extract::State;
@@ -7,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use iotstamp_core::ids::DeviceId;
 use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 
-use super::extract::DeviceIdPath;
+use super::extract::{ApiQuery, DeviceIdPath, page_limit};
 use super::{Ctx, error, storage_error};
 use crate::storage::PutOutcome;
 
@@ -79,6 +80,36 @@ pub async fn delete(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> R
             "deviceNotFound",
             "no such device in this stamp",
         ),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// Most records one registry page holds (IoT Hub's `GET /devices` returns at most 1000).
+pub const PAGE_LIMIT: usize = 1000;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct PageQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A page of the registry in key order: `{"items": [...], "next": key}`; pass `next` as `after`.
+pub async fn list(State(ctx): State<Ctx>, ApiQuery(q): ApiQuery<PageQuery>) -> Response {
+    let limit = match page_limit(q.limit, 100, PAGE_LIMIT) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
+    let after = q.after.map(|a| a.to_ascii_lowercase());
+    match ctx.registry.list(after, limit).await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// `{"total": n, "disabled": m}`.
+pub async fn statistics(State(ctx): State<Ctx>) -> Response {
+    match ctx.registry.statistics().await {
+        Ok(stats) => Json(stats).into_response(),
         Err(e) => storage_error(e),
     }
 }

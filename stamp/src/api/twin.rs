@@ -4,6 +4,11 @@
 //! etag read: a stale one is refused with 412 and changes nothing. A write is answered once it is
 //! durable in storage; a desired change is then pushed to the device on whichever hub replica holds
 //! its session, if it subscribed to desired changes ([`hub_routes`] is the receiving end).
+//!
+//! `GET|PUT /v1/registry/devices/{id}/twin` is the router's, not the application's: the twin as
+//! stored (versions and metadata), read at the stamp a device leaves and written at the one it
+//! moves to when its group migrates data ([`TwinChange::Migrated`]). It sits under the registry
+//! paths, which the router does not pass applications through to.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -79,6 +84,42 @@ async fn write(
         }
     }
     twin_answer(&written.twin, &device_id)
+}
+
+/// The stored twin, whole.
+pub async fn stored(State(ctx): State<Ctx>, DeviceIdPath(id): DeviceIdPath) -> Response {
+    if let Err(r) = registered(&ctx, &id).await {
+        return r;
+    }
+    match ctx.twins.twin(id.key()).await {
+        Ok(twin) => axum::Json(twin).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// Takes a twin migrated from another stamp (kept only if this one's was never written); 200
+/// with the twin in force.
+pub async fn migrate(
+    State(ctx): State<Ctx>,
+    DeviceIdPath(id): DeviceIdPath,
+    body: Result<axum::Json<Twin>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let axum::Json(twin) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "badTwin", e.body_text()),
+    };
+    if let Err(r) = registered(&ctx, &id).await {
+        return r;
+    }
+    match ctx
+        .twins
+        .change_twin(id.key(), TwinChange::Migrated { twin })
+        .await
+    {
+        Ok(Ok(written)) => axum::Json(written.twin).into_response(),
+        Ok(Err(refused)) => twin_refused(refused),
+        Err(e) => storage_error(e),
+    }
 }
 
 fn twin_answer(twin: &Twin, device_id: &str) -> Response {

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use iotstamp_core::registry::DeviceRecord;
 
+use iotstamp_core::api_bodies::{RegistryPage, RegistryStatistics};
+
 use super::{Fut, Ready, Registry};
 use crate::storage::PutOutcome;
 
@@ -121,6 +123,12 @@ impl Registry for CachedRegistry {
 
     fn count(&self) -> Fut<'_, u64> {
         self.inner.count()
+    }
+    fn list(&self, after: Option<String>, limit: usize) -> Fut<'_, RegistryPage> {
+        self.inner.list(after, limit)
+    }
+    fn statistics(&self) -> Fut<'_, RegistryStatistics> {
+        self.inner.statistics()
     }
 
     // The quota is storage's, never cached: a change must hold at once for every hub pod.

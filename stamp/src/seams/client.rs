@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use iotstamp_core::api_bodies::{RegistryPage, RegistryStatistics};
 use iotstamp_core::registry::DeviceRecord;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -220,6 +221,27 @@ impl Registry for InternalClient {
                 .await?
             {
                 (StatusCode::OK, body) => Ok(self.decode::<super::server::Count>(&body)?.count),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+    fn list(&self, after: Option<String>, limit: usize) -> Fut<'_, RegistryPage> {
+        Box::pin(async move {
+            let mut path = format!("/internal/v1/registry-page?limit={limit}");
+            if let Some(after) = after {
+                path.push_str(&format!("&after={}", device_path(&after)));
+            }
+            match self.call(Method::GET, &path, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body),
+                (status, body) => Err(self.unexpected(status, &body)),
+            }
+        })
+    }
+    fn statistics(&self) -> Fut<'_, RegistryStatistics> {
+        Box::pin(async move {
+            let path = "/internal/v1/registry-statistics";
+            match self.call(Method::GET, path, None, READ_TIMEOUT).await? {
+                (StatusCode::OK, body) => self.decode(&body),
                 (status, body) => Err(self.unexpected(status, &body)),
             }
         })

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use iotstamp_core::api_bodies::{RegistryPage, RegistryStatistics};
 use iotstamp_core::c2d;
 use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::twin::{Twin, TwinChange};
@@ -94,6 +95,12 @@ impl Registry for LocalStore {
     }
     fn count(&self) -> Fut<'_, u64> {
         self.run(|s| s.device_count())
+    }
+    fn list(&self, after: Option<String>, limit: usize) -> Fut<'_, RegistryPage> {
+        self.run(move |s| s.list_devices(after.as_deref(), limit))
+    }
+    fn statistics(&self) -> Fut<'_, RegistryStatistics> {
+        self.run(|s| s.registry_statistics())
     }
     fn quota(&self) -> Fut<'_, u64> {
         let quota = self.quota.load(Ordering::Acquire);

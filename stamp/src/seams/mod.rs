@@ -19,6 +19,7 @@
 //! `POST /internal/v1/telemetry` (JSON array of records; 204 after the commit),
 //! `GET /internal/v1/telemetry/{device}?from=&to=&limit=&after=` (µs; a page),
 //! `GET|PUT|DELETE /internal/v1/registry/{device}`, `GET /internal/v1/registry` (`{"count": n}`),
+//! `GET /internal/v1/registry-page?after=&limit=` (a `RegistryPage`), `GET /internal/v1/registry-statistics`,
 //! `GET|PUT /internal/v1/quota` (`{"deviceQuota": n}`), `GET|POST /internal/v1/twins/{device}` (the
 //! stored twin; a `TwinChange` → 200 `TwinWritten`, or its refusal's status with the `TwinError`),
 //! `POST /internal/v1/c2d/{device}` (a `C2dOp` → 200 `C2dAnswer` once durable),
@@ -38,6 +39,7 @@ pub mod registry_writer;
 pub mod server;
 
 use futures::future::BoxFuture;
+use iotstamp_core::api_bodies::{RegistryPage, RegistryStatistics};
 use iotstamp_core::registry::DeviceRecord;
 use iotstamp_core::twin::{Twin, TwinChange};
 
@@ -74,6 +76,10 @@ pub trait Registry: Ready {
     fn put(&self, record: DeviceRecord) -> Fut<'_, PutOutcome>;
     fn delete(&self, device_key: String) -> Fut<'_, bool>;
     fn count(&self) -> Fut<'_, u64>;
+    /// Up to `limit` records after the key `after`, in key order.
+    fn list(&self, after: Option<String>, limit: usize) -> Fut<'_, RegistryPage>;
+    /// The registry's size and how many devices are disabled (a scan: not for the hot path).
+    fn statistics(&self) -> Fut<'_, RegistryStatistics>;
     /// The device quota in force: new devices beyond it are refused, registered ones stay.
     fn quota(&self) -> Fut<'_, u64>;
     /// Replaces the quota in force (until the store's process restarts and reads its config).

@@ -121,6 +121,8 @@ pub fn storage_routes(state: StorageState, token: Token) -> Router {
         .route("/internal/v1/telemetry", post(store_batch))
         .route("/internal/v1/telemetry/{device}", get(query))
         .route("/internal/v1/registry", get(count))
+        .route("/internal/v1/registry-page", get(list_devices))
+        .route("/internal/v1/registry-statistics", get(registry_statistics))
         .route("/internal/v1/quota", get(get_quota).put(put_quota))
         .route(
             "/internal/v1/registry/{device}",
@@ -237,6 +239,26 @@ async fn query(
 async fn count(State(store): State<Arc<LocalStore>>) -> Response {
     match store.count().await {
         Ok(count) => axum::Json(Count { count }).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    after: Option<String>,
+    limit: usize,
+}
+
+async fn list_devices(State(store): State<Arc<LocalStore>>, Query(q): Query<PageQuery>) -> Response {
+    match store.list(q.after, q.limit).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn registry_statistics(State(store): State<Arc<LocalStore>>) -> Response {
+    match store.statistics().await {
+        Ok(stats) => axum::Json(stats).into_response(),
         Err(e) => storage_error(e),
     }
 }

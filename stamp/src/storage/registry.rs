@@ -5,7 +5,8 @@
 //! (its fsync) costs far more than the write itself: batching concurrent registrations is what
 //! lets a stamp take a provisioning burst (see `seams::registry_writer`).
 
-use iotstamp_core::registry::DeviceRecord;
+use iotstamp_core::api_bodies::{RegistryPage, RegistryStatistics};
+use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::{REGISTRY, Store, TWINS, from_json, to_json};
@@ -124,6 +125,45 @@ impl Store {
     pub fn device_count(&self) -> Result<u64, Error> {
         Ok(self.db.begin_read()?.open_table(REGISTRY)?.len()?)
     }
+
+    /// Up to `limit` records after the key `after`, in key order.
+    pub fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<RegistryPage, Error> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REGISTRY)?;
+        let rows = match after {
+            Some(after) => {
+                table.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?
+            }
+            None => table.range::<&str>(..)?,
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for row in rows {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let (_, value) = row?;
+            items.push(from_json::<DeviceRecord>(value.value())?);
+        }
+        let next = more.then(|| items.last().map(|r| r.device_id.key())).flatten();
+        Ok(RegistryPage { items, next })
+    }
+
+    /// The registry's size and its disabled devices: a scan of every record, for the occasional
+    /// statistics call (not the hot path; `device_count` is the table's length).
+    pub fn registry_statistics(&self) -> Result<RegistryStatistics, Error> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REGISTRY)?;
+        let mut stats = RegistryStatistics::default();
+        for row in table.iter()? {
+            let (_, value) = row?;
+            let record: DeviceRecord = from_json(value.value())?;
+            stats.total += 1;
+            stats.disabled += u64::from(record.status == DeviceStatus::Disabled);
+        }
+        Ok(stats)
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +196,38 @@ mod tests {
         assert!(store.delete_device("a").unwrap());
         assert!(store.get_device("a").unwrap().is_none());
         assert_eq!(store.get_device("b").unwrap(), Some(device("b")));
+    }
+
+    #[test]
+    fn the_registry_pages_in_key_order_and_counts_its_disabled_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for id in ["c", "A", "b"] {
+            store.put_device(&device(id), 10).unwrap();
+        }
+        let mut off = device("d");
+        off.status = DeviceStatus::Disabled;
+        store.put_device(&off, 10).unwrap();
+        let first = store.list_devices(None, 2).unwrap();
+        let ids = |p: &RegistryPage| {
+            p.items
+                .iter()
+                .map(|r| r.device_id.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            (ids(&first), first.next.as_deref()),
+            (vec!["A".into(), "b".into()], Some("b"))
+        );
+        let rest = store.list_devices(first.next.as_deref(), 2).unwrap();
+        assert_eq!((ids(&rest), rest.next), (vec!["c".into(), "d".into()], None));
+        assert_eq!(
+            store.registry_statistics().unwrap(),
+            RegistryStatistics {
+                total: 4,
+                disabled: 1
+            }
+        );
     }
 
     #[test]

@@ -140,6 +140,15 @@ fn register(stamp: &str) -> Action {
         },
     }
 }
+fn migrate(from: &str, to: &str) -> Action {
+    Action::Migrate {
+        from: info(from),
+        to: info(to),
+    }
+}
+fn forget(stamp: &str) -> Note {
+    Note::Forget { stamp: info(stamp) }
+}
 fn commit(stamp: &str) -> Next {
     go(Action::Commit { stamp: stamp.into() })
 }
@@ -262,7 +271,7 @@ fn walks() -> Vec<Walk> {
             )
         },
         walk(
-            "policy migrate: off a draining stamp, which is left out and forgets the device",
+            "policy migrate: off a draining stamp, which is left out; the twin is copied, then the device forgotten there",
             Provision,
             read(),
             vec![
@@ -273,15 +282,39 @@ fn walks() -> Vec<Walk> {
                 ),
                 (
                     outcome(O::Reserved(rec("b", R, Substatus::DeviceDataMigrated))),
+                    with(vec![counted("b", 1), counted("drained", -1)], register("b")),
+                ),
+                (registered(Ok(())), go(migrate("drained", "b"))),
+                (
+                    Observation::Migrated(Ok(())),
+                    with(vec![forget("drained")], Action::Commit { stamp: "b".into() }),
+                ),
+                (
+                    committed(Some(rec("b", A, Substatus::DeviceDataMigrated))),
+                    done(rec("b", A, Substatus::DeviceDataMigrated)),
+                ),
+            ],
+        ),
+        walk(
+            "policy migrate: a twin that cannot be copied is counted, and the device still moves",
+            Provision,
+            read(),
+            vec![
+                (record(Some(assigned("drained"))), choose(&["drained"])),
+                (
+                    chosen("a"),
+                    go(reserve(present("drained", A), "a", Substatus::DeviceDataMigrated)),
+                ),
+                (
+                    outcome(O::Reserved(rec("a", R, Substatus::DeviceDataMigrated))),
+                    with(vec![counted("a", 1), counted("drained", -1)], register("a")),
+                ),
+                (registered(Ok(())), go(migrate("drained", "a"))),
+                (
+                    Observation::Migrated(Err(refused_by("drained"))),
                     with(
-                        vec![
-                            counted("b", 1),
-                            counted("drained", -1),
-                            Note::Forget {
-                                stamp: info("drained"),
-                            },
-                        ],
-                        register("b"),
+                        vec![failed_at("drained"), forget("drained")],
+                        Action::Commit { stamp: "a".into() },
                     ),
                 ),
             ],
