@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::hub::{bench_config, bench_devices};
 use super::replicas::{Api, device};
+use super::split::SplitStamp;
 use super::{BenchReport, quantile};
 
 pub struct C2dBenchOptions {
@@ -26,7 +27,35 @@ pub struct C2dBenchOptions {
     pub messages_per_device: usize,
     /// HTTP connections sending at once.
     pub senders: usize,
+    /// Run the stamp as split roles (every queue operation crosses the hub -> storage HTTP hop).
+    pub split: bool,
     pub ip: Ipv4Addr,
+}
+
+/// The stamp under test: one process, or the roles as the operator deploys them.
+enum Stamp {
+    All(iotstamp_stamp::RunningStamp),
+    Split(SplitStamp),
+}
+
+impl Stamp {
+    /// The device port (plain MQTT) and the stamp API (plain HTTP) of its (first) hub.
+    fn endpoints(&self) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        match self {
+            Self::All(s) => Ok((
+                s.mqtt_plain.ok_or_else(|| anyhow!("no plain MQTT listener"))?,
+                s.api,
+            )),
+            Self::Split(s) => Ok(s.hubs[0]),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Self::All(s) => s.shutdown().await,
+            Self::Split(s) => s.shutdown().await,
+        }
+    }
 }
 
 /// What one phase measured.
@@ -44,23 +73,26 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
     std::fs::create_dir_all(&dir).context("creating the bench dir")?;
     let config = bench_config(&dir, opts.ip, opts.devices as u64)?;
     let devices = bench_devices(opts.devices)?;
-    let stamp = iotstamp_stamp::start(config).await?;
-    let result = async {
+    let records: Vec<_> = devices.iter().map(|(r, _)| r.clone()).collect();
+    let stamp = if opts.split {
+        Stamp::Split(SplitStamp::start(config, records).await?)
+    } else {
+        let stamp = iotstamp_stamp::start(config).await?;
         let store = stamp.store.clone();
-        let records: Vec<_> = devices.iter().map(|(r, _)| r.clone()).collect();
         tokio::task::spawn_blocking(move || store.put_devices(&records)).await??;
-        let mqtt = stamp
-            .mqtt_plain
-            .ok_or_else(|| anyhow!("no plain MQTT listener"))?;
+        Stamp::All(stamp)
+    };
+    let result = async {
+        let (mqtt, api) = stamp.endpoints()?;
         let (tx, received) = mpsc::unbounded_channel();
         for (_, client) in &devices {
             device(mqtt, client, tx.clone()).await?;
         }
         drop(tx);
         let ids: Arc<Vec<String>> = Arc::new(devices.iter().map(|(_, c)| c.client_id.clone()).collect());
-        let before = methods(stamp.api, &ids, &opts).await?;
-        let (sent, delivered, refused) = messages(stamp.api, &ids, &opts, received).await?;
-        let after = methods(stamp.api, &ids, &opts).await?;
+        let before = methods(api, &ids, &opts).await?;
+        let (sent, delivered, refused) = messages(api, &ids, &opts, received).await?;
+        let after = methods(api, &ids, &opts).await?;
         Ok::<_, anyhow::Error>((before, sent, delivered, refused, after))
     }
     .await;
@@ -70,8 +102,15 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
 
     let total = opts.devices * opts.messages_per_device;
     let mut report = BenchReport::new(format!(
-        "c2d: {total} messages of about 20 B to {} connected devices ({} each), {} API senders, one stamp (--role all)",
-        opts.devices, opts.messages_per_device, opts.senders
+        "c2d: {total} messages of about 20 B to {} connected devices ({} each), {} API senders, one stamp ({})",
+        opts.devices,
+        opts.messages_per_device,
+        opts.senders,
+        if opts.split {
+            "split roles: hub -> storage over loopback HTTP"
+        } else {
+            "--role all"
+        }
     ));
     for (name, methods) in [("before", &mut before), ("after", &mut after)] {
         report

@@ -149,6 +149,9 @@ pub struct C2dArgs {
     /// HTTP connections sending through the stamp API at once.
     #[arg(long, default_value_t = 64)]
     pub senders: usize,
+    /// Run the stamp as split roles (hub, ingest, storage over loopback HTTP) instead of one process.
+    #[arg(long)]
+    pub split: bool,
 }
 
 pub async fn run_c2d(a: C2dArgs) -> anyhow::Result<BenchReport> {
@@ -156,6 +159,7 @@ pub async fn run_c2d(a: C2dArgs) -> anyhow::Result<BenchReport> {
         devices: a.devices,
         messages_per_device: a.messages,
         senders: a.senders,
+        split: a.split,
         ip: Ipv4Addr::new(127, 0, 0, 204),
     })
     .await
