@@ -159,10 +159,16 @@ for device in sys.argv[3:]:
         method_name="echo", payload={"x": 1}, response_timeout_in_seconds=10, connect_timeout_in_seconds=5))
     print(json.dumps({"status": answer.status, "payload": answer.payload}), flush=True)
 try:
+    registry.get_twin("nobody-here")
+    print(json.dumps({"missing": None}), flush=True)
+except HttpOperationError as e:
+    print(json.dumps({"missing": e.response.status_code, "code": e.response.headers.get("iothub-errorcode"),
+                      "message": e.response.json()["Message"]}), flush=True)
+try:
     IoTHubRegistryManager.from_connection_string(wrong_connection).get_twin(sys.argv[3])
     print(json.dumps({"refused": None}), flush=True)
 except HttpOperationError as e:
-    print(json.dumps({"refused": e.response.status_code}), flush=True)
+    print(json.dumps({"refused": e.response.status_code, "code": e.response.headers.get("iothub-errorcode")}), flush=True)
 "#;
 
 struct Device {
@@ -409,8 +415,8 @@ async fn the_twin_is_read_and_written_through_the_router_with_etags() {
 /// connection string `iotstamp up` writes into `fleet.json` and prints: IoT Hub's REST paths on
 /// port 443 with a token signed by the `service` policy reach each device's stamp (two devices, two
 /// stamps): the fleet's device list and statistics, the registry entry, the twin (read, written
-/// with its etag, replaced; each change pushed to the device) and a direct method; a wrong key is
-/// refused with 401.
+/// with its etag, replaced; each change pushed to the device) and a direct method; a missing device
+/// and a wrong key are refused (404, 401) in IoT Hub's error shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
     let hub_python = format!("{}/hub-sdk/bin/python", common::tools_cache());
@@ -479,7 +485,7 @@ async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
         String::from_utf8_lossy(&out.stderr)
     );
     let steps: Vec<Value> = said.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(steps.len(), 15, "{said}");
+    assert_eq!(steps.len(), 16, "{said}");
     // The fleet's registry through one call: both stamps' devices, the first in id order, counted.
     assert_eq!(steps[0], json!(ids), "get_devices");
     assert_eq!(steps[1], json!([ids[0]]), "get_devices(1)");
@@ -506,7 +512,19 @@ async fn the_service_sdk_reaches_devices_on_two_stamps_through_the_router() {
             r#"desired {"interval": null, "mode": "eco"}"#
         );
     }
-    assert_eq!(steps[14], json!({"refused": 401}));
+    // Errors come in IoT Hub's shape.
+    assert_eq!(steps[14]["missing"], 404, "{said}");
+    assert_eq!(steps[14]["code"], "DeviceNotFound", "{said}");
+    assert!(
+        steps[14]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ErrorCode:DeviceNotFound;")),
+        "{said}"
+    );
+    assert_eq!(
+        steps[15],
+        json!({"refused": 401, "code": "IotHubUnauthorizedAccess"})
+    );
     let metrics = service
         .call(reqwest::Method::GET, "/metrics", None)
         .await

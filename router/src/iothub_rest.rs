@@ -12,9 +12,8 @@
 //! | `POST /twins/{id}/methods` with `{"methodName", "payload", "responseTimeoutInSeconds", "connectTimeoutInSeconds"}` | `POST /v1/devices/{id}/methods/{methodName}?timeout=…&connectTimeout=…` with the payload as the body; the answer `{"status", "payload"}` is IoT Hub's |
 //!
 //! The `api-version` query parameter the SDKs send is accepted and not used: these are the shapes
-//! of api-version 2021-04-12. Twin and method calls need ServiceConnect ([`crate::access`]). Error answers are the
-//! stamp API's (`{"error", "message"}`), not IoT Hub's numeric error codes; the SDKs raise on the
-//! status either way.
+//! of api-version 2021-04-12. Twin and method calls need ServiceConnect ([`crate::access`]). Error
+//! answers keep their status and come in IoT Hub's shape ([`crate::iothub_errors`]).
 
 use std::sync::Arc;
 
@@ -39,6 +38,10 @@ pub fn routes() -> Router<Arc<ServiceState>> {
         .route("/devices", get(devices))
         .route("/statistics/devices", get(device_statistics))
         .route("/statistics/service", get(service_statistics))
+        // Every error here in IoT Hub's shape, whether the router or the stamp gave it.
+        .route_layer(axum::middleware::map_response(
+            crate::iothub_errors::as_iot_hub_error,
+        ))
 }
 
 /// IoT Hub's most devices in one `GET /devices` (and its default).

@@ -27,6 +27,7 @@ pub mod config;
 pub mod dps;
 pub mod enrollment;
 mod error;
+pub mod iothub_errors;
 pub mod iothub_rest;
 pub mod metrics;
 pub mod openapi;

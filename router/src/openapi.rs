@@ -169,7 +169,48 @@ fn add_iot_hub_paths(doc: &mut Value, stamp: &Value) {
         json!({"type": "object", "required": ["connectedDeviceCount"],
             "properties": {"connectedDeviceCount": count}}),
     );
+    iot_hub_error_shapes(doc, stamp);
 }
+
+/// IoT Hub's paths answer errors in IoT Hub's shape (`crate::iothub_errors`): every error response
+/// of theirs keeps its description and gets that body and the `iothub-errorcode` header.
+fn iot_hub_error_shapes(doc: &mut Value, stamp: &Value) {
+    doc["components"]["schemas"]["IotHubError"] = json!({"type": "object", "required": ["Message"],
+        "properties": {"Message": {"type": "string", "description": "ErrorCode:<IoT Hub's code>;<what went wrong>"},
+                       "ExceptionMessage": {"type": "string"}}});
+    let header =
+        json!({"iothub-errorcode": {"description": "IoT Hub's error code", "schema": {"type": "string"}}});
+    let router = doc.clone();
+    for path in IOT_HUB_PATHS {
+        let Some(item) = doc["paths"][path].as_object_mut() else {
+            continue;
+        };
+        for (_, op) in item.iter_mut().filter(|(k, _)| *k != "parameters") {
+            let Some(responses) = op["responses"].as_object_mut() else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut().filter(|(s, _)| !s.starts_with('2')) {
+                let description = resolve(response, stamp)
+                    .or_else(|| resolve(response, &router))
+                    .and_then(|r| r["description"].as_str())
+                    .unwrap_or(status)
+                    .to_string();
+                *response = json!({"description": description, "headers": header,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IotHubError"}}}});
+            }
+        }
+    }
+}
+
+/// IoT Hub's own REST paths, served by `crate::iothub_rest`.
+const IOT_HUB_PATHS: [&str; 6] = [
+    "/twins/{id}",
+    "/twins/{id}/methods",
+    "/devices/{id}",
+    "/devices",
+    "/statistics/devices",
+    "/statistics/service",
+];
 
 /// Adds the router's own answers to one passed-through operation's responses: where the stamp
 /// documents the same status, one response whose description names both.
