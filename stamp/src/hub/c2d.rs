@@ -4,8 +4,8 @@
 //!
 //! Messages live in storage (`storage/c2d.rs`), so every hub replica and every restart sees the
 //! same queue. A connection subscribed to C2D **leases** up to [`WINDOW`] due messages at a time;
-//! storage locks each for the lock timeout and counts the delivery. The device's PUBACK
-//! **completes** one. A lease is asked for when the device subscribes, when the API queued a
+//! storage locks each for the lock timeout and counts the delivery. The device's PUBACKs
+//! **complete** them (the PUBACKs of one read in one write). A lease is asked for when the device subscribes, when the API queued a
 //! message for it (the session's `c2d_waiting` signal, forwarded from whichever hub replica the
 //! API call reached), when acknowledgements make room after a full lease, and when the oldest
 //! lock lapses (redelivery, with MQTT's DUP flag). When the session ends, what is still
@@ -37,6 +37,9 @@ pub struct Deliveries {
     leasing: bool,
     /// When to look again for deliveries whose lock lapsed (or after a failed lease).
     look_again: Option<Instant>,
+    /// Acknowledged and not yet completed in storage: the connection completes them together
+    /// (one write for every PUBACK of a read).
+    completed: Vec<u64>,
 }
 
 impl Deliveries {
@@ -86,13 +89,22 @@ impl Deliveries {
         self.in_flight.contains_key(&pkid)
     }
 
-    /// The device acknowledged `pkid`: the message to complete, if it was one of ours.
-    pub fn acked(&mut self, pkid: u16) -> Option<u64> {
-        let seq = self.in_flight.remove(&pkid)?;
+    /// The device acknowledged `pkid`; whether it was one of our deliveries (then it waits in
+    /// [`Self::take_completed`]).
+    pub fn acked(&mut self, pkid: u16) -> bool {
+        let Some(seq) = self.in_flight.remove(&pkid) else {
+            return false;
+        };
         if self.in_flight.is_empty() && !self.leasing {
             self.look_again = None;
         }
-        Some(seq)
+        self.completed.push(seq);
+        true
+    }
+
+    /// The acknowledged deliveries to complete in storage now.
+    pub fn take_completed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.completed)
     }
 
     pub fn look_again_at(&self) -> Option<Instant> {
@@ -106,8 +118,8 @@ impl Deliveries {
     }
 
     /// The session ended: what was never acknowledged, to abandon.
-    pub fn unacknowledged(self) -> Vec<u64> {
-        self.in_flight.into_values().collect()
+    pub fn unacknowledged(&mut self) -> Vec<u64> {
+        self.in_flight.drain().map(|(_, seq)| seq).collect()
     }
 }
 
@@ -143,8 +155,10 @@ mod tests {
         }
         d.leased(WINDOW, WINDOW, LOCK, t0);
         assert_eq!(d.lease_now(), None, "the window is full");
-        assert_eq!(d.acked(1), Some(0));
-        assert_eq!(d.acked(1), None, "a repeated PUBACK completes nothing");
+        assert!(d.acked(1));
+        assert!(!d.acked(1), "a repeated PUBACK completes nothing");
+        assert_eq!(d.take_completed(), [0]);
+        assert!(d.take_completed().is_empty());
         assert_eq!(
             d.lease_now(),
             Some(1),
@@ -159,8 +173,9 @@ mod tests {
         d.sent(100, 1);
         d.leased(1, 1, LOCK, t0 + LOCK);
         assert!(!d.in_use(2) && d.in_use(100));
-        assert_eq!(d.acked(2), None);
-        assert_eq!(d.acked(100), Some(1));
+        assert!(!d.acked(2));
+        assert!(d.acked(100));
+        assert_eq!(d.take_completed(), [1]);
         let mut left = d.unacknowledged();
         left.sort();
         assert_eq!(left, (2..WINDOW as u64).collect::<Vec<_>>());

@@ -270,6 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let result = self
             .session_loop(device, guard, keep_alive, token_expiry, &mut deliveries)
             .await;
+        self.complete_c2d(&device.key(), deliveries.take_completed());
         let unacknowledged = deliveries.unacknowledged();
         if !unacknowledged.is_empty() {
             // Unlocked now, the next connection gets them at once instead of after the lock.
@@ -420,15 +421,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                             return Ok(());
                         }
                         if let Packet::PubAck(pkid) = packet
-                            && let Some(seq) = deliveries.acked(pkid)
+                            && deliveries.acked(pkid)
                         {
-                            self.complete_c2d(&device_key, seq);
                             continue;
                         }
                         handler.handle(&self.ctx, packet, &mut self.wbuf, &mut acks).await?;
                     }
                 }
             }
+            self.complete_c2d(&device_key, deliveries.take_completed());
             self.flush().await?;
         }
     }
@@ -452,12 +453,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.encode(&publish);
     }
 
-    /// The device acknowledged a C2D delivery: it leaves the queue (in the background; if that
-    /// write fails the message comes again after its lock, which at-least-once allows).
-    fn complete_c2d(&self, device_key: &str, seq: u64) {
+    /// The device acknowledged these C2D deliveries: they leave the queue (in the background; if
+    /// that write fails they come again after their lock, which at-least-once allows).
+    fn complete_c2d(&self, device_key: &str, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
         let (queue, key) = (self.ctx.c2d.clone(), device_key.to_string());
         tokio::spawn(async move {
-            if let Err(e) = queue.c2d(key, C2dOp::Complete { seq }).await {
+            if let Err(e) = queue.c2d(key, C2dOp::Complete { seqs }).await {
                 tracing::warn!(error = %Causes(&e), "C2D completion not stored; the message will be delivered again");
             }
         });

@@ -33,8 +33,8 @@ pub enum C2dOp {
     /// Deliver up to `max` of the device's messages that are due (new, or whose lock lapsed),
     /// oldest first, locking each.
     Lease { max: usize },
-    /// The device acknowledged delivery `seq`.
-    Complete { seq: u64 },
+    /// The device acknowledged these deliveries.
+    Complete { seqs: Vec<u64> },
     /// The session ended with these delivered and unacknowledged: unlock them for the next one
     /// (their delivery counts stay).
     Abandon { seqs: Vec<u64> },
@@ -62,9 +62,9 @@ pub enum C2dAnswer {
         deliveries: Vec<Delivery>,
         in_flight: usize,
     },
-    /// Whether the message was still queued (a late or repeated PUBACK finds nothing).
+    /// How many were still queued (a late or repeated PUBACK finds nothing).
     Completed {
-        found: bool,
+        found: usize,
     },
     Abandoned,
 }
@@ -220,16 +220,17 @@ impl QueueTx<'_> {
                     in_flight,
                 }
             }
-            C2dOp::Complete { seq } => {
-                let row = self.queue.get(key(device_key, *seq).as_slice())?;
-                let message = row.map(|v| from_json::<Message>(v.value())).transpose()?;
-                match message {
-                    Some(message) => {
+            C2dOp::Complete { seqs } => {
+                let mut found = 0;
+                for seq in seqs {
+                    let row = self.queue.get(key(device_key, *seq).as_slice())?;
+                    let message = row.map(|v| from_json::<Message>(v.value())).transpose()?;
+                    if let Some(message) = message {
                         self.end(device_key, *seq, &message, FeedbackStatus::Success)?;
-                        C2dAnswer::Completed { found: true }
+                        found += 1;
                     }
-                    None => C2dAnswer::Completed { found: false },
                 }
+                C2dAnswer::Completed { found }
             }
             C2dOp::Abandon { seqs } => {
                 for seq in seqs {
@@ -398,10 +399,23 @@ mod tests {
         assert_eq!(lease(T0 + 1, 2).0.len(), 2, "the next two: the first are locked");
         let (seq0, seq1) = (first[0].seq, first[1].seq);
         let done = store
-            .write_c2d(&[(d(), C2dOp::Complete { seq: seq0 })], T0 + 2, &s)
+            .write_c2d(
+                &[(
+                    d(),
+                    C2dOp::Complete {
+                        seqs: vec![seq0, seq0],
+                    },
+                )],
+                T0 + 2,
+                &s,
+            )
             .unwrap()
             .0;
-        assert_eq!(done, [C2dAnswer::Completed { found: true }]);
+        assert_eq!(
+            done,
+            [C2dAnswer::Completed { found: 1 }],
+            "a repeated PUBACK completes nothing more"
+        );
 
         // A minute later the unacknowledged first-leased one comes back, second delivery.
         let (again, _) = lease(T0 + 60_000, 1);
