@@ -59,10 +59,10 @@ impl Stamp {
 }
 
 /// What one phase measured.
-struct Phase {
+pub(super) struct Phase {
     /// Calls (or messages) per second over the phase.
-    rate: f64,
-    latencies_ms: Vec<f64>,
+    pub rate: f64,
+    pub latencies_ms: Vec<f64>,
 }
 
 pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
@@ -90,9 +90,9 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
         }
         drop(tx);
         let ids: Arc<Vec<String>> = Arc::new(devices.iter().map(|(_, c)| c.client_id.clone()).collect());
-        let before = methods(api, &ids, &opts).await?;
+        let before = methods(api, &ids, opts.senders, opts.messages_per_device).await?;
         let (sent, delivered, refused) = messages(api, &ids, &opts, received).await?;
-        let after = methods(api, &ids, &opts).await?;
+        let after = methods(api, &ids, opts.senders, opts.messages_per_device).await?;
         Ok::<_, anyhow::Error>((before, sent, delivered, refused, after))
     }
     .await;
@@ -166,25 +166,37 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// What one sender does for call `n`: the path and body to POST (made at each try).
-type Call = Arc<dyn Fn(usize) -> (String, Bytes) + Send + Sync>;
+/// What one sender does for call `n`: the path and body to send (made at each try).
+pub(super) type Call = Arc<dyn Fn(usize) -> (String, Bytes) + Send + Sync>;
 
-/// Makes `total` calls from `senders` kept-alive API connections, each taking the next call
+/// `total` calls made from `senders` kept-alive API connections, each sender taking the next call
 /// number until none is left; every call must be answered `want`, except that `retry_on` (a full
-/// device queue) is counted in `retried` and tried again 5 ms later. Returns each call's latency.
-async fn spread(
-    api: SocketAddr,
-    senders: usize,
-    total: usize,
-    call: Call,
-    want: StatusCode,
-    retry_on: Option<StatusCode>,
-    retried: Arc<AtomicU64>,
-) -> anyhow::Result<Vec<f64>> {
+/// device queue) is counted in `retried` and tried again 5 ms later.
+pub(super) struct Calls {
+    pub senders: usize,
+    pub total: usize,
+    pub method: http::Method,
+    pub call: Call,
+    pub want: StatusCode,
+    pub retry_on: Option<StatusCode>,
+    pub retried: Arc<AtomicU64>,
+}
+
+/// Makes the calls; returns each one's latency in ms.
+pub(super) async fn spread(api: SocketAddr, calls: Calls) -> anyhow::Result<Vec<f64>> {
+    let Calls {
+        senders,
+        total,
+        method,
+        call,
+        want,
+        retry_on,
+        retried,
+    } = calls;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..senders {
-        let (next, call, retried) = (next.clone(), call.clone(), retried.clone());
+        let (next, call, retried, method) = (next.clone(), call.clone(), retried.clone(), method.clone());
         tasks.push(tokio::spawn(async move {
             let mut api = Api::connect(api).await?;
             let mut latencies = Vec::new();
@@ -196,7 +208,7 @@ async fn spread(
                 loop {
                     let (path, body) = call(n);
                     let t = Instant::now();
-                    match api.call(&path, body).await? {
+                    match api.call(method.clone(), &path, body).await? {
                         (status, _) if status == want => {
                             latencies.push(t.elapsed().as_secs_f64() * 1e3);
                             break;
@@ -221,25 +233,30 @@ async fn spread(
     Ok(latencies)
 }
 
-/// Direct methods from `opts.senders` connections, round robin over the devices.
-async fn methods(api: SocketAddr, ids: &Arc<Vec<String>>, opts: &C2dBenchOptions) -> anyhow::Result<Phase> {
-    let total = ids.len() * opts.messages_per_device;
+/// Direct methods from `senders` connections, `per_device` to each device, round robin.
+pub(super) async fn methods(
+    api: SocketAddr,
+    ids: &Arc<Vec<String>>,
+    senders: usize,
+    per_device: usize,
+) -> anyhow::Result<Phase> {
+    let total = ids.len() * per_device;
     let ids = ids.clone();
     let call: Call = Arc::new(move |n| {
         let path = format!("/v1/devices/{}/methods/ping?timeout=5", ids[n % ids.len()]);
         (path, Bytes::from_static(b"{}"))
     });
     let started = Instant::now();
-    let latencies_ms = spread(
-        api,
-        opts.senders,
+    let calls = Calls {
+        senders,
         total,
+        method: http::Method::POST,
         call,
-        StatusCode::OK,
-        None,
-        Arc::default(),
-    )
-    .await?;
+        want: StatusCode::OK,
+        retry_on: None,
+        retried: Arc::default(),
+    };
+    let latencies_ms = spread(api, calls).await?;
     Ok(Phase {
         rate: total as f64 / started.elapsed().as_secs_f64(),
         latencies_ms,
@@ -285,16 +302,16 @@ async fn messages(
             Bytes::from(format!("{n}:{}", started.elapsed().as_micros())),
         )
     });
-    let send_latencies = spread(
-        api,
-        opts.senders,
+    let calls = Calls {
+        senders: opts.senders,
         total,
+        method: http::Method::POST,
         call,
-        StatusCode::ACCEPTED,
-        Some(StatusCode::FORBIDDEN),
-        refused.clone(),
-    )
-    .await?;
+        want: StatusCode::ACCEPTED,
+        retry_on: Some(StatusCode::FORBIDDEN),
+        retried: refused.clone(),
+    };
+    let send_latencies = spread(api, calls).await?;
     let sends_done = started.elapsed();
     let (latencies_ms, all_delivered) = collect.await??;
     Ok((

@@ -124,6 +124,12 @@ pub struct TwinArgs {
     /// Requests in flight per connection (the SDKs wait for each twin answer: 1).
     #[arg(long, default_value_t = 1)]
     pub window: usize,
+    /// Desired-property changes the application makes to each device (pushed to it).
+    #[arg(long, default_value_t = 20)]
+    pub desired: usize,
+    /// HTTP connections making the desired changes through the stamp API.
+    #[arg(long, default_value_t = 64)]
+    pub senders: usize,
 }
 
 pub async fn run_twin(a: TwinArgs) -> anyhow::Result<BenchReport> {
@@ -131,6 +137,8 @@ pub async fn run_twin(a: TwinArgs) -> anyhow::Result<BenchReport> {
         connections: a.connections,
         updates_per_connection: a.updates,
         window: a.window,
+        desired_per_device: a.desired,
+        senders: a.senders,
         ip: Ipv4Addr::new(127, 0, 0, 203),
     })
     .await

@@ -117,7 +117,7 @@ impl Api {
 
     /// Fails unless the API answers `want`.
     pub(super) async fn post(&mut self, path: &str, body: Bytes, want: StatusCode) -> anyhow::Result<()> {
-        let (status, body) = self.call(path, body).await?;
+        let (status, body) = self.call(Method::POST, path, body).await?;
         if status != want {
             bail!(
                 "the stamp API answered {status}: {}",
@@ -127,10 +127,15 @@ impl Api {
         Ok(())
     }
 
-    /// A POST and its answer.
-    pub(super) async fn call(&mut self, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+    /// A request and its answer.
+    pub(super) async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(http::header::HOST, "stamp")
             .header(http::header::AUTHORIZATION, "Bearer bench-token")
@@ -148,8 +153,9 @@ impl Api {
     }
 }
 
-/// Connects the device, subscribes it to C2D and methods, and serves it in a task: methods are
-/// answered at once, each C2D message is acknowledged and its payload reported on `received`.
+/// Connects the device, subscribes it to C2D, methods and desired-property pushes, and serves it
+/// in a task: methods are answered at once, each C2D message is acknowledged, and the payload of
+/// every C2D message and desired push is reported on `received`.
 pub(super) async fn device(
     addr: SocketAddr,
     client: &Client,
@@ -172,6 +178,7 @@ pub(super) async fn device(
         filters: vec![
             (format!("devices/{}/messages/devicebound/#", client.client_id), 1),
             ("$iothub/methods/POST/#".into(), 0),
+            ("$iothub/twin/PATCH/properties/desired/#".into(), 0),
         ],
     };
     let mut out = BytesMut::new();

@@ -1,15 +1,26 @@
 //! `iotstamp bench twin`: durable twin reported-property updates on one stamp (`--role all`), each
 //! PUBACKed (and answered) only after its commit, beside QoS 1 telemetry from the same connections
 //! through the same stamp in the same run: both are one small durable write per message, so the
-//! telemetry figure is what the twin path could reach.
+//! telemetry figure is what the twin path could reach. Then desired-property changes: the
+//! application's PATCH through the stamp API (answered once durable) and the push to the
+//! subscribed device, beside direct methods from the same senders to the same devices (the API →
+//! device path with no storage).
 
-use std::net::Ipv4Addr;
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use http::StatusCode;
 use iotstamp_core::registry::DeviceRecord;
+use tokio::sync::mpsc;
 
+use super::c2d::{Call, Calls, Phase, methods, spread};
 use super::hub::bench_devices;
 use super::load::{self, Client, Load};
+use super::replicas::device;
 use super::{BenchReport, quantile};
 
 pub struct TwinBenchOptions {
@@ -17,6 +28,10 @@ pub struct TwinBenchOptions {
     pub updates_per_connection: usize,
     /// Requests in flight per connection.
     pub window: usize,
+    /// Desired-property changes made to each device (and, for the baseline, methods called).
+    pub desired_per_device: usize,
+    /// HTTP connections making the desired changes.
+    pub senders: usize,
     pub ip: Ipv4Addr,
 }
 
@@ -70,9 +85,11 @@ pub async fn twin(opts: TwinBenchOptions) -> anyhow::Result<BenchReport> {
         }
         None => None,
     };
+    let desired = desired_phase(addr, stamp.api, &telemetry, &opts).await;
     stamp.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     let (mut twin, mut before, mut after) = (twin?, before?, after?);
+    let (mut methods_before, mut patches, mut pushes) = desired?;
 
     let mut report = BenchReport::new(format!(
         "twin: reported patches of {} B, {} connections x {} updates, window {}, one stamp (--role all)",
@@ -122,7 +139,103 @@ pub async fn twin(opts: TwinBenchOptions) -> anyhow::Result<BenchReport> {
         ));
     }
     report
+        .row("desired changes pushed to the device/s", "chg/s", pushes.rate)
+        .baseline("direct methods/s, no storage", methods_before.rate);
+    for q in [0.5, 0.99] {
+        let p = (q * 100.0) as u32;
+        report
+            .row(
+                format!("desired PATCH -> device p{p}"),
+                "ms",
+                quantile(&mut pushes.latencies_ms, q),
+            )
+            .baseline(
+                format!("method round trip p{p}"),
+                quantile(&mut methods_before.latencies_ms, q),
+            );
+        report
+            .row(
+                format!("desired PATCH -> 200 p{p}"),
+                "ms",
+                quantile(&mut patches.latencies_ms, q),
+            )
+            .baseline(
+                format!("method round trip p{p}"),
+                quantile(&mut methods_before.latencies_ms, q),
+            );
+    }
+    report.notes.push(format!(
+        "desired: {} changes to each of {} subscribed devices from {} API senders; checked: every push reached its device",
+        opts.desired_per_device, opts.connections, opts.senders
+    ));
+    report
         .notes
         .push("the load generator runs in this process, beside the stamp, on the same cores".into());
     Ok(report)
+}
+
+/// Methods (the baseline), then desired changes, to `clients` connected and subscribed: the
+/// methods, the PATCH answers and the pushes as the devices saw them.
+async fn desired_phase(
+    mqtt: SocketAddr,
+    api: SocketAddr,
+    clients: &[Client],
+    opts: &TwinBenchOptions,
+) -> anyhow::Result<(Phase, Phase, Phase)> {
+    let (tx, mut received) = mpsc::unbounded_channel();
+    for client in clients {
+        device(mqtt, client, tx.clone()).await?;
+    }
+    drop(tx);
+    let ids: Arc<Vec<String>> = Arc::new(clients.iter().map(|c| c.client_id.clone()).collect());
+    let baseline = methods(api, &ids, opts.senders, opts.desired_per_device).await?;
+    let total = ids.len() * opts.desired_per_device;
+    let started = Instant::now();
+    let collect = tokio::spawn(async move {
+        let mut seen = HashSet::with_capacity(total);
+        let mut latencies = Vec::with_capacity(total);
+        while seen.len() < total {
+            let payload = tokio::time::timeout(Duration::from_secs(30), received.recv())
+                .await
+                .map_err(|_| anyhow!("{} of {total} desired pushes arrived; none for 30 s", seen.len()))?
+                .ok_or_else(|| anyhow!("the devices' connections closed"))?;
+            let push: serde_json::Value = serde_json::from_slice(&payload).context("a desired push")?;
+            let (Some(n), Some(sent_us)) = (push["n"].as_u64(), push["sent"].as_u64()) else {
+                continue;
+            };
+            if seen.insert(n) {
+                let now_us = started.elapsed().as_micros() as u64;
+                latencies.push(now_us.saturating_sub(sent_us) as f64 / 1e3);
+            }
+        }
+        Ok::<_, anyhow::Error>((latencies, started.elapsed()))
+    });
+    let call: Call = Arc::new(move |n| {
+        let path = format!("/v1/devices/{}/twin", ids[n % ids.len()]);
+        let body = serde_json::json!({"properties": {"desired": {"n": n, "sent": started.elapsed().as_micros() as u64}}});
+        (path, Bytes::from(body.to_string()))
+    });
+    let calls = Calls {
+        senders: opts.senders,
+        total,
+        method: http::Method::PATCH,
+        call,
+        want: StatusCode::OK,
+        retry_on: None,
+        retried: Arc::default(),
+    };
+    let answered = spread(api, calls).await?;
+    let patches_done = started.elapsed();
+    let (latencies_ms, all_pushed) = collect.await??;
+    Ok((
+        baseline,
+        Phase {
+            rate: total as f64 / patches_done.as_secs_f64(),
+            latencies_ms: answered,
+        },
+        Phase {
+            rate: total as f64 / all_pushed.as_secs_f64(),
+            latencies_ms,
+        },
+    ))
 }
