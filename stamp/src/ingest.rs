@@ -225,7 +225,13 @@ mod tests {
             linger: Duration::from_millis(5),
         };
         let (ingest, writer) = Ingest::spawn(
-            LocalStore::new(store.clone(), 100, Default::default()).unwrap(),
+            LocalStore::new(
+                store.clone(),
+                100,
+                Default::default(),
+                crate::metrics::Metrics::new(),
+            )
+            .unwrap(),
             policy,
             Metrics::new(),
             shutdown,

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Calls this hub sent to another hub replica (kind: c2d, method, end, takeover).
     pub forwarded_calls: Family<Labels, Counter>,
+    /// C2D messages sent to devices (kind: first, redelivery).
+    pub c2d_deliveries: Family<Labels, Counter>,
+    /// C2D messages the devices acknowledged (each then leaves its queue).
+    pub c2d_acknowledged: Counter,
+    /// C2D messages that left their queue unacknowledged (reason: expired, dead_lettered).
+    pub c2d_removed: Family<Labels, Counter>,
     /// Telemetry messages per second over the last second, as f64 bits (for `/v1/stats`).
     rate_bits: AtomicU64,
 }
@@ -55,6 +61,9 @@ impl Metrics {
             batches: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             forwarded_calls: Family::default(),
+            c2d_deliveries: Family::default(),
+            c2d_acknowledged: Counter::default(),
+            c2d_removed: Family::default(),
             rate_bits: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -130,6 +139,21 @@ impl Metrics {
             "hub_forwarded_calls",
             "Calls forwarded to the hub replica holding the device, by kind and outcome",
             m.forwarded_calls.clone(),
+        );
+        r.register(
+            "hub_c2d_deliveries",
+            "Cloud-to-device messages sent to devices, by kind (first, redelivery)",
+            m.c2d_deliveries.clone(),
+        );
+        r.register(
+            "hub_c2d_acknowledged",
+            "Cloud-to-device messages the devices acknowledged",
+            m.c2d_acknowledged.clone(),
+        );
+        r.register(
+            "storage_c2d_removed",
+            "Cloud-to-device messages that left their queue unacknowledged, by reason (expired, dead_lettered)",
+            m.c2d_removed.clone(),
         );
         Arc::new(Self { registry, ..m })
     }

@@ -103,9 +103,9 @@ async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error
     let config = role.config;
     let store = run::open_store(config).await?;
     let c2d = run::c2d_settings(config)?;
-    let local = LocalStore::new(store.clone(), config.device_quota, c2d)?;
+    let local = LocalStore::new(store.clone(), config.device_quota, c2d, role.metrics.clone())?;
     let probes = Probes {
-        metrics: role.metrics,
+        metrics: role.metrics.clone(),
         dependencies: vec![local.clone()],
     };
     let routes = storage_routes(StorageState::new(local), role.token);
@@ -119,7 +119,7 @@ async fn storage(role: Start<'_>, running: &mut RunningRole) -> Result<(), Error
     )
     .await?;
     running.listeners.push(run::until_shutdown(
-        run::retention(store, config.storage.clone(), c2d),
+        run::retention(store, config.storage.clone(), c2d, role.metrics.clone()),
         role.shutdown.clone(),
     ));
     Ok(())

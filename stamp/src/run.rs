@@ -75,9 +75,9 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
     let token = read_token(&config)?;
     let store = open_store(&config).await?;
     let c2d = c2d_settings(&config)?;
-    let local = LocalStore::new(store.clone(), config.device_quota, c2d)?;
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Metrics::new();
+    let local = LocalStore::new(store.clone(), config.device_quota, c2d, metrics.clone())?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
     let seams = Seams {
         registry: local.clone(),
         telemetry: local.clone(),
@@ -89,9 +89,9 @@ pub async fn start(config: StampConfig) -> Result<RunningStamp, Error> {
         live_from_storage: None,
         hub_internal: None,
     };
-    let mut edge = start_edge(&config, token, seams, metrics, shutdown).await?;
+    let mut edge = start_edge(&config, token, seams, metrics.clone(), shutdown).await?;
     edge.listeners.push(until_shutdown(
-        retention(store.clone(), config.storage.clone(), c2d),
+        retention(store.clone(), config.storage.clone(), c2d, metrics),
         shutdown_tx.subscribe(),
     ));
     Ok(RunningStamp {
@@ -453,7 +453,12 @@ pub(crate) fn c2d_settings(config: &StampConfig) -> Result<iotstamp_core::c2d::S
 /// Deletes telemetry older than the retention period, and the oldest beyond `storage.maxBytes`, every
 /// tenth of the period (at most once a minute); also the C2D messages that expired in queues no
 /// connection visits.
-pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig, c2d: iotstamp_core::c2d::Settings) {
+pub(crate) async fn retention(
+    store: Arc<Store>,
+    config: StorageConfig,
+    c2d: iotstamp_core::c2d::Settings,
+    metrics: Arc<Metrics>,
+) {
     let retention_secs = config.retention_secs;
     let period = Duration::from_secs((retention_secs / 10).clamp(1, 60));
     let mut tick = tokio::time::interval(period);
@@ -461,9 +466,10 @@ pub(crate) async fn retention(store: Arc<Store>, config: StorageConfig, c2d: iot
         tick.tick().await;
         let cutoff =
             iotstamp_core::clock::unix_micros().saturating_sub(retention_secs.saturating_mul(1_000_000));
-        let store = store.clone();
+        let (store, metrics) = (store.clone(), metrics.clone());
         let by_age_and_size = move || {
-            crate::seams::local::log_removed(store.expire_c2d(iotstamp_core::clock::unix_millis(), &c2d)?);
+            let expired = store.expire_c2d(iotstamp_core::clock::unix_millis(), &c2d)?;
+            crate::seams::local::count_removed(expired, &metrics);
             let by_age = store.expire(cutoff)?;
             let by_size = config.max_bytes.map(|max| store.shrink_to(max)).transpose()?;
             Ok::<_, Error>(by_age + by_size.unwrap_or(0))

@@ -132,6 +132,18 @@ async fn messages_wait_durably_fifty_at_most_survive_a_restart_and_arrive_in_ord
         .expect("the live message");
     assert_eq!(p.payload, "live");
     device.send(&Packet::PubAck(p.pkid)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = stamp.api("GET", "/metrics", None).await;
+        if metrics.contains("iotstamp_hub_c2d_acknowledged_total 51") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "51 acknowledgements not counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Only m0 asked for feedback.
     let items = feedback(&stamp, "dev1", 1).await;
@@ -176,6 +188,14 @@ async fn an_unacknowledged_message_comes_again_then_is_dead_lettered_and_an_expi
     let items = feedback(&stamp, "dev2", 1).await;
     assert_eq!(items[0]["originalMessageId"], "ignored");
     assert_eq!(items[0]["statusCode"], "DeliveryCountExceeded");
+    let (_, metrics) = stamp.api("GET", "/metrics", None).await;
+    for counted in [
+        r#"iotstamp_hub_c2d_deliveries_total{kind="first"} 1"#,
+        r#"iotstamp_hub_c2d_deliveries_total{kind="redelivery"} 1"#,
+        r#"iotstamp_storage_c2d_removed_total{reason="dead_lettered"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} not in:\n{metrics}");
+    }
     drop(device);
 
     // A message whose expiry passes while its device is away is never delivered; its sender hears.

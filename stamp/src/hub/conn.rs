@@ -366,6 +366,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                                     properties: Properties::default(),
                                 });
                                 deliveries.sent(next_pkid, delivery.seq);
+                                let kind = if delivery.message.delivery_count > 1 { "redelivery" } else { "first" };
+                                self.ctx.metrics.c2d_deliveries.get_or_create(&vec![("kind", kind)]).inc();
                                 self.send_to_device(device.as_str(), publish);
                             }
                             deliveries.leased(asked, got, lock_timeout, Instant::now());
@@ -459,6 +461,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if seqs.is_empty() {
             return;
         }
+        self.ctx.metrics.c2d_acknowledged.inc_by(seqs.len() as u64);
         let (queue, key) = (self.ctx.c2d.clone(), device_key.to_string());
         tokio::spawn(async move {
             if let Err(e) = queue.c2d(key, C2dOp::Complete { seqs }).await {

@@ -161,11 +161,22 @@ mod tests {
         }
     }
 
+    /// A store in `dir` and a cache over it (quota 10).
+    fn cached_store(dir: &std::path::Path) -> (Arc<Store>, Arc<CachedRegistry>) {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let local = LocalStore::new(
+            store.clone(),
+            10,
+            Default::default(),
+            crate::metrics::Metrics::new(),
+        );
+        (store, CachedRegistry::new(local.unwrap()))
+    }
+
     #[tokio::test]
     async fn writes_through_the_cache_take_effect_at_once_and_others_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10, Default::default()).unwrap());
+        let (store, cache) = cached_store(dir.path());
         assert_eq!(cache.get("dev1".into()).await.unwrap(), None);
 
         cache.put(device(DeviceStatus::Enabled)).await.unwrap();
@@ -201,8 +212,7 @@ mod tests {
     #[tokio::test]
     async fn a_refusal_rechecks_storage_once_the_cached_record_is_a_second_old() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let cache = CachedRegistry::new(LocalStore::new(store.clone(), 10, Default::default()).unwrap());
+        let (store, cache) = cached_store(dir.path());
         store.put_device(&device(DeviceStatus::Enabled), 10).unwrap();
         assert_eq!(
             cache.get("dev1".into()).await.unwrap().unwrap().primary_key,

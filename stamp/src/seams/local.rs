@@ -13,6 +13,7 @@ use super::group_commit::{self, GroupCommit, TwinOutcome};
 use super::registry_writer::RegistryWriter;
 use super::{BatchWriter, CloudToDevice, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::storage::c2d::{C2dAnswer, C2dOp, FeedbackPage};
 use crate::storage::record::TelemetryRecord;
 use crate::storage::{Page, PutOutcome, Store};
@@ -33,7 +34,13 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    pub fn new(store: Arc<Store>, quota: u64, c2d: c2d::Settings) -> Result<Arc<Self>, Error> {
+    /// `metrics` counts the C2D messages that leave their queues unacknowledged.
+    pub fn new(
+        store: Arc<Store>,
+        quota: u64,
+        c2d: c2d::Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, Error> {
         let registry_writes = RegistryWriter::start(store.clone())?;
         let twin_writes = group_commit::twins(store.clone())?;
         let c2d_writes = GroupCommit::start(
@@ -41,7 +48,7 @@ impl LocalStore {
             store.clone(),
             Box::new(move |store, ops| {
                 let (answers, removed) = store.write_c2d(ops, iotstamp_core::clock::unix_millis(), &c2d)?;
-                log_removed(removed);
+                count_removed(removed, &metrics);
                 Ok(answers)
             }),
         )?;
@@ -137,8 +144,19 @@ impl CloudToDevice for LocalStore {
     }
 }
 
-/// Messages that left a queue unacknowledged are the operator's business: say so.
-pub(crate) fn log_removed(removed: crate::storage::c2d::Removed) {
+/// Messages that left a queue unacknowledged are the operator's business: count them and say so.
+pub(crate) fn count_removed(removed: crate::storage::c2d::Removed, metrics: &Metrics) {
+    for (reason, n) in [
+        ("expired", removed.expired),
+        ("dead_lettered", removed.dead_lettered),
+    ] {
+        if n > 0 {
+            metrics
+                .c2d_removed
+                .get_or_create(&vec![("reason", reason)])
+                .inc_by(n);
+        }
+    }
     if removed.expired > 0 || removed.dead_lettered > 0 {
         tracing::info!(
             expired = removed.expired,
