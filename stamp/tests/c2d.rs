@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{kill_9, spawn, wait_listening};
+use common::process::{ProcessStamp, kill_9, spawn, wait_listening};
 use common::{Raw, Stamp};
 use iotstamp_net::mqtt::{Packet, Publish};
 
@@ -265,18 +265,11 @@ client.shutdown()
 async fn queued_messages_survive_kill_9_and_the_sdk_reads_iot_hubs_properties() {
     const IP: [u8; 4] = [127, 0, 0, 143];
     let dir = tempfile::tempdir().unwrap();
-    let (mut config, ca_pem) = common::config_in(dir.path(), IP[3], 8883);
-    let api: std::net::SocketAddr = (IP, 18443).into();
-    config.api.listen = api;
-    config.api.metrics_listen = (IP, 19090).into();
-    let config_file = dir.path().join("stamp.json");
-    std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
-    let call = async |method: &str, path: &str, body: Option<&str>| {
-        let io = common::tls_stream(api, &ca_pem).await;
-        common::http(io, method, path, body, Some(common::TOKEN)).await
-    };
+    let stamp = ProcessStamp::new(dir.path(), IP, 8883);
+    let (config_file, api) = (&stamp.config_file, stamp.api);
+    let call = async |method: &str, path: &str, body: Option<&str>| stamp.api(method, path, body).await;
 
-    let mut child = spawn(&config_file, "all");
+    let mut child = spawn(config_file, "all");
     wait_listening(api).await;
     let key = common::base64_key("c2d-k9");
     let record = serde_json::json!({"deviceId": "c2d-k9", "primaryKey": key}).to_string();
@@ -297,7 +290,7 @@ async fn queued_messages_survive_kill_9_and_the_sdk_reads_iot_hubs_properties() 
 
     // Answered means durable: a SIGKILL right after loses nothing.
     kill_9(&mut child).await;
-    let mut child = spawn(&config_file, "all");
+    let mut child = spawn(config_file, "all");
     wait_listening(api).await;
 
     let script = dir.path().join("receive.py");

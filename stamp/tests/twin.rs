@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::process::{kill_9, spawn, wait_listening};
+use common::process::{ProcessStamp, kill_9, spawn, wait_listening};
 use common::{Raw, Stamp};
 use iotstamp_net::mqtt::{Packet, Publish};
 use serde_json::{Value, json};
@@ -157,18 +157,11 @@ async fn sdk_reads_its_twin_reports_gets_desired_pushes_and_the_twin_survives_a_
 async fn the_twin_survives_kill_9() {
     const IP: [u8; 4] = [127, 0, 0, 142];
     let dir = tempfile::tempdir().unwrap();
-    let (mut config, ca_pem) = common::config_in(dir.path(), IP[3], 8883);
-    let api: std::net::SocketAddr = (IP, 18443).into();
-    config.api.listen = api;
-    config.api.metrics_listen = (IP, 19090).into();
-    let config_file = dir.path().join("stamp.json");
-    std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
-    let call = async |method: &str, path: &str, body: Option<&str>| {
-        let io = common::tls_stream(api, &ca_pem).await;
-        common::http(io, method, path, body, Some(common::TOKEN)).await
-    };
+    let stamp = ProcessStamp::new(dir.path(), IP, 8883);
+    let (config_file, api) = (&stamp.config_file, stamp.api);
+    let call = async |method: &str, path: &str, body: Option<&str>| stamp.api(method, path, body).await;
 
-    let mut child = spawn(&config_file, "all");
+    let mut child = spawn(config_file, "all");
     wait_listening(api).await;
     let key = common::base64_key("twin-k9");
     let record = json!({"deviceId": "twin-k9", "primaryKey": key}).to_string();
@@ -186,7 +179,7 @@ async fn the_twin_survives_kill_9() {
 
     // Answered means durable: nothing of it is lost to a SIGKILL right after.
     kill_9(&mut child).await;
-    let mut child = spawn(&config_file, "all");
+    let mut child = spawn(config_file, "all");
     wait_listening(api).await;
     let twin = sdk_twin(dir.path(), &key, &host, "twin-k9", &["get"]).await;
     assert_eq!(

@@ -166,6 +166,35 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
+/// Reads what the devices received until `total` distinct call numbers arrived (30 s at most
+/// between two): each arrival's latency from the send time it carries (µs since `started`), and
+/// the time the last one came. `read` gives a payload's (call number, send time), or `None` for
+/// something else the device got.
+pub(super) async fn arrivals(
+    mut received: mpsc::UnboundedReceiver<Bytes>,
+    total: usize,
+    started: Instant,
+    what: &'static str,
+    read: impl Fn(&[u8]) -> Option<(u64, u64)>,
+) -> anyhow::Result<(Vec<f64>, Duration)> {
+    let mut seen = HashSet::with_capacity(total);
+    let mut latencies = Vec::with_capacity(total);
+    while seen.len() < total {
+        let payload = tokio::time::timeout(Duration::from_secs(30), received.recv())
+            .await
+            .map_err(|_| anyhow!("{} of {total} {what} arrived; none for 30 s", seen.len()))?
+            .ok_or_else(|| anyhow!("the devices' connections closed"))?;
+        let Some((n, sent_us)) = read(&payload) else {
+            continue;
+        };
+        if seen.insert(n) {
+            let now_us = started.elapsed().as_micros() as u64;
+            latencies.push(now_us.saturating_sub(sent_us) as f64 / 1e3);
+        }
+    }
+    Ok((latencies, started.elapsed()))
+}
+
 /// What one sender does for call `n`: the path and body to send (made at each try).
 pub(super) type Call = Arc<dyn Fn(usize) -> (String, Bytes) + Send + Sync>;
 
@@ -270,29 +299,16 @@ async fn messages(
     api: SocketAddr,
     ids: &Arc<Vec<String>>,
     opts: &C2dBenchOptions,
-    mut received: mpsc::UnboundedReceiver<Bytes>,
+    received: mpsc::UnboundedReceiver<Bytes>,
 ) -> anyhow::Result<(Phase, Phase, u64)> {
     let total = ids.len() * opts.messages_per_device;
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let collect = tokio::spawn(async move {
-        let mut seen = HashSet::with_capacity(total);
-        let mut latencies = Vec::with_capacity(total);
-        while seen.len() < total {
-            let payload = tokio::time::timeout(Duration::from_secs(30), received.recv())
-                .await
-                .map_err(|_| anyhow!("{} of {total} messages arrived; none for 30 s", seen.len()))?
-                .ok_or_else(|| anyhow!("the devices' connections closed"))?;
-            let text = std::str::from_utf8(&payload).context("a bench payload")?;
-            let (n, sent_us) = text.split_once(':').ok_or_else(|| anyhow!("payload {text:?}"))?;
-            let sent_us: u64 = sent_us.parse()?;
-            if seen.insert(n.to_string()) {
-                let now_us = started.elapsed().as_micros() as u64;
-                latencies.push(now_us.saturating_sub(sent_us) as f64 / 1e3);
-            }
-        }
-        Ok::<_, anyhow::Error>((latencies, started.elapsed()))
-    });
+    let collect = tokio::spawn(arrivals(received, total, started, "messages", |payload| {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (n, sent_us) = text.split_once(':')?;
+        Some((n.parse().ok()?, sent_us.parse().ok()?))
+    }));
     let ids = ids.clone();
     // The payload carries the call number (to count each message once) and when it was sent.
     let call: Call = Arc::new(move |n| {

@@ -6,18 +6,17 @@
 //! subscribed device, beside direct methods from the same senders to the same devices (the API →
 //! device path with no storage).
 
-use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use bytes::Bytes;
 use http::StatusCode;
 use iotstamp_core::registry::DeviceRecord;
 use tokio::sync::mpsc;
 
-use super::c2d::{Call, Calls, Phase, methods, spread};
+use super::c2d::{Call, Calls, Phase, arrivals, methods, spread};
 use super::hub::bench_devices;
 use super::load::{self, Client, Load};
 use super::replicas::device;
@@ -182,7 +181,7 @@ async fn desired_phase(
     clients: &[Client],
     opts: &TwinBenchOptions,
 ) -> anyhow::Result<(Phase, Phase, Phase)> {
-    let (tx, mut received) = mpsc::unbounded_channel();
+    let (tx, received) = mpsc::unbounded_channel();
     for client in clients {
         device(mqtt, client, tx.clone()).await?;
     }
@@ -191,25 +190,10 @@ async fn desired_phase(
     let baseline = methods(api, &ids, opts.senders, opts.desired_per_device).await?;
     let total = ids.len() * opts.desired_per_device;
     let started = Instant::now();
-    let collect = tokio::spawn(async move {
-        let mut seen = HashSet::with_capacity(total);
-        let mut latencies = Vec::with_capacity(total);
-        while seen.len() < total {
-            let payload = tokio::time::timeout(Duration::from_secs(30), received.recv())
-                .await
-                .map_err(|_| anyhow!("{} of {total} desired pushes arrived; none for 30 s", seen.len()))?
-                .ok_or_else(|| anyhow!("the devices' connections closed"))?;
-            let push: serde_json::Value = serde_json::from_slice(&payload).context("a desired push")?;
-            let (Some(n), Some(sent_us)) = (push["n"].as_u64(), push["sent"].as_u64()) else {
-                continue;
-            };
-            if seen.insert(n) {
-                let now_us = started.elapsed().as_micros() as u64;
-                latencies.push(now_us.saturating_sub(sent_us) as f64 / 1e3);
-            }
-        }
-        Ok::<_, anyhow::Error>((latencies, started.elapsed()))
-    });
+    let collect = tokio::spawn(arrivals(received, total, started, "desired pushes", |payload| {
+        let push: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        Some((push["n"].as_u64()?, push["sent"].as_u64()?))
+    }));
     let call: Call = Arc::new(move |n| {
         let path = format!("/v1/devices/{}/twin", ids[n % ids.len()]);
         let body = serde_json::json!({"properties": {"desired": {"n": n, "sent": started.elapsed().as_micros() as u64}}});

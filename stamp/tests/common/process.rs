@@ -11,6 +11,38 @@ use iotstamp_net::mqtt::{self, Connect, Packet, Publish};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+/// A stamp to run as a child process on `ip`: its config (MQTT over TLS on `mqtt_port`, the API
+/// on 18443, metrics on 19090) written to `stamp.json` in `dir`.
+pub struct ProcessStamp {
+    pub config_file: std::path::PathBuf,
+    pub config: iotstamp_core::stamp_config::StampConfig,
+    pub api: SocketAddr,
+    pub ca_pem: String,
+}
+
+impl ProcessStamp {
+    pub fn new(dir: &std::path::Path, ip: [u8; 4], mqtt_port: u16) -> Self {
+        let (mut config, ca_pem) = super::config_in(dir, ip[3], mqtt_port);
+        let api: SocketAddr = (ip, 18443).into();
+        config.api.listen = api;
+        config.api.metrics_listen = (ip, 19090).into();
+        let config_file = dir.join("stamp.json");
+        std::fs::write(&config_file, serde_json::to_string(&config).unwrap()).unwrap();
+        Self {
+            config_file,
+            config,
+            api,
+            ca_pem,
+        }
+    }
+
+    /// One call to its API (TLS, bearer token): status and body.
+    pub async fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let io = super::tls_stream(self.api, &self.ca_pem).await;
+        super::http(io, method, path, body, Some(super::TOKEN)).await
+    }
+}
+
 /// `stamp-harness --config FILE --role ROLE`, killed when dropped.
 pub fn spawn(config: &std::path::Path, role: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_stamp-harness"))
