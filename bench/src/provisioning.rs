@@ -417,6 +417,7 @@ async fn fill(router: &iotstamp_router::RunningRouter, target: u64) -> anyhow::R
                     created_ms: now,
                     updated_ms: now,
                     generation: 0,
+                    migrating_from: None,
                 };
                 let stamp = rec.stamp.clone();
                 if let ReserveOutcome::Reserved(_) =

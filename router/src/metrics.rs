@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::adapters::directory::StampInfo;
+use crate::assignment::MigrationOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -35,6 +36,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StampLabels {
     pub stamp: String,
 }
@@ -50,6 +56,7 @@ pub struct Metrics {
     pub stamp_errors: Family<StampLabels, Counter>,
     pub refused_connections: Family<RefusalLabels, Counter>,
     pub service_auth_failures: Family<ReasonLabels, Counter>,
+    pub twin_migrations: Family<MigrationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,6 +124,12 @@ impl Metrics {
             "Service API calls refused with 401, by reason (no credentials, a service token's resource, policy, permission, expiry or signature)",
             service_auth_failures.clone(),
         );
+        let twin_migrations = Family::<MigrationLabels, Counter>::default();
+        registry.register(
+            "twin_migrations",
+            "Twins of moving devices (reprovision policy migrate) by outcome: copied; retry (the stamp the twin is on could not be read, the device was told to retry); lost (the device moved without its twin)",
+            twin_migrations.clone(),
+        );
         Self {
             registry,
             registrations,
@@ -128,7 +141,19 @@ impl Metrics {
             stamp_errors,
             refused_connections,
             service_auth_failures,
+            twin_migrations,
         }
+    }
+
+    pub fn twin_migration(&self, outcome: MigrationOutcome) {
+        let outcome = match outcome {
+            MigrationOutcome::Copied => "copied",
+            MigrationOutcome::Retry => "retry",
+            MigrationOutcome::Lost => "lost",
+        };
+        self.twin_migrations
+            .get_or_create(&MigrationLabels { outcome })
+            .inc();
     }
 
     pub fn service_auth_failure(&self, reason: &'static str) {

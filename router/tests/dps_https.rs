@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -245,16 +246,7 @@ async fn no_capacity_is_429_with_retry_after_and_shows_in_metrics() {
     let full = s.dps.register("second").await;
     assert_dps_error(&full, 429, 429001);
     assert_eq!(full.retry_after, Some(1));
-    let metrics = s
-        .dps
-        .http
-        .get(format!("{}/metrics", s.dps.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.dps.metrics().await;
     assert!(
         metrics.contains("iotstamp_router_capacity_shortage_total{group=\"fleet\"} 1"),
         "{metrics}"
@@ -294,15 +286,7 @@ async fn draining_stamp_moves_devices_under_migrate_with_their_twins_and_keeps_t
     let first = s.dps.provision("mover").await;
     assert_eq!(first.body["registrationState"]["assignedHub"], "hub-0.local");
     let twin = json!({"version": 7, "tags": {"site": "a"}});
-    s.stamps[0]
-        .twins
-        .lock()
-        .unwrap()
-        .insert("mover".into(), twin.clone());
-    let mut stamps = (*s.directory.snapshot()).clone();
-    stamps[0].draining = true;
-    stamps[1].ready = true;
-    s.directory.set(stamps);
+    drain_stamp_0_holding(&s, "mover", &twin);
 
     // Sticky unless the stamp is unusable: now it drains, so a migrate-policy device moves.
     let moved = s.dps.provision("mover").await;
@@ -353,6 +337,44 @@ async fn draining_stamp_moves_devices_under_migrate_with_their_twins_and_keeps_t
 }
 
 #[tokio::test]
+async fn a_twin_that_cannot_be_read_yet_holds_the_move_until_it_is_copied() {
+    let s = setup(&[10, 10], |c| c.stamps[1].ready = false).await;
+    assert_eq!(s.dps.provision("mover").await.status, 200);
+    let twin = json!({"version": 3, "tags": {"floor": 2}});
+    drain_stamp_0_holding(&s, "mover", &twin);
+
+    // The draining stamp's twin store is away: the device is told to retry, and stays where its
+    // twin is rather than moving without it.
+    s.stamps[0].twin_outage.store(true, Ordering::Relaxed);
+    let refused = s.dps.register("mover").await;
+    assert_dps_error(&refused, 503, 503_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.stamps[0].holds("mover").is_some(),
+        "forgotten before its twin was copied"
+    );
+    assert!(s.stamps[1].twins.lock().unwrap().get("mover").is_none());
+
+    // The store is back: the next attempt finishes the move, twin and all.
+    s.stamps[0].twin_outage.store(false, Ordering::Relaxed);
+    let moved = s.dps.provision("mover").await;
+    assert_eq!(moved.status, 200, "{moved:?}");
+    assert_eq!(moved.body["registrationState"]["assignedHub"], "hub-1.local");
+    assert_eq!(moved.body["registrationState"]["substatus"], "deviceDataMigrated");
+    assert_eq!(s.stamps[1].twins.lock().unwrap().get("mover"), Some(&twin));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.stamps[0].holds("mover").is_none());
+
+    let metrics = s.dps.metrics().await;
+    for outcome in ["retry", "copied"] {
+        let line = format!("iotstamp_router_twin_migrations_total{{outcome=\"{outcome}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(!metrics.contains("outcome=\"lost\""), "{metrics}");
+    s.router.shutdown().await;
+}
+
+#[tokio::test]
 async fn service_api_needs_a_token_and_routes_to_the_device_stamp() {
     let s = setup(&[10], |_| {}).await;
     assert_eq!(s.dps.provision("routed-1").await.status, 200);
@@ -391,6 +413,19 @@ async fn service_api_needs_a_token_and_routes_to_the_device_stamp() {
         200
     );
     s.router.shutdown().await;
+}
+
+/// Stamp 0 holds `twin` for `device` and starts draining; stamp 1 becomes ready to take it.
+fn drain_stamp_0_holding(s: &Setup, device: &str, twin: &Value) {
+    s.stamps[0]
+        .twins
+        .lock()
+        .unwrap()
+        .insert(device.into(), twin.clone());
+    let mut stamps = (*s.directory.snapshot()).clone();
+    stamps[0].draining = true;
+    stamps[1].ready = true;
+    s.directory.set(stamps);
 }
 
 fn sas_key_other(reg: &str) -> String {

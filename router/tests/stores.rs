@@ -20,6 +20,7 @@ fn rec(device: &str, stamp: &str) -> Assignment {
         created_ms: 1,
         updated_ms: 1,
         generation: 0,
+        migrating_from: None,
     }
 }
 
@@ -81,19 +82,41 @@ async fn lifecycle(store: Arc<dyn AssignmentStore>) {
         ReserveOutcome::Reserved(_)
     ));
 
-    // Moving an assigned device: counts follow it.
+    // Moving an assigned device: counts follow it, and the reservation names the stamp its twin
+    // comes from until the commit, for whoever finishes it.
+    let moved = move_with_twin(&*store).await;
+    assert_eq!((moved.created_ms, moved.generation), (1, 3));
+    assert_eq!(moved.migrating_from.as_deref(), Some("s1"));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.get("s1"), counts.get("s2")), (Some(&1), Some(&1)));
+    assert_eq!(store.get("d1").await.unwrap().as_ref(), Some(&moved));
+    let pending = store.pending().await.unwrap();
+    assert_eq!(
+        pending.iter().find(|(k, _)| k == "d1").map(|(_, r)| r),
+        Some(&moved)
+    );
+    let settled = store.commit("d1", "s2", 11).await.unwrap().unwrap();
+    assert_eq!(
+        (settled.state, settled.migrating_from),
+        (AssignmentState::Assigned, None)
+    );
+}
+
+/// Reserves assigned `d1` (at `s1`) onto `s2`, taking its twin along.
+async fn move_with_twin(store: &dyn AssignmentStore) -> Assignment {
     let expect = Expect::Present {
         stamp: "s1".into(),
         state: AssignmentState::Assigned,
     };
-    let mut next = rec("D1", "s2");
-    next.substatus = Substatus::DeviceDataMigrated;
+    let next = Assignment {
+        substatus: Substatus::DeviceDataMigrated,
+        migrating_from: Some("s1".into()),
+        ..rec("D1", "s2")
+    };
     let ReserveOutcome::Reserved(moved) = store.reserve("d1", expect, next, 2).await.unwrap() else {
         panic!("move must win")
     };
-    assert_eq!((moved.created_ms, moved.generation), (1, 3));
-    let counts = store.counts().await.unwrap();
-    assert_eq!((counts.get("s1"), counts.get("s2")), (Some(&1), Some(&1)));
+    moved
 }
 
 /// Many concurrent reservations for few slots: exactly `quota` win, each device at most once.
@@ -179,4 +202,33 @@ async fn postgres_store_keeps_the_contract_across_replicas() {
     }
     assert_eq!(devices.len(), 40);
     assert_eq!(b.counts().await.unwrap()["shared"], 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_upgrades_a_database_made_before_twins_migrated() {
+    let pg = common::pg::Postgres::start();
+    let (old, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    old.batch_execute(
+        "CREATE TABLE iotstamp_assignments (
+            key text PRIMARY KEY, device_id text NOT NULL, grp text NOT NULL, stamp text NOT NULL,
+            state text NOT NULL, substatus text NOT NULL, created_ms bigint NOT NULL,
+            updated_ms bigint NOT NULL, generation bigint NOT NULL);
+         INSERT INTO iotstamp_assignments VALUES ('d1', 'D1', 'fleet', 's1', 'assigned', 'initialAssignment', 1, 1, 2);
+         CREATE TABLE iotstamp_stamp_counts (stamp text PRIMARY KEY, assigned bigint NOT NULL CHECK (assigned >= 0));
+         INSERT INTO iotstamp_stamp_counts VALUES ('s1', 1);",
+    )
+    .await
+    .unwrap();
+    let store = PostgresStore::connect(&pg.url(), 2).await.unwrap();
+    let kept = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.stamp.as_str(), kept.state, kept.migrating_from),
+        ("s1", AssignmentState::Assigned, None)
+    );
+    let moved = move_with_twin(&store).await;
+    assert_eq!(moved.migrating_from.as_deref(), Some("s1"));
+    assert_eq!(store.get("d1").await.unwrap(), Some(moved));
 }

@@ -2,12 +2,18 @@
 //!
 //! read the device's record → keep it (sticky), or choose a stamp and reserve it (durable, within
 //! quota) → register the device at that stamp → commit the reservation (durable) → answer
-//! "assigned". A device that moves with its data (reprovision policy `migrate`) has its twin
-//! copied from the stamp it leaves to the new one between the registration and the commit, so
-//! it finds its twin when it connects. A reservation found on the way (an earlier attempt, maybe before a crash) is
+//! "assigned". A reservation found on the way (an earlier attempt, maybe before a crash) is
 //! finished at its own stamp, so a device is never registered at two stamps by accident. A stamp
 //! that refuses the device gets its slot back and is left out of the rest of the request; a stamp
 //! that does not answer keeps the reservation, for the next attempt or for recovery to finish.
+//!
+//! A device that moves with its data (reprovision policy `migrate`) has its twin copied from the
+//! stamp it leaves to the new one between the registration and the commit, so it finds its twin
+//! when it connects. The reservation names that origin ([`Assignment::migrating_from`]), so a copy
+//! that fails is tried again by the device's next attempt or by recovery: the device is told to
+//! retry (503) and stays assigned where its twin is. Only an origin that stays unreadable for
+//! [`MIGRATION_PATIENCE_MS`], or that left the directory, lets the device move without its twin:
+//! a stamp that is gone must not keep its devices from provisioning for ever.
 //!
 //! [`Machine::step`] takes what the last action observed and returns the next action, with the
 //! bookkeeping ([`Note`]) that goes with it; [`super::provisioner::Provisioner`] performs them. No
@@ -30,6 +36,11 @@ use crate::enrollment::Group;
 /// Reads of the record per request before telling the device to retry (each further attempt
 /// means another request won a race or a stamp refused; both are rare).
 pub const MAX_ATTEMPTS: usize = 8;
+
+/// How long after its reservation a moving device waits for its twin to be copied before it moves
+/// without it: long enough to ride out a stamp restart or a rolling upgrade, short enough that a
+/// stamp that is failing for good frees its devices within minutes.
+pub const MIGRATION_PATIENCE_MS: i64 = 5 * 60 * 1000;
 
 /// What a request is about; fixed for its whole walk.
 pub struct Request<'a> {
@@ -102,6 +113,20 @@ pub enum Note {
     StampFailed { stamp: String },
     /// No stamp had room for a device of the group.
     Shortage,
+    /// How a twin migration went.
+    Migration(MigrationOutcome),
+}
+
+/// How copying a moving device's twin went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    /// The twin (or the absence of one) is at the new stamp.
+    Copied,
+    /// The origin could not be read; the device was told to retry and has not moved yet.
+    Retry,
+    /// The device moved without its twin: the origin left the directory, or stayed unreadable past
+    /// [`MIGRATION_PATIENCE_MS`].
+    Lost,
 }
 
 /// The next action and its bookkeeping.
@@ -141,11 +166,15 @@ enum Phase {
     Registering {
         stamp: String,
         hub: String,
+        /// The stamp whose twin the device takes along, and when its reservation was made.
+        migrating_from: Option<String>,
+        reserved_ms: i64,
     },
     Migrating {
         stamp: String,
         hub: String,
         from: StampInfo,
+        reserved_ms: i64,
     },
     Releasing {
         stamp: String,
@@ -167,9 +196,6 @@ pub struct Machine {
     excluded: Vec<String>,
     /// The directory snapshot of the current attempt.
     stamps: Arc<Vec<StampInfo>>,
-    /// In this attempt, the stamp whose data the device takes along (policy `migrate`, off an
-    /// assigned stamp still in the directory).
-    migrate_from: Option<StampInfo>,
     phase: Phase,
 }
 
@@ -181,7 +207,6 @@ impl Machine {
             attempts: 0,
             excluded: Vec::new(),
             stamps: Arc::default(),
-            migrate_from: None,
             phase: Phase::Ended,
         };
         let first = machine.read();
@@ -196,7 +221,6 @@ impl Machine {
             attempts: 0,
             excluded: Vec::new(),
             stamps,
-            migrate_from: None,
             phase: Phase::Ended,
         };
         let first = if find(&machine.stamps, &reservation.stamp).is_some_and(StampInfo::usable) {
@@ -234,6 +258,7 @@ impl Machine {
                         created_ms: now_ms,
                         updated_ms: now_ms,
                         generation: 0,
+                        migrating_from: migration_origin(current.as_ref(), substatus, &stamp.name),
                     };
                     let expect = Expect::of(current.as_ref());
                     self.phase = Phase::Reserving { current };
@@ -255,15 +280,10 @@ impl Machine {
                             stamp: old.stamp.clone(),
                             delta: -1,
                         });
-                        if let Some(info) = find(&self.stamps, &old.stamp) {
-                            let takes_data = reservation.substatus == Substatus::DeviceDataMigrated
-                                && old.state == AssignmentState::Assigned;
-                            if takes_data {
-                                // Forgotten there once its twin is copied.
-                                self.migrate_from = Some(info.clone());
-                            } else {
-                                notes.push(Note::Forget { stamp: info.clone() });
-                            }
+                        // The stamp the twin comes from is forgotten once the twin is copied.
+                        let twin_there = reservation.migrating_from.as_deref() == Some(&old.stamp);
+                        if let Some(info) = find(&self.stamps, &old.stamp).filter(|_| !twin_there) {
+                            notes.push(Note::Forget { stamp: info.clone() });
                         }
                     }
                     self.complete(req, reservation).noting(notes)
@@ -271,25 +291,38 @@ impl Machine {
                 ReserveOutcome::Conflict(_) => self.read(),
                 ReserveOutcome::Full => self.read().noting([Note::CountsStale]),
             },
-            (Phase::Registering { stamp, hub }, Observation::Registered(result)) => {
+            (
+                Phase::Registering {
+                    stamp,
+                    hub,
+                    migrating_from,
+                    reserved_ms,
+                },
+                Observation::Registered(result),
+            ) => {
                 let failed = Note::StampFailed { stamp: stamp.clone() };
                 match result {
-                    Ok(()) => match (self.migrate_from.take(), find(&self.stamps, &stamp).cloned()) {
-                        (Some(from), Some(to)) => {
-                            self.phase = Phase::Migrating {
-                                stamp,
-                                hub,
-                                from: from.clone(),
-                            };
-                            Next::to(Action::Migrate { from, to })
-                        }
-                        _ => {
-                            self.phase = Phase::Committing {
-                                stamp: stamp.clone(),
-                                hub,
-                            };
-                            Next::to(Action::Commit { stamp })
-                        }
+                    Ok(()) => match migrating_from {
+                        None => self.commit(stamp, hub),
+                        Some(origin) => match (find(&self.stamps, &origin), find(&self.stamps, &stamp)) {
+                            (Some(from), Some(to)) => {
+                                let action = Action::Migrate {
+                                    from: from.clone(),
+                                    to: to.clone(),
+                                };
+                                self.phase = Phase::Migrating {
+                                    stamp,
+                                    hub,
+                                    from: from.clone(),
+                                    reserved_ms,
+                                };
+                                Next::to(action)
+                            }
+                            // The origin left the directory, and its twin with it.
+                            _ => self
+                                .commit(stamp, hub)
+                                .noting([Note::Migration(MigrationOutcome::Lost)]),
+                        },
                     },
                     // The stamp definitely did not take the device: give the slot back.
                     Err(StampError::QuotaExceeded(_) | StampError::Rejected { .. }) => {
@@ -306,22 +339,47 @@ impl Machine {
                         .noting([failed]),
                 }
             }
-            // Best effort: a twin that could not be copied is lost with the old registration (a
-            // device is never left registered at two stamps), and the failure is counted.
-            (Phase::Migrating { stamp, hub, from }, Observation::Migrated(result)) => {
-                let mut notes = Vec::new();
-                if result.is_err() {
-                    notes.push(Note::StampFailed {
-                        stamp: from.name.clone(),
-                    });
-                }
-                notes.push(Note::Forget { stamp: from });
-                self.phase = Phase::Committing {
-                    stamp: stamp.clone(),
+            (
+                Phase::Migrating {
+                    stamp,
                     hub,
-                };
-                Next::to(Action::Commit { stamp }).noting(notes)
-            }
+                    from,
+                    reserved_ms,
+                },
+                Observation::Migrated(result),
+            ) => match result {
+                Ok(()) => self.commit(stamp, hub).noting([
+                    Note::Migration(MigrationOutcome::Copied),
+                    Note::Forget { stamp: from },
+                ]),
+                // The reservation keeps its origin, so the next attempt (or recovery) copies
+                // again; until then the device stays where its twin is.
+                Err(_) if now_ms - reserved_ms < MIGRATION_PATIENCE_MS => {
+                    let notes = [
+                        Note::StampFailed {
+                            stamp: from.name.clone(),
+                        },
+                        Note::Migration(MigrationOutcome::Retry),
+                    ];
+                    let retry = ProvisionError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the device's twin could not be read from stamp `{}` yet; retry later",
+                            from.name
+                        ),
+                    );
+                    self.end(Action::Fail(retry)).noting(notes)
+                }
+                // Patience is over: the device moves without its twin rather than not at all, and
+                // is never left registered at two stamps.
+                Err(_) => self.commit(stamp, hub).noting([
+                    Note::StampFailed {
+                        stamp: from.name.clone(),
+                    },
+                    Note::Migration(MigrationOutcome::Lost),
+                    Note::Forget { stamp: from },
+                ]),
+            },
             (Phase::Releasing { stamp }, Observation::Released(released)) => {
                 let count = released.then(|| Note::Counted {
                     stamp: stamp.clone(),
@@ -420,8 +478,18 @@ impl Machine {
         self.phase = Phase::Registering {
             stamp: stamp.name.clone(),
             hub: stamp.hub.clone(),
+            migrating_from: reservation.migrating_from,
+            reserved_ms: reservation.updated_ms,
         };
         Next::to(Action::Register { stamp, record })
+    }
+
+    fn commit(&mut self, stamp: String, hub: String) -> Next {
+        self.phase = Phase::Committing {
+            stamp: stamp.clone(),
+            hub,
+        };
+        Next::to(Action::Commit { stamp })
     }
 
     /// `stamp` will not take the device: leave it out and try again.
@@ -446,7 +514,6 @@ impl Machine {
             )));
         }
         self.attempts += 1;
-        self.migrate_from = None;
         self.phase = Phase::Reading;
         Next::to(Action::Read)
     }
@@ -455,6 +522,21 @@ impl Machine {
         self.phase = Phase::Ended;
         Next::to(action)
     }
+}
+
+/// The stamp whose twin a device moving to `target` takes along: under substatus
+/// `deviceDataMigrated`, the stamp it is assigned to, or the origin its earlier reservation was
+/// already carrying (a reservation that moves again keeps its data's source).
+fn migration_origin(current: Option<&Assignment>, substatus: Substatus, target: &str) -> Option<String> {
+    if substatus != Substatus::DeviceDataMigrated {
+        return None;
+    }
+    let old = current?;
+    let origin = match old.state {
+        AssignmentState::Assigned => Some(old.stamp.clone()),
+        AssignmentState::Reserved => old.migrating_from.clone(),
+    };
+    origin.filter(|o| o != target)
 }
 
 /// How recovery ends when it cannot finish a reservation.

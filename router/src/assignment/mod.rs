@@ -13,5 +13,6 @@ pub mod machine;
 pub mod provisioner;
 mod refusal;
 
+pub use machine::MigrationOutcome;
 pub use provisioner::Provisioner;
 pub use refusal::{Assigned, ProvisionError};

@@ -157,6 +157,7 @@ impl Provisioner {
                 };
                 self.metrics.shortage.get_or_create(&labels).inc();
             }
+            Note::Migration(outcome) => self.metrics.twin_migration(outcome),
         }
     }
 

@@ -7,7 +7,7 @@ pub mod pg;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +72,8 @@ pub struct FakeStamp {
     pub registry: Arc<Mutex<HashMap<String, DeviceRecord>>>,
     /// Stored twins by device key, as `GET|PUT /v1/registry/devices/{id}/twin` see them.
     pub twins: Arc<Mutex<HashMap<String, Value>>>,
+    /// While set, reading a twin answers 503 (the stamp's storage is away).
+    pub twin_outage: Arc<AtomicBool>,
     pub puts: Arc<AtomicUsize>,
     pub delay: Arc<Mutex<Duration>>,
     _shutdown: watch::Sender<bool>,
@@ -82,6 +84,7 @@ struct StampState {
     quota: usize,
     registry: Arc<Mutex<HashMap<String, DeviceRecord>>>,
     twins: Arc<Mutex<HashMap<String, Value>>>,
+    twin_outage: Arc<AtomicBool>,
     puts: Arc<AtomicUsize>,
     delay: Arc<Mutex<Duration>>,
 }
@@ -149,6 +152,9 @@ async fn get_twin(State(s): State<StampState>, h: HeaderMap, Path(id): Path<Stri
     if !authorised(&h) || !s.registry.lock().unwrap().contains_key(&key) {
         return StatusCode::NOT_FOUND.into_response();
     }
+    if s.twin_outage.load(Ordering::Relaxed) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let twin = s
         .twins
         .lock()
@@ -199,6 +205,7 @@ impl FakeStamp {
             quota,
             registry: Arc::default(),
             twins: Arc::default(),
+            twin_outage: Arc::default(),
             puts: Arc::default(),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
         };
@@ -226,6 +233,7 @@ impl FakeStamp {
             quota,
             registry: state.registry,
             twins: state.twins,
+            twin_outage: state.twin_outage,
             puts: state.puts,
             delay: state.delay,
             _shutdown: tx,
@@ -337,6 +345,12 @@ impl Dps {
             http,
             base: format!("https://{addr}"),
         }
+    }
+
+    /// The router's Prometheus metrics, as text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        self.http.get(url).send().await.unwrap().text().await.unwrap()
     }
 
     async fn reply(resp: reqwest::Response) -> Reply {

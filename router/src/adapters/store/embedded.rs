@@ -363,6 +363,7 @@ fn apply(t: &mut Tables<'_>, op: &Op, deltas: &mut HashMap<String, i64>) -> Resu
                 rec.state = AssignmentState::Assigned;
                 rec.updated_ms = *now_ms;
                 rec.generation += 1;
+                rec.migrating_from = None;
                 t.records
                     .insert(key.as_str(), encode(&rec)?.as_slice())
                     .map_err(storage)?;

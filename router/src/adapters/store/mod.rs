@@ -10,6 +10,10 @@
 //!   PUT) and commits, so a device is never registered at two stamps by accident;
 //! - `Assigned(s)`: durable, the device may have heard it, and it keeps `s`.
 //!
+//! A reservation of a device that takes its twin along names the stamp the twin comes from
+//! ([`Assignment::migrating_from`]) until its commit, so a copy that failed, or was cut off by a
+//! crash, is made again by whoever finishes the reservation.
+//!
 //! Every write is a compare-and-set on the device's current record, so concurrent requests for
 //! one device (or several router replicas) cannot both win, and every reservation checks and
 //! bumps the stamp's count in the same atomic step, so quota is never exceeded.
@@ -44,6 +48,10 @@ pub struct Assignment {
     pub updated_ms: i64,
     /// Bumped on every write; the DPS `etag`.
     pub generation: u64,
+    /// While `Reserved`: the stamp whose twin the device takes along (reprovision policy
+    /// `migrate`), not forgotten there until the twin is copied. Cleared by the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrating_from: Option<String>,
 }
 
 /// What the caller believes the current record is; a write only happens if that is still true.
@@ -194,6 +202,7 @@ mod tests {
             created_ms: 7,
             updated_ms: 9,
             generation,
+            migrating_from: None,
         }
     }
 

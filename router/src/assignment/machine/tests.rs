@@ -70,6 +70,15 @@ fn rec(stamp: &str, state: AssignmentState, substatus: Substatus) -> Assignment 
         created_ms: 1_000,
         updated_ms: 1_000,
         generation: 1,
+        migrating_from: None,
+    }
+}
+
+/// A reservation at `stamp` of a device taking its twin along from `from`.
+fn moving(stamp: &str, from: &str) -> Assignment {
+    Assignment {
+        migrating_from: Some(from.into()),
+        ..rec(stamp, AssignmentState::Reserved, Substatus::DeviceDataMigrated)
     }
 }
 
@@ -114,6 +123,13 @@ fn choose(excluded: &[&str]) -> Next {
     })
 }
 fn reserve(expect: Expect, stamp: &str, substatus: Substatus) -> Action {
+    reserve_from(expect, stamp, substatus, None)
+}
+/// A reservation that names the stamp the device's twin comes from.
+fn reserve_moving(expect: Expect, stamp: &str, from: &str) -> Action {
+    reserve_from(expect, stamp, Substatus::DeviceDataMigrated, Some(from))
+}
+fn reserve_from(expect: Expect, stamp: &str, substatus: Substatus, from: Option<&str>) -> Action {
     Action::Reserve {
         expect,
         next: Assignment {
@@ -125,6 +141,7 @@ fn reserve(expect: Expect, stamp: &str, substatus: Substatus) -> Action {
             created_ms: NOW,
             updated_ms: NOW,
             generation: 0,
+            migrating_from: from.map(str::to_string),
         },
         quota: 10,
     }
@@ -145,6 +162,16 @@ fn migrate(from: &str, to: &str) -> Action {
         from: info(from),
         to: info(to),
     }
+}
+/// The twin came over from `from`: forgotten there, and the reservation at `to` is committed.
+fn copied(from: &str, to: &str) -> (Observation, Next) {
+    (
+        Observation::Migrated(Ok(())),
+        with(
+            vec![Note::Migration(MigrationOutcome::Copied), forget(from)],
+            Action::Commit { stamp: to.into() },
+        ),
+    )
 }
 fn forget(stamp: &str) -> Note {
     Note::Forget { stamp: info(stamp) }
@@ -278,17 +305,14 @@ fn walks() -> Vec<Walk> {
                 (record(Some(assigned("drained"))), choose(&["drained"])),
                 (
                     chosen("b"),
-                    go(reserve(present("drained", A), "b", Substatus::DeviceDataMigrated)),
+                    go(reserve_moving(present("drained", A), "b", "drained")),
                 ),
                 (
-                    outcome(O::Reserved(rec("b", R, Substatus::DeviceDataMigrated))),
+                    outcome(O::Reserved(moving("b", "drained"))),
                     with(vec![counted("b", 1), counted("drained", -1)], register("b")),
                 ),
                 (registered(Ok(())), go(migrate("drained", "b"))),
-                (
-                    Observation::Migrated(Ok(())),
-                    with(vec![forget("drained")], Action::Commit { stamp: "b".into() }),
-                ),
+                copied("drained", "b"),
                 (
                     committed(Some(rec("b", A, Substatus::DeviceDataMigrated))),
                     done(rec("b", A, Substatus::DeviceDataMigrated)),
@@ -296,27 +320,95 @@ fn walks() -> Vec<Walk> {
             ],
         ),
         walk(
-            "policy migrate: a twin that cannot be copied is counted, and the device still moves",
+            "policy migrate: a twin that cannot be read yet keeps the device where its twin is, told to retry",
             Provision,
             read(),
             vec![
                 (record(Some(assigned("drained"))), choose(&["drained"])),
                 (
                     chosen("a"),
-                    go(reserve(present("drained", A), "a", Substatus::DeviceDataMigrated)),
+                    go(reserve_moving(present("drained", A), "a", "drained")),
                 ),
                 (
-                    outcome(O::Reserved(rec("a", R, Substatus::DeviceDataMigrated))),
+                    outcome(O::Reserved(moving("a", "drained"))),
                     with(vec![counted("a", 1), counted("drained", -1)], register("a")),
                 ),
                 (registered(Ok(())), go(migrate("drained", "a"))),
                 (
                     Observation::Migrated(Err(refused_by("drained"))),
                     with(
-                        vec![failed_at("drained"), forget("drained")],
+                        vec![failed_at("drained"), Note::Migration(MigrationOutcome::Retry)],
+                        Action::Fail(ProvisionError::new(
+                            ErrorKind::Unavailable,
+                            "the device's twin could not be read from stamp `drained` yet; retry later",
+                        )),
+                    ),
+                ),
+            ],
+        ),
+        walk(
+            "policy migrate: the next attempt finds the reservation and copies the twin again",
+            Provision,
+            read(),
+            vec![
+                (record(Some(moving("a", "drained"))), go(register("a"))),
+                (registered(Ok(())), go(migrate("drained", "a"))),
+                copied("drained", "a"),
+            ],
+        ),
+        walk(
+            "policy migrate: a twin unreadable past the patience is given up, and the device moves",
+            Provision,
+            read(),
+            vec![
+                (
+                    record(Some(Assignment {
+                        updated_ms: NOW - MIGRATION_PATIENCE_MS,
+                        ..moving("a", "drained")
+                    })),
+                    go(register("a")),
+                ),
+                (registered(Ok(())), go(migrate("drained", "a"))),
+                (
+                    Observation::Migrated(Err(refused_by("drained"))),
+                    with(
+                        vec![
+                            failed_at("drained"),
+                            Note::Migration(MigrationOutcome::Lost),
+                            forget("drained"),
+                        ],
                         Action::Commit { stamp: "a".into() },
                     ),
                 ),
+            ],
+        ),
+        walk(
+            "recovery copies the twin of a reservation cut off before its copy",
+            Recover(moving("a", "drained")),
+            go(register("a")),
+            vec![
+                (registered(Ok(())), go(migrate("drained", "a"))),
+                copied("drained", "a"),
+            ],
+        ),
+        walk(
+            "a moving reservation at a stamp that is not ready moves on, still taking the twin from its origin",
+            Provision,
+            read(),
+            vec![
+                (record(Some(moving("down", "drained"))), choose(&[])),
+                (
+                    chosen("b"),
+                    go(reserve_moving(present("down", R), "b", "drained")),
+                ),
+                (
+                    outcome(O::Reserved(moving("b", "drained"))),
+                    with(
+                        vec![counted("b", 1), counted("down", -1), forget("down")],
+                        register("b"),
+                    ),
+                ),
+                (registered(Ok(())), go(migrate("drained", "b"))),
             ],
         ),
         Walk {
@@ -335,18 +427,22 @@ fn walks() -> Vec<Walk> {
             )
         },
         walk(
-            "policy migrate: off a stamp gone from the directory, with nothing there to forget",
+            "policy migrate: off a stamp gone from the directory, which took the twin with it and has nothing to forget",
             Provision,
             read(),
             vec![
                 (record(Some(assigned("gone"))), choose(&["gone"])),
+                (chosen("a"), go(reserve_moving(present("gone", A), "a", "gone"))),
                 (
-                    chosen("a"),
-                    go(reserve(present("gone", A), "a", Substatus::DeviceDataMigrated)),
+                    outcome(O::Reserved(moving("a", "gone"))),
+                    with(vec![counted("a", 1), counted("gone", -1)], register("a")),
                 ),
                 (
-                    outcome(O::Reserved(rec("a", R, Substatus::DeviceDataMigrated))),
-                    with(vec![counted("a", 1), counted("gone", -1)], register("a")),
+                    registered(Ok(())),
+                    with(
+                        vec![Note::Migration(MigrationOutcome::Lost)],
+                        Action::Commit { stamp: "a".into() },
+                    ),
                 ),
             ],
         ),

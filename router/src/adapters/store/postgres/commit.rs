@@ -47,7 +47,8 @@ async fn commit_batch(pool: &Pool, batch: &[Request]) -> Result<Vec<Option<Assig
     let nows: Vec<i64> = batch.iter().map(|r| r.now_ms).collect();
     let returned: Vec<String> = COLUMNS.split(", ").map(|c| format!("a.{c}")).collect();
     let sql = format!(
-        "UPDATE iotstamp_assignments a SET state = 'assigned', updated_ms = v.now_ms, generation = a.generation + 1
+        "UPDATE iotstamp_assignments a SET state = 'assigned', updated_ms = v.now_ms, generation = a.generation + 1,
+           migrating_from = NULL
          FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(key, stamp, now_ms)
          WHERE a.key = v.key AND a.stamp = v.stamp AND a.state = 'reserved'
          RETURNING a.key, {}",

@@ -33,14 +33,18 @@ CREATE TABLE IF NOT EXISTS iotstamp_assignments (
     substatus text NOT NULL,
     created_ms bigint NOT NULL,
     updated_ms bigint NOT NULL,
-    generation bigint NOT NULL
+    generation bigint NOT NULL,
+    migrating_from text
 );
+-- Databases made before twins migrated.
+ALTER TABLE iotstamp_assignments ADD COLUMN IF NOT EXISTS migrating_from text;
 CREATE INDEX IF NOT EXISTS iotstamp_assignments_pending ON iotstamp_assignments (key) WHERE state = 'reserved';
 CREATE TABLE IF NOT EXISTS iotstamp_stamp_counts (
     stamp text PRIMARY KEY,
     assigned bigint NOT NULL CHECK (assigned >= 0)
 );";
-const COLUMNS: &str = "device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation";
+const COLUMNS: &str =
+    "device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation, migrating_from";
 /// Deadlocks (two migrations crossing stamps) and serialisation failures are retried this often.
 const RETRIES: usize = 8;
 
@@ -158,6 +162,9 @@ fn row(r: &tokio_postgres::Row, at: usize) -> Result<Assignment, StoreError> {
         created_ms: get_i(5)?,
         updated_ms: get_i(6)?,
         generation: u64::try_from(get_i(7)?).unwrap_or(0),
+        migrating_from: r
+            .try_get::<_, Option<String>>(at + 8)
+            .map_err(|e| corrupt(Arc::new(e)))?,
     })
 }
 

@@ -145,9 +145,9 @@ async fn reserve_batch(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutc
         txn.execute(
             "UPDATE iotstamp_assignments a SET device_id = v.device_id, grp = v.grp, stamp = v.stamp,
                state = 'reserved', substatus = v.substatus, created_ms = v.created_ms,
-               updated_ms = v.updated_ms, generation = v.generation
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-               AS v(key, device_id, grp, stamp, substatus, created_ms, updated_ms, generation)
+               updated_ms = v.updated_ms, generation = v.generation, migrating_from = v.migrating_from
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[])
+               AS v(key, device_id, grp, stamp, substatus, created_ms, updated_ms, generation, migrating_from)
              WHERE a.key = v.key",
             &cols.params(),
         )
@@ -157,10 +157,10 @@ async fn reserve_batch(pool: &Pool, batch: &[Request]) -> Result<Vec<ReserveOutc
         let cols = columns(&inserts, batch);
         let won: BTreeSet<String> = txn
             .query(
-                "INSERT INTO iotstamp_assignments (key, device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation)
-                 SELECT v.key, v.device_id, v.grp, v.stamp, 'reserved', v.substatus, v.created_ms, v.updated_ms, v.generation
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-                   AS v(key, device_id, grp, stamp, substatus, created_ms, updated_ms, generation)
+                "INSERT INTO iotstamp_assignments (key, device_id, grp, stamp, state, substatus, created_ms, updated_ms, generation, migrating_from)
+                 SELECT v.key, v.device_id, v.grp, v.stamp, 'reserved', v.substatus, v.created_ms, v.updated_ms, v.generation, v.migrating_from
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[])
+                   AS v(key, device_id, grp, stamp, substatus, created_ms, updated_ms, generation, migrating_from)
                  ON CONFLICT (key) DO NOTHING RETURNING key",
                 &cols.params(),
             )
@@ -206,10 +206,11 @@ struct Columns {
     created_ms: Vec<i64>,
     updated_ms: Vec<i64>,
     generation: Vec<i64>,
+    migrating_from: Vec<Option<String>>,
 }
 
 impl Columns {
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
         [
             &self.key,
             &self.device_id,
@@ -219,6 +220,7 @@ impl Columns {
             &self.created_ms,
             &self.updated_ms,
             &self.generation,
+            &self.migrating_from,
         ]
     }
 }
@@ -233,6 +235,7 @@ fn columns(writes: &[&(usize, Assignment, Option<String>)], batch: &[Request]) -
         created_ms: Vec::new(),
         updated_ms: Vec::new(),
         generation: Vec::new(),
+        migrating_from: Vec::new(),
     };
     for (i, rec, _) in writes {
         c.key.push(batch[*i].key.clone());
@@ -244,6 +247,7 @@ fn columns(writes: &[&(usize, Assignment, Option<String>)], batch: &[Request]) -
         c.updated_ms.push(rec.updated_ms);
         c.generation
             .push(i64::try_from(rec.generation).unwrap_or(i64::MAX));
+        c.migrating_from.push(rec.migrating_from.clone());
     }
     c
 }
