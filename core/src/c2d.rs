@@ -114,7 +114,7 @@ impl Ack {
     fn wants(self, status: FeedbackStatus) -> bool {
         match status {
             FeedbackStatus::Success => matches!(self, Self::Positive | Self::Full),
-            FeedbackStatus::Expired | FeedbackStatus::DeliveryCountExceeded => {
+            FeedbackStatus::Expired | FeedbackStatus::DeliveryCountExceeded | FeedbackStatus::Rejected => {
                 matches!(self, Self::Negative | Self::Full)
             }
         }
@@ -301,14 +301,26 @@ pub enum FeedbackStatus {
     Success,
     Expired,
     DeliveryCountExceeded,
+    /// The device could not take it (IoT Hub: rejected by the device): here, a message larger
+    /// than the Maximum Packet Size its MQTT 5 connection declared, which no redelivery would fix.
+    Rejected,
 }
 
 impl FeedbackStatus {
+    /// Every status, for the API documents that list them.
+    pub const ALL: [Self; 4] = [
+        Self::Success,
+        Self::Expired,
+        Self::DeliveryCountExceeded,
+        Self::Rejected,
+    ];
+
     pub fn description(self) -> &'static str {
         match self {
             Self::Success => "Success",
             Self::Expired => "Message expired",
             Self::DeliveryCountExceeded => "Message delivery count exceeded",
+            Self::Rejected => "Message rejected",
         }
     }
 }

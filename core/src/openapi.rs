@@ -36,4 +36,17 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_feedback_schema_names_every_status_a_message_can_end_with() {
+        let doc: serde_json::Value = serde_json::from_str(STAMP_API).expect("stamp-api.json is JSON");
+        let feedback = &doc["paths"]["/v1/devices/{id}/messages/feedback"]["get"]["responses"]["200"];
+        let record = &feedback["content"]["application/json"]["schema"]["properties"]["items"]["items"];
+        let declared = &record["properties"]["statusCode"]["enum"];
+        let served: Vec<_> = crate::c2d::FeedbackStatus::ALL
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        assert_eq!(declared, &serde_json::Value::from(served));
+    }
 }

@@ -35,7 +35,7 @@ pub struct Metrics {
     pub c2d_deliveries: Family<Labels, Counter>,
     /// C2D messages the devices acknowledged (each then leaves its queue).
     pub c2d_acknowledged: Counter,
-    /// C2D messages that left their queue unacknowledged (reason: expired, dead_lettered).
+    /// C2D messages that left their queue unacknowledged (reason: expired, dead_lettered, rejected).
     pub c2d_removed: Family<Labels, Counter>,
     /// Telemetry messages per second over the last second, as f64 bits (for `/v1/stats`).
     rate_bits: AtomicU64,
@@ -152,7 +152,7 @@ impl Metrics {
         );
         r.register(
             "storage_c2d_removed",
-            "Cloud-to-device messages that left their queue unacknowledged, by reason (expired, dead_lettered)",
+            "Cloud-to-device messages that left their queue unacknowledged, by reason (expired; dead_lettered: delivered too often; rejected: larger than the device's connection accepts)",
             m.c2d_removed.clone(),
         );
         Arc::new(Self { registry, ..m })

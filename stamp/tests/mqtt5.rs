@@ -311,12 +311,35 @@ async fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent_to_it
     })
     .await;
     assert!(matches!(raw.recv().await, Some(Packet::SubAck { .. })));
-    for body in ["x".repeat(500), "fits".to_string()] {
-        let (status, _) = stamp.api("POST", "/v1/devices/small/messages", Some(&body)).await;
+    for (query, body) in [
+        ("?%24.mid=big&iothub-ack=negative", "x".repeat(500)),
+        ("", "fits".into()),
+    ] {
+        let path = format!("/v1/devices/small/messages{query}");
+        let (status, _) = stamp.api("POST", &path, Some(&body)).await;
         assert_eq!(status, 202);
     }
     match raw.recv().await {
         Some(Packet::Publish(p)) => assert_eq!(p.payload, "fits", "the 500-byte message was skipped"),
         other => panic!("expected the small message, got {other:?}"),
     }
+    // No redelivery would fit: it is dead-lettered at once, and its sender hears why.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let feedback = loop {
+        let (_, body) = stamp
+            .api("GET", "/v1/devices/small/messages/feedback", None)
+            .await;
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if !page["items"].as_array().unwrap().is_empty() || tokio::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(feedback["items"][0]["originalMessageId"], "big", "{feedback}");
+    assert_eq!(feedback["items"][0]["statusCode"], "Rejected", "{feedback}");
+    let (_, metrics) = stamp.api("GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("iotstamp_storage_c2d_removed_total{reason=\"rejected\"} 1"),
+        "{metrics}"
+    );
 }

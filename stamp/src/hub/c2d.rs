@@ -9,7 +9,10 @@
 //! message for it (the session's `c2d_waiting` signal, forwarded from whichever hub replica the
 //! API call reached), when acknowledgements make room after a full lease, and when the oldest
 //! lock lapses (redelivery, with MQTT's DUP flag). When the session ends, what is still
-//! unacknowledged is **abandoned** (unlocked for the next connection) rather than left locked.
+//! unacknowledged is **abandoned** (unlocked for the next connection) rather than left locked. A
+//! message larger than the Maximum Packet Size an MQTT 5 device declared is never sent to that
+//! connection: it is **rejected** (dead-lettered with feedback `Rejected`) at once, since every
+//! redelivery would be refused the same way.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,6 +43,8 @@ pub struct Deliveries {
     /// Acknowledged and not yet completed in storage: the connection completes them together
     /// (one write for every PUBACK of a read).
     completed: Vec<u64>,
+    /// Leased but larger than the device's connection accepts: not sent, to reject in storage.
+    rejected: Vec<u64>,
 }
 
 impl Deliveries {
@@ -82,6 +87,18 @@ impl Deliveries {
     pub fn sent(&mut self, pkid: u16, seq: u64) {
         self.in_flight.retain(|_, s| *s != seq);
         self.in_flight.insert(pkid, seq);
+    }
+
+    /// Delivery `seq` is larger than the connection accepts and was not sent: it waits in
+    /// [`Self::take_rejected`] to leave the queue.
+    pub fn too_large(&mut self, seq: u64) {
+        self.in_flight.retain(|_, s| *s != seq);
+        self.rejected.push(seq);
+    }
+
+    /// The deliveries to reject in storage now.
+    pub fn take_rejected(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// Whether `pkid` is still waiting for its PUBACK (it must not be reused yet).
@@ -179,6 +196,21 @@ mod tests {
         let mut left = d.unacknowledged();
         left.sort();
         assert_eq!(left, (2..WINDOW as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_delivery_too_large_for_the_connection_is_rejected_and_not_awaited() {
+        let t0 = Instant::now();
+        let mut d = Deliveries::default();
+        d.want();
+        assert_eq!(d.lease_now(), Some(WINDOW));
+        d.too_large(7);
+        d.sent(1, 8);
+        d.leased(WINDOW, 2, LOCK, t0);
+        assert_eq!(d.take_rejected(), [7]);
+        assert!(d.take_rejected().is_empty());
+        assert!(!d.acked(2), "no packet id was spent on it");
+        assert_eq!(d.unacknowledged(), [8], "only what was sent waits for a PUBACK");
     }
 
     #[test]

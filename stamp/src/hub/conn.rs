@@ -270,19 +270,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         let result = self
             .session_loop(device, guard, keep_alive, token_expiry, &mut deliveries)
             .await;
-        self.complete_c2d(&device.key(), deliveries.take_completed());
+        self.settle_c2d(&device.key(), &mut deliveries);
+        // Unlocked now, the next connection gets them at once instead of after the lock.
         let unacknowledged = deliveries.unacknowledged();
-        if !unacknowledged.is_empty() {
-            // Unlocked now, the next connection gets them at once instead of after the lock.
-            let queue = self.ctx.c2d.clone();
-            let op = C2dOp::Abandon { seqs: unacknowledged };
-            let key = device.key();
-            tokio::spawn(async move {
-                if let Err(e) = queue.c2d(key, op).await {
-                    tracing::debug!(error = %Causes(&e), "C2D deliveries not abandoned; their locks lapse instead");
-                }
-            });
-        }
+        self.write_c2d_later(&device.key(), C2dOp::Abandon { seqs: unacknowledged });
         result
     }
 
@@ -365,10 +356,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                                     payload,
                                     properties: Properties::default(),
                                 });
-                                deliveries.sent(next_pkid, delivery.seq);
-                                let kind = if delivery.message.delivery_count > 1 { "redelivery" } else { "first" };
-                                self.ctx.metrics.c2d_deliveries.get_or_create(&vec![("kind", kind)]).inc();
-                                self.send_to_device(device.as_str(), publish);
+                                if self.send_to_device(device.as_str(), publish) {
+                                    deliveries.sent(next_pkid, delivery.seq);
+                                    let kind = if delivery.message.delivery_count > 1 { "redelivery" } else { "first" };
+                                    self.ctx.metrics.c2d_deliveries.get_or_create(&vec![("kind", kind)]).inc();
+                                } else {
+                                    // No redelivery would fit either.
+                                    deliveries.too_large(delivery.seq);
+                                }
                             }
                             deliveries.leased(asked, got, lock_timeout, Instant::now());
                         }
@@ -431,14 +426,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     }
                 }
             }
-            self.complete_c2d(&device_key, deliveries.take_completed());
+            self.settle_c2d(&device_key, deliveries);
             self.flush().await?;
         }
     }
 
     /// Writes a PUBLISH to the device unless it is larger than the client accepts (MQTT 5: such a
-    /// packet must not be sent; it is dropped).
-    fn send_to_device(&mut self, device: &str, publish: Packet) {
+    /// packet must not be sent); whether it was written.
+    fn send_to_device(&mut self, device: &str, publish: Packet) -> bool {
         let size = match &publish {
             Packet::Publish(p) => p.payload.len(),
             _ => 0,
@@ -448,24 +443,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             .is_some_and(|max| mqtt::encoded_len(&publish, self.version) > max)
         {
             tracing::debug!(device, size, "message larger than the client accepts");
-            return;
+            return false;
         }
         self.ctx.metrics.messages_out.inc();
         self.ctx.metrics.bytes_out.inc_by(size as u64);
         self.encode(&publish);
+        true
     }
 
-    /// The device acknowledged these C2D deliveries: they leave the queue (in the background; if
-    /// that write fails they come again after their lock, which at-least-once allows).
-    fn complete_c2d(&self, device_key: &str, seqs: Vec<u64>) {
+    /// What the connection settled about its C2D deliveries goes to the queue: the acknowledged
+    /// leave it, and so do those the device cannot take (rejected at once).
+    fn settle_c2d(&self, device_key: &str, deliveries: &mut Deliveries) {
+        let completed = deliveries.take_completed();
+        self.ctx.metrics.c2d_acknowledged.inc_by(completed.len() as u64);
+        self.write_c2d_later(device_key, C2dOp::Complete { seqs: completed });
+        let rejected = deliveries.take_rejected();
+        self.write_c2d_later(device_key, C2dOp::Reject { seqs: rejected });
+    }
+
+    /// Writes a completion, rejection or abandon of deliveries in the background. Losing one costs
+    /// no message: the deliveries stay queued, and come again once their lock lapses.
+    fn write_c2d_later(&self, device_key: &str, op: C2dOp) {
+        let (seqs, lost) = match &op {
+            C2dOp::Complete { seqs } => (
+                seqs,
+                "C2D completion not stored; the message will be delivered again",
+            ),
+            C2dOp::Reject { seqs } => (
+                seqs,
+                "C2D rejection not stored; the message will be offered again",
+            ),
+            C2dOp::Abandon { seqs } => (seqs, "C2D deliveries not abandoned; their locks lapse instead"),
+            C2dOp::Enqueue { .. } | C2dOp::Lease { .. } => return,
+        };
         if seqs.is_empty() {
             return;
         }
-        self.ctx.metrics.c2d_acknowledged.inc_by(seqs.len() as u64);
         let (queue, key) = (self.ctx.c2d.clone(), device_key.to_string());
         tokio::spawn(async move {
-            if let Err(e) = queue.c2d(key, C2dOp::Complete { seqs }).await {
-                tracing::warn!(error = %Causes(&e), "C2D completion not stored; the message will be delivered again");
+            if let Err(e) = queue.c2d(key, op).await {
+                tracing::warn!(error = %Causes(&e), "{lost}");
             }
         });
     }

@@ -14,7 +14,7 @@ use super::registry_writer::RegistryWriter;
 use super::{BatchWriter, CloudToDevice, Fut, Ready, Registry, SeriesQuery, TelemetryQuery, Twins};
 use crate::Error;
 use crate::metrics::Metrics;
-use crate::storage::c2d::{C2dAnswer, C2dOp, FeedbackPage};
+use crate::storage::c2d::{C2dAnswer, C2dOp, FeedbackPage, Removed};
 use crate::storage::record::TelemetryRecord;
 use crate::storage::{Page, PutOutcome, Store};
 
@@ -145,10 +145,11 @@ impl CloudToDevice for LocalStore {
 }
 
 /// Messages that left a queue unacknowledged are the operator's business: count them and say so.
-pub(crate) fn count_removed(removed: crate::storage::c2d::Removed, metrics: &Metrics) {
+pub(crate) fn count_removed(removed: Removed, metrics: &Metrics) {
     for (reason, n) in [
         ("expired", removed.expired),
         ("dead_lettered", removed.dead_lettered),
+        ("rejected", removed.rejected),
     ] {
         if n > 0 {
             metrics
@@ -157,10 +158,11 @@ pub(crate) fn count_removed(removed: crate::storage::c2d::Removed, metrics: &Met
                 .inc_by(n);
         }
     }
-    if removed.expired > 0 || removed.dead_lettered > 0 {
+    if removed != Removed::default() {
         tracing::info!(
             expired = removed.expired,
             dead_lettered = removed.dead_lettered,
+            rejected = removed.rejected,
             "cloud-to-device messages left their queues unacknowledged"
         );
     }

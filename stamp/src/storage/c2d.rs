@@ -35,6 +35,9 @@ pub enum C2dOp {
     Lease { max: usize },
     /// The device acknowledged these deliveries.
     Complete { seqs: Vec<u64> },
+    /// The device cannot take these deliveries (larger than its connection accepts): they leave
+    /// the queue now, dead-lettered, rather than after every redelivery failed the same way.
+    Reject { seqs: Vec<u64> },
     /// The session ended with these delivered and unacknowledged: unlock them for the next one
     /// (their delivery counts stay).
     Abandon { seqs: Vec<u64> },
@@ -64,6 +67,10 @@ pub enum C2dAnswer {
     },
     /// How many were still queued (a late or repeated PUBACK finds nothing).
     Completed {
+        found: usize,
+    },
+    /// How many were still queued to reject.
+    Rejected {
         found: usize,
     },
     Abandoned,
@@ -113,6 +120,7 @@ struct QueueTx<'t> {
 pub struct Removed {
     pub expired: u64,
     pub dead_lettered: u64,
+    pub rejected: u64,
 }
 
 impl QueueTx<'_> {
@@ -154,6 +162,7 @@ impl QueueTx<'_> {
         match status {
             FeedbackStatus::Expired => self.removed.expired += 1,
             FeedbackStatus::DeliveryCountExceeded => self.removed.dead_lettered += 1,
+            FeedbackStatus::Rejected => self.removed.rejected += 1,
             FeedbackStatus::Success => {}
         }
         if let Some(record) = message.feedback(status, self.now_ms) {
@@ -163,6 +172,20 @@ impl QueueTx<'_> {
             self.trim_feedback(device_key)?;
         }
         Ok(())
+    }
+
+    /// Ends each of `seqs` still queued with `status`; how many were.
+    fn end_all(&mut self, device_key: &str, seqs: &[u64], status: FeedbackStatus) -> Result<usize, Error> {
+        let mut found = 0;
+        for seq in seqs {
+            let row = self.queue.get(key(device_key, *seq).as_slice())?;
+            let message = row.map(|v| from_json::<Message>(v.value())).transpose()?;
+            if let Some(message) = message {
+                self.end(device_key, *seq, &message, status)?;
+                found += 1;
+            }
+        }
+        Ok(found)
     }
 
     fn trim_feedback(&mut self, device_key: &str) -> Result<(), Error> {
@@ -220,18 +243,12 @@ impl QueueTx<'_> {
                     in_flight,
                 }
             }
-            C2dOp::Complete { seqs } => {
-                let mut found = 0;
-                for seq in seqs {
-                    let row = self.queue.get(key(device_key, *seq).as_slice())?;
-                    let message = row.map(|v| from_json::<Message>(v.value())).transpose()?;
-                    if let Some(message) = message {
-                        self.end(device_key, *seq, &message, FeedbackStatus::Success)?;
-                        found += 1;
-                    }
-                }
-                C2dAnswer::Completed { found }
-            }
+            C2dOp::Complete { seqs } => C2dAnswer::Completed {
+                found: self.end_all(device_key, seqs, FeedbackStatus::Success)?,
+            },
+            C2dOp::Reject { seqs } => C2dAnswer::Rejected {
+                found: self.end_all(device_key, seqs, FeedbackStatus::Rejected)?,
+            },
             C2dOp::Abandon { seqs } => {
                 for seq in seqs {
                     let k = key(device_key, *seq);
@@ -451,6 +468,51 @@ mod tests {
             store.c2d_feedback("d1", None, 10).unwrap().items.is_empty(),
             "deleted with the device"
         );
+    }
+
+    #[test]
+    fn a_rejected_delivery_leaves_the_queue_at_once_with_negative_feedback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = Settings::default();
+        let d = || "d1".to_string();
+        let one = |op, now| store.write_c2d(&[(d(), op)], now, &s).unwrap();
+        let C2dAnswer::Enqueued { seq, .. } = one(
+            C2dOp::Enqueue {
+                message: message("negative"),
+            },
+            T0,
+        )
+        .0[0] else {
+            panic!()
+        };
+        assert!(
+            matches!(&one(C2dOp::Lease { max: 5 }, T0).0[0], C2dAnswer::Leased { deliveries, .. } if deliveries.len() == 1)
+        );
+        let (answers, removed) = one(C2dOp::Reject { seqs: vec![seq, seq] }, T0 + 1);
+        assert_eq!(answers, [C2dAnswer::Rejected { found: 1 }], "rejected once");
+        assert_eq!(
+            removed,
+            Removed {
+                rejected: 1,
+                ..Removed::default()
+            }
+        );
+        // Gone, not waiting for its lock to lapse and a redelivery.
+        assert_eq!(
+            one(C2dOp::Lease { max: 5 }, T0 + 120_000).0,
+            [C2dAnswer::Leased {
+                deliveries: vec![],
+                in_flight: 0
+            }]
+        );
+        let page = store.c2d_feedback("d1", None, 10).unwrap();
+        let ends: Vec<_> = page
+            .items
+            .iter()
+            .map(|f| (f.status_code, f.description.as_str()))
+            .collect();
+        assert_eq!(ends, [(FeedbackStatus::Rejected, "Message rejected")]);
     }
 
     #[test]
