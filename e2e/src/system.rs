@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -137,6 +137,8 @@ pub struct Assignment {
     pub status: String,
     pub hub: String,
     pub device: String,
+    /// `initialAssignment`, `deviceDataMigrated` or `deviceDataReset`.
+    pub substatus: String,
 }
 
 /// One device on the unmodified Python SDK (e2e/sdk-device.py), provisioned through the router's
@@ -181,19 +183,53 @@ impl SdkDevice {
             lines: BufReader::new(child.stdout.take().context("no stdout")?).lines(),
             child,
         };
-        let line = device
+        let assignment = device.assignment().await?;
+        Ok((device, assignment))
+    }
+
+    /// The line the script prints once it provisioned and connected.
+    async fn assignment(&mut self) -> anyhow::Result<Assignment> {
+        let line = self
             .next_raw(Duration::from_secs(90))
             .await
-            .with_context(|| format!("{registration_id} did not provision and connect"))?;
+            .with_context(|| format!("{} did not provision and connect", self.registration_id))?;
         let said: Value =
-            serde_json::from_str(&line).with_context(|| format!("{registration_id} said {line:?}"))?;
+            serde_json::from_str(&line).with_context(|| format!("{} said {line:?}", self.registration_id))?;
         let text = |k: &str| said[k].as_str().unwrap_or_default().to_string();
-        let assignment = Assignment {
+        Ok(Assignment {
             status: text("status"),
             hub: text("hub"),
             device: text("device"),
-        };
-        Ok((device, assignment))
+            substatus: text("substatus"),
+        })
+    }
+
+    /// Disconnects, provisions again through the router and connects to the hub it names now.
+    pub async fn reprovision(&mut self) -> anyhow::Result<Assignment> {
+        self.command("reprovision").await?;
+        self.assignment().await
+    }
+
+    /// Writes reported property `key` (a JSON value) and waits for the hub's answer.
+    pub async fn report(&mut self, key: &str, value: &Value) -> anyhow::Result<()> {
+        self.command(&format!("report {key} {value}")).await?;
+        let line = self.next_raw(Duration::from_secs(30)).await?;
+        ensure!(
+            line == format!("reported {key}"),
+            "{} answered {line:?} to report {key}",
+            self.registration_id
+        );
+        Ok(())
+    }
+
+    /// The reported properties of the twin the device reads from its hub.
+    pub async fn reported(&mut self) -> anyhow::Result<Value> {
+        self.command("twin").await?;
+        let line = self.next_raw(Duration::from_secs(30)).await?;
+        let twin = line
+            .strip_prefix("twin ")
+            .with_context(|| format!("{} answered {line:?} to twin", self.registration_id))?;
+        Ok(serde_json::from_str(twin)?)
     }
 
     async fn next_raw(&mut self, timeout: Duration) -> anyhow::Result<String> {

@@ -2,10 +2,10 @@
 //! `helm install` of the image scripts/build-image.sh made (`IOTSTAMP_E2E_IMAGE`, loaded into the
 //! node with `e2e/cluster load-image`), then only kubectl-style API calls, unmodified Azure IoT
 //! Python SDK devices on the host, and the router's service API. No host process stands in for a
-//! pod. Steps 1-10 of issue 11, in order, and step 11 (a stamp with two hub pods, issue 13, whose
-//! hubs also mount a shared access policies Secret, issue 14); 1-5
-//! build on each other and stop the test when they fail, 6-11 each report on their own and the test
-//! fails at the end naming every failed step.
+//! pod. Steps 1-10 of issue 11, in order, step 11 (a stamp with two hub pods, issue 13, whose
+//! hubs also mount a shared access policies Secret, issue 14) and step 12 (a device's twin moves
+//! with it off a draining stamp, issue 14); 1-5 build on each other and stop the test when they
+//! fail, 6-12 each report on their own and the test fails at the end naming every failed step.
 //! Timings the closing note needs are printed as `system: ...` lines.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -468,20 +468,7 @@ async fn quota_raised(sys: &System) -> anyhow::Result<(SdkDevice, Assignment)> {
     let before = pods_ready(&sys.client(), &sys.ns, Some(&selector), 3)
         .await?
         .context("the first stamp's pods are not all Ready")?;
-    let patch = format!("{{\"spec\":{{\"deviceQuota\":{}}}}}", QUOTA + 1);
-    sys.cluster.run(
-        "kubectl",
-        &[
-            "-n",
-            &sys.ns,
-            "patch",
-            "iotstamps.iotstamp.dev",
-            &first,
-            "--type=merge",
-            "-p",
-            &patch,
-        ],
-    )?;
+    patch_spec(sys, &first, json!({"deviceQuota": QUOTA + 1}))?;
     let hub0 = sys.hub_address(&first).await?;
     let (mut device, said) = sys.device(PINNED_SCOPE, "sys-dev-pinned").await?;
     ensure!(
@@ -800,6 +787,114 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Step 12: a device of a `migrate` group (the default) writes a reported property, its stamp is set
+/// `spec.draining: true`, and when the device provisions again it is sent to another stamp and
+/// reads the property there: the router copied its twin between the two stamps' real pods.
+/// The first two stamps are full once this device lands (quota 3 and 2), so the pool adds a third;
+/// that is where the device goes.
+async fn twin_moves_off_a_draining_stamp(sys: &System) -> anyhow::Result<()> {
+    let reg = "sys-mover";
+    let (mut device, first) = sys.device(SCOPE, reg).await?;
+    ensure!(first.status == "assigned", "{reg}: {first:?}");
+    let moved = async {
+        let third = format!("{POOL}-3");
+        wait::until(
+            &format!("the pool to add {third} once {reg} filled it"),
+            Duration::from_secs(120),
+            || async { Ok(sys.stamps().get_opt(&third).await?.map(drop)) },
+        )
+        .await?;
+        stamp_ready_with_pods(sys, &third).await?;
+        moved_with_its_twin(sys, reg, &mut device, &first, &third).await
+    }
+    .await;
+    let quit = device.quit().await;
+    moved.and(quit)
+}
+
+/// Step 12 once a stamp with room is ready: drain the device's stamp, provision again, read the
+/// reported property on the stamp it went to.
+async fn moved_with_its_twin(
+    sys: &System,
+    reg: &str,
+    device: &mut SdkDevice,
+    first: &Assignment,
+    to: &str,
+) -> anyhow::Result<()> {
+    let site = json!({"site": "north", "floor": 3});
+    device.report("location", &site).await?;
+    let (status, where_) = sys
+        .api(reqwest::Method::GET, &format!("/v1/devices/{reg}"), None)
+        .await?;
+    let from = where_["stamp"]
+        .as_str()
+        .with_context(|| format!("where is {reg}: {status} {where_}"))?
+        .to_string();
+    let draining = |on: bool| patch_spec(sys, &from, json!({"draining": on}));
+    draining(true)?;
+    let moved = async {
+        wait::until(
+            &format!("the router to see {from} draining and {to} ready"),
+            Duration::from_secs(60),
+            || async {
+                let (_, listed) = sys.api(reqwest::Method::GET, "/v1/stamps", None).await?;
+                let stamps = listed["stamps"].as_array().cloned().unwrap_or_default();
+                let state = |name: &str| stamps.iter().find(|s| s["name"] == json!(name)).cloned();
+                let drained = state(&from).is_some_and(|s| s["draining"] == json!(true));
+                let open =
+                    state(to).is_some_and(|s| s["ready"] == json!(true) && s["draining"] == json!(false));
+                Ok((drained && open).then_some(()))
+            },
+        )
+        .await?;
+        let started = Instant::now();
+        let again = device.reprovision().await?;
+        println!(
+            "system: re-provisioning off draining {from} with the twin: {:?}",
+            started.elapsed()
+        );
+        ensure!(
+            again.status == "assigned" && again.substatus == "deviceDataMigrated" && again.hub != first.hub,
+            "{reg} provisioned again as {again:?}, after {first:?} on draining {from}"
+        );
+        let (_, now) = sys
+            .api(reqwest::Method::GET, &format!("/v1/devices/{reg}"), None)
+            .await?;
+        ensure!(
+            now["stamp"] == json!(to) && now["state"] == json!("assigned"),
+            "the router places {reg} on {}, not {to}: {now}",
+            now["stamp"]
+        );
+        let reported = device.reported().await?;
+        ensure!(
+            reported["location"] == site,
+            "{reg}'s reported properties at {}: {reported}",
+            now["stamp"]
+        );
+        Ok(())
+    }
+    .await;
+    // The stamp takes devices again, whatever happened, for the steps after this one.
+    let undone = draining(false);
+    moved.and(undone)
+}
+
+/// Changes the spec of stamp `name` as a user would: `kubectl patch --type=merge`.
+fn patch_spec(sys: &System, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+    let patch = json!({ "spec": spec }).to_string();
+    let args = [
+        "-n",
+        &sys.ns,
+        "patch",
+        "iotstamps.iotstamp.dev",
+        name,
+        "--type=merge",
+        "-p",
+        &patch,
+    ];
+    sys.cluster.run("kubectl", &args).map(drop)
+}
+
 /// Step 9: status.devices.connected of each stamp is the number of devices connected to it.
 /// An image no registry can serve: loopback port 1 refuses at once, so the kubelet's pull fails
 /// without anything leaving the machine.
@@ -1062,6 +1157,11 @@ async fn the_whole_product_runs_on_a_real_node() -> anyhow::Result<()> {
     if let Err(e) = hub_replicas(&sys).await {
         failed.push(format!(
             "step 11 (C2D, methods and a policy-signed token on a stamp with two hub pods): {e:#}"
+        ));
+    }
+    if let Err(e) = twin_moves_off_a_draining_stamp(&sys).await {
+        failed.push(format!(
+            "step 12 (a device's twin moves with it off a draining stamp): {e:#}"
         ));
     }
     if let Err(e) = upgrade_and_uninstall(&sys, &mut devices).await {
