@@ -357,13 +357,7 @@ async fn a_twin_that_cannot_be_read_yet_holds_the_move_until_it_is_copied() {
 
     // The store is back: the next attempt finishes the move, twin and all.
     s.stamps[0].twin_outage.store(false, Ordering::Relaxed);
-    let moved = s.dps.provision("mover").await;
-    assert_eq!(moved.status, 200, "{moved:?}");
-    assert_eq!(moved.body["registrationState"]["assignedHub"], "hub-1.local");
-    assert_eq!(moved.body["registrationState"]["substatus"], "deviceDataMigrated");
-    assert_eq!(s.stamps[1].twins.lock().unwrap().get("mover"), Some(&twin));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(s.stamps[0].holds("mover").is_none());
+    moves_to_stamp_1_with(&s, "mover", &twin).await;
 
     let metrics = s.dps.metrics().await;
     for outcome in ["retry", "copied"] {
@@ -371,6 +365,39 @@ async fn a_twin_that_cannot_be_read_yet_holds_the_move_until_it_is_copied() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     assert!(!metrics.contains("outcome=\"lost\""), "{metrics}");
+    s.router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stamp_that_refuses_a_moving_device_leaves_it_with_its_twin() {
+    let s = setup(&[10, 1], |c| c.stamps[1].ready = false).await;
+    assert_eq!(s.dps.provision("mover").await.status, 200);
+    let twin = json!({"version": 2, "properties": {"reported": {"site": "north"}}});
+    drain_stamp_0_holding(&s, "mover", &twin);
+    // Stamp 1's registry is full although the router's count says it has room (a device
+    // registered there out of band): it refuses the device.
+    let squatter = s.stamps[0].holds("mover").unwrap();
+    s.stamps[1]
+        .registry
+        .lock()
+        .unwrap()
+        .insert("squatter".into(), squatter);
+
+    let refused = s.dps.register("mover").await;
+    assert_dps_error(&refused, 429, 429_001);
+    // Still assigned where its twin is, not left without a record (which would provision it
+    // afresh elsewhere, twinless, and leave it registered at stamp 0 for ever).
+    let (status, info) = s.dps.service_get("/v1/devices/mover").await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        (info["stamp"].as_str(), info["state"].as_str()),
+        (Some("stamp-0"), Some("assigned"))
+    );
+    assert!(s.stamps[0].holds("mover").is_some());
+
+    // Room at stamp 1: the next attempt moves the device and its twin.
+    s.stamps[1].registry.lock().unwrap().remove("squatter");
+    moves_to_stamp_1_with(&s, "mover", &twin).await;
     s.router.shutdown().await;
 }
 
@@ -413,6 +440,17 @@ async fn service_api_needs_a_token_and_routes_to_the_device_stamp() {
         200
     );
     s.router.shutdown().await;
+}
+
+/// `device` provisions again and moves from stamp 0 to stamp 1 with its `twin`; stamp 0 forgets it.
+async fn moves_to_stamp_1_with(s: &Setup, device: &str, twin: &Value) {
+    let moved = s.dps.provision(device).await;
+    assert_eq!(moved.status, 200, "{moved:?}");
+    assert_eq!(moved.body["registrationState"]["assignedHub"], "hub-1.local");
+    assert_eq!(moved.body["registrationState"]["substatus"], "deviceDataMigrated");
+    assert_eq!(s.stamps[1].twins.lock().unwrap().get(device), Some(twin));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.stamps[0].holds(device).is_none());
 }
 
 /// Stamp 0 holds `twin` for `device` and starts draining; stamp 1 becomes ready to take it.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use iotstamp_core::dps::Substatus;
 use iotstamp_router::adapters::store::{
-    Assignment, AssignmentState, AssignmentStore, EmbeddedStore, Expect, PostgresStore, ReserveOutcome,
+    Assignment, AssignmentState, AssignmentStore, EmbeddedStore, Expect, PostgresStore, ReleaseOutcome,
+    ReserveOutcome,
 };
 
 fn rec(device: &str, stamp: &str) -> Assignment {
@@ -54,7 +55,10 @@ async fn lifecycle(store: Arc<dyn AssignmentStore>) {
     assert_eq!(store.commit("d1", "s2", 9).await.unwrap().unwrap(), done);
     assert!(store.pending().await.unwrap().is_empty());
     // An assigned record is not released.
-    assert!(!store.release("d1", "s1").await.unwrap());
+    assert_eq!(
+        store.release("d1", "s1", 6).await.unwrap(),
+        ReleaseOutcome::NotHeld
+    );
 
     // Quota: s1 has room for one more.
     assert!(matches!(
@@ -72,7 +76,10 @@ async fn lifecycle(store: Arc<dyn AssignmentStore>) {
         ReserveOutcome::Full
     );
     // Releasing a reservation gives the slot back.
-    assert!(store.release("d2", "s1").await.unwrap());
+    assert_eq!(
+        store.release("d2", "s1", 6).await.unwrap(),
+        ReleaseOutcome::Deleted
+    );
     assert_eq!(store.get("d2").await.unwrap(), None);
     assert!(matches!(
         store
@@ -95,6 +102,24 @@ async fn lifecycle(store: Arc<dyn AssignmentStore>) {
         pending.iter().find(|(k, _)| k == "d1").map(|(_, r)| r),
         Some(&moved)
     );
+
+    // A stamp that refuses the moving device sends it back to where its twin is, counted there
+    // again, no longer pending, and free to move with its twin once more.
+    assert_eq!(
+        store.release("d1", "s2", 10).await.unwrap(),
+        ReleaseOutcome::Returned("s1".into())
+    );
+    let back = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(
+        (back.stamp.as_str(), back.state, back.migrating_from.as_deref()),
+        ("s1", AssignmentState::Assigned, None)
+    );
+    assert_eq!((back.updated_ms, back.generation), (10, 4));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.get("s1"), counts.get("s2")), (Some(&2), Some(&0)));
+    assert!(store.pending().await.unwrap().iter().all(|(k, _)| k != "d1"));
+    let moved = move_with_twin(&*store).await;
+    assert_eq!(moved.migrating_from.as_deref(), Some("s1"));
     let settled = store.commit("d1", "s2", 11).await.unwrap().unwrap();
     assert_eq!(
         (settled.state, settled.migrating_from),

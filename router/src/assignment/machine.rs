@@ -11,7 +11,8 @@
 //! stamp it leaves to the new one between the registration and the commit, so it finds its twin
 //! when it connects. The reservation names that origin ([`Assignment::migrating_from`]), so a copy
 //! that fails is tried again by the device's next attempt or by recovery: the device is told to
-//! retry (503) and stays assigned where its twin is. Only an origin that stays unreadable for
+//! retry (503) and stays assigned where its twin is; a new stamp that refuses the device sends it
+//! back there too (the release returns the record to its origin). Only an origin that stays unreadable for
 //! [`MIGRATION_PATIENCE_MS`], or that left the directory, lets the device move without its twin:
 //! a stamp that is gone must not keep its devices from provisioning for ever.
 //!
@@ -30,7 +31,7 @@ use iotstamp_core::registry::{DeviceRecord, DeviceStatus};
 use super::refusal::{Assigned, ProvisionError};
 use crate::adapters::directory::{StampInfo, find};
 use crate::adapters::stamp_client::StampError;
-use crate::adapters::store::{Assignment, AssignmentState, Expect, ReserveOutcome};
+use crate::adapters::store::{Assignment, AssignmentState, Expect, ReleaseOutcome, ReserveOutcome};
 use crate::enrollment::Group;
 
 /// Reads of the record per request before telling the device to retry (each further attempt
@@ -65,8 +66,8 @@ pub enum Observation {
     Registered(Result<(), StampError>),
     /// Whether the device's twin was copied from the stamp it left.
     Migrated(Result<(), StampError>),
-    /// Whether the release deleted the reservation.
-    Released(bool),
+    /// What the release did to the reservation.
+    Released(ReleaseOutcome),
     /// The record after the commit.
     Committed(Option<Assignment>),
 }
@@ -88,7 +89,8 @@ pub enum Action {
     Register { stamp: StampInfo, record: DeviceRecord },
     /// Copy the device's twin from the stamp it leaves to the one it registered at.
     Migrate { from: StampInfo, to: StampInfo },
-    /// Delete the reservation at `stamp`: the stamp refused the device.
+    /// Undo the reservation at `stamp`: the stamp refused the device. A device moving with its
+    /// twin goes back to the stamp the twin is on, so its next attempt still takes it along.
     Release { stamp: String },
     /// Turn the reservation at `stamp` into an assignment.
     Commit { stamp: String },
@@ -381,11 +383,16 @@ impl Machine {
                 ]),
             },
             (Phase::Releasing { stamp }, Observation::Released(released)) => {
-                let count = released.then(|| Note::Counted {
+                let off = Note::Counted {
                     stamp: stamp.clone(),
                     delta: -1,
-                });
-                self.refused(stamp).noting(count)
+                };
+                let counts = match released {
+                    ReleaseOutcome::NotHeld => vec![],
+                    ReleaseOutcome::Deleted => vec![off],
+                    ReleaseOutcome::Returned(to) => vec![off, Note::Counted { stamp: to, delta: 1 }],
+                };
+                self.refused(stamp).noting(counts)
             }
             (Phase::Committing { stamp, hub }, Observation::Committed(record)) => match record {
                 Some(a) if a.state == AssignmentState::Assigned && a.stamp == stamp => {
@@ -423,7 +430,10 @@ impl Machine {
                         ))),
                     },
                     ReprovisionDecision::Reassign(substatus) => {
-                        self.excluded.push(a.stamp.clone());
+                        // Already there when a refusing stamp sent the device back to it.
+                        if !self.excluded.contains(&a.stamp) {
+                            self.excluded.push(a.stamp.clone());
+                        }
                         self.choose(Some(a), substatus)
                     }
                 }

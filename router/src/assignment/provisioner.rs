@@ -127,7 +127,7 @@ impl Provisioner {
                     Observation::Migrated(migrated)
                 }
                 Action::Release { stamp } => {
-                    Observation::Released(self.store.release(req.key, &stamp).await?)
+                    Observation::Released(self.store.release(req.key, &stamp, clock::unix_millis()).await?)
                 }
                 Action::Commit { stamp } => {
                     Observation::Committed(self.store.commit(req.key, &stamp, clock::unix_millis()).await?)

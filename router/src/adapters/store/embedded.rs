@@ -21,8 +21,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use tokio::sync::oneshot;
 
 use super::{
-    Assignment, AssignmentState, AssignmentStore, Expect, ReserveDecision, ReserveOutcome, StoreError,
-    decide_reserve,
+    Assignment, AssignmentState, AssignmentStore, Expect, ReleaseDecision, ReleaseOutcome, ReserveDecision,
+    ReserveOutcome, StoreError, decide_release, decide_reserve,
 };
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
@@ -51,7 +51,8 @@ enum Op {
     Release {
         key: String,
         stamp: String,
-        reply: Reply<bool>,
+        now_ms: i64,
+        reply: Reply<ReleaseOutcome>,
     },
 }
 
@@ -191,9 +192,15 @@ impl AssignmentStore for EmbeddedStore {
         .await
     }
 
-    async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError> {
+    async fn release(&self, key: &str, stamp: &str, now_ms: i64) -> Result<ReleaseOutcome, StoreError> {
         let (key, stamp) = (key.to_string(), stamp.to_string());
-        self.call(|reply| Op::Release { key, stamp, reply }).await
+        self.call(|reply| Op::Release {
+            key,
+            stamp,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<HashMap<String, u64>, StoreError> {
@@ -245,7 +252,7 @@ fn write_batch(db: &Database, counts: &RwLock<HashMap<String, u64>>, mut batch: 
 enum Answer {
     Reserve(ReserveOutcome),
     Commit(Option<Assignment>),
-    Release(bool),
+    Release(ReleaseOutcome),
 }
 
 impl Answer {
@@ -371,17 +378,26 @@ fn apply(t: &mut Tables<'_>, op: &Op, deltas: &mut HashMap<String, i64>) -> Resu
             }
             Ok(Answer::Commit(Some(rec)))
         }
-        Op::Release { key, stamp, .. } => {
-            let cur = current(t, key)?;
-            match cur {
-                Some(c) if c.stamp == *stamp && c.state == AssignmentState::Reserved => {
+        Op::Release {
+            key, stamp, now_ms, ..
+        } => {
+            let outcome = match decide_release(current(t, key)?.as_ref(), stamp, *now_ms) {
+                ReleaseDecision::NotHeld => return Ok(Answer::Release(ReleaseOutcome::NotHeld)),
+                ReleaseDecision::Delete => {
                     t.records.remove(key.as_str()).map_err(storage)?;
-                    t.pending.remove(key.as_str()).map_err(storage)?;
-                    bump(t, deltas, stamp, -1)?;
-                    Ok(Answer::Release(true))
+                    ReleaseOutcome::Deleted
                 }
-                _ => Ok(Answer::Release(false)),
-            }
+                ReleaseDecision::Return(record) => {
+                    t.records
+                        .insert(key.as_str(), encode(&record)?.as_slice())
+                        .map_err(storage)?;
+                    bump(t, deltas, &record.stamp, 1)?;
+                    ReleaseOutcome::Returned(record.stamp)
+                }
+            };
+            t.pending.remove(key.as_str()).map_err(storage)?;
+            bump(t, deltas, stamp, -1)?;
+            Ok(Answer::Release(outcome))
         }
     }
 }

@@ -132,6 +132,50 @@ pub(crate) fn decide_reserve<E>(
     })
 }
 
+/// What releasing a reservation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// The record is not `Reserved` at that stamp (any more): nothing was written.
+    NotHeld,
+    /// The reservation is gone and the device has no record: it never had a stamp, or it moved
+    /// without its data and was already forgotten where it was.
+    Deleted,
+    /// The device was moving with its twin: it is `Assigned` again to the stamp named, where its
+    /// twin and its registration still are, so a later attempt can still take the twin along.
+    Returned(String),
+}
+
+/// What a release does to the device's record; both stores decide with [`decide_release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReleaseDecision {
+    NotHeld,
+    Delete,
+    /// Write `record` (assigned at the twin's stamp); the released stamp's count goes down and
+    /// that stamp's up. Its quota is not checked: the device never left it.
+    Return(Assignment),
+}
+
+/// Decides the release of the reservation at `stamp` from the device's `current` record.
+pub(crate) fn decide_release(current: Option<&Assignment>, stamp: &str, now_ms: i64) -> ReleaseDecision {
+    let Some(c) = current.filter(|c| c.stamp == stamp && c.state == AssignmentState::Reserved) else {
+        return ReleaseDecision::NotHeld;
+    };
+    match c.migrating_from.as_deref() {
+        Some(origin) if origin != stamp => ReleaseDecision::Return(Assignment {
+            stamp: origin.to_string(),
+            state: AssignmentState::Assigned,
+            // The reservation does not keep the substatus the device had there; it did not
+            // move, so neither `deviceDataMigrated` nor `deviceDataReset` would be true.
+            substatus: Substatus::InitialAssignment,
+            updated_ms: now_ms,
+            generation: c.generation + 1,
+            migrating_from: None,
+            ..c.clone()
+        }),
+        _ => ReleaseDecision::Delete,
+    }
+}
+
 /// Why a store call failed. Cloneable, because one failed batch answers every request in it, so the
 /// cause is shared.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -178,8 +222,9 @@ pub trait AssignmentStore: Send + Sync {
     /// `Assigned` at `stamp` only if this commit (or an earlier identical one) won.
     async fn commit(&self, key: &str, stamp: &str, now_ms: i64) -> Result<Option<Assignment>, StoreError>;
 
-    /// Deletes a `Reserved(stamp)` record (the stamp refused the device). Returns whether it did.
-    async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError>;
+    /// Undoes a `Reserved(stamp)` record (the stamp refused the device): deleted, or, for a device
+    /// moving with its twin, returned to the stamp the twin is on ([`decide_release`]).
+    async fn release(&self, key: &str, stamp: &str, now_ms: i64) -> Result<ReleaseOutcome, StoreError>;
 
     /// Records per stamp, reserved and assigned alike: what quota is checked against.
     async fn counts(&self) -> Result<HashMap<String, u64>, StoreError>;

@@ -173,6 +173,27 @@ fn copied(from: &str, to: &str) -> (Observation, Next) {
         ),
     )
 }
+/// A device assigned to `drained` provisions again (policy migrate) and is reserved at `to`,
+/// naming `drained` as its twin's stamp, and registered there; `then` goes on from that.
+fn moving_off_drained(to: &str, then: Vec<(Observation, Next)>) -> Vec<(Observation, Next)> {
+    let mut walk = vec![
+        (record(Some(assigned("drained"))), choose(&["drained"])),
+        (
+            chosen(to),
+            go(reserve_moving(
+                present("drained", AssignmentState::Assigned),
+                to,
+                "drained",
+            )),
+        ),
+        (
+            outcome(ReserveOutcome::Reserved(moving(to, "drained"))),
+            with(vec![counted(to, 1), counted("drained", -1)], register(to)),
+        ),
+    ];
+    walk.extend(then);
+    walk
+}
 fn forget(stamp: &str) -> Note {
     Note::Forget { stamp: info(stamp) }
 }
@@ -301,50 +322,62 @@ fn walks() -> Vec<Walk> {
             "policy migrate: off a draining stamp, which is left out; the twin is copied, then the device forgotten there",
             Provision,
             read(),
-            vec![
-                (record(Some(assigned("drained"))), choose(&["drained"])),
-                (
-                    chosen("b"),
-                    go(reserve_moving(present("drained", A), "b", "drained")),
-                ),
-                (
-                    outcome(O::Reserved(moving("b", "drained"))),
-                    with(vec![counted("b", 1), counted("drained", -1)], register("b")),
-                ),
-                (registered(Ok(())), go(migrate("drained", "b"))),
-                copied("drained", "b"),
-                (
-                    committed(Some(rec("b", A, Substatus::DeviceDataMigrated))),
-                    done(rec("b", A, Substatus::DeviceDataMigrated)),
-                ),
-            ],
+            moving_off_drained(
+                "b",
+                vec![
+                    (registered(Ok(())), go(migrate("drained", "b"))),
+                    copied("drained", "b"),
+                    (
+                        committed(Some(rec("b", A, Substatus::DeviceDataMigrated))),
+                        done(rec("b", A, Substatus::DeviceDataMigrated)),
+                    ),
+                ],
+            ),
         ),
         walk(
             "policy migrate: a twin that cannot be read yet keeps the device where its twin is, told to retry",
             Provision,
             read(),
-            vec![
-                (record(Some(assigned("drained"))), choose(&["drained"])),
-                (
-                    chosen("a"),
-                    go(reserve_moving(present("drained", A), "a", "drained")),
-                ),
-                (
-                    outcome(O::Reserved(moving("a", "drained"))),
-                    with(vec![counted("a", 1), counted("drained", -1)], register("a")),
-                ),
-                (registered(Ok(())), go(migrate("drained", "a"))),
-                (
-                    Observation::Migrated(Err(refused_by("drained"))),
-                    with(
-                        vec![failed_at("drained"), Note::Migration(MigrationOutcome::Retry)],
-                        Action::Fail(ProvisionError::new(
-                            ErrorKind::Unavailable,
-                            "the device's twin could not be read from stamp `drained` yet; retry later",
-                        )),
+            moving_off_drained(
+                "a",
+                vec![
+                    (registered(Ok(())), go(migrate("drained", "a"))),
+                    (
+                        Observation::Migrated(Err(refused_by("drained"))),
+                        with(
+                            vec![failed_at("drained"), Note::Migration(MigrationOutcome::Retry)],
+                            Action::Fail(ProvisionError::new(
+                                ErrorKind::Unavailable,
+                                "the device's twin could not be read from stamp `drained` yet; retry later",
+                            )),
+                        ),
                     ),
-                ),
-            ],
+                ],
+            ),
+        ),
+        walk(
+            "policy migrate: a stamp that refuses a moving device sends it back to its twin's stamp, and it moves on from there",
+            Provision,
+            read(),
+            moving_off_drained(
+                "a",
+                vec![
+                    (
+                        registered(Err(refused_by("a"))),
+                        with(vec![failed_at("a")], Action::Release { stamp: "a".into() }),
+                    ),
+                    (
+                        Observation::Released(ReleaseOutcome::Returned("drained".into())),
+                        with(vec![counted("a", -1), counted("drained", 1)], Action::Read),
+                    ),
+                    // Assigned where its twin is again: the next reservation still takes it along.
+                    (record(Some(assigned("drained"))), choose(&["drained", "a"])),
+                    (
+                        chosen("b"),
+                        go(reserve_moving(present("drained", A), "b", "drained")),
+                    ),
+                ],
+            ),
         ),
         walk(
             "policy migrate: the next attempt finds the reservation and copies the twin again",
@@ -500,7 +533,7 @@ fn walks() -> Vec<Walk> {
                     with(vec![failed_at("a")], Action::Release { stamp: "a".into() }),
                 ),
                 (
-                    Observation::Released(true),
+                    Observation::Released(ReleaseOutcome::Deleted),
                     with(vec![counted("a", -1)], Action::Read),
                 ),
                 (record(None), choose(&["a"])),
@@ -516,7 +549,7 @@ fn walks() -> Vec<Walk> {
                     registered(Err(refused_by("a"))),
                     with(vec![failed_at("a")], Action::Release { stamp: "a".into() }),
                 ),
-                (Observation::Released(false), read()),
+                (Observation::Released(ReleaseOutcome::NotHeld), read()),
                 // Still reserved there (another request wrote it again): not completed at `a` again.
                 (record(Some(reserved("a"))), choose(&["a"])),
                 (chosen("b"), go(reserve(present("a", R), "b", initial))),
@@ -697,7 +730,7 @@ fn walks() -> Vec<Walk> {
                     with(vec![failed_at("a")], Action::Release { stamp: "a".into() }),
                 ),
                 (
-                    Observation::Released(true),
+                    Observation::Released(ReleaseOutcome::Deleted),
                     with(
                         vec![counted("a", -1)],
                         Action::Fail(ProvisionError::new(ErrorKind::Unavailable, LEFT)),

@@ -21,7 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use super::{Assignment, AssignmentState, AssignmentStore, Cause, Expect, ReserveOutcome, StoreError};
+use super::{
+    Assignment, AssignmentState, AssignmentStore, Cause, Expect, ReleaseDecision, ReleaseOutcome,
+    ReserveOutcome, StoreError, decide_release,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS iotstamp_assignments (
@@ -211,26 +214,52 @@ impl AssignmentStore for PostgresStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn release(&self, key: &str, stamp: &str) -> Result<bool, StoreError> {
+    async fn release(&self, key: &str, stamp: &str, now_ms: i64) -> Result<ReleaseOutcome, StoreError> {
         let mut client = self.pool.get().await.map_err(pool)?;
         let txn = client.transaction().await.map_err(storage)?;
-        let deleted = txn
-            .execute(
-                "DELETE FROM iotstamp_assignments WHERE key = $1 AND stamp = $2 AND state = 'reserved'",
-                &[&key, &stamp],
-            )
-            .await
-            .map_err(storage)?;
-        if deleted == 1 {
+        // Locks in the order reservations take them: the record, then count rows by stamp name.
+        let sql = format!("SELECT {COLUMNS} FROM iotstamp_assignments WHERE key = $1 FOR UPDATE");
+        let found = txn.query_opt(&sql, &[&key]).await.map_err(storage)?;
+        let current = found.map(|r| row(&r, 0)).transpose()?;
+        let (outcome, mut deltas): (_, Vec<(String, i64)>) =
+            match decide_release(current.as_ref(), stamp, now_ms) {
+                ReleaseDecision::NotHeld => return Ok(ReleaseOutcome::NotHeld),
+                ReleaseDecision::Delete => {
+                    txn.execute("DELETE FROM iotstamp_assignments WHERE key = $1", &[&key])
+                        .await
+                        .map_err(storage)?;
+                    (ReleaseOutcome::Deleted, vec![(stamp.to_string(), -1)])
+                }
+                ReleaseDecision::Return(r) => {
+                    txn.execute(
+                        "UPDATE iotstamp_assignments SET stamp = $2, state = 'assigned', substatus = $3,
+                       updated_ms = $4, generation = $5, migrating_from = NULL WHERE key = $1",
+                        &[
+                            &key,
+                            &r.stamp,
+                            &substatus_str(r.substatus),
+                            &r.updated_ms,
+                            &(r.generation as i64),
+                        ],
+                    )
+                    .await
+                    .map_err(storage)?;
+                    let deltas = vec![(stamp.to_string(), -1), (r.stamp.clone(), 1)];
+                    (ReleaseOutcome::Returned(r.stamp), deltas)
+                }
+            };
+        deltas.sort();
+        for (stamp, delta) in deltas {
             txn.execute(
-                "UPDATE iotstamp_stamp_counts SET assigned = assigned - 1 WHERE stamp = $1 AND assigned > 0",
-                &[&stamp],
+                "INSERT INTO iotstamp_stamp_counts (stamp, assigned) VALUES ($1, GREATEST($2::bigint, 0))
+                 ON CONFLICT (stamp) DO UPDATE SET assigned = GREATEST(iotstamp_stamp_counts.assigned + $2::bigint, 0)",
+                &[&stamp, &delta],
             )
             .await
             .map_err(storage)?;
         }
         txn.commit().await.map_err(storage)?;
-        Ok(deleted == 1)
+        Ok(outcome)
     }
 
     async fn counts(&self) -> Result<HashMap<String, u64>, StoreError> {
