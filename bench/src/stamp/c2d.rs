@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::hub::{bench_config, bench_devices};
 use super::replicas::{Api, device};
-use super::split::SplitStamp;
+use super::split::StampUnderTest;
 use super::{BenchReport, quantile};
 
 pub struct C2dBenchOptions {
@@ -30,32 +30,6 @@ pub struct C2dBenchOptions {
     /// Run the stamp as split roles (every queue operation crosses the hub -> storage HTTP hop).
     pub split: bool,
     pub ip: Ipv4Addr,
-}
-
-/// The stamp under test: one process, or the roles as the operator deploys them.
-enum Stamp {
-    All(iotstamp_stamp::RunningStamp),
-    Split(SplitStamp),
-}
-
-impl Stamp {
-    /// The device port (plain MQTT) and the stamp API (plain HTTP) of its (first) hub.
-    fn endpoints(&self) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        match self {
-            Self::All(s) => Ok((
-                s.mqtt_plain.ok_or_else(|| anyhow!("no plain MQTT listener"))?,
-                s.api,
-            )),
-            Self::Split(s) => Ok(s.hubs[0]),
-        }
-    }
-
-    async fn shutdown(self) {
-        match self {
-            Self::All(s) => s.shutdown().await,
-            Self::Split(s) => s.shutdown().await,
-        }
-    }
 }
 
 /// What one phase measured.
@@ -74,14 +48,7 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
     let config = bench_config(&dir, opts.ip, opts.devices as u64)?;
     let devices = bench_devices(opts.devices)?;
     let records: Vec<_> = devices.iter().map(|(r, _)| r.clone()).collect();
-    let stamp = if opts.split {
-        Stamp::Split(SplitStamp::start(config, records).await?)
-    } else {
-        let stamp = iotstamp_stamp::start(config).await?;
-        let store = stamp.store.clone();
-        tokio::task::spawn_blocking(move || store.put_devices(&records)).await??;
-        Stamp::All(stamp)
-    };
+    let stamp = StampUnderTest::start(config, records, opts.split).await?;
     let result = async {
         let (mqtt, api) = stamp.endpoints()?;
         let (tx, received) = mpsc::unbounded_channel();
@@ -106,11 +73,7 @@ pub async fn c2d(opts: C2dBenchOptions) -> anyhow::Result<BenchReport> {
         opts.devices,
         opts.messages_per_device,
         opts.senders,
-        if opts.split {
-            "split roles: hub -> storage over loopback HTTP"
-        } else {
-            "--role all"
-        }
+        StampUnderTest::describe(opts.split)
     ));
     for (name, methods) in [("before", &mut before), ("after", &mut after)] {
         report

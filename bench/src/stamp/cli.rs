@@ -130,6 +130,9 @@ pub struct TwinArgs {
     /// HTTP connections making the desired changes through the stamp API.
     #[arg(long, default_value_t = 64)]
     pub senders: usize,
+    /// Run the stamp as split roles (hub, ingest, storage over loopback HTTP) instead of one process.
+    #[arg(long)]
+    pub split: bool,
 }
 
 pub async fn run_twin(a: TwinArgs) -> anyhow::Result<BenchReport> {
@@ -139,6 +142,7 @@ pub async fn run_twin(a: TwinArgs) -> anyhow::Result<BenchReport> {
         window: a.window,
         desired_per_device: a.desired,
         senders: a.senders,
+        split: a.split,
         ip: Ipv4Addr::new(127, 0, 0, 203),
     })
     .await

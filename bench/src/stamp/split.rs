@@ -64,6 +64,54 @@ impl SplitStamp {
     }
 }
 
+/// The stamp a bench measures: one process (`--role all`), or the roles as the operator deploys
+/// them (`--split`), where every storage operation crosses the hub -> storage HTTP hop.
+pub enum StampUnderTest {
+    All(iotstamp_stamp::RunningStamp),
+    Split(SplitStamp),
+}
+
+impl StampUnderTest {
+    /// Registers `devices` and starts the stamp, split or not.
+    pub async fn start(config: StampConfig, devices: Vec<DeviceRecord>, split: bool) -> anyhow::Result<Self> {
+        if split {
+            return Ok(Self::Split(SplitStamp::start(config, devices).await?));
+        }
+        let stamp = iotstamp_stamp::start(config).await?;
+        let store = stamp.store.clone();
+        tokio::task::spawn_blocking(move || store.put_devices(&devices)).await??;
+        Ok(Self::All(stamp))
+    }
+
+    /// How the report names the stamp.
+    pub fn describe(split: bool) -> &'static str {
+        if split {
+            "split roles: hub -> storage over loopback HTTP"
+        } else {
+            "--role all"
+        }
+    }
+
+    /// The device port (plain MQTT) and the stamp API (plain HTTP) of its (first) hub.
+    pub fn endpoints(&self) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        match self {
+            Self::All(s) => Ok((
+                s.mqtt_plain
+                    .ok_or_else(|| anyhow::anyhow!("no plain MQTT listener"))?,
+                s.api,
+            )),
+            Self::Split(s) => Ok(s.hubs[0]),
+        }
+    }
+
+    pub async fn shutdown(self) {
+        match self {
+            Self::All(s) => s.shutdown().await,
+            Self::Split(s) => s.shutdown().await,
+        }
+    }
+}
+
 fn internal_url(role: &RunningRole) -> anyhow::Result<String> {
     role.internal
         .map(|addr| format!("http://{addr}"))

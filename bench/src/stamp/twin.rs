@@ -1,4 +1,5 @@
-//! `iotstamp bench twin`: durable twin reported-property updates on one stamp (`--role all`), each
+//! `iotstamp bench twin`: durable twin reported-property updates on one stamp (`--role all`, or
+//! with `--split` the roles over loopback HTTP as the operator deploys them), each
 //! PUBACKed (and answered) only after its commit, beside QoS 1 telemetry from the same connections
 //! through the same stamp in the same run: both are one small durable write per message, so the
 //! telemetry figure is what the twin path could reach. Then desired-property changes: the
@@ -14,12 +15,14 @@ use anyhow::Context;
 use bytes::Bytes;
 use http::StatusCode;
 use iotstamp_core::registry::DeviceRecord;
+use iotstamp_stamp::storage::Store;
 use tokio::sync::mpsc;
 
 use super::c2d::{Call, Calls, Phase, arrivals, methods, spread};
 use super::hub::bench_devices;
 use super::load::{self, Client, Load};
 use super::replicas::device;
+use super::split::StampUnderTest;
 use super::{BenchReport, quantile};
 
 pub struct TwinBenchOptions {
@@ -31,6 +34,8 @@ pub struct TwinBenchOptions {
     pub desired_per_device: usize,
     /// HTTP connections making the desired changes.
     pub senders: usize,
+    /// Run the stamp as split roles (every twin write crosses the hub -> storage HTTP hop).
+    pub split: bool,
     pub ip: Ipv4Addr,
 }
 
@@ -59,43 +64,43 @@ pub async fn twin(opts: TwinBenchOptions) -> anyhow::Result<BenchReport> {
         body: Some(PATCH),
     };
     let config = super::hub::bench_config(&dir, opts.ip, opts.connections as u64)?;
-    let stamp = iotstamp_stamp::start(config).await?;
-    let store = stamp.store.clone();
+    let data_dir = config.storage.data_dir.clone();
     let records: Vec<DeviceRecord> = devices.into_iter().map(|(r, _)| r).collect();
     let first = records.first().map(|r| r.device_id.key());
-    tokio::task::spawn_blocking(move || store.put_devices(&records)).await??;
-    let addr = stamp
-        .mqtt_plain
-        .ok_or_else(|| anyhow::anyhow!("no plain listener"))?;
-    // Telemetry first, then the twin, then telemetry again: the two baselines bracket the twin run.
-    let before = load::run(addr, &telemetry, load).await;
-    let twin = load::run(addr, &reported, load).await;
-    let after = load::run(addr, &telemetry, load).await;
-    // Every acknowledged patch is in the store: the first device's reported version counts them.
-    let stored_version = match first {
-        Some(key) => {
-            let store = stamp.store.clone();
-            Some(
-                tokio::task::spawn_blocking(move || store.get_twin(&key))
-                    .await??
-                    .reported
-                    .version,
-            )
-        }
-        None => None,
-    };
-    let desired = desired_phase(addr, stamp.api, &telemetry, &opts).await;
+    let stamp = StampUnderTest::start(config, records, opts.split).await?;
+    let measured = async {
+        let (mqtt, api) = stamp.endpoints()?;
+        // Telemetry first, then the twin, then telemetry again: the two baselines bracket the twin run.
+        let before = load::run(mqtt, &telemetry, load).await?;
+        let twin = load::run(mqtt, &reported, load).await?;
+        let after = load::run(mqtt, &telemetry, load).await?;
+        let desired = desired_phase(mqtt, api, &telemetry, &opts).await?;
+        anyhow::Ok((before, twin, after, desired))
+    }
+    .await;
     stamp.shutdown().await;
+    // Every acknowledged patch is in storage: the first device's reported version counts them.
+    // Read from the stamp's files once it has stopped, so a split stamp is read the same way.
+    let stored_version = match (&measured, first) {
+        (Ok(_), Some(key)) => Some(
+            tokio::task::spawn_blocking(move || Store::open(&data_dir)?.get_twin(&key))
+                .await??
+                .reported
+                .version,
+        ),
+        _ => None,
+    };
     let _ = std::fs::remove_dir_all(&dir);
-    let (mut twin, mut before, mut after) = (twin?, before?, after?);
-    let (mut methods_before, mut patches, mut pushes) = desired?;
+    let (mut before, mut twin, mut after, desired) = measured?;
+    let (mut methods_before, mut patches, mut pushes) = desired;
 
     let mut report = BenchReport::new(format!(
-        "twin: reported patches of {} B, {} connections x {} updates, window {}, one stamp (--role all)",
+        "twin: reported patches of {} B, {} connections x {} updates, window {}, one stamp ({})",
         PATCH.len(),
         opts.connections,
         opts.updates_per_connection,
-        opts.window
+        opts.window,
+        StampUnderTest::describe(opts.split)
     ));
     for (name, telemetry) in [("before", &mut before), ("after", &mut after)] {
         report
