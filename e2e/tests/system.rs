@@ -3,7 +3,7 @@
 //! node with `e2e/cluster load-image`), then only kubectl-style API calls, unmodified Azure IoT
 //! Python SDK devices on the host, and the router's service API. No host process stands in for a
 //! pod. Steps 1-10 of issue 11, in order, step 11 (a stamp with two hub pods, issue 13, whose
-//! hubs also mount a shared access policies Secret, issue 14) and step 12 (a device's twin moves
+//! hubs also mount a shared access policies Secret, rotated without a restart, issue 14) and step 12 (a device's twin moves
 //! with it off a draining stamp, issue 14); 1-5 build on each other and stop the test when they
 //! fail, 6-12 each report on their own and the test fails at the end naming every failed step.
 //! Timings the closing note needs are printed as `system: ...` lines.
@@ -23,7 +23,7 @@ use iotstamp_e2e::system::{
 };
 use iotstamp_e2e::wait;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DynamicObject, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -40,6 +40,11 @@ const REPLICAS_SCOPE: &str = "0ne00SYS003";
 const REPLICATED: &str = "replicated";
 /// The key of the DeviceConnect policy in the replicated stamp's policies Secret (step 11).
 const DEVICE_POLICY_KEY: &str = "c3lzdGVtLXRlc3QtZGV2aWNlLXBvbGljeS1rZXktMzI=";
+/// The key that policy is rotated to, without a restart (step 11).
+const ROTATED_POLICY_KEY: &str = "c3lzdGVtLXRlc3Qtcm90YXRlZC1wb2xpY3kta2V5LTMy";
+/// How long the kubelet may take to replace a mounted Secret's file: its pod sync is a minute
+/// apart by default, plus its cache's delay.
+const SECRET_PROPAGATION: Duration = Duration::from_secs(180);
 const GROUP_KEY: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
 const APP_TOKEN: &str = "system-test-app-token";
@@ -732,14 +737,9 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
 
     // The same device with a token signed by the mounted DeviceConnect policy, from Debian's
     // mosquitto_pub; a token of a policy the Secret does not hold is refused.
-    let publish = |policy: &str, body: &str| {
+    let publish = |policy: &str, key: &str, body: &str| {
         let resource = format!("{hub}/devices/sys-dev-replicas");
-        let token = iotstamp_core::sas::sign(
-            &resource,
-            DEVICE_POLICY_KEY,
-            unix_now() as u64 + 600,
-            Some(policy),
-        );
+        let token = iotstamp_core::sas::sign(&resource, key, unix_now() as u64 + 600, Some(policy));
         let mut command = tokio::process::Command::new("mosquitto_pub");
         command
             .args(["-h", &hub, "-p", &ports::MQTT_TLS.to_string(), "--cafile"])
@@ -760,12 +760,12 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
             ))
         }
     };
-    let (sent, why) = publish("device", r#"{"via":"policy"}"#).await?;
+    let (sent, why) = publish("device", DEVICE_POLICY_KEY, r#"{"via":"policy"}"#).await?;
     ensure!(
         sent,
         "a token of the mounted DeviceConnect policy was refused: {why}"
     );
-    let (sent, _) = publish("nobody", r#"{"via":"nobody"}"#).await?;
+    let (sent, _) = publish("nobody", DEVICE_POLICY_KEY, r#"{"via":"nobody"}"#).await?;
     ensure!(!sent, "a token of a policy the Secret does not hold was accepted");
     let stored = http
         .get(format!(
@@ -783,6 +783,47 @@ async fn hub_replicas(sys: &System) -> anyhow::Result<()> {
     );
     println!(
         "system: a device connected with a token of the DeviceConnect policy the hub pods mount from a Secret; an unknown policy was refused"
+    );
+
+    // Rotation without a restart: the Secret's policy gets a new key and the old one goes. Once
+    // the kubelet has replaced the mounted file, the hubs take tokens of the new key and refuse
+    // the old. Four of each in one look, each a new connection balanced on its own, so both hub
+    // pods are asked (all eight land on one pod 1 time in 128).
+    let rotated = json!({"policies": [{"name": "device", "permissions": ["DeviceConnect"],
+        "primaryKey": ROTATED_POLICY_KEY, "secondaryKey": ROTATED_POLICY_KEY}]});
+    let patch = json!({"stringData": {"policies.json": rotated.to_string()}});
+    let selector = format!("iotstamp.dev/stamp={REPLICATED}");
+    let client = sys.client();
+    let running = || pods_ready(&client, &sys.ns, Some(&selector), 4);
+    let before = running().await?.context("the stamp's pods are not all Ready")?;
+    secrets
+        .patch(&policies_secret, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let started = Instant::now();
+    wait::until(
+        "the hub pods to take the rotated policy key and refuse the old one",
+        SECRET_PROPAGATION,
+        || async {
+            for _ in 0..4 {
+                let (new_taken, _) = publish("device", ROTATED_POLICY_KEY, r#"{"via":"rotated"}"#).await?;
+                let (old_taken, _) = publish("device", DEVICE_POLICY_KEY, r#"{"via":"old"}"#).await?;
+                if !new_taken || old_taken {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    let after = running().await?;
+    ensure!(
+        after.as_ref() == Some(&before),
+        "the stamp's pods (name: restarts) went from {before:?} to {after:?}: rotated by a restart"
+    );
+    println!(
+        "system: the policies Secret rotated to a new key: the running hub pods took it and refused the old one {:.0}s after the update (no restart)",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
