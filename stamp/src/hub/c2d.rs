@@ -90,9 +90,9 @@ impl Deliveries {
     }
 
     /// Delivery `seq` is larger than the connection accepts and was not sent: it waits in
-    /// [`Self::take_rejected`] to leave the queue.
+    /// [`Self::take_rejected`] to leave the queue. (Never in flight here: a message's size and the
+    /// connection's limit do not change, so no earlier delivery of it went out on this connection.)
     pub fn too_large(&mut self, seq: u64) {
-        self.in_flight.retain(|_, s| *s != seq);
         self.rejected.push(seq);
     }
 

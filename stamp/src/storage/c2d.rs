@@ -470,6 +470,22 @@ mod tests {
         );
     }
 
+    /// Enqueues a message for device `d1` that asks for `ack` feedback; its seq.
+    fn enqueue_d1(store: &Store, s: &Settings, ack: &str, now: i64) -> u64 {
+        let op = C2dOp::Enqueue {
+            message: message(ack),
+        };
+        match store
+            .write_c2d(&[("d1".to_string(), op)], now, s)
+            .unwrap()
+            .0
+            .remove(0)
+        {
+            C2dAnswer::Enqueued { seq, .. } => seq,
+            other => panic!("the enqueue answered {other:?}"),
+        }
+    }
+
     #[test]
     fn a_rejected_delivery_leaves_the_queue_at_once_with_negative_feedback() {
         let dir = tempfile::tempdir().unwrap();
@@ -477,15 +493,7 @@ mod tests {
         let s = Settings::default();
         let d = || "d1".to_string();
         let one = |op, now| store.write_c2d(&[(d(), op)], now, &s).unwrap();
-        let C2dAnswer::Enqueued { seq, .. } = one(
-            C2dOp::Enqueue {
-                message: message("negative"),
-            },
-            T0,
-        )
-        .0[0] else {
-            panic!()
-        };
+        let seq = enqueue_d1(&store, &s, "negative", T0);
         assert!(
             matches!(&one(C2dOp::Lease { max: 5 }, T0).0[0], C2dAnswer::Leased { deliveries, .. } if deliveries.len() == 1)
         );
@@ -522,14 +530,7 @@ mod tests {
         let s = Settings::default();
         let d = || "d1".to_string();
         let one = |op, now| store.write_c2d(&[(d(), op)], now, &s).unwrap().0.remove(0);
-        let C2dAnswer::Enqueued { seq, .. } = one(
-            C2dOp::Enqueue {
-                message: message("none"),
-            },
-            T0,
-        ) else {
-            panic!()
-        };
+        let seq = enqueue_d1(&store, &s, "none", T0);
         let leased = |now| match one(C2dOp::Lease { max: 5 }, now) {
             C2dAnswer::Leased {
                 deliveries,
